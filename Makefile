@@ -1,0 +1,35 @@
+# streamwatch: `make run` (build, then Redis with the module and the demo in the
+# foreground) and `make test` (the whole suite against a real redis-server).
+SHELL := /bin/bash
+PORT ?= 6379
+REDIS_SERVER ?= redis-server
+MODULE := target/release/libstreamwatch.so
+
+.PHONY: deps build run test lint clean
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	cargo build --release
+
+run: build
+	@port=$(PORT); \
+	if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
+	  echo "port $$port is in use (a system redis-server?); using $$((port+1)) instead"; port=$$((port+1)); fi; \
+	dir=$$(mktemp -d /tmp/streamwatch-run.XXXXXX); \
+	echo "streamwatch demo: redis-server on port $$port, data in $$dir"; \
+	echo "try:  redis-cli -p $$port HSET cams cam1 rtsp://10.0.0.1/live cam2 rtsp://10.0.0.2/live"; \
+	echo "      redis-cli -p $$port STREAMWATCH.JOBS"; \
+	exec $(REDIS_SERVER) --port $$port --dir $$dir --save "" --appendonly no \
+	  --loadmodule $(CURDIR)/$(MODULE) config $(CURDIR)/examples/demo.toml
+
+test: build
+	cargo test --release -- --test-threads=2
+
+lint:
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+
+clean:
+	cargo clean

@@ -1,0 +1,500 @@
+//! streamwatch-helper: the real parent of every worker the module runs.
+//!
+//! Why a separate process: while Redis has a fork child of its own (BGSAVE, AOF rewrite,
+//! full sync) it calls `waitpid(-1)` and reaps *any* child of redis-server, so a module
+//! that spawned workers itself would lose their exit statuses. The module spawns this
+//! helper once (posix_spawn, no fork of the big server), and the helper spawns, stops,
+//! reaps and reports every run over the control socket on its stdin (see
+//! `src/protocol.rs`). Nothing else reaps the helper's children, so statuses are exact.
+//!
+//! When the module goes away (the socket closes: SHUTDOWN, a crash, `kill -9` of
+//! redis-server) or the helper is reparented, it stops every run (stop signal, then
+//! SIGKILL after the grace) and exits, so no worker outlives the server.
+//!
+//! The module embeds this binary (build.rs compiles it with plain `rustc`), so it uses
+//! only `std` plus a few libc functions declared below.
+
+#[path = "../src/protocol.rs"]
+#[allow(dead_code)]
+mod protocol;
+
+use protocol::{read_frame, write_frame, Report, Request};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+mod sys {
+    //! The few libc calls std does not wrap (Linux, LP64).
+    use std::os::raw::{c_int, c_long, c_short, c_ulong, c_void};
+
+    #[repr(C)]
+    pub struct PollFd {
+        pub fd: c_int,
+        pub events: c_short,
+        pub revents: c_short,
+    }
+
+    #[repr(C)]
+    pub struct RLimit {
+        pub cur: u64,
+        pub max: u64,
+    }
+
+    pub const POLLIN: c_short = 0x1;
+    pub const SIGKILL: c_int = 9;
+    pub const SIGSTOP: c_int = 19;
+    pub const SIGCHLD: c_int = 17;
+    pub const WNOHANG: c_int = 1;
+    pub const WEXITED: c_int = 4;
+    pub const WNOWAIT: c_int = 0x0100_0000;
+    pub const P_ALL: c_int = 0;
+    pub const F_GETFL: c_int = 3;
+    pub const F_SETFL: c_int = 4;
+    pub const F_GETFD: c_int = 1;
+    pub const F_SETFD: c_int = 2;
+    pub const FD_CLOEXEC: c_int = 1;
+    pub const O_NONBLOCK: c_int = 0o4000;
+    pub const PR_SET_CHILD_SUBREAPER: c_int = 36;
+    pub const RLIMIT_NOFILE: c_int = 7;
+    pub const SIG_DFL: usize = 0;
+
+    extern "C" {
+        pub fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+        pub fn kill(pid: c_int, sig: c_int) -> c_int;
+        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+        pub fn waitid(idtype: c_int, id: u32, info: *mut c_void, options: c_int) -> c_int;
+        pub fn signal(sig: c_int, handler: usize) -> usize;
+        pub fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+        pub fn close(fd: c_int) -> c_int;
+        pub fn write(fd: c_int, buf: *const c_void, n: usize) -> isize;
+        pub fn getppid() -> c_int;
+        pub fn prctl(option: c_int, arg2: c_ulong, ...) -> c_int;
+        pub fn getrlimit(resource: c_int, rlim: *mut RLimit) -> c_int;
+        pub fn setrlimit(resource: c_int, rlim: *const RLimit) -> c_int;
+        pub fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    }
+
+    /// `siginfo_t` is 128 bytes; on LP64 Linux `si_pid` is the int at byte 16.
+    pub fn peek_exited_child() -> Option<c_int> {
+        let mut info = [0i32; 32];
+        let r = unsafe {
+            waitid(
+                P_ALL,
+                0,
+                info.as_mut_ptr().cast(),
+                WEXITED | WNOHANG | WNOWAIT,
+            )
+        };
+        (r == 0 && info[4] != 0).then_some(info[4])
+    }
+
+    pub fn set_nonblocking(fd: c_int) {
+        unsafe {
+            let fl = fcntl(fd, F_GETFL);
+            if fl >= 0 {
+                fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+            }
+        }
+    }
+
+    pub fn set_cloexec(fd: c_int) {
+        unsafe {
+            let fl = fcntl(fd, F_GETFD);
+            if fl >= 0 {
+                fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+            }
+        }
+    }
+
+    pub fn _unused(_: c_long) {}
+}
+
+/// Write end of the self-pipe the SIGCHLD handler pokes.
+static SIGCHLD_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigchld(_sig: i32) {
+    let fd = SIGCHLD_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = 1u8;
+        // Async-signal-safe; a full pipe already means "wake up".
+        unsafe { sys::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+fn log(msg: &str) {
+    let _ = writeln!(
+        io::stderr(),
+        "streamwatch-helper[{}]: {msg}",
+        std::process::id()
+    );
+}
+
+struct Run {
+    pid: i32,
+    output: Option<File>,
+    stop_signal: i32,
+    stop_grace: Duration,
+    /// Set when a stop was asked: SIGKILL the group at this time.
+    kill_at: Option<Instant>,
+}
+
+struct Helper {
+    control: File,
+    runs: HashMap<u64, Run>,
+    by_pid: HashMap<i32, u64>,
+    sigchld_rx: File,
+    parent: i32,
+    /// The module is gone: stop everything and exit when all runs are reaped.
+    shutting_down: bool,
+}
+
+fn main() {
+    // The control socket is our stdin; stdout/stderr are redis-server's.
+    let control = unsafe { File::from_raw_fd(0) };
+    // fd 0 becomes /dev/null for anything that would read it; the socket moves away.
+    let control = match control.try_clone() {
+        Ok(c) => {
+            drop(control);
+            if let Ok(null) = File::open("/dev/null") {
+                // open() returns the lowest free fd, 0.
+                std::mem::forget(null);
+            }
+            c
+        }
+        Err(e) => {
+            log(&format!("cannot take the control socket: {e}"));
+            std::process::exit(2);
+        }
+    };
+    sys::set_cloexec(control.as_raw_fd());
+    close_inherited_fds(&[0, 1, 2, control.as_raw_fd()]);
+    reset_signals();
+    raise_fd_limit();
+    unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1) };
+
+    let mut fds = [0i32; 2];
+    if unsafe { sys::pipe2(fds.as_mut_ptr(), 0o2000000 | sys::O_NONBLOCK) } != 0 {
+        log("cannot create the SIGCHLD pipe");
+        std::process::exit(2);
+    }
+    SIGCHLD_PIPE.store(fds[1], Ordering::Relaxed);
+    unsafe { sys::signal(sys::SIGCHLD, on_sigchld as *const () as usize) };
+
+    let mut helper = Helper {
+        control,
+        runs: HashMap::new(),
+        by_pid: HashMap::new(),
+        sigchld_rx: unsafe { File::from_raw_fd(fds[0]) },
+        parent: unsafe { sys::getppid() },
+        shutting_down: false,
+    };
+    helper.run();
+}
+
+/// Redis does not mark all its descriptors close-on-exec; none of them may reach a worker.
+fn close_inherited_fds(keep: &[RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            unsafe { sys::close(fd) };
+        }
+    }
+}
+
+/// Ignored signals stay ignored across exec; workers must start with defaults.
+fn reset_signals() {
+    for sig in 1..=64 {
+        if sig != sys::SIGKILL && sig != sys::SIGSTOP && sig != 13 {
+            unsafe { sys::signal(sig, sys::SIG_DFL) };
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    let mut l = sys::RLimit { cur: 0, max: 0 };
+    unsafe {
+        if sys::getrlimit(sys::RLIMIT_NOFILE, &mut l) == 0 && l.cur < l.max {
+            l.cur = l.max.min(1 << 20);
+            sys::setrlimit(sys::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+impl Helper {
+    fn run(&mut self) {
+        loop {
+            if self.shutting_down && self.runs.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            self.kill_overdue(now);
+            let timeout = self.poll_timeout(now);
+
+            // Build the poll set: control, SIGCHLD pipe, every run's output.
+            let mut pfds = Vec::with_capacity(self.runs.len() + 2);
+            let control_fd = if self.shutting_down {
+                -1
+            } else {
+                self.control.as_raw_fd()
+            };
+            pfds.push(sys::PollFd {
+                fd: control_fd,
+                events: sys::POLLIN,
+                revents: 0,
+            });
+            pfds.push(sys::PollFd {
+                fd: self.sigchld_rx.as_raw_fd(),
+                events: sys::POLLIN,
+                revents: 0,
+            });
+            let mut owners = Vec::with_capacity(self.runs.len());
+            for (&id, run) in &self.runs {
+                if let Some(out) = &run.output {
+                    pfds.push(sys::PollFd {
+                        fd: out.as_raw_fd(),
+                        events: sys::POLLIN,
+                        revents: 0,
+                    });
+                    owners.push(id);
+                }
+            }
+            let n = unsafe { sys::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log(&format!("poll failed: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for (i, id) in owners.iter().enumerate() {
+                if pfds[i + 2].revents != 0 {
+                    self.pump_output(*id);
+                }
+            }
+            if pfds[1].revents != 0 {
+                let mut buf = [0u8; 256];
+                while matches!(self.sigchld_rx.read(&mut buf), Ok(n) if n > 0) {}
+            }
+            // Reap on every wake-up: cheap, and immune to a lost SIGCHLD.
+            self.reap();
+            if pfds[0].revents != 0 && !self.shutting_down {
+                self.read_request();
+            }
+            if !self.shutting_down && unsafe { sys::getppid() } != self.parent {
+                log("redis-server is gone; stopping every run");
+                self.shutdown();
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> i32 {
+        // Wake at least every 500 ms to notice reparenting.
+        let mut t = Duration::from_millis(500);
+        for run in self.runs.values() {
+            if let Some(at) = run.kill_at {
+                t = t.min(at.saturating_duration_since(now));
+            }
+        }
+        t.as_millis().min(500) as i32
+    }
+
+    fn kill_overdue(&mut self, now: Instant) {
+        for run in self.runs.values_mut() {
+            if run.kill_at.is_some_and(|at| at <= now) {
+                unsafe { sys::kill(-run.pid, sys::SIGKILL) };
+                run.kill_at = None;
+            }
+        }
+    }
+
+    fn send(&mut self, report: Report) {
+        if let Err(e) = write_frame(&mut self.control, &report.encode()) {
+            if !self.shutting_down {
+                log(&format!(
+                    "control socket write failed ({e}); stopping every run"
+                ));
+                self.shutdown();
+            }
+        }
+    }
+
+    fn read_request(&mut self) {
+        match read_frame(&mut self.control) {
+            Ok(Some(frame)) => match Request::decode(&frame) {
+                Ok(req) => self.handle(req),
+                Err(e) => log(&format!("bad request: {e}")),
+            },
+            Ok(None) => self.shutdown(),
+            Err(e) => {
+                log(&format!(
+                    "control socket read failed ({e}); stopping every run"
+                ));
+                self.shutdown();
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Spawn {
+                run,
+                argv,
+                env,
+                cwd,
+                stop_signal,
+                stop_grace_ms,
+            } => self.spawn(run, argv, env, cwd, stop_signal, stop_grace_ms),
+            Request::Stop { run } => self.stop(run),
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        id: u64,
+        argv: Vec<Vec<u8>>,
+        env: Vec<(Vec<u8>, Vec<u8>)>,
+        cwd: Option<Vec<u8>>,
+        stop_signal: i32,
+        stop_grace_ms: u64,
+    ) {
+        let result = (|| -> io::Result<(i32, File)> {
+            let (program, args) = argv
+                .split_first()
+                .ok_or_else(|| io::Error::other("empty command"))?;
+            let (reader, writer) = io::pipe()?;
+            let writer2 = writer.try_clone()?;
+            let mut cmd = Command::new(OsStr::from_bytes(program));
+            cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
+                .envs(
+                    env.iter()
+                        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(writer))
+                .stderr(Stdio::from(writer2))
+                .process_group(0);
+            if let Some(dir) = &cwd {
+                cmd.current_dir(OsStr::from_bytes(dir));
+            }
+            let child = cmd.spawn()?;
+            let pid = child.id() as i32;
+            // We reap with waitpid(-1) ourselves; the Child handle is not needed.
+            drop(child);
+            let out = File::from(OwnedFd::from(reader));
+            sys::set_nonblocking(out.as_raw_fd());
+            Ok((pid, out))
+        })();
+        match result {
+            Ok((pid, out)) => {
+                self.runs.insert(
+                    id,
+                    Run {
+                        pid,
+                        output: Some(out),
+                        stop_signal,
+                        stop_grace: Duration::from_millis(stop_grace_ms),
+                        kill_at: None,
+                    },
+                );
+                self.by_pid.insert(pid, id);
+                self.send(Report::Started { run: id, pid });
+            }
+            Err(e) => self.send(Report::SpawnFailed {
+                run: id,
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(run) = self.runs.get_mut(&id) {
+            if run.kill_at.is_none() {
+                unsafe { sys::kill(-run.pid, run.stop_signal) };
+                run.kill_at = Some(Instant::now() + run.stop_grace);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let ids: Vec<u64> = self.runs.keys().copied().collect();
+        for id in ids {
+            self.stop(id);
+        }
+    }
+
+    /// Forwards whatever the run has written; closes the pipe at end of file.
+    fn pump_output(&mut self, id: u64) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let Some(out) = run.output.as_mut() else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut chunks = Vec::new();
+        let mut eof = false;
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    chunks.push(buf[..n].to_vec());
+                    if chunks.len() >= 16 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            run.output = None;
+        }
+        for data in chunks {
+            self.send(Report::Output { run: id, data });
+        }
+    }
+
+    /// Reaps every exited child. A run's leader is first only peeked at (WNOWAIT) so that
+    /// its process group can be killed while the pid still cannot be reused.
+    fn reap(&mut self) {
+        while let Some(pid) = sys::peek_exited_child() {
+            if self.by_pid.contains_key(&pid) {
+                // The leader is a zombie: -pid still names only its own group.
+                unsafe { sys::kill(-pid, sys::SIGKILL) };
+            }
+            let mut status = 0;
+            let r = unsafe { sys::waitpid(pid, &mut status, sys::WNOHANG) };
+            if r != pid {
+                break;
+            }
+            if let Some(id) = self.by_pid.remove(&pid) {
+                // Whatever the run wrote before it exited goes out first.
+                self.pump_output(id);
+                self.runs.remove(&id);
+                self.send(Report::Exited { run: id, status });
+            }
+            // Otherwise it was an orphaned grandchild we adopted as subreaper.
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The `STREAMWATCH.*` commands: argument parsing and replies, on the main thread.
+//!
+//! Commands that only read what the main thread owns (watches, handlers, counters)
+//! answer at once. Commands about jobs block the calling client and let the supervisor
+//! answer; because they travel on the same channel as key hints, a client that writes
+//! a key and then asks about jobs sees the effect of its write.
+
+use crate::config;
+use crate::ffi::{CmdError, Outcome, Replier, Reply};
+use crate::stats;
+use crate::supervisor::{self, JobFilter, Msg};
+use crate::watch::{self, DbSel, Kind, OnChange, Source, WatchSpec};
+use redis_module::{Context, ContextFlags, RedisString};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+type CmdResult = Result<Outcome, CmdError>;
+
+/// Number of databases (`databases` config), read at load.
+pub static DATABASES: AtomicI32 = AtomicI32::new(16);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CmdError> {
+    Err(CmdError::Msg(msg.into()))
+}
+
+fn reply(r: Reply) -> CmdResult {
+    Ok(Outcome::Reply(r))
+}
+
+fn text(a: &RedisString) -> String {
+    String::from_utf8_lossy(a.as_slice()).into_owned()
+}
+
+/// Walks `[NAME value ...]` options with clear errors.
+struct Opts<'a> {
+    args: &'a [RedisString],
+    i: usize,
+}
+
+impl<'a> Opts<'a> {
+    fn new(args: &'a [RedisString], from: usize) -> Self {
+        Opts { args, i: from }
+    }
+
+    /// The next option name, upper-cased.
+    fn next_name(&mut self) -> Option<String> {
+        let a = self.args.get(self.i)?;
+        self.i += 1;
+        Some(text(a).to_ascii_uppercase())
+    }
+
+    fn value(&mut self, name: &str) -> Result<&'a RedisString, CmdError> {
+        let v = self
+            .args
+            .get(self.i)
+            .ok_or_else(|| CmdError::Msg(format!("ERR {name} needs a value")))?;
+        self.i += 1;
+        Ok(v)
+    }
+
+    fn positive(&mut self, name: &str) -> Result<i64, CmdError> {
+        let v = text(self.value(name)?);
+        match v.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => err(format!("ERR {name} must be a positive integer, got '{v}'")),
+        }
+    }
+
+    fn db(&mut self) -> Result<i32, CmdError> {
+        let v = text(self.value("DB")?);
+        parse_db(&v)
+    }
+}
+
+fn parse_db(v: &str) -> Result<i32, CmdError> {
+    let max = DATABASES.load(Ordering::Relaxed);
+    match v.parse::<i32>() {
+        Ok(n) if (0..max).contains(&n) => Ok(n),
+        _ => err(format!(
+            "ERR DB must be a database number from 0 to {}, got '{v}'",
+            max - 1
+        )),
+    }
+}
+
+fn current_db(ctx: &Context) -> i32 {
+    crate::ffi::selected_db(ctx)
+}
+
+/// Blocks the client for a supervisor answer, or explains why it cannot.
+fn block(ctx: &Context, name: &str) -> Result<Replier, CmdError> {
+    Replier::block(ctx).ok_or_else(|| {
+        CmdError::Msg(format!(
+            "ERR {name} cannot be used inside MULTI or a script"
+        ))
+    })
+}
+
+fn ask(msg: Msg) -> CmdResult {
+    if supervisor::send(msg) {
+        Ok(Outcome::Blocked)
+    } else {
+        err("ERR streamwatch supervisor is not running")
+    }
+}
+
+pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() < 4 {
+        return Err(CmdError::Arity);
+    }
+    let pattern = args[1].as_slice().to_vec();
+    if pattern.is_empty() {
+        return err("ERR pattern must not be empty");
+    }
+    let mut handler = None;
+    let mut db = DbSel::One(current_db(ctx));
+    let mut onchange = OnChange::Restart;
+    let mut replace = false;
+    let mut stream_only: Option<&'static str> = None;
+    let mut o = Opts::new(&args, 2);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "HANDLER" => handler = Some(text(o.value("HANDLER")?)),
+            "TYPE" => {
+                let v = text(o.value("TYPE")?);
+                match v.to_ascii_lowercase().as_str() {
+                    "hash" => {}
+                    "stream" => return err("ERR TYPE stream is not supported by this version yet"),
+                    _ => return err(format!("ERR TYPE must be hash or stream, got '{v}'")),
+                }
+            }
+            "DB" => {
+                let v = text(o.value("DB")?);
+                db = if v.eq_ignore_ascii_case("all") {
+                    DbSel::All
+                } else {
+                    DbSel::One(parse_db(&v).map_err(|_| {
+                        CmdError::Msg(format!(
+                            "ERR DB must be a database number or ALL, got '{v}'"
+                        ))
+                    })?)
+                };
+            }
+            "ONCHANGE" => {
+                let v = text(o.value("ONCHANGE")?);
+                onchange = OnChange::parse(&v).ok_or_else(|| {
+                    CmdError::Msg(format!("ERR ONCHANGE must be restart or ignore, got '{v}'"))
+                })?;
+            }
+            "GROUP" | "DEADLETTER" => {
+                let v = o.value(&name)?;
+                if v.as_slice().is_empty() {
+                    return err(format!("ERR {name} must not be empty"));
+                }
+                stream_only = Some(if name == "GROUP" {
+                    "GROUP"
+                } else {
+                    "DEADLETTER"
+                });
+            }
+            "CONCURRENCY" | "MAX-ATTEMPTS" => {
+                o.positive(&name)?;
+                stream_only = Some(if name == "CONCURRENCY" {
+                    "CONCURRENCY"
+                } else {
+                    "MAX-ATTEMPTS"
+                });
+            }
+            "REPLACE" => replace = true,
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    if let Some(opt) = stream_only {
+        return err(format!("ERR {opt} applies only to TYPE stream watches"));
+    }
+    let handler = handler.ok_or_else(|| CmdError::Msg("ERR HANDLER is required".into()))?;
+    let spec = WatchSpec {
+        pattern,
+        handler,
+        kind: Kind::Hash,
+        db,
+        onchange,
+        source: Source::Command,
+    };
+    let snapshot = watch::add(spec, replace)?;
+    supervisor::send(Msg::Watches(snapshot));
+    reply(Reply::Ok)
+}
+
+pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 2 {
+        return Err(CmdError::Arity);
+    }
+    let (watches, removed) = watch::remove(args[1].as_slice())?;
+    match Replier::block(ctx) {
+        Some(r) => ask(Msg::Unwatch {
+            watches,
+            reply: Some(r),
+        }),
+        None => {
+            // Inside MULTI or a script: answer with the jobs the watch had.
+            supervisor::send(Msg::Unwatch {
+                watches,
+                reply: None,
+            });
+            reply(Reply::Int(removed.job_count() as i64))
+        }
+    }
+}
+
+pub fn watches(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    let list = watch::snapshot()
+        .iter()
+        .map(|w| {
+            Reply::Map(vec![
+                ("pattern".into(), Reply::str(&w.spec.pattern)),
+                ("handler".into(), Reply::str(&w.spec.handler)),
+                ("type".into(), Reply::str(w.spec.kind.name())),
+                (
+                    "db".into(),
+                    match w.spec.db {
+                        DbSel::One(d) => Reply::Int(d as i64),
+                        DbSel::All => Reply::str("all"),
+                    },
+                ),
+                (
+                    "options".into(),
+                    Reply::Map(vec![(
+                        "onchange".into(),
+                        Reply::str(w.spec.onchange.name()),
+                    )]),
+                ),
+                ("source".into(), Reply::str(w.spec.source.name())),
+                ("jobs".into(), Reply::Int(w.job_count() as i64)),
+            ])
+        })
+        .collect();
+    reply(Reply::Array(list))
+}
+
+pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    let ms = |d: std::time::Duration| Reply::Int(d.as_millis() as i64);
+    let list = config::file()
+        .handlers
+        .values()
+        .map(|h| {
+            Reply::Map(vec![
+                ("name".into(), Reply::str(&h.name)),
+                (
+                    "command".into(),
+                    Reply::Array(h.command.iter().map(Reply::str).collect()),
+                ),
+                (
+                    "env".into(),
+                    Reply::Map(
+                        h.env
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Reply::str(v)))
+                            .collect(),
+                    ),
+                ),
+                ("cwd".into(), h.cwd.as_ref().map_or(Reply::Nil, Reply::str)),
+                ("restart".into(), Reply::str(h.restart.name())),
+                ("backoff-initial-ms".into(), ms(h.backoff_initial)),
+                ("backoff-max-ms".into(), ms(h.backoff_max)),
+                ("stable-after-ms".into(), ms(h.stable_after)),
+                ("max-failures".into(), Reply::Int(h.max_failures as i64)),
+                ("stop-signal".into(), Reply::str(&h.stop_signal_name)),
+                ("stop-grace-ms".into(), ms(h.stop_grace)),
+                ("timeout-ms".into(), ms(h.timeout)),
+                ("log-lines".into(), Reply::Int(h.log_lines() as i64)),
+            ])
+        })
+        .collect();
+    reply(Reply::Array(list))
+}
+
+pub fn jobs(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    let mut filter = JobFilter::default();
+    let mut o = Opts::new(&args, 1);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "WATCH" => filter.watch = Some(o.value("WATCH")?.as_slice().to_vec()),
+            "KEY" => filter.key = Some(o.value("KEY")?.as_slice().to_vec()),
+            "STATE" => {
+                let v = text(o.value("STATE")?).to_ascii_lowercase();
+                let i = stats::state_index(&v).ok_or_else(|| {
+                    CmdError::Msg(format!(
+                        "ERR STATE must be one of {}, got '{v}'",
+                        stats::STATES.join(", ")
+                    ))
+                })?;
+                filter.state = Some(stats::STATES[i]);
+            }
+            "COUNT" => filter.count = Some(o.positive("COUNT")? as usize),
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    let r = block(ctx, "STREAMWATCH.JOBS")?;
+    ask(Msg::Jobs { filter, reply: r })
+}
+
+/// `key field [DB n]`, shared by JOB and RESTART.
+fn key_field_db(ctx: &Context, args: &[RedisString]) -> Result<(i32, Vec<u8>, Vec<u8>), CmdError> {
+    if args.len() != 3 && args.len() != 5 {
+        return Err(CmdError::Arity);
+    }
+    let mut db = current_db(ctx);
+    let mut o = Opts::new(args, 3);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "DB" => db = o.db()?,
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    Ok((db, args[1].as_slice().to_vec(), args[2].as_slice().to_vec()))
+}
+
+pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    let (db, key, field) = key_field_db(ctx, &args)?;
+    let r = block(ctx, "STREAMWATCH.JOB")?;
+    ask(Msg::Job {
+        db,
+        key,
+        field,
+        reply: r,
+    })
+}
+
+pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    let (db, key, field) = key_field_db(ctx, &args)?;
+    let r = block(ctx, "STREAMWATCH.RESTART")?;
+    ask(Msg::Restart {
+        db,
+        key,
+        field,
+        reply: r,
+    })
+}
+
+pub fn pause(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    supervisor::send(Msg::Pause);
+    stats::PAUSED.store(true, Ordering::Relaxed);
+    reply(Reply::Ok)
+}
+
+pub fn resume(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    supervisor::send(Msg::Resume);
+    stats::PAUSED.store(false, Ordering::Relaxed);
+    reply(Reply::Ok)
+}
+
+pub fn reconcile(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    let r = block(ctx, "STREAMWATCH.RECONCILE")?;
+    ask(Msg::ReconcileAll { reply: Some(r) })
+}
+
+fn role(ctx: &Context) -> &'static str {
+    if ctx.get_flags().contains(ContextFlags::MASTER) {
+        "primary"
+    } else {
+        "replica"
+    }
+}
+
+pub fn status(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    if args.len() != 1 {
+        return Err(CmdError::Arity);
+    }
+    let n = |c| Reply::Int(stats::get(c) as i64);
+    let jobs = stats::STATES
+        .iter()
+        .zip(stats::JOBS_BY_STATE.iter())
+        .map(|(s, c)| (s.to_string(), n(c)))
+        .collect();
+    reply(Reply::Map(vec![
+        ("version".into(), Reply::str(env!("CARGO_PKG_VERSION"))),
+        ("role".into(), Reply::str(role(ctx))),
+        (
+            "paused".into(),
+            Reply::Bool(stats::PAUSED.load(Ordering::Relaxed)),
+        ),
+        ("watches".into(), Reply::Int(watch::snapshot().len() as i64)),
+        ("jobs".into(), Reply::Map(jobs)),
+        ("jobs_over_limit".into(), n(&stats::JOBS_OVER_LIMIT)),
+        (
+            "counters".into(),
+            Reply::Map(vec![
+                ("events".into(), n(&stats::EVENTS)),
+                ("reconciles".into(), n(&stats::RECONCILES)),
+                ("runs_started".into(), n(&stats::RUNS_STARTED)),
+                ("exits".into(), n(&stats::EXITS)),
+                ("failures".into(), n(&stats::FAILURES)),
+                ("events_dropped".into(), n(&stats::EVENTS_DROPPED)),
+            ]),
+        ),
+    ]))
+}
+
+/// The `INFO streamwatch` section. The crate's builder API cannot address a module's
+/// default section (`# streamwatch`), so the older field API is used.
+#[allow(deprecated)]
+pub fn info(ctx: &redis_module::InfoContext) {
+    let primary = stats::PRIMARY.load(Ordering::Relaxed);
+    let _ = ctx.add_info_section(None);
+    let _ = ctx.add_info_field_str("role", if primary { "primary" } else { "replica" });
+    let n = |c| stats::get(c) as i64;
+    let fields: [(&str, i64); 10] = [
+        ("paused", stats::PAUSED.load(Ordering::Relaxed) as i64),
+        ("watches", watch::snapshot().len() as i64),
+        ("jobs", stats::total_jobs() as i64),
+        ("jobs_running", n(&stats::JOBS_BY_STATE[1])),
+        ("jobs_over_limit", n(&stats::JOBS_OVER_LIMIT)),
+        ("runs_started", n(&stats::RUNS_STARTED)),
+        ("exits", n(&stats::EXITS)),
+        ("failures", n(&stats::FAILURES)),
+        ("events", n(&stats::EVENTS)),
+        ("events_dropped", n(&stats::EVENTS_DROPPED)),
+    ];
+    for (name, v) in fields {
+        let _ = ctx.add_info_field_long_long(name, v);
+    }
+}

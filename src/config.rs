@@ -1,0 +1,442 @@
+//! Configuration: the module configs (`CONFIG GET/SET streamwatch.*`) and the TOML file
+//! with handlers and static watches.
+//!
+//! Handlers exist only in the file the server was started with, so a client that can
+//! write keys can never make the server run a program of its choosing. A file that does
+//! not parse, names an unknown handler, has an empty `command` or an unknown key is
+//! rejected with one message naming the file, the line and the problem.
+
+use crate::watch::{DbSel, Kind, OnChange, Source, WatchSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use toml::Spanned;
+
+// ---- module configs (registered in lib.rs) ----
+
+pub static CONFIG_PATH: Mutex<String> = Mutex::new(String::new());
+pub static EVENTS_KEY: Mutex<String> = Mutex::new(String::new());
+pub static EVENTS_MAXLEN: AtomicI64 = AtomicI64::new(10_000);
+pub static MAX_JOBS: AtomicI64 = AtomicI64::new(10_000);
+pub static LOG_LINES: AtomicI64 = AtomicI64::new(100);
+
+/// The current value of a string module config.
+pub fn get(cell: &Mutex<String>) -> String {
+    cell.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+pub fn events_maxlen() -> i64 {
+    EVENTS_MAXLEN.load(Ordering::Relaxed)
+}
+
+pub fn max_jobs() -> usize {
+    MAX_JOBS.load(Ordering::Relaxed).max(0) as usize
+}
+
+pub fn default_log_lines() -> usize {
+    LOG_LINES.load(Ordering::Relaxed).max(0) as usize
+}
+
+// ---- the TOML file ----
+
+/// The parsed file, fixed for the life of the module.
+pub static FILE: OnceLock<Config> = OnceLock::new();
+
+pub fn file() -> &'static Config {
+    static EMPTY: OnceLock<Config> = OnceLock::new();
+    FILE.get()
+        .unwrap_or_else(|| EMPTY.get_or_init(Config::default))
+}
+
+#[derive(Debug, Default)]
+pub struct Config {
+    pub handlers: BTreeMap<String, Arc<Handler>>,
+    pub watches: Vec<WatchSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Restart {
+    pub fn name(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+}
+
+/// A named recipe for what a job runs.
+#[derive(Debug)]
+pub struct Handler {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub restart: Restart,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub stable_after: Duration,
+    pub max_failures: u32,
+    pub stop_signal: i32,
+    pub stop_signal_name: String,
+    pub stop_grace: Duration,
+    pub timeout: Duration,
+    pub log_lines: Option<usize>,
+}
+
+impl Handler {
+    /// Delay before the restart that follows `failures` consecutive failed runs.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(30);
+        self.backoff_initial
+            .saturating_mul(1u32 << shift)
+            .min(self.backoff_max)
+    }
+
+    pub fn log_lines(&self) -> usize {
+        self.log_lines.unwrap_or_else(default_log_lines)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    #[serde(default)]
+    handler: BTreeMap<String, HandlerToml>,
+    #[serde(default)]
+    watch: Vec<Spanned<WatchToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HandlerToml {
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    #[serde(default = "always")]
+    restart: Restart,
+    #[serde(default = "ms250")]
+    backoff_initial_ms: u64,
+    #[serde(default = "ms30000")]
+    backoff_max_ms: u64,
+    #[serde(default = "ms10000")]
+    stable_after_ms: u64,
+    #[serde(default)]
+    max_failures: u32,
+    #[serde(default = "term")]
+    stop_signal: Spanned<String>,
+    #[serde(default = "ms5000")]
+    stop_grace_ms: u64,
+    #[serde(default)]
+    timeout_ms: u64,
+    log_lines: Option<usize>,
+}
+
+fn always() -> Restart {
+    Restart::Always
+}
+fn ms250() -> u64 {
+    250
+}
+fn ms30000() -> u64 {
+    30_000
+}
+fn ms10000() -> u64 {
+    10_000
+}
+fn ms5000() -> u64 {
+    5_000
+}
+fn term() -> Spanned<String> {
+    Spanned::new(0..0, "TERM".to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DbToml {
+    Num(i64),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct WatchToml {
+    pattern: String,
+    handler: Spanned<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<Spanned<String>>,
+    db: Option<Spanned<DbToml>>,
+    onchange: Option<Spanned<String>>,
+}
+
+/// Signal names accepted by `stop-signal` (with or without `SIG`), or a number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "ALRM" => libc::SIGALRM,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        other => other.parse().ok().filter(|n| (1..=64).contains(n))?,
+    };
+    Some(n)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses the file's text; the error names the file, the line and the problem.
+pub fn parse(path: &str, text: &str) -> Result<Config, String> {
+    let at = |offset: usize, msg: String| format!("{path}: line {}: {msg}", line_of(text, offset));
+    let raw: FileToml = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(text, s.start));
+        format!(
+            "{path}: line {line}: {}",
+            e.message().trim().replace('\n', " ")
+        )
+    })?;
+
+    let base = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let resolve = |p: &str| base.join(p).to_string_lossy().into_owned();
+    let mut handlers = BTreeMap::new();
+    for (name, h) in raw.handler {
+        let span = h.command.span();
+        let mut command = h.command.into_inner();
+        if command.is_empty() || command[0].is_empty() {
+            return Err(at(
+                span.start,
+                format!("handler '{name}' has an empty command"),
+            ));
+        }
+        // Relative paths are relative to the config file, not to the server's --dir.
+        if command[0].starts_with("./") || command[0].starts_with("../") {
+            command[0] = resolve(&command[0]);
+        }
+        let cwd = h
+            .cwd
+            .map(|c| if c.starts_with('/') { c } else { resolve(&c) });
+        let sig_span = h.stop_signal.span();
+        let stop_signal = parse_signal(h.stop_signal.get_ref()).ok_or_else(|| {
+            at(
+                sig_span.start,
+                format!(
+                    "handler '{name}' has an unknown stop-signal '{}'",
+                    h.stop_signal.get_ref()
+                ),
+            )
+        })?;
+        handlers.insert(
+            name.clone(),
+            Arc::new(Handler {
+                name,
+                command,
+                env: h.env.into_iter().collect(),
+                cwd,
+                restart: h.restart,
+                backoff_initial: Duration::from_millis(h.backoff_initial_ms),
+                backoff_max: Duration::from_millis(h.backoff_max_ms.max(h.backoff_initial_ms)),
+                stable_after: Duration::from_millis(h.stable_after_ms),
+                max_failures: h.max_failures,
+                stop_signal,
+                stop_signal_name: h.stop_signal.into_inner(),
+                stop_grace: Duration::from_millis(h.stop_grace_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                log_lines: h.log_lines,
+            }),
+        );
+    }
+
+    let mut watches = Vec::new();
+    for w in raw.watch {
+        let wspan = w.span();
+        let w = w.into_inner();
+        let hspan = w.handler.span();
+        let handler = w.handler.into_inner();
+        if !handlers.contains_key(&handler) {
+            return Err(at(
+                hspan.start,
+                format!("watch '{}' names an unknown handler '{handler}'", w.pattern),
+            ));
+        }
+        if w.pattern.is_empty() {
+            return Err(at(wspan.start, "watch has an empty pattern".into()));
+        }
+        let kind = match &w.kind {
+            None => Kind::Hash,
+            Some(k) => match k.get_ref().as_str() {
+                "hash" => Kind::Hash,
+                "stream" => {
+                    return Err(at(
+                        k.span().start,
+                        "type \"stream\" is not supported by this version yet".into(),
+                    ))
+                }
+                other => {
+                    return Err(at(
+                        k.span().start,
+                        format!("type must be \"hash\" or \"stream\", got \"{other}\""),
+                    ))
+                }
+            },
+        };
+        let db = match &w.db {
+            None => DbSel::One(0),
+            Some(d) => match d.get_ref() {
+                DbToml::Num(n) if (0..=i32::MAX as i64).contains(n) => DbSel::One(*n as i32),
+                DbToml::Word(s) if s.eq_ignore_ascii_case("all") => DbSel::All,
+                _ => {
+                    return Err(at(
+                        d.span().start,
+                        "db must be a database number or \"all\"".into(),
+                    ))
+                }
+            },
+        };
+        let onchange = match &w.onchange {
+            None => OnChange::Restart,
+            Some(o) => OnChange::parse(o.get_ref()).ok_or_else(|| {
+                at(
+                    o.span().start,
+                    format!(
+                        "onchange must be \"restart\" or \"ignore\", got \"{}\"",
+                        o.get_ref()
+                    ),
+                )
+            })?,
+        };
+        if watches
+            .iter()
+            .any(|x: &WatchSpec| x.pattern == w.pattern.as_bytes())
+        {
+            return Err(at(
+                wspan.start,
+                format!("watch pattern '{}' appears twice", w.pattern),
+            ));
+        }
+        watches.push(WatchSpec {
+            pattern: w.pattern.into_bytes(),
+            handler,
+            kind,
+            db,
+            onchange,
+            source: Source::Config,
+        });
+    }
+    Ok(Config { handlers, watches })
+}
+
+/// Reads and parses the file named by the `config` module config (none: empty config).
+pub fn load(path: &str) -> Result<Config, String> {
+    if path.is_empty() {
+        return Ok(Config::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: line 0: {e}"))?;
+    parse(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_spec_example() {
+        let text = r#"
+[handler.transcode]
+command = ["/usr/local/bin/transcode", "--id", "{field}", "--url", "{value}"]
+env = { STREAM_ID = "{field}" }
+cwd = "/var/lib/transcode"
+restart = "always"
+backoff-initial-ms = 250
+backoff-max-ms = 30000
+stable-after-ms = 10000
+max-failures = 0
+stop-signal = "TERM"
+stop-grace-ms = 5000
+timeout-ms = 0
+log-lines = 100
+
+[[watch]]
+pattern = "cams"
+handler = "transcode"
+type = "hash"
+db = 0
+"#;
+        let c = parse("x.toml", text).unwrap();
+        assert_eq!(c.handlers["transcode"].stop_signal, libc::SIGTERM);
+        assert_eq!(c.watches.len(), 1);
+        assert_eq!(c.watches[0].db, DbSel::One(0));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = parse("f.toml", "[handler.a]\ncommand = [\"x\"]\ncomand = 1\n").unwrap_err();
+        assert!(e.starts_with("f.toml: line 3:"), "{e}");
+        assert!(e.contains("comand"), "{e}");
+        let e = parse(
+            "f.toml",
+            "[handler.a]\ncommand = [\"x\"]\n\n[[watch]]\npattern = \"p\"\nhandler = \"b\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("f.toml: line 6:") && e.contains("'b'"), "{e}");
+        let e = parse("f.toml", "[handler.a]\ncommand = []\n").unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 2:") && e.contains("empty"),
+            "{e}"
+        );
+        let e = parse("f.toml", "[handler.a\n").unwrap_err();
+        assert!(e.starts_with("f.toml: line 1:"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let c = parse(
+            "/etc/sw/x.toml",
+            "[handler.a]\ncommand = [\"./w.sh\", \"./arg\"]\ncwd = \"data\"\n",
+        )
+        .unwrap();
+        let h = &c.handlers["a"];
+        assert_eq!(h.command, ["/etc/sw/./w.sh", "./arg"]);
+        assert_eq!(h.cwd.as_deref(), Some("/etc/sw/data"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = parse(
+            "f",
+            "[handler.a]\ncommand=[\"x\"]\nbackoff-initial-ms=100\nbackoff-max-ms=350\n",
+        )
+        .unwrap();
+        let h = &c.handlers["a"];
+        let ms = |n| h.backoff(n).as_millis();
+        assert_eq!(
+            (ms(0), ms(1), ms(2), ms(3), ms(40)),
+            (100, 100, 200, 350, 350)
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Every place streamwatch touches the Redis module C API or libc directly.
+//!
+//! Kept in one small file so the `unsafe` surface is easy to audit. What lives here:
+//! the panic guard for every entry point from Redis, replies (ordered RESP3 maps that
+//! RESP2 clients see as flat arrays), blocked clients answered from the supervisor
+//! thread, the selected database, the server events the `redis-module` crate does not
+//! wrap (SWAPDB), and launching the embedded helper binary from a memfd.
+
+use redis_module::{raw, Context, RedisError, RedisResult, RedisValue};
+use std::ffi::{c_char, c_int, c_long, c_void, CString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+/// A reply, built anywhere (main thread or supervisor) and emitted on the main thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Ok,
+    Nil,
+    Int(i64),
+    Bool(bool),
+    Bulk(Vec<u8>),
+    Error(String),
+    Array(Vec<Reply>),
+    /// Keys keep their order (RESP2 clients get a flat array).
+    Map(Vec<(String, Reply)>),
+}
+
+impl Reply {
+    pub fn str(s: impl AsRef<[u8]>) -> Reply {
+        Reply::Bulk(s.as_ref().to_vec())
+    }
+
+    pub fn opt_int(v: Option<i64>) -> Reply {
+        v.map_or(Reply::Nil, Reply::Int)
+    }
+
+    fn emit(&self, ctx: *mut raw::RedisModuleCtx) {
+        unsafe {
+            match self {
+                Reply::Ok => {
+                    raw::RedisModule_ReplyWithSimpleString.unwrap()(ctx, c"OK".as_ptr());
+                }
+                Reply::Nil => {
+                    raw::RedisModule_ReplyWithNull.unwrap()(ctx);
+                }
+                Reply::Int(i) => {
+                    raw::RedisModule_ReplyWithLongLong.unwrap()(ctx, *i);
+                }
+                Reply::Bool(b) => {
+                    raw::RedisModule_ReplyWithBool.unwrap()(ctx, c_int::from(*b));
+                }
+                Reply::Bulk(b) => {
+                    raw::RedisModule_ReplyWithStringBuffer.unwrap()(
+                        ctx,
+                        b.as_ptr().cast::<c_char>(),
+                        b.len(),
+                    );
+                }
+                Reply::Error(e) => {
+                    let msg = CString::new(e.replace(['\0', '\r', '\n'], " "))
+                        .unwrap_or_else(|_| c"ERR internal error".to_owned());
+                    raw::RedisModule_ReplyWithError.unwrap()(ctx, msg.as_ptr());
+                }
+                Reply::Array(items) => {
+                    raw::RedisModule_ReplyWithArray.unwrap()(ctx, items.len() as c_long);
+                    items.iter().for_each(|i| i.emit(ctx));
+                }
+                Reply::Map(pairs) => {
+                    raw::RedisModule_ReplyWithMap.unwrap()(ctx, pairs.len() as c_long);
+                    for (k, v) in pairs {
+                        raw::RedisModule_ReplyWithStringBuffer.unwrap()(
+                            ctx,
+                            k.as_ptr().cast::<c_char>(),
+                            k.len(),
+                        );
+                        v.emit(ctx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a command handler produced.
+pub enum Outcome {
+    Reply(Reply),
+    /// The client is blocked; the supervisor answers through a [`Replier`].
+    Blocked,
+}
+
+/// A command's error: Redis's standard arity error, or a message starting with ERR.
+#[derive(Debug)]
+pub enum CmdError {
+    Arity,
+    Msg(String),
+}
+
+impl From<String> for CmdError {
+    fn from(s: String) -> Self {
+        CmdError::Msg(s)
+    }
+}
+
+/// Runs a command handler with panics caught, and emits its reply.
+pub fn command(
+    ctx: &Context,
+    name: &str,
+    f: impl FnOnce() -> Result<Outcome, CmdError>,
+) -> RedisResult {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(Outcome::Reply(r))) => {
+            r.emit(ctx.ctx);
+            Ok(RedisValue::NoReply)
+        }
+        Ok(Ok(Outcome::Blocked)) => Ok(RedisValue::NoReply),
+        Ok(Err(CmdError::Arity)) => Err(RedisError::WrongArity),
+        Ok(Err(CmdError::Msg(m))) => Err(RedisError::String(m)),
+        Err(panic) => {
+            let what = panic_text(&panic);
+            redis_module::logging::log_warning(format!(
+                "streamwatch: internal error in {name}: {what}"
+            ));
+            Err(RedisError::String(format!(
+                "ERR streamwatch internal error in {name}: {what}"
+            )))
+        }
+    }
+}
+
+/// Runs an event callback with panics caught; a panic becomes a log line.
+pub fn callback(name: &str, f: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+        redis_module::logging::log_warning(format!(
+            "streamwatch: internal error in {name}: {}",
+            panic_text(&panic)
+        ));
+    }
+}
+
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// A blocked client that the supervisor thread answers exactly once.
+pub struct Replier {
+    bc: *mut raw::RedisModuleBlockedClient,
+}
+
+// The blocked-client handle is meant to be passed to another thread.
+unsafe impl Send for Replier {}
+
+/// How long a client waits for the supervisor before it gets an error instead.
+const BLOCK_TIMEOUT_MS: i64 = 30_000;
+
+impl Replier {
+    /// Blocks the calling client; `None` inside MULTI or a script, where a module
+    /// command cannot block.
+    pub fn block(ctx: &Context) -> Option<Replier> {
+        use redis_module::ContextFlags;
+        if ctx
+            .get_flags()
+            .intersects(ContextFlags::MULTI | ContextFlags::LUA)
+        {
+            return None;
+        }
+        let bc = unsafe {
+            raw::RedisModule_BlockClient.unwrap()(
+                ctx.ctx,
+                Some(blocked_reply),
+                Some(blocked_timeout),
+                Some(blocked_free),
+                BLOCK_TIMEOUT_MS,
+            )
+        };
+        (!bc.is_null()).then_some(Replier { bc })
+    }
+
+    pub fn reply(mut self, reply: Reply) {
+        let bc = std::mem::replace(&mut self.bc, ptr::null_mut());
+        let data = Box::into_raw(Box::new(reply));
+        unsafe { raw::RedisModule_UnblockClient.unwrap()(bc, data.cast::<c_void>()) };
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        if !self.bc.is_null() {
+            let data = Box::into_raw(Box::new(Reply::Error(
+                "ERR streamwatch could not complete the request".into(),
+            )));
+            unsafe { raw::RedisModule_UnblockClient.unwrap()(self.bc, data.cast::<c_void>()) };
+        }
+    }
+}
+
+extern "C" fn blocked_reply(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    callback("reply", || unsafe {
+        let data = raw::RedisModule_GetBlockedClientPrivateData.unwrap()(ctx) as *const Reply;
+        match data.as_ref() {
+            Some(reply) => reply.emit(ctx),
+            None => Reply::Nil.emit(ctx),
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn blocked_timeout(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    Reply::Error("ERR streamwatch supervisor did not answer in time".into()).emit(ctx);
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn blocked_free(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    if !data.is_null() {
+        drop(unsafe { Box::from_raw(data.cast::<Reply>()) });
+    }
+}
+
+/// The database the context (client, callback or thread-safe context) has selected.
+pub fn selected_db(ctx: &Context) -> i32 {
+    unsafe { raw::RedisModule_GetSelectedDb.unwrap()(ctx.ctx) }
+}
+
+/// Selects a database on a (locked) thread-safe context.
+pub fn select_db(ctx: &Context, db: i32) -> bool {
+    unsafe { raw::RedisModule_SelectDb.unwrap()(ctx.ctx, db) == raw::REDISMODULE_OK as c_int }
+}
+
+/// Subscribes to SWAPDB, which the `redis-module` crate does not wrap.
+pub fn subscribe_swapdb(ctx: &Context, on_swap: fn()) -> bool {
+    static HANDLER: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+    let _ = HANDLER.set(on_swap);
+    extern "C" fn cb(
+        _ctx: *mut raw::RedisModuleCtx,
+        _eid: raw::RedisModuleEvent,
+        _sub: u64,
+        _data: *mut c_void,
+    ) {
+        if let Some(f) = HANDLER.get() {
+            callback("swapdb event", f);
+        }
+    }
+    let status = unsafe {
+        raw::RedisModule_SubscribeToServerEvent.unwrap()(
+            ctx.ctx,
+            raw::RedisModuleEvent {
+                id: raw::REDISMODULE_EVENT_SWAPDB,
+                dataver: 1,
+            },
+            Some(cb),
+        )
+    };
+    status == raw::REDISMODULE_OK as c_int
+}
+
+/// Puts the embedded helper binary into an anonymous, sealed-off memory file and
+/// returns it; `/proc/self/fd/N` of it can then be executed (posix_spawn, no fork).
+pub fn helper_memfd(binary: &[u8]) -> std::io::Result<File> {
+    let fd = unsafe { libc::memfd_create(c"streamwatch-helper".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(binary)?;
+    Ok(file)
+}
+
+/// Path through which a memfd can be executed.
+pub fn fd_path(file: &File) -> String {
+    format!("/proc/self/fd/{}", file.as_raw_fd())
+}
+
+/// Reaps the helper if it exited; Redis may already have reaped it (ECHILD), which
+/// is fine: the helper's own status carries nothing we need.
+pub fn reap_nohang(pid: i32) {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}

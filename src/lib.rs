@@ -1,0 +1,144 @@
+//! streamwatch: a Redis module that keeps one supervised worker per field of a watched
+//! hash, reconciling on every change Redis can make to a key.
+//!
+//! This file only declares the module: its configs, commands and event callbacks.
+//! Each command is a one-line delegation to the file that owns it:
+//! * `commands` — parsing and replies (main thread);
+//! * `events` — keyspace and server event callbacks (main thread, O(1));
+//! * `supervisor` — the module thread that owns every job;
+//! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
+//! * `ffi` — every `unsafe` call into Redis or libc.
+
+mod commands;
+mod config;
+mod events;
+mod ffi;
+mod glob;
+#[allow(dead_code)] // shared with the helper: each side uses half of it
+mod protocol;
+mod runner;
+mod stats;
+mod supervisor;
+mod watch;
+
+use redis_module::configuration::ConfigurationFlags;
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+
+#[cfg(not(test))]
+type Allocator = redis_module::alloc::RedisAlloc;
+#[cfg(not(test))]
+const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
+#[cfg(test)]
+type Allocator = std::alloc::System;
+#[cfg(test)]
+const ALLOCATOR: Allocator = std::alloc::System;
+
+fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    let mut ok = true;
+    ffi::callback("module load", || ok = load(ctx).is_ok());
+    if ok {
+        Status::Ok
+    } else {
+        Status::Err
+    }
+}
+
+/// Reads the config file, registers its watches and starts the supervisor.
+fn load(ctx: &Context) -> Result<(), ()> {
+    let path = config::get(&config::CONFIG_PATH);
+    let file = config::load(&path).map_err(|e| {
+        ctx.log_warning(&format!("streamwatch: bad config file {e}"));
+    })?;
+    let _ = config::FILE.set(file);
+    if let Ok(redis_module::RedisValue::Array(v)) = ctx.call("CONFIG", &["GET", "databases"]) {
+        if let Some(Ok(n)) = v.get(1).map(|x| match x {
+            redis_module::RedisValue::SimpleString(s) | redis_module::RedisValue::BulkString(s) => {
+                s.parse::<i32>()
+            }
+            _ => "x".parse::<i32>(),
+        }) {
+            commands::DATABASES.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let mut snapshot = watch::snapshot();
+    for spec in &config::file().watches {
+        snapshot = watch::add(spec.clone(), false).map_err(|e| {
+            ctx.log_warning(&format!("streamwatch: {path}: {e}"));
+        })?;
+    }
+    if !ffi::subscribe_swapdb(ctx, events::on_swapdb) {
+        ctx.log_warning("streamwatch: cannot subscribe to SWAPDB events");
+        return Err(());
+    }
+    supervisor::start(snapshot).map_err(|e| ctx.log_warning(&format!("streamwatch: {e}")))?;
+    ctx.log_notice(&format!(
+        "streamwatch {} loaded: {} handlers, {} watches",
+        env!("CARGO_PKG_VERSION"),
+        config::file().handlers.len(),
+        config::file().watches.len()
+    ));
+    Ok(())
+}
+
+fn info(ctx: &InfoContext, _for_crash_report: bool) {
+    ffi::callback("INFO", || commands::info(ctx));
+}
+
+macro_rules! command {
+    ($fn_name:ident, $name:literal, $handler:path) => {
+        fn $fn_name(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+            ffi::command(ctx, $name, || $handler(ctx, args))
+        }
+    };
+}
+
+command!(cmd_watch, "STREAMWATCH.WATCH", commands::watch);
+command!(cmd_unwatch, "STREAMWATCH.UNWATCH", commands::unwatch);
+command!(cmd_watches, "STREAMWATCH.WATCHES", commands::watches);
+command!(cmd_handlers, "STREAMWATCH.HANDLERS", commands::handlers);
+command!(cmd_jobs, "STREAMWATCH.JOBS", commands::jobs);
+command!(cmd_job, "STREAMWATCH.JOB", commands::job);
+command!(cmd_restart, "STREAMWATCH.RESTART", commands::restart);
+command!(cmd_pause, "STREAMWATCH.PAUSE", commands::pause);
+command!(cmd_resume, "STREAMWATCH.RESUME", commands::resume);
+command!(cmd_reconcile, "STREAMWATCH.RECONCILE", commands::reconcile);
+command!(cmd_status, "STREAMWATCH.STATUS", commands::status);
+
+redis_module! {
+    name: "streamwatch",
+    version: 1,
+    allocator: (Allocator, ALLOCATOR),
+    data_types: [],
+    init: init,
+    info: info,
+    commands: [
+        ["streamwatch.watch", cmd_watch, "write deny-oom", 0, 0, 0, ""],
+        ["streamwatch.unwatch", cmd_unwatch, "write", 0, 0, 0, ""],
+        ["streamwatch.watches", cmd_watches, "readonly", 0, 0, 0, ""],
+        ["streamwatch.handlers", cmd_handlers, "readonly", 0, 0, 0, ""],
+        ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, ""],
+        ["streamwatch.job", cmd_job, "readonly", 0, 0, 0, ""],
+        ["streamwatch.restart", cmd_restart, "write", 0, 0, 0, ""],
+        ["streamwatch.pause", cmd_pause, "write", 0, 0, 0, ""],
+        ["streamwatch.resume", cmd_resume, "write", 0, 0, 0, ""],
+        ["streamwatch.reconcile", cmd_reconcile, "write", 0, 0, 0, ""],
+        ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, ""],
+    ],
+    event_handlers: [
+        [@GENERIC @STRING @LIST @SET @HASH @ZSET @EXPIRED @EVICTED @STREAM @MODULE: events::on_keyspace],
+    ],
+    configurations: [
+        i64: [
+            ["events-maxlen", &config::EVENTS_MAXLEN, 10000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
+            ["max-jobs", &config::MAX_JOBS, 10000, 0, 100_000_000, ConfigurationFlags::DEFAULT, None],
+            ["log-lines", &config::LOG_LINES, 100, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
+        ],
+        string: [
+            ["config", &config::CONFIG_PATH, "", ConfigurationFlags::IMMUTABLE, None],
+            ["events-key", &config::EVENTS_KEY, "streamwatch:events", ConfigurationFlags::DEFAULT, None],
+        ],
+        bool: [],
+        enum: [],
+        module_args_as_configuration: true,
+    ]
+}

@@ -1,0 +1,352 @@
+//! The wire protocol between the module and its helper process.
+//!
+//! Redis reaps any child of its own process while it has a fork child (BGSAVE, AOF
+//! rewrite, full sync), so the module never spawns workers itself: a small helper
+//! process, spawned once, is the workers' real parent and reports their exact exit
+//! statuses. This file is compiled into both sides (the helper includes it with
+//! `#[path]`), so the two can never disagree on the format.
+//!
+//! A frame is `u32 length (LE) | u8 tag | payload`; integers are little-endian, byte
+//! strings are `u32 length | bytes`. Only `std` is used here.
+
+use std::io::{self, Read, Write};
+
+/// Largest frame either side accepts: a spawn with a few arguments of Linux's
+/// 128 KiB per-argument maximum fits easily.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// What the module asks of the helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Start a run in its own process group, stdout and stderr captured.
+    Spawn {
+        run: u64,
+        argv: Vec<Vec<u8>>,
+        /// Added to the helper's (that is, redis-server's) environment.
+        env: Vec<(Vec<u8>, Vec<u8>)>,
+        cwd: Option<Vec<u8>>,
+        /// Used by `Stop` and when the module goes away.
+        stop_signal: i32,
+        stop_grace_ms: u64,
+    },
+    /// Send the run's stop signal to its process group, then SIGKILL after the grace.
+    Stop { run: u64 },
+}
+
+/// What the helper reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Started {
+        run: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        run: u64,
+        error: String,
+    },
+    /// Output bytes from the run's stdout or stderr (merged).
+    Output {
+        run: u64,
+        data: Vec<u8>,
+    },
+    /// The run's leader was reaped; `status` is the raw wait status.
+    Exited {
+        run: u64,
+        status: i32,
+    },
+}
+
+const T_SPAWN: u8 = 1;
+const T_STOP: u8 = 2;
+const T_STARTED: u8 = 11;
+const T_SPAWN_FAILED: u8 = 12;
+const T_OUTPUT: u8 = 13;
+const T_EXITED: u8 = 14;
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn new(tag: u8) -> Enc {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(&[0, 0, 0, 0, tag]);
+        Enc(v)
+    }
+    fn u64(&mut self, x: u64) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    fn i32(&mut self, x: i32) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let len = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        self.0
+    }
+}
+
+struct Dec<'a>(&'a [u8]);
+
+fn short() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "truncated frame")
+}
+
+impl Dec<'_> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(short());
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn i32(&mut self) -> io::Result<i32> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(i32::from_le_bytes(b))
+    }
+    fn bytes(&mut self) -> io::Result<Vec<u8>> {
+        let n = self.i32()? as u32 as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn list(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        let n = self.i32()? as u32 as usize;
+        if n > self.0.len() {
+            return Err(short());
+        }
+        (0..n).map(|_| self.bytes()).collect()
+    }
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Spawn {
+                run,
+                argv,
+                env,
+                cwd,
+                stop_signal,
+                stop_grace_ms,
+            } => {
+                let mut e = Enc::new(T_SPAWN);
+                e.u64(*run);
+                e.i32(*stop_signal);
+                e.u64(*stop_grace_ms);
+                e.i32(argv.len() as i32);
+                argv.iter().for_each(|a| e.bytes(a));
+                e.i32(env.len() as i32);
+                for (k, v) in env {
+                    e.bytes(k);
+                    e.bytes(v);
+                }
+                match cwd {
+                    Some(c) => {
+                        e.i32(1);
+                        e.bytes(c);
+                    }
+                    None => e.i32(0),
+                }
+                e.finish()
+            }
+            Request::Stop { run } => {
+                let mut e = Enc::new(T_STOP);
+                e.u64(*run);
+                e.finish()
+            }
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> io::Result<Request> {
+        let (&tag, rest) = frame.split_first().ok_or_else(short)?;
+        let mut d = Dec(rest);
+        match tag {
+            T_SPAWN => {
+                let run = d.u64()?;
+                let stop_signal = d.i32()?;
+                let stop_grace_ms = d.u64()?;
+                let argv = d.list()?;
+                let n = d.i32()? as u32 as usize;
+                if n > d.0.len() {
+                    return Err(short());
+                }
+                let mut env = Vec::with_capacity(n);
+                for _ in 0..n {
+                    env.push((d.bytes()?, d.bytes()?));
+                }
+                let cwd = if d.i32()? == 1 {
+                    Some(d.bytes()?)
+                } else {
+                    None
+                };
+                Ok(Request::Spawn {
+                    run,
+                    argv,
+                    env,
+                    cwd,
+                    stop_signal,
+                    stop_grace_ms,
+                })
+            }
+            T_STOP => Ok(Request::Stop { run: d.u64()? }),
+            t => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown request tag {t}"),
+            )),
+        }
+    }
+}
+
+impl Report {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Report::Started { run, pid } => {
+                let mut e = Enc::new(T_STARTED);
+                e.u64(*run);
+                e.i32(*pid);
+                e.finish()
+            }
+            Report::SpawnFailed { run, error } => {
+                let mut e = Enc::new(T_SPAWN_FAILED);
+                e.u64(*run);
+                e.bytes(error.as_bytes());
+                e.finish()
+            }
+            Report::Output { run, data } => {
+                let mut e = Enc::new(T_OUTPUT);
+                e.u64(*run);
+                e.bytes(data);
+                e.finish()
+            }
+            Report::Exited { run, status } => {
+                let mut e = Enc::new(T_EXITED);
+                e.u64(*run);
+                e.i32(*status);
+                e.finish()
+            }
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> io::Result<Report> {
+        let (&tag, rest) = frame.split_first().ok_or_else(short)?;
+        let mut d = Dec(rest);
+        match tag {
+            T_STARTED => Ok(Report::Started {
+                run: d.u64()?,
+                pid: d.i32()?,
+            }),
+            T_SPAWN_FAILED => Ok(Report::SpawnFailed {
+                run: d.u64()?,
+                error: String::from_utf8_lossy(&d.bytes()?).into_owned(),
+            }),
+            T_OUTPUT => Ok(Report::Output {
+                run: d.u64()?,
+                data: d.bytes()?,
+            }),
+            T_EXITED => Ok(Report::Exited {
+                run: d.u64()?,
+                status: d.i32()?,
+            }),
+            t => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown report tag {t}"),
+            )),
+        }
+    }
+}
+
+/// Reads one frame (without its length prefix); `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad frame length {len}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// Writes an encoded frame whole.
+pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strip(frame: Vec<u8>) -> Vec<u8> {
+        frame[4..].to_vec()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::Spawn {
+            run: 7,
+            argv: vec![b"/bin/sh".to_vec(), vec![0xff, b';', b'\n']],
+            env: vec![(b"A".to_vec(), b"1".to_vec())],
+            cwd: Some(b"/tmp".to_vec()),
+            stop_signal: 15,
+            stop_grace_ms: 5000,
+        };
+        assert_eq!(Request::decode(&strip(r.encode())).unwrap(), r);
+        let s = Request::Stop { run: 9 };
+        assert_eq!(Request::decode(&strip(s.encode())).unwrap(), s);
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        for r in [
+            Report::Started { run: 1, pid: 42 },
+            Report::SpawnFailed {
+                run: 2,
+                error: "No such file".into(),
+            },
+            Report::Output {
+                run: 3,
+                data: b"hi\n".to_vec(),
+            },
+            Report::Exited {
+                run: 4,
+                status: 7 << 8,
+            },
+        ] {
+            assert_eq!(Report::decode(&strip(r.encode())).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_errors_not_panics() {
+        let frame = strip(
+            Request::Spawn {
+                run: 1,
+                argv: vec![b"x".to_vec()],
+                env: vec![],
+                cwd: None,
+                stop_signal: 15,
+                stop_grace_ms: 1,
+            }
+            .encode(),
+        );
+        for n in 0..frame.len() {
+            assert!(Request::decode(&frame[..n]).is_err());
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The module's end of the helper process (see `helper/main.rs` for why it exists).
+//!
+//! Runs on module threads only. `Runner::start` launches the embedded helper binary
+//! from a memfd with `posix_spawn` (std's `Command` without `pre_exec`, so the large
+//! redis-server heap is never forked), hands it one end of a Unix socket as its stdin,
+//! and starts a reader thread that forwards every report to the supervisor's channel.
+
+use crate::ffi;
+use crate::protocol::{read_frame, write_frame, Report, Request};
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// The helper binary, compiled by build.rs.
+static HELPER_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streamwatch-helper"));
+
+pub struct Runner {
+    socket: UnixStream,
+    pid: i32,
+    _memfd: File,
+}
+
+impl Runner {
+    /// Starts a helper; `on_report(None)` is called once when it is gone.
+    pub fn start(on_report: impl Fn(Option<Report>) + Send + 'static) -> io::Result<Runner> {
+        let memfd = ffi::helper_memfd(HELPER_BINARY)?;
+        let (ours, theirs) = UnixStream::pair()?;
+        let child = Command::new(ffi::fd_path(&memfd))
+            .arg0("streamwatch-helper")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let pid = child.id() as i32;
+        // The helper is reaped by us when it is gone (or by Redis during a fork child).
+        drop(child);
+        let reader = ours.try_clone()?;
+        std::thread::Builder::new()
+            .name("streamwatch-reports".into())
+            .spawn(move || {
+                let mut r = BufReader::with_capacity(256 * 1024, reader);
+                loop {
+                    match read_frame(&mut r).and_then(|f| match f {
+                        Some(frame) => Report::decode(&frame).map(Some),
+                        None => Ok(None),
+                    }) {
+                        Ok(Some(report)) => on_report(Some(report)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            redis_module::logging::log_warning(format!(
+                                "streamwatch: helper connection failed: {e}"
+                            ));
+                            break;
+                        }
+                    }
+                }
+                ffi::reap_nohang(pid);
+                on_report(None);
+            })?;
+        Ok(Runner {
+            socket: ours,
+            pid,
+            _memfd: memfd,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn send(&mut self, req: &Request) -> io::Result<()> {
+        write_frame(&mut self.socket, &req.encode())
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // Closing our end makes the helper stop every run and exit.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        ffi::reap_nohang(self.pid);
+    }
+}

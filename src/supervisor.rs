@@ -1,0 +1,1205 @@
+//! The supervisor: one module thread that owns every job.
+//!
+//! Everything arrives on one channel, in order: key hints from the keyspace callback,
+//! commands from clients (answered through blocked clients), role changes, and the
+//! helper's reports (started, output, exited). The supervisor is level-triggered: a
+//! hint only says "look at this key again"; it then reads the key under the GIL,
+//! compares its fields and values with its jobs, and starts, stops or restarts the
+//! difference. A burst of hints for one key is coalesced into one look, and a lost
+//! hint is repaired by the next look or by a full reconcile.
+//!
+//! Only a primary runs jobs: the role is read under the GIL before every look, and a
+//! demotion (or PAUSE) stops everything.
+
+use crate::config::{self, Restart};
+use crate::ffi::{self, Replier, Reply};
+use crate::glob;
+use crate::protocol::{Report, Request};
+use crate::runner::Runner;
+use crate::stats;
+use crate::watch::{OnChange, Snapshot, Watch};
+use redis_module::key::KeyFlags;
+use redis_module::{
+    CallOptionsBuilder, CallResult, ContextFlags, KeyType, ScanKeyCursor, ThreadSafeContext,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Filters of `STREAMWATCH.JOBS`.
+#[derive(Debug, Default)]
+pub struct JobFilter {
+    pub watch: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    pub state: Option<&'static str>,
+    pub count: Option<usize>,
+}
+
+/// Everything the supervisor is told.
+pub enum Msg {
+    Dirty {
+        db: i32,
+        key: Vec<u8>,
+    },
+    ReconcileAll {
+        reply: Option<Replier>,
+    },
+    Watches(Snapshot),
+    Unwatch {
+        watches: Snapshot,
+        reply: Option<Replier>,
+    },
+    Jobs {
+        filter: JobFilter,
+        reply: Replier,
+    },
+    Job {
+        db: i32,
+        key: Vec<u8>,
+        field: Vec<u8>,
+        reply: Replier,
+    },
+    Restart {
+        db: i32,
+        key: Vec<u8>,
+        field: Vec<u8>,
+        reply: Replier,
+    },
+    Pause,
+    Resume,
+    Role {
+        primary: bool,
+    },
+    Report(Report),
+    HelperGone,
+}
+
+static TX: OnceLock<Sender<Msg>> = OnceLock::new();
+static QUEUED_HINTS: AtomicUsize = AtomicUsize::new(0);
+static OVERFLOWED: AtomicBool = AtomicBool::new(false);
+/// Hints beyond this many unprocessed ones are dropped and replaced by one full
+/// reconcile, so a stalled supervisor cannot make the server's memory grow.
+const MAX_QUEUED_HINTS: usize = 100_000;
+
+/// Sends a message to the supervisor; false if it is not running.
+pub fn send(msg: Msg) -> bool {
+    TX.get().is_some_and(|tx| tx.send(msg).is_ok())
+}
+
+/// Main thread, from the keyspace callback: O(1) apart from copying the key name.
+pub fn hint(db: i32, key: &[u8]) {
+    stats::bump(&stats::EVENTS);
+    if QUEUED_HINTS.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_HINTS {
+        QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
+        stats::bump(&stats::EVENTS_DROPPED);
+        if !OVERFLOWED.swap(true, Ordering::Relaxed) {
+            send(Msg::ReconcileAll { reply: None });
+        }
+        return;
+    }
+    if !send(Msg::Dirty {
+        db,
+        key: key.to_vec(),
+    }) {
+        QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts the supervisor thread (once, at module load).
+pub fn start(watches: Snapshot) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    TX.set(tx.clone())
+        .map_err(|_| "the supervisor is already running".to_string())?;
+    std::thread::Builder::new()
+        .name("streamwatch".into())
+        .spawn(move || {
+            let mut sup = Supervisor::new(watches, tx);
+            sup.run(rx);
+        })
+        .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct JobKey {
+    db: i32,
+    key: Vec<u8>,
+    watch: u64,
+    field: Vec<u8>,
+}
+
+struct Run {
+    id: u64,
+    pid: Option<i32>,
+    started: Instant,
+    started_ms: i64,
+    stopping: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    Exited,
+    Failed,
+}
+
+struct Job {
+    watch: Arc<Watch>,
+    /// The value the job should run with (the field's current value).
+    value: Vec<u8>,
+    /// False once the field is gone: the job is removed when its run has ended.
+    wanted: bool,
+    run: Option<Run>,
+    /// The current run is being stopped to start again with `value`.
+    restart_pending: bool,
+    backoff_until: Option<Instant>,
+    finished: Option<Finished>,
+    runs: u64,
+    failures: u32,
+    last_exit: Option<i64>,
+    log: VecDeque<Vec<u8>>,
+    partial: Vec<u8>,
+}
+
+impl Job {
+    fn state(&self) -> &'static str {
+        match (&self.run, self.finished) {
+            (Some(r), _) if r.stopping => "stopping",
+            (Some(r), _) if r.pid.is_none() => "starting",
+            (Some(_), _) => "running",
+            (None, _) if self.backoff_until.is_some() => "backoff",
+            (None, Some(Finished::Failed)) => "failed",
+            (None, Some(Finished::Exited)) => "exited",
+            (None, None) => "starting",
+        }
+    }
+
+    fn push_output(&mut self, data: &[u8], cap: usize) {
+        const MAX_LINE: usize = 4096;
+        for &b in data {
+            if b == b'\n' || self.partial.len() >= MAX_LINE {
+                let mut line = std::mem::take(&mut self.partial);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.log.push_back(line);
+                if b != b'\n' {
+                    self.partial.push(b);
+                }
+            } else {
+                self.partial.push(b);
+            }
+        }
+        while self.log.len() > cap {
+            self.log.pop_front();
+        }
+    }
+}
+
+/// Why a run ended.
+enum End {
+    Status(i32),
+    SpawnError(String),
+}
+
+#[derive(Default)]
+struct Tally {
+    started: i64,
+    stopped: i64,
+    restarted: i64,
+}
+
+/// What a look at a key found.
+enum Observed {
+    /// Not a primary (or loading): act on nothing.
+    NotActive,
+    Fields(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+struct Supervisor {
+    tx: Sender<Msg>,
+    tsc: ThreadSafeContext<redis_module::DetachedFromClient>,
+    watches: Snapshot,
+    jobs: BTreeMap<JobKey, Job>,
+    runs: HashMap<u64, JobKey>,
+    timers: BinaryHeap<Reverse<(Instant, JobKey)>>,
+    runner: Option<Runner>,
+    next_run: u64,
+    primary: bool,
+    paused: bool,
+    databases: i32,
+    events: Vec<Vec<(&'static str, Vec<u8>)>>,
+    /// Keys with desired jobs that `max-jobs` kept from starting.
+    over_limit: BTreeSet<(i32, Vec<u8>)>,
+    helper_failures: u32,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Exit status as one number: the exit code, or minus the signal (like Python).
+fn exit_number(status: i32) -> i64 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as i64
+    } else if libc::WIFSIGNALED(status) {
+        -(libc::WTERMSIG(status) as i64)
+    } else {
+        -1
+    }
+}
+
+impl Supervisor {
+    fn new(watches: Snapshot, tx: Sender<Msg>) -> Supervisor {
+        Supervisor {
+            tx,
+            tsc: ThreadSafeContext::new(),
+            watches,
+            jobs: BTreeMap::new(),
+            runs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            runner: None,
+            next_run: 1,
+            primary: false,
+            paused: false,
+            databases: 16,
+            events: Vec::new(),
+            over_limit: BTreeSet::new(),
+            helper_failures: 0,
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        self.read_server_facts();
+        self.start_helper();
+        self.guarded("reconcile", |s| {
+            s.reconcile_all();
+        });
+        let mut dirty: BTreeSet<(i32, Vec<u8>)> = BTreeSet::new();
+        loop {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let first = match rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Handle everything already queued; coalesce hints, keep order otherwise.
+            let mut next = first;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Dirty { db, key } => {
+                        QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
+                        dirty.insert((db, key));
+                    }
+                    other => {
+                        self.flush_dirty(&mut dirty);
+                        self.guarded("message", |s| s.handle(other));
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            self.flush_dirty(&mut dirty);
+            self.guarded("timers", |s| s.fire_timers());
+            self.guarded("events", |s| s.flush_events());
+            self.publish_stats();
+        }
+    }
+
+    /// Runs one step with panics caught, so a bug costs one step, not the supervisor.
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Supervisor)) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if let Err(p) = r {
+            redis_module::logging::log_warning(format!(
+                "streamwatch: internal error in supervisor ({what}): {}",
+                ffi::panic_text(&p)
+            ));
+        }
+    }
+
+    fn flush_dirty(&mut self, dirty: &mut BTreeSet<(i32, Vec<u8>)>) {
+        if dirty.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(dirty);
+        self.guarded("reconcile key", |s| {
+            let mut tally = Tally::default();
+            for (db, key) in keys {
+                s.reconcile_key(db, &key, &mut tally);
+            }
+        });
+    }
+
+    fn read_server_facts(&mut self) {
+        let ctx = self.tsc.lock();
+        self.primary = ctx.get_flags().contains(ContextFlags::MASTER);
+        stats::PRIMARY.store(self.primary, Ordering::Relaxed);
+        if let Ok(redis_module::RedisValue::Array(v)) = ctx.call("CONFIG", &["GET", "databases"]) {
+            if let Some(n) = v.get(1).and_then(|x| match x {
+                redis_module::RedisValue::SimpleString(s)
+                | redis_module::RedisValue::BulkString(s) => s.parse().ok(),
+                _ => None,
+            }) {
+                self.databases = n;
+            }
+        }
+    }
+
+    fn start_helper(&mut self) {
+        let tx = self.tx.clone();
+        match Runner::start(move |r| {
+            let _ = tx.send(match r {
+                Some(report) => Msg::Report(report),
+                None => Msg::HelperGone,
+            });
+        }) {
+            Ok(r) => {
+                redis_module::logging::log_notice(format!(
+                    "streamwatch: helper process started, pid {}",
+                    r.pid()
+                ));
+                self.runner = Some(r);
+            }
+            Err(e) => {
+                redis_module::logging::log_warning(format!(
+                    "streamwatch: cannot start the helper process: {e}"
+                ));
+                self.runner = None;
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.primary && !self.paused && self.runner.is_some()
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Dirty { .. } => {}
+            Msg::ReconcileAll { reply } => {
+                OVERFLOWED.store(false, Ordering::Relaxed);
+                let t = self.reconcile_all();
+                if let Some(r) = reply {
+                    r.reply(Reply::Map(vec![
+                        ("started".into(), Reply::Int(t.started)),
+                        ("stopped".into(), Reply::Int(t.stopped)),
+                        ("restarted".into(), Reply::Int(t.restarted)),
+                    ]));
+                }
+            }
+            Msg::Watches(w) => {
+                self.watches = w;
+                self.reconcile_all();
+            }
+            Msg::Unwatch { watches, reply } => {
+                let before = self.jobs.len() as i64;
+                self.watches = watches;
+                let alive: BTreeSet<u64> = self.watches.iter().map(|w| w.id).collect();
+                let mut stopped = 0;
+                let keys: Vec<JobKey> = self
+                    .jobs
+                    .keys()
+                    .filter(|k| !alive.contains(&k.watch))
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    if self.jobs.get(&k).is_some_and(|j| j.run.is_some()) {
+                        stopped += 1;
+                    }
+                    self.unwant(&k);
+                }
+                let _ = before;
+                if let Some(r) = reply {
+                    r.reply(Reply::Int(stopped));
+                }
+            }
+            Msg::Jobs { filter, reply } => reply.reply(self.jobs_reply(&filter)),
+            Msg::Job {
+                db,
+                key,
+                field,
+                reply,
+            } => {
+                let found = self
+                    .jobs
+                    .iter()
+                    .find(|(k, _)| k.db == db && k.key == key && k.field == field);
+                reply.reply(match found {
+                    Some((k, j)) => self.job_map(k, j, true),
+                    None => Reply::Nil,
+                });
+            }
+            Msg::Restart {
+                db,
+                key,
+                field,
+                reply,
+            } => {
+                let keys: Vec<JobKey> = self
+                    .jobs
+                    .keys()
+                    .filter(|k| k.db == db && k.key == key && k.field == field)
+                    .cloned()
+                    .collect();
+                let mut n = 0;
+                for k in &keys {
+                    if self.jobs.get(k).is_some_and(|j| j.wanted) {
+                        self.restart(k);
+                        n = 1;
+                    }
+                }
+                reply.reply(Reply::Int(n));
+            }
+            Msg::Pause => {
+                if !self.paused {
+                    self.paused = true;
+                    stats::PAUSED.store(true, Ordering::Relaxed);
+                    self.stop_everything();
+                    self.events.push(vec![("event", b"paused".to_vec())]);
+                }
+            }
+            Msg::Resume => {
+                if self.paused {
+                    self.paused = false;
+                    stats::PAUSED.store(false, Ordering::Relaxed);
+                    self.events.push(vec![("event", b"resumed".to_vec())]);
+                }
+                self.reconcile_all();
+            }
+            Msg::Role { primary } => {
+                self.primary = primary;
+                stats::PRIMARY.store(primary, Ordering::Relaxed);
+                if primary {
+                    self.reconcile_all();
+                } else {
+                    self.stop_everything();
+                }
+            }
+            Msg::Report(r) => self.on_report(r),
+            Msg::HelperGone => self.on_helper_gone(),
+        }
+    }
+
+    // ---- looking at keys ----
+
+    /// Reads a key's hash fields under the GIL (checking the role first).
+    fn observe(&mut self, db: i32, key: &[u8]) -> Observed {
+        let ctx = self.tsc.lock();
+        let flags = ctx.get_flags();
+        if !flags.contains(ContextFlags::MASTER) || flags.contains(ContextFlags::LOADING) {
+            if !flags.contains(ContextFlags::MASTER) {
+                self.primary = false;
+                stats::PRIMARY.store(false, Ordering::Relaxed);
+            }
+            return Observed::NotActive;
+        }
+        if !ffi::select_db(&ctx, db) {
+            return Observed::Fields(Vec::new());
+        }
+        let mut fields = Vec::new();
+        {
+            let name = ctx.create_string(key.to_vec());
+            let k = ctx.open_key_with_flags(&name, KeyFlags::NOTOUCH);
+            if k.key_type() == KeyType::Hash {
+                let cursor = ScanKeyCursor::new(k);
+                cursor.for_each(|_, f, v| {
+                    fields.push((f.as_slice().to_vec(), v.as_slice().to_vec()));
+                });
+            }
+        }
+        Observed::Fields(fields)
+    }
+
+    /// Makes the jobs of one key match its current fields.
+    fn reconcile_key(&mut self, db: i32, key: &[u8], tally: &mut Tally) {
+        let covering: Vec<Arc<Watch>> = self
+            .watches
+            .iter()
+            .filter(|w| w.covers(db, key))
+            .cloned()
+            .collect();
+        let existing: Vec<JobKey> = self.jobs_of_key(db, key);
+        if covering.is_empty() && existing.is_empty() {
+            return;
+        }
+        if !self.active() {
+            return;
+        }
+        let fields = match self.observe(db, key) {
+            Observed::NotActive => {
+                self.stop_everything();
+                return;
+            }
+            Observed::Fields(f) => f,
+        };
+        self.over_limit.remove(&(db, key.to_vec()));
+        let desired: HashMap<&[u8], &[u8]> = fields
+            .iter()
+            .map(|(f, v)| (f.as_slice(), v.as_slice()))
+            .collect();
+        // Stop jobs whose field or watch is gone.
+        for k in &existing {
+            let keep = covering.iter().any(|w| w.id == k.watch)
+                && desired.contains_key(k.field.as_slice());
+            if !keep && self.jobs.get(k).is_some_and(|j| j.wanted) {
+                tally.stopped += 1;
+                self.unwant(k);
+            }
+        }
+        // Start new fields, restart changed values.
+        for w in &covering {
+            for (field, value) in &fields {
+                let jk = JobKey {
+                    db,
+                    key: key.to_vec(),
+                    watch: w.id,
+                    field: field.clone(),
+                };
+                match self.jobs.get_mut(&jk) {
+                    Some(job) if job.wanted && job.value == *value => {}
+                    Some(job) => {
+                        let revived = !job.wanted;
+                        job.wanted = true;
+                        job.value = value.clone();
+                        if revived || w.spec.onchange == OnChange::Restart {
+                            tally.restarted += 1;
+                            self.restart(&jk);
+                        }
+                    }
+                    None => {
+                        if self.jobs.len() >= config::max_jobs() {
+                            self.over_limit.insert((db, key.to_vec()));
+                            continue;
+                        }
+                        tally.started += 1;
+                        self.jobs.insert(
+                            jk.clone(),
+                            Job {
+                                watch: w.clone(),
+                                value: value.clone(),
+                                wanted: true,
+                                run: None,
+                                restart_pending: false,
+                                backoff_until: None,
+                                finished: None,
+                                runs: 0,
+                                failures: 0,
+                                last_exit: None,
+                                log: VecDeque::new(),
+                                partial: Vec::new(),
+                            },
+                        );
+                        w.jobs.fetch_add(1, Ordering::Relaxed);
+                        self.start_run(&jk);
+                    }
+                }
+            }
+        }
+    }
+
+    fn jobs_of_key(&self, db: i32, key: &[u8]) -> Vec<JobKey> {
+        let from = JobKey {
+            db,
+            key: key.to_vec(),
+            watch: 0,
+            field: Vec::new(),
+        };
+        self.jobs
+            .range(from..)
+            .take_while(|(k, _)| k.db == db && k.key == key)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Every watched key in every watched database, plus every key that has jobs.
+    fn reconcile_all(&mut self) -> Tally {
+        stats::bump(&stats::RECONCILES);
+        let mut tally = Tally::default();
+        let mut keys: BTreeSet<(i32, Vec<u8>)> =
+            self.jobs.keys().map(|k| (k.db, k.key.clone())).collect();
+        keys.extend(std::mem::take(&mut self.over_limit));
+        if self.active() {
+            for db in 0..self.databases {
+                let watches: Vec<Arc<Watch>> = self
+                    .watches
+                    .iter()
+                    .filter(|w| w.spec.db.covers(db))
+                    .cloned()
+                    .collect();
+                if watches.is_empty() {
+                    continue;
+                }
+                let (literal, globs): (Vec<_>, Vec<_>) = watches
+                    .iter()
+                    .partition(|w| glob::is_literal(&w.spec.pattern));
+                for w in literal {
+                    keys.insert((db, w.spec.pattern.clone()));
+                }
+                if !globs.is_empty() {
+                    let patterns: Vec<Vec<u8>> =
+                        globs.iter().map(|w| w.spec.pattern.clone()).collect();
+                    for k in self.scan_db(db, &patterns) {
+                        keys.insert((db, k));
+                    }
+                }
+            }
+        }
+        for (db, key) in keys {
+            self.reconcile_key(db, &key, &mut tally);
+        }
+        tally
+    }
+
+    /// Names of the keys in `db` matching any pattern; the GIL is released every few
+    /// hundred keys so a large keyspace never stalls the server.
+    fn scan_db(&mut self, db: i32, patterns: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let cursor = redis_module::KeysCursor::new();
+        let mut found = Vec::new();
+        loop {
+            let ctx = self.tsc.lock();
+            if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, db) {
+                return found;
+            }
+            let mut more = true;
+            for _ in 0..64 {
+                more = cursor.scan(&ctx, &|_ctx, name, _key| {
+                    let n = name.as_slice();
+                    if patterns.iter().any(|p| glob::matches(p, n)) {
+                        found.push(n.to_vec());
+                    }
+                });
+                if !more {
+                    break;
+                }
+            }
+            drop(ctx);
+            if !more {
+                return found;
+            }
+        }
+    }
+
+    // ---- runs ----
+
+    fn start_run(&mut self, jk: &JobKey) {
+        let Some(job) = self.jobs.get_mut(jk) else {
+            return;
+        };
+        job.backoff_until = None;
+        job.finished = None;
+        let h = job.watch.handler.clone();
+        let db = jk.db.to_string();
+        let subst = |s: &str| -> Vec<u8> {
+            substitute(
+                s,
+                &[
+                    ("{key}", &jk.key),
+                    ("{field}", &jk.field),
+                    ("{value}", &job.value),
+                    ("{db}", db.as_bytes()),
+                ],
+            )
+        };
+        let argv: Vec<Vec<u8>> = h.command.iter().map(|a| subst(a)).collect();
+        let mut env: Vec<(Vec<u8>, Vec<u8>)> = h
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), subst(v)))
+            .collect();
+        env.push((b"STREAMWATCH_KEY".to_vec(), jk.key.clone()));
+        env.push((b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()));
+        env.push((b"STREAMWATCH_FIELD".to_vec(), jk.field.clone()));
+        let id = self.next_run;
+        self.next_run += 1;
+        job.runs += 1;
+        job.run = Some(Run {
+            id,
+            pid: None,
+            started: Instant::now(),
+            started_ms: now_ms(),
+            stopping: false,
+        });
+        self.runs.insert(id, jk.clone());
+        stats::bump(&stats::RUNS_STARTED);
+        if let Some(problem) = unspawnable(&argv, &env) {
+            self.run_ended(id, End::SpawnError(problem));
+            return;
+        }
+        let req = Request::Spawn {
+            run: id,
+            argv,
+            env,
+            cwd: h.cwd.as_ref().map(|c| c.as_bytes().to_vec()),
+            stop_signal: h.stop_signal,
+            stop_grace_ms: h.stop_grace.as_millis() as u64,
+        };
+        self.send_helper(&req);
+    }
+
+    fn send_helper(&mut self, req: &Request) {
+        let failed = match self.runner.as_mut() {
+            Some(r) => r.send(req).is_err(),
+            None => true,
+        };
+        if failed {
+            if let Request::Spawn { run, .. } = req {
+                self.run_ended(
+                    *run,
+                    End::SpawnError("the helper process is not running".into()),
+                );
+            }
+        }
+    }
+
+    /// Stops the job's run, if any; the job then starts again with its current value.
+    fn restart(&mut self, jk: &JobKey) {
+        let Some(job) = self.jobs.get_mut(jk) else {
+            return;
+        };
+        job.failures = 0;
+        match &mut job.run {
+            Some(run) => {
+                job.restart_pending = true;
+                if !run.stopping {
+                    run.stopping = true;
+                    let id = run.id;
+                    self.send_helper(&Request::Stop { run: id });
+                }
+            }
+            None => self.start_run(jk),
+        }
+    }
+
+    /// The job's field is gone: stop its run and forget it.
+    fn unwant(&mut self, jk: &JobKey) {
+        let Some(job) = self.jobs.get_mut(jk) else {
+            return;
+        };
+        job.wanted = false;
+        job.restart_pending = false;
+        match &mut job.run {
+            Some(run) => {
+                if !run.stopping {
+                    run.stopping = true;
+                    let id = run.id;
+                    self.send_helper(&Request::Stop { run: id });
+                }
+            }
+            None => self.remove(jk),
+        }
+    }
+
+    fn remove(&mut self, jk: &JobKey) {
+        if let Some(job) = self.jobs.remove(jk) {
+            job.watch.jobs.fetch_sub(1, Ordering::Relaxed);
+            push_event(&mut self.events, "stopped", jk, &job, vec![]);
+            if !self.over_limit.is_empty() && self.active() {
+                let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_iter().collect();
+                let mut t = Tally::default();
+                for (db, key) in keys {
+                    self.reconcile_key(db, &key, &mut t);
+                }
+            }
+        }
+    }
+
+    fn stop_everything(&mut self) {
+        let keys: Vec<JobKey> = self.jobs.keys().cloned().collect();
+        for k in keys {
+            self.unwant(&k);
+        }
+        self.over_limit.clear();
+    }
+
+    fn on_report(&mut self, r: Report) {
+        match r {
+            Report::Started { run, pid } => {
+                let Some(jk) = self.runs.get(&run).cloned() else {
+                    return;
+                };
+                if let Some(job) = self.jobs.get_mut(&jk) {
+                    if let Some(r) = job.run.as_mut().filter(|r| r.id == run) {
+                        r.pid = Some(pid);
+                    }
+                    push_event(
+                        &mut self.events,
+                        "started",
+                        &jk,
+                        &self.jobs[&jk],
+                        vec![("pid", pid.to_string().into_bytes())],
+                    );
+                }
+            }
+            Report::SpawnFailed { run, error } => self.run_ended(run, End::SpawnError(error)),
+            Report::Output { run, data } => {
+                let Some(jk) = self.runs.get(&run) else {
+                    return;
+                };
+                if let Some(job) = self.jobs.get_mut(jk) {
+                    let cap = job.watch.handler.log_lines();
+                    job.push_output(&data, cap);
+                }
+            }
+            Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
+        }
+    }
+
+    fn run_ended(&mut self, run_id: u64, end: End) {
+        let Some(jk) = self.runs.remove(&run_id) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&jk) else {
+            return;
+        };
+        let Some(run) = job.run.take().filter(|r| r.id == run_id) else {
+            return;
+        };
+        let ran_for = run.started.elapsed();
+        let stopped_by_us = run.stopping;
+        let h = job.watch.handler.clone();
+        if !job.partial.is_empty() {
+            let line = std::mem::take(&mut job.partial);
+            job.log.push_back(line);
+            while job.log.len() > h.log_lines() {
+                job.log.pop_front();
+            }
+        }
+        let failed = match &end {
+            End::Status(status) => {
+                stats::bump(&stats::EXITS);
+                let n = exit_number(*status);
+                job.last_exit = Some(n);
+                let mut fields = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
+                if n >= 0 {
+                    fields.push(("code", n.to_string().into_bytes()));
+                } else {
+                    fields.push(("signal", (-n).to_string().into_bytes()));
+                }
+                push_event(&mut self.events, "exited", &jk, &self.jobs[&jk], fields);
+                n != 0
+            }
+            End::SpawnError(e) => {
+                let error = vec![("error", e.clone().into_bytes())];
+                push_event(&mut self.events, "spawn-error", &jk, &self.jobs[&jk], error);
+                true
+            }
+        };
+        let job = self.jobs.get_mut(&jk).expect("job present");
+        if !job.wanted || !self.primary || self.paused {
+            self.remove(&jk);
+            return;
+        }
+        if job.restart_pending {
+            job.restart_pending = false;
+            self.start_run(&jk);
+            return;
+        }
+        let _ = stopped_by_us;
+        if ran_for >= h.stable_after {
+            job.failures = 0;
+        }
+        if failed {
+            job.failures += 1;
+            stats::bump(&stats::FAILURES);
+        }
+        let restart = match h.restart {
+            Restart::Never => false,
+            Restart::OnFailure => failed,
+            Restart::Always => true,
+        };
+        if !restart {
+            job.finished = Some(Finished::Exited);
+            return;
+        }
+        if failed && h.max_failures > 0 && job.failures >= h.max_failures {
+            job.finished = Some(Finished::Failed);
+            let failures = vec![("failures", job.failures.to_string().into_bytes())];
+            push_event(&mut self.events, "failed", &jk, &self.jobs[&jk], failures);
+            return;
+        }
+        let delay = h.backoff(job.failures.max(1));
+        let at = Instant::now() + delay;
+        job.backoff_until = Some(at);
+        self.timers.push(Reverse((at, jk.clone())));
+        let delay_ms = vec![("delay_ms", delay.as_millis().to_string().into_bytes())];
+        push_event(&mut self.events, "backoff", &jk, &self.jobs[&jk], delay_ms);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, jk))) = self.timers.pop() else {
+                break;
+            };
+            let due = self
+                .jobs
+                .get(&jk)
+                .is_some_and(|j| j.run.is_none() && j.wanted && j.backoff_until == Some(at));
+            if due && self.active() {
+                self.start_run(&jk);
+            }
+        }
+    }
+
+    fn on_helper_gone(&mut self) {
+        redis_module::logging::log_warning(
+            "streamwatch: the helper process is gone; its runs are counted as failed",
+        );
+        self.runner = None;
+        let lost: Vec<u64> = self.runs.keys().copied().collect();
+        for id in lost {
+            self.run_ended(id, End::SpawnError("the helper process exited".into()));
+        }
+        self.helper_failures += 1;
+        if self.helper_failures > 1 {
+            std::thread::sleep(Duration::from_millis(
+                (100 * self.helper_failures as u64).min(5000),
+            ));
+        }
+        self.start_helper();
+        if self.runner.is_some() {
+            self.reconcile_all();
+        }
+    }
+
+    // ---- replies ----
+
+    fn job_map(&self, k: &JobKey, j: &Job, detail: bool) -> Reply {
+        let (pid, started, uptime) = match &j.run {
+            Some(r) => (
+                r.pid.map(i64::from),
+                Some(r.started_ms),
+                r.started.elapsed().as_millis() as i64,
+            ),
+            None => (None, None, 0),
+        };
+        let mut m = vec![
+            ("watch".into(), Reply::str(&j.watch.spec.pattern)),
+            ("db".into(), Reply::Int(k.db as i64)),
+            ("key".into(), Reply::str(&k.key)),
+            ("field".into(), Reply::str(&k.field)),
+            ("state".into(), Reply::str(j.state())),
+            ("pid".into(), Reply::opt_int(pid)),
+            ("started_ms".into(), Reply::opt_int(started)),
+            ("uptime_ms".into(), Reply::Int(uptime)),
+            ("runs".into(), Reply::Int(j.runs as i64)),
+            ("failures".into(), Reply::Int(j.failures as i64)),
+            ("last_exit".into(), Reply::opt_int(j.last_exit)),
+        ];
+        if detail {
+            m.push(("handler".into(), Reply::str(&j.watch.handler.name)));
+            m.push(("value".into(), Reply::str(&j.value)));
+            m.push((
+                "log".into(),
+                Reply::Array(j.log.iter().map(Reply::str).collect()),
+            ));
+        }
+        Reply::Map(m)
+    }
+
+    fn jobs_reply(&self, f: &JobFilter) -> Reply {
+        let mut list: Vec<(&JobKey, &Job)> = self
+            .jobs
+            .iter()
+            .filter(|(k, j)| {
+                f.watch.as_ref().is_none_or(|p| *p == j.watch.spec.pattern)
+                    && f.key.as_ref().is_none_or(|key| *key == k.key)
+                    && f.state.is_none_or(|s| s == j.state())
+            })
+            .collect();
+        list.sort_by(|(a, ja), (b, jb)| {
+            (&ja.watch.spec.pattern, a.db, &a.key, &a.field).cmp(&(
+                &jb.watch.spec.pattern,
+                b.db,
+                &b.key,
+                &b.field,
+            ))
+        });
+        let n = f.count.unwrap_or(usize::MAX);
+        Reply::Array(
+            list.into_iter()
+                .take(n)
+                .map(|(k, j)| self.job_map(k, j, false))
+                .collect(),
+        )
+    }
+
+    fn publish_stats(&self) {
+        let mut counts = [0u64; 6];
+        for j in self.jobs.values() {
+            if let Some(i) = stats::state_index(j.state()) {
+                counts[i] += 1;
+            }
+        }
+        stats::set_states(counts);
+        stats::JOBS_OVER_LIMIT.store(self.over_limit.len() as u64, Ordering::Relaxed);
+    }
+
+    // ---- the lifecycle event stream ----
+
+    /// Appends pending events to the events stream (one GIL hold), on a primary only.
+    fn flush_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        let key = config::get(&config::EVENTS_KEY);
+        if key.is_empty() {
+            return;
+        }
+        let maxlen = config::events_maxlen().to_string();
+        let ctx = self.tsc.lock();
+        if !ctx.get_flags().contains(ContextFlags::MASTER) {
+            return;
+        }
+        let opts = CallOptionsBuilder::new().replicate().build();
+        for fields in events {
+            let mut args: Vec<&[u8]> = vec![key.as_bytes()];
+            if config::events_maxlen() > 0 {
+                args.extend([b"MAXLEN".as_slice(), b"~", maxlen.as_bytes()]);
+            }
+            args.push(b"*");
+            for (k, v) in &fields {
+                args.push(k.as_bytes());
+                args.push(v);
+            }
+            let r: CallResult = ctx.call_ext("XADD", &opts, args.as_slice());
+            if let Err(e) = r {
+                redis_module::logging::log_warning(format!(
+                    "streamwatch: cannot append to the events stream '{key}': {}",
+                    e.to_utf8_string().unwrap_or_default()
+                ));
+                break;
+            }
+        }
+    }
+}
+
+/// Queues one lifecycle event about a job.
+fn push_event(
+    events: &mut Vec<Vec<(&'static str, Vec<u8>)>>,
+    name: &'static str,
+    jk: &JobKey,
+    job: &Job,
+    extra: Vec<(&'static str, Vec<u8>)>,
+) {
+    let mut fields = vec![
+        ("event", name.as_bytes().to_vec()),
+        ("watch", job.watch.spec.pattern.clone()),
+        ("db", jk.db.to_string().into_bytes()),
+        ("key", jk.key.clone()),
+        ("field", jk.field.clone()),
+    ];
+    fields.extend(extra);
+    events.push(fields);
+}
+
+/// Replaces each placeholder in `template` with its bytes, in one left-to-right pass
+/// (a value that contains a placeholder is not expanded again).
+pub fn substitute(template: &str, vars: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(template.len());
+    let mut rest = template;
+    'outer: while !rest.is_empty() {
+        if rest.starts_with('{') {
+            for (name, value) in vars {
+                if let Some(after) = rest.strip_prefix(name) {
+                    out.extend_from_slice(value);
+                    rest = after;
+                    continue 'outer;
+                }
+            }
+        }
+        let ch = rest.chars().next().map_or(1, char::len_utf8);
+        out.extend_from_slice(&rest.as_bytes()[..ch]);
+        rest = &rest[ch..];
+    }
+    out
+}
+
+/// Linux's per-argument limit (MAX_ARG_STRLEN, including the terminating NUL).
+const MAX_ARG_STRLEN: usize = 128 * 1024;
+
+/// Why this argv/environment cannot be passed to execve, if it cannot.
+fn unspawnable(argv: &[Vec<u8>], env: &[(Vec<u8>, Vec<u8>)]) -> Option<String> {
+    for (i, a) in argv.iter().enumerate() {
+        if a.contains(&0) {
+            return Some(format!(
+                "argument {i} contains a NUL byte, which no argv can carry"
+            ));
+        }
+        if a.len() >= MAX_ARG_STRLEN {
+            return Some(format!(
+                "argument {i} is {} bytes; Linux allows at most {} per argument",
+                a.len(),
+                MAX_ARG_STRLEN - 1
+            ));
+        }
+    }
+    for (k, v) in env {
+        let name = String::from_utf8_lossy(k);
+        if k.contains(&0) || v.contains(&0) {
+            return Some(format!(
+                "environment variable {name} contains a NUL byte, which no environment can carry"
+            ));
+        }
+        if k.len() + v.len() + 1 >= MAX_ARG_STRLEN {
+            return Some(format!(
+                "environment variable {name} is longer than Linux's {} byte limit",
+                MAX_ARG_STRLEN - 1
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_is_single_pass_and_byte_exact() {
+        let v: &[u8] = b"{field};$(x)\xff";
+        let out = substitute("--url={value}/{db}", &[("{value}", v), ("{db}", b"3")]);
+        assert_eq!(out, b"--url={field};$(x)\xff/3".to_vec());
+        assert_eq!(
+            substitute("{nope}", &[("{value}", b"x")]),
+            b"{nope}".to_vec()
+        );
+        assert_eq!(
+            substitute("é{value}", &[("{value}", b"x")]),
+            "éx".as_bytes()
+        );
+    }
+
+    #[test]
+    fn unspawnable_names_the_reason() {
+        let nul = unspawnable(&[b"a\0b".to_vec()], &[]).unwrap();
+        assert!(nul.contains("NUL"));
+        let long = unspawnable(&[b"x".to_vec(), vec![b'a'; MAX_ARG_STRLEN]], &[]).unwrap();
+        assert!(long.contains("argument 1"));
+        assert!(unspawnable(&[vec![b'a'; MAX_ARG_STRLEN - 1]], &[]).is_none());
+    }
+
+    #[test]
+    fn exit_numbers() {
+        assert_eq!(exit_number(7 << 8), 7);
+        assert_eq!(exit_number(9), -9);
+    }
+
+    #[test]
+    fn dbsel_covers() {
+        use crate::watch::DbSel;
+        assert!(DbSel::All.covers(5));
+        assert!(!DbSel::One(1).covers(0));
+    }
+}
