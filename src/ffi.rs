@@ -160,14 +160,13 @@ unsafe impl Send for Replier {}
 const BLOCK_TIMEOUT_MS: i64 = 30_000;
 
 impl Replier {
-    /// Blocks the calling client; `None` inside MULTI or a script, where a module
-    /// command cannot block.
+    /// Blocks the calling client; `None` inside MULTI, a script or any other context
+    /// that cannot block.
     pub fn block(ctx: &Context) -> Option<Replier> {
         use redis_module::ContextFlags;
-        if ctx
-            .get_flags()
-            .intersects(ContextFlags::MULTI | ContextFlags::LUA)
-        {
+        let flags = ctx.get_flags();
+        let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
+        if deny || flags.intersects(ContextFlags::MULTI | ContextFlags::LUA) {
             return None;
         }
         let bc = unsafe {

@@ -232,7 +232,8 @@ struct Supervisor {
     databases: i32,
     events: Vec<Vec<(&'static str, Vec<u8>)>>,
     /// Keys with desired jobs that `max-jobs` kept from starting.
-    over_limit: BTreeSet<(i32, Vec<u8>)>,
+    /// Keys with fields not started because of `max-jobs`, and how many each.
+    over_limit: BTreeMap<(i32, Vec<u8>), usize>,
     helper_failures: u32,
 }
 
@@ -268,7 +269,7 @@ impl Supervisor {
             paused: false,
             databases: 16,
             events: Vec::new(),
-            over_limit: BTreeSet::new(),
+            over_limit: BTreeMap::new(),
             helper_failures: 0,
         }
     }
@@ -527,6 +528,7 @@ impl Supervisor {
             .collect();
         let existing: Vec<JobKey> = self.jobs_of_key(db, key);
         if covering.is_empty() && existing.is_empty() {
+            self.over_limit.remove(&(db, key.to_vec()));
             return;
         }
         if !self.active() {
@@ -575,7 +577,7 @@ impl Supervisor {
                     }
                     None => {
                         if self.jobs.len() >= config::max_jobs() {
-                            self.over_limit.insert((db, key.to_vec()));
+                            *self.over_limit.entry((db, key.to_vec())).or_default() += 1;
                             continue;
                         }
                         tally.started += 1;
@@ -624,7 +626,7 @@ impl Supervisor {
         let mut tally = Tally::default();
         let mut keys: BTreeSet<(i32, Vec<u8>)> =
             self.jobs.keys().map(|k| (k.db, k.key.clone())).collect();
-        keys.extend(std::mem::take(&mut self.over_limit));
+        keys.extend(std::mem::take(&mut self.over_limit).into_keys());
         if self.active() {
             for db in 0..self.databases {
                 let watches: Vec<Arc<Watch>> = self
@@ -801,7 +803,7 @@ impl Supervisor {
             job.watch.jobs.fetch_sub(1, Ordering::Relaxed);
             push_event(&mut self.events, "stopped", jk, &job, vec![]);
             if !self.over_limit.is_empty() && self.active() {
-                let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_iter().collect();
+                let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_keys().collect();
                 let mut t = Tally::default();
                 for (db, key) in keys {
                     self.reconcile_key(db, &key, &mut t);
@@ -1042,7 +1044,8 @@ impl Supervisor {
             }
         }
         stats::set_states(counts);
-        stats::JOBS_OVER_LIMIT.store(self.over_limit.len() as u64, Ordering::Relaxed);
+        let over: usize = self.over_limit.values().sum();
+        stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);
     }
 
     // ---- the lifecycle event stream ----
