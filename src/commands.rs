@@ -8,6 +8,7 @@
 use crate::config;
 use crate::ffi::{CmdError, Outcome, Replier, Reply};
 use crate::stats;
+use crate::store;
 use crate::supervisor::{self, JobFilter, Msg};
 use crate::watch::{self, DbSel, Kind, OnChange, Source, WatchSpec};
 use redis_module::{Context, ContextFlags, RedisString};
@@ -181,8 +182,10 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         onchange,
         source: Source::Command,
     };
-    let snapshot = watch::add(spec, replace)?;
-    supervisor::send(Msg::Watches(snapshot));
+    watch::check_add(&spec, replace)?;
+    if let Some(snapshot) = store::write(ctx, &spec.pattern.clone(), Some(&spec))? {
+        supervisor::send(Msg::Watches(snapshot));
+    }
     reply(Reply::Ok)
 }
 
@@ -190,7 +193,8 @@ pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     if args.len() != 2 {
         return Err(CmdError::Arity);
     }
-    let (watches, removed) = watch::remove(args[1].as_slice())?;
+    let removed = watch::check_remove(args[1].as_slice())?;
+    let watches = store::write(ctx, args[1].as_slice(), None)?.unwrap_or_else(watch::snapshot);
     match Replier::block(ctx) {
         Some(r) => ask(Msg::Unwatch {
             watches,

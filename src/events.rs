@@ -5,6 +5,7 @@
 //! never names the field; the supervisor re-reads the key (level-triggered).
 
 use crate::ffi;
+use crate::store;
 use crate::supervisor::{self, Msg};
 use crate::watch;
 use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
@@ -17,7 +18,9 @@ use redis_module_macros::{flush_event_handler, loading_event_handler, role_chang
 pub fn on_keyspace(ctx: &Context, _class: NotifyEvent, _event: &str, key: &[u8]) {
     ffi::callback("keyspace event", || {
         let db = ffi::selected_db(ctx);
-        if watch::any_covers(db, key) {
+        if store::is_store(db, key) {
+            store::on_change(ctx);
+        } else if watch::any_covers(db, key) {
             supervisor::hint(db, key);
         }
     });
@@ -34,9 +37,10 @@ fn on_role_changed(_ctx: &Context, role: ServerRole) {
 
 /// RDB loading fires no per-key events, so the end of any load means a full look.
 #[loading_event_handler]
-fn on_loading(_ctx: &Context, sub: LoadingSubevent) {
+fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     ffi::callback("loading event", || {
         if sub == LoadingSubevent::Ended {
+            store::sync(ctx);
             supervisor::send(Msg::ReconcileAll { reply: None });
         }
     });
@@ -44,15 +48,17 @@ fn on_loading(_ctx: &Context, sub: LoadingSubevent) {
 
 /// FLUSHDB/FLUSHALL fire no per-key events.
 #[flush_event_handler]
-fn on_flush(_ctx: &Context, sub: FlushSubevent) {
+fn on_flush(ctx: &Context, sub: FlushSubevent) {
     ffi::callback("flush event", || {
         if sub == FlushSubevent::Ended {
+            store::sync(ctx);
             supervisor::send(Msg::ReconcileAll { reply: None });
         }
     });
 }
 
 /// SWAPDB fires no per-key events either (subscribed through `ffi`).
-pub fn on_swapdb() {
+pub fn on_swapdb(ctx: &Context) {
+    store::sync(ctx);
     supervisor::send(Msg::ReconcileAll { reply: None });
 }

@@ -240,17 +240,18 @@ pub fn select_db(ctx: &Context, db: i32) -> bool {
 }
 
 /// Subscribes to SWAPDB, which the `redis-module` crate does not wrap.
-pub fn subscribe_swapdb(ctx: &Context, on_swap: fn()) -> bool {
-    static HANDLER: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+pub fn subscribe_swapdb(ctx: &Context, on_swap: fn(&Context)) -> bool {
+    static HANDLER: std::sync::OnceLock<fn(&Context)> = std::sync::OnceLock::new();
     let _ = HANDLER.set(on_swap);
     extern "C" fn cb(
-        _ctx: *mut raw::RedisModuleCtx,
+        ctx: *mut raw::RedisModuleCtx,
         _eid: raw::RedisModuleEvent,
         _sub: u64,
         _data: *mut c_void,
     ) {
         if let Some(f) = HANDLER.get() {
-            callback("swapdb event", f);
+            let ctx = Context::new(ctx);
+            callback("swapdb event", || f(&ctx));
         }
     }
     let status = unsafe {

@@ -18,6 +18,7 @@ mod glob;
 mod protocol;
 mod runner;
 mod stats;
+mod store;
 mod supervisor;
 mod watch;
 
@@ -62,7 +63,7 @@ fn load(ctx: &Context) -> Result<(), ()> {
     }
     let mut snapshot = watch::snapshot();
     for spec in &config::file().watches {
-        snapshot = watch::add(spec.clone(), false).map_err(|e| {
+        snapshot = watch::add_config(spec.clone()).map_err(|e| {
             ctx.log_warning(&format!("streamwatch: {path}: {e}"));
         })?;
     }
@@ -71,6 +72,8 @@ fn load(ctx: &Context) -> Result<(), ()> {
         return Err(());
     }
     supervisor::start(snapshot).map_err(|e| ctx.log_warning(&format!("streamwatch: {e}")))?;
+    // Watches made by command, when the module is loaded into a server that has data.
+    store::sync(ctx);
     ctx.log_notice(&format!(
         "streamwatch {} loaded: {} handlers, {} watches",
         env!("CARGO_PKG_VERSION"),

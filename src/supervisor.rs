@@ -17,7 +17,7 @@ use crate::glob;
 use crate::protocol::{Report, Request};
 use crate::runner::Runner;
 use crate::stats;
-use crate::watch::{OnChange, Snapshot, Watch};
+use crate::watch::{self, OnChange, Snapshot, Watch};
 use redis_module::key::KeyFlags;
 use redis_module::{
     CallOptionsBuilder, CallResult, ContextFlags, KeyType, ScanKeyCursor, ThreadSafeContext,
@@ -213,8 +213,11 @@ struct Tally {
 
 /// What a look at a key found.
 enum Observed {
-    /// Not a primary (or loading): act on nothing.
+    /// Not a primary: act on nothing, stop everything.
     NotActive,
+    /// The dataset is being loaded: leave the key alone; the end of loading brings a
+    /// full reconcile.
+    Loading,
     Fields(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
@@ -494,12 +497,13 @@ impl Supervisor {
     fn observe(&mut self, db: i32, key: &[u8]) -> Observed {
         let ctx = self.tsc.lock();
         let flags = ctx.get_flags();
-        if !flags.contains(ContextFlags::MASTER) || flags.contains(ContextFlags::LOADING) {
-            if !flags.contains(ContextFlags::MASTER) {
-                self.primary = false;
-                stats::PRIMARY.store(false, Ordering::Relaxed);
-            }
+        if !flags.contains(ContextFlags::MASTER) {
+            self.primary = false;
+            stats::PRIMARY.store(false, Ordering::Relaxed);
             return Observed::NotActive;
+        }
+        if flags.contains(ContextFlags::LOADING) {
+            return Observed::Loading;
         }
         if !ffi::select_db(&ctx, db) {
             return Observed::Fields(Vec::new());
@@ -539,6 +543,7 @@ impl Supervisor {
                 self.stop_everything();
                 return;
             }
+            Observed::Loading => return,
             Observed::Fields(f) => f,
         };
         self.over_limit.remove(&(db, key.to_vec()));
@@ -623,6 +628,13 @@ impl Supervisor {
     /// Every watched key in every watched database, plus every key that has jobs.
     fn reconcile_all(&mut self) -> Tally {
         stats::bump(&stats::RECONCILES);
+        // The registry as of now, read under the GIL: a command that changes watches
+        // and data together (DEBUG RELOAD, FLUSHALL) has finished, so the watches and
+        // the keys read below agree.
+        {
+            let _gil = self.tsc.lock();
+            self.watches = watch::snapshot();
+        }
         let mut tally = Tally::default();
         let mut keys: BTreeSet<(i32, Vec<u8>)> =
             self.jobs.keys().map(|k| (k.db, k.key.clone())).collect();

@@ -3,11 +3,12 @@
 //! The registry is owned by Redis's main thread: `STREAMWATCH.WATCH`/`UNWATCH` change it
 //! and the keyspace callback reads it to decide, in O(watches), whether a key is
 //! watched. The supervisor thread never touches it; it receives an immutable snapshot
-//! over its channel after every change. A watch's spec is plain data so that a later
-//! version can persist and replicate it.
+//! over its channel after every change. Command watches are persisted and replicated
+//! as data (see `store`); the registry follows that data.
 
 use crate::config::{self, Handler};
 use crate::glob;
+use crate::store;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -102,7 +103,9 @@ pub struct Watch {
 
 impl Watch {
     pub fn covers(&self, db: i32, key: &[u8]) -> bool {
-        self.spec.db.covers(db) && glob::matches(&self.spec.pattern, key)
+        self.spec.db.covers(db)
+            && glob::matches(&self.spec.pattern, key)
+            && !store::is_store(db, key)
     }
     pub fn job_count(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
@@ -114,12 +117,19 @@ pub type Snapshot = Arc<Vec<Arc<Watch>>>;
 struct Registry {
     watches: Snapshot,
     next_id: u64,
+    /// Recently removed command watches: one that comes back unchanged (the store is
+    /// flushed and reloaded by DEBUG RELOAD or a full resync) keeps its identity, so
+    /// its jobs are not restarted.
+    retired: Vec<Arc<Watch>>,
 }
+
+const RETIRED_MAX: usize = 1024;
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     Mutex::new(Registry {
         watches: Snapshot::default(),
         next_id: 1,
+        retired: Vec::new(),
     })
 });
 
@@ -138,65 +148,138 @@ pub fn any_covers(db: i32, key: &[u8]) -> bool {
     with(|r| r.watches.iter().any(|w| w.covers(db, key)))
 }
 
-/// Adds a watch; with `replace`, an existing command watch of the same pattern goes.
-pub fn add(spec: WatchSpec, replace: bool) -> Result<Snapshot, String> {
-    let handler = config::file()
-        .handlers
-        .get(&spec.handler)
-        .cloned()
-        .ok_or_else(|| format!("ERR unknown handler '{}' (HANDLER)", spec.handler))?;
+/// Adds a config-file watch at load.
+pub fn add_config(spec: WatchSpec) -> Result<Snapshot, String> {
+    let handler = handler_of(&spec)?;
     with(|r| {
-        let mut list: Vec<Arc<Watch>> = r.watches.as_ref().clone();
-        if let Some(pos) = list.iter().position(|w| w.spec.pattern == spec.pattern) {
-            if list[pos].spec.source == Source::Config && spec.source == Source::Command {
-                return Err(format!(
-                    "ERR watch '{}' comes from the config file; change it there (pattern)",
-                    String::from_utf8_lossy(&spec.pattern)
-                ));
-            }
-            if !replace {
-                return Err(format!(
-                    "ERR a watch with pattern '{}' already exists; use REPLACE (pattern)",
-                    String::from_utf8_lossy(&spec.pattern)
-                ));
-            }
-            list.remove(pos);
+        if r.watches.iter().any(|w| w.spec.pattern == spec.pattern) {
+            return Err(format!(
+                "two watches with pattern '{}'",
+                String::from_utf8_lossy(&spec.pattern)
+            ));
         }
-        let id = r.next_id;
-        r.next_id += 1;
-        list.push(Arc::new(Watch {
-            id,
-            spec,
-            handler,
-            jobs: AtomicUsize::new(0),
-        }));
+        let mut list: Vec<Arc<Watch>> = r.watches.as_ref().clone();
+        list.push(r.new_watch(spec, handler));
         r.watches = Arc::new(list);
         Ok(r.watches.clone())
     })
 }
 
-/// Removes a command watch by pattern; returns the new list and the removed watch.
-pub fn remove(pattern: &[u8]) -> Result<(Snapshot, Arc<Watch>), String> {
+fn handler_of(spec: &WatchSpec) -> Result<Arc<Handler>, String> {
+    config::file()
+        .handlers
+        .get(&spec.handler)
+        .cloned()
+        .ok_or_else(|| format!("ERR unknown handler '{}' (HANDLER)", spec.handler))
+}
+
+impl Registry {
+    fn new_watch(&mut self, spec: WatchSpec, handler: Arc<Handler>) -> Arc<Watch> {
+        let id = self.next_id;
+        self.next_id += 1;
+        Arc::new(Watch {
+            id,
+            spec,
+            handler,
+            jobs: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The watch with this pattern, if any.
+pub fn find(pattern: &[u8]) -> Option<Arc<Watch>> {
     with(|r| {
-        let pos = r
-            .watches
+        r.watches
             .iter()
-            .position(|w| w.spec.pattern == pattern)
-            .ok_or_else(|| {
-                format!(
-                    "ERR no watch with pattern '{}' (pattern)",
-                    String::from_utf8_lossy(pattern)
-                )
-            })?;
-        if r.watches[pos].spec.source == Source::Config {
-            return Err(format!(
-                "ERR watch '{}' comes from the config file; change it there (pattern)",
-                String::from_utf8_lossy(pattern)
-            ));
-        }
-        let mut list = r.watches.as_ref().clone();
-        let removed = list.remove(pos);
-        r.watches = Arc::new(list);
-        Ok((r.watches.clone(), removed))
+            .find(|w| w.spec.pattern == pattern)
+            .cloned()
     })
+}
+
+/// Can `STREAMWATCH.WATCH` add this command watch? (`replace`: may replace one.)
+pub fn check_add(spec: &WatchSpec, replace: bool) -> Result<(), String> {
+    handler_of(spec)?;
+    match find(&spec.pattern) {
+        Some(w) if w.spec.source == Source::Config => Err(from_config(&spec.pattern)),
+        Some(_) if !replace => Err(format!(
+            "ERR a watch with pattern '{}' already exists; use REPLACE (pattern)",
+            String::from_utf8_lossy(&spec.pattern)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Can `STREAMWATCH.UNWATCH` remove this watch? Returns it.
+pub fn check_remove(pattern: &[u8]) -> Result<Arc<Watch>, String> {
+    match find(pattern) {
+        None => Err(format!(
+            "ERR no watch with pattern '{}' (pattern)",
+            String::from_utf8_lossy(pattern)
+        )),
+        Some(w) if w.spec.source == Source::Config => Err(from_config(pattern)),
+        Some(w) => Ok(w),
+    }
+}
+
+fn from_config(pattern: &[u8]) -> String {
+    format!(
+        "ERR watch '{}' comes from the config file; change it there (pattern)",
+        String::from_utf8_lossy(pattern)
+    )
+}
+
+/// Makes the command watches exactly `specs` (read from the store), keeping the
+/// identity of every watch whose spec is unchanged. Specs that cannot be used (unknown
+/// handler, pattern of a config watch) are skipped and returned as problems. Returns
+/// the new snapshot when anything changed.
+pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<String>) {
+    let mut problems = Vec::new();
+    let snapshot = with(|r| {
+        let old = r.watches.clone();
+        let mut list: Vec<Arc<Watch>> = old
+            .iter()
+            .filter(|w| w.spec.source == Source::Config)
+            .cloned()
+            .collect();
+        for spec in specs {
+            let pattern = String::from_utf8_lossy(&spec.pattern).into_owned();
+            if list.iter().any(|w| w.spec.pattern == spec.pattern) {
+                problems.push(format!(
+                    "stored watch '{pattern}' is ignored: the config file has that pattern"
+                ));
+                continue;
+            }
+            if let Some(same) = old.iter().find(|w| w.spec == spec) {
+                list.push(same.clone());
+                continue;
+            }
+            if let Some(pos) = r.retired.iter().position(|w| w.spec == spec) {
+                list.push(r.retired.remove(pos));
+                continue;
+            }
+            match handler_of(&spec) {
+                Ok(h) => list.push(r.new_watch(spec, h)),
+                Err(_) => problems.push(format!(
+                    "stored watch '{pattern}' is ignored: unknown handler '{}'",
+                    spec.handler
+                )),
+            }
+        }
+        let changed =
+            list.len() != old.len() || list.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        if changed {
+            for w in old.iter() {
+                if !list.iter().any(|n| Arc::ptr_eq(n, w)) {
+                    r.retired.push(w.clone());
+                }
+            }
+            let excess = r.retired.len().saturating_sub(RETIRED_MAX);
+            r.retired.drain(..excess);
+            r.watches = Arc::new(list);
+            Some(r.watches.clone())
+        } else {
+            None
+        }
+    });
+    (snapshot, problems)
 }

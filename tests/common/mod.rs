@@ -101,6 +101,7 @@ pub struct ServerBuilder {
     redis_args: Vec<String>,
     dir: Option<Arc<TempDir>>,
     save: String,
+    module: bool,
 }
 
 impl ServerBuilder {
@@ -120,6 +121,12 @@ impl ServerBuilder {
     /// Use this (possibly shared) directory as `--dir` instead of a fresh one.
     pub fn dir(mut self, dir: Arc<TempDir>) -> Self {
         self.dir = Some(dir);
+        self
+    }
+
+    /// Start a plain redis-server, without the module.
+    pub fn without_module(mut self) -> Self {
+        self.module = false;
         self
     }
 
@@ -233,13 +240,15 @@ impl ServerBuilder {
             .arg("yes")
             .arg("--logfile")
             .arg(log_path)
-            .args(&self.redis_args)
-            .arg("--loadmodule")
-            .arg(module_path())
-            .arg("config")
-            .arg(config_path)
-            .args(&self.module_args)
-            .stdin(Stdio::null())
+            .args(&self.redis_args);
+        if self.module {
+            cmd.arg("--loadmodule")
+                .arg(module_path())
+                .arg("config")
+                .arg(config_path)
+                .args(&self.module_args);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(stdio.try_clone().unwrap())
             .stderr(stdio);
         // If the test process dies without running destructors, the server goes too.
@@ -293,6 +302,7 @@ impl Server {
             redis_args: Vec::new(),
             dir: None,
             save: String::new(),
+            module: true,
         }
     }
 
