@@ -1,5 +1,5 @@
 # streamwatch: `make run` (build, then Redis with the module and the demo in the
-# foreground) and `make test` (the whole suite against a real redis-server).
+# foreground) and `make test` (the whole suite against real Redis and Valkey servers).
 SHELL := /bin/bash
 PORT ?= 6379
 REDIS_SERVER ?= redis-server
@@ -24,8 +24,15 @@ run: build
 	exec $(REDIS_SERVER) --port $$port --dir $$dir --save "" --appendonly no \
 	  --loadmodule $(CURDIR)/$(MODULE) config $(CURDIR)/examples/demo.toml
 
+# The whole suite twice: against Redis (redis-server on PATH, or REDIS_SERVER) and
+# against Valkey (fetched by `make deps`, or VALKEY_SERVER).
+VALKEY_SERVER ?= $(CURDIR)/.deps/valkey/valkey-server
+
 test: build
-	cargo test --release -- --test-threads=2
+	@echo "== tests against $$($(REDIS_SERVER) --version | cut -d' ' -f1-3)"
+	REDIS_SERVER=$(REDIS_SERVER) cargo test --release -- --test-threads=2
+	@echo "== tests against $$($(VALKEY_SERVER) --version | cut -d' ' -f1-3)"
+	REDIS_SERVER=$(VALKEY_SERVER) cargo test --release -- --test-threads=2
 
 lint:
 	cargo fmt --check

