@@ -290,3 +290,10 @@ pub fn reap_nohang(pid: i32) {
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
 }
+
+/// SIGKILL to a process group (`-pgid`) or a process; errors (ESRCH) are ignored.
+pub fn kill_hard(pid: i32, group: bool) {
+    if pid > 0 {
+        unsafe { libc::kill(if group { -pid } else { pid }, libc::SIGKILL) };
+    }
+}

@@ -83,3 +83,31 @@ impl Drop for Runner {
         ffi::reap_nohang(self.pid);
     }
 }
+
+/// `(process group, start time in clock ticks since boot)` of a live process, from
+/// `/proc/PID/stat`; `None` if there is no such process.
+pub fn proc_identity(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // rest starts at field 3 (state); pgrp is field 5, starttime field 22.
+    Some((f.get(2)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+/// Kills what is left of a run whose helper died (so nothing reports on it any more):
+/// its process group, once it is sure the group is still the run's. If the leader
+/// (pid == pgid) is alive it must have the recorded start time, otherwise the number
+/// was recycled and nothing is killed; if the leader is gone, the group id cannot have
+/// been reused by a new group (that needs a new leader with that pid), so the
+/// remaining members are the run's own children.
+pub fn kill_orphaned_run(pid: i32, start_time: Option<u64>) {
+    match proc_identity(pid) {
+        Some((_, started)) if Some(started) == start_time => {
+            ffi::kill_hard(pid, true);
+            ffi::kill_hard(pid, false);
+        }
+        Some(_) => {}
+        None => ffi::kill_hard(pid, true),
+    }
+}

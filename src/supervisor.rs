@@ -15,7 +15,7 @@ use crate::config::{self, Restart};
 use crate::ffi::{self, Replier, Reply};
 use crate::glob;
 use crate::protocol::{Report, Request};
-use crate::runner::Runner;
+use crate::runner::{self, Runner};
 use crate::stats;
 use crate::watch::{self, OnChange, Snapshot, Watch};
 use redis_module::key::KeyFlags;
@@ -134,6 +134,8 @@ struct JobKey {
 struct Run {
     id: u64,
     pid: Option<i32>,
+    /// The worker's start time (`/proc`), to recognise it after the helper is gone.
+    start_time: Option<u64>,
     started: Instant,
     started_ms: i64,
     stopping: bool,
@@ -736,6 +738,7 @@ impl Supervisor {
         job.run = Some(Run {
             id,
             pid: None,
+            start_time: None,
             started: Instant::now(),
             started_ms: now_ms(),
             stopping: false,
@@ -841,6 +844,7 @@ impl Supervisor {
                 if let Some(job) = self.jobs.get_mut(&jk) {
                     if let Some(r) = job.run.as_mut().filter(|r| r.id == run) {
                         r.pid = Some(pid);
+                        r.start_time = runner::proc_identity(pid).map(|(_, t)| t);
                     }
                     push_event(
                         &mut self.events,
@@ -970,6 +974,18 @@ impl Supervisor {
             "streamwatch: the helper process is gone; its runs are counted as failed",
         );
         self.runner = None;
+        // Its workers were not stopped by it: kill them before starting new ones, or
+        // every job would run twice.
+        for job in self.jobs.values() {
+            if let Some(Run {
+                pid: Some(pid),
+                start_time,
+                ..
+            }) = &job.run
+            {
+                runner::kill_orphaned_run(*pid, *start_time);
+            }
+        }
         let lost: Vec<u64> = self.runs.keys().copied().collect();
         for id in lost {
             self.run_ended(id, End::SpawnError("the helper process exited".into()));

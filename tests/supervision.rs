@@ -721,3 +721,67 @@ fn workers_do_not_outlive_a_killed_server() {
         wait_gone("orphaned workers killed on next load", &pids);
     }
 }
+
+/// The helper process killed (say by the OOM killer): its workers and their children
+/// are killed with it, and a new helper runs exactly one worker per field again.
+#[test]
+fn killed_helper_leaves_no_orphans_and_jobs_run_once() {
+    let s = Server::start(&cfg(
+        "parent",
+        "sleep 1000 & echo \"child $!\"; trap 'exit 0' TERM; wait",
+        "",
+        "hk:*",
+    ));
+    let mut c = s.conn();
+    let mut reap = Reap::new();
+    ok(&mut c, &["HSET", "hk:k", "a", "1", "b", "2"]);
+    let old: Vec<u32> = wait_for("two workers running", WAIT, || {
+        let p = job_pids(&mut c);
+        (p.len() == 2).then(|| p.into_iter().collect())
+    });
+    let mut children = Vec::new();
+    for f in ["a", "b"] {
+        let child: u32 = wait_for("worker printed its child's pid", WAIT, || {
+            job_log(&mut c, "hk:k", f)
+                .iter()
+                .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
+        });
+        reap.add(child);
+        children.push(child);
+    }
+    for &p in &old {
+        reap.add(p);
+    }
+    let helper = s
+        .descendants()
+        .into_iter()
+        .find(|p| {
+            p.ppid == s.pid() && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
+        })
+        .expect("helper process");
+    unsafe { libc::kill(helper.pid as i32, libc::SIGKILL) };
+
+    let all_old: Vec<u32> = old.iter().chain(children.iter()).copied().collect();
+    wait_gone("old workers and their children gone", &all_old);
+    let new: Vec<u32> = wait_for("two new workers running", WAIT, || {
+        let p = job_pids(&mut c);
+        (p.len() == 2 && p.iter().all(|p| !old.contains(p))).then(|| p.into_iter().collect())
+    });
+    for &p in &new {
+        assert!(pid_alive(p));
+    }
+    // Exactly one worker per field: the shells running the handler script.
+    wait_until("one worker shell per field", WAIT, || {
+        s.descendants()
+            .iter()
+            .filter(|d| d.cmdline.iter().any(|a| a == "hk:k"))
+            .count()
+            == 2
+    });
+    let helpers = s
+        .descendants()
+        .into_iter()
+        .filter(|p| p.cmdline.first().map(String::as_str) == Some("streamwatch-helper"))
+        .count();
+    assert_eq!(helpers, 1);
+}
