@@ -111,3 +111,84 @@ pub fn kill_orphaned_run(pid: i32, start_time: Option<u64>) {
         None => ffi::kill_hard(pid, true),
     }
 }
+
+/// The live runs written to `<dir>/streamwatch.runs` (pid and start time per line), so
+/// that workers left behind when both redis-server and the helper die at once (say a
+/// cgroup OOM kill) are killed when the module next loads in the same `--dir`. Owned by
+/// the supervisor thread; written at most every `RECORD_EVERY` while runs change.
+pub struct RunRecord {
+    path: Option<std::path::PathBuf>,
+    dirty: bool,
+    last_write: std::time::Instant,
+}
+
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl RunRecord {
+    pub fn new(dir: Option<&str>) -> RunRecord {
+        RunRecord {
+            path: dir.map(|d| std::path::Path::new(d).join("streamwatch.runs")),
+            dirty: false,
+            last_write: std::time::Instant::now() - RECORD_EVERY,
+        }
+    }
+
+    /// Kills the runs a previous instance recorded that are still alive (same pid and
+    /// same start time, so a recycled pid is never hit). Returns how many.
+    pub fn kill_leftovers(&self) -> usize {
+        let Some(text) = self
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return 0;
+        };
+        let mut killed = 0;
+        for line in text.lines() {
+            let mut it = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(pid) = i32::try_from(pid) else {
+                continue;
+            };
+            if proc_identity(pid).is_some_and(|(_, t)| t == start) {
+                ffi::kill_hard(pid, true);
+                ffi::kill_hard(pid, false);
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    pub fn mark(&mut self) {
+        self.dirty = true;
+    }
+
+    /// How long until a pending write is due (`None`: nothing pending).
+    pub fn due_in(&self) -> Option<std::time::Duration> {
+        self.dirty
+            .then(|| RECORD_EVERY.saturating_sub(self.last_write.elapsed()))
+    }
+
+    /// Writes the record if a write is pending and due.
+    pub fn write_if_due(&mut self, runs: impl Iterator<Item = (i32, u64)>) {
+        if self.due_in() != Some(std::time::Duration::ZERO) {
+            return;
+        }
+        self.dirty = false;
+        self.last_write = std::time::Instant::now();
+        let Some(path) = &self.path else { return };
+        let mut text = String::new();
+        for (pid, start) in runs {
+            text.push_str(&format!("{pid} {start}\n"));
+        }
+        let tmp = path.with_extension("runs.tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+            redis_module::logging::log_warning(format!(
+                "streamwatch: cannot write {}: {e}",
+                path.display()
+            ));
+        }
+    }
+}

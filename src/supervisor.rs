@@ -240,6 +240,8 @@ struct Supervisor {
     /// Keys with fields not started because of `max-jobs`, and how many each.
     over_limit: BTreeMap<(i32, Vec<u8>), usize>,
     helper_failures: u32,
+    /// Live runs on disk, for the next load if the helper dies with the server.
+    record: runner::RunRecord,
 }
 
 fn now_ms() -> i64 {
@@ -276,11 +278,19 @@ impl Supervisor {
             events: Vec::new(),
             over_limit: BTreeMap::new(),
             helper_failures: 0,
+            record: runner::RunRecord::new(None),
         }
     }
 
     fn run(&mut self, rx: Receiver<Msg>) {
-        self.read_server_facts();
+        let dir = self.read_server_facts();
+        self.record = runner::RunRecord::new(dir.as_deref());
+        let killed = self.record.kill_leftovers();
+        if killed > 0 {
+            redis_module::logging::log_warning(format!(
+                "streamwatch: killed {killed} workers left running by a previous instance"
+            ));
+        }
         self.start_helper();
         self.guarded("reconcile", |s| {
             s.reconcile_all();
@@ -291,7 +301,8 @@ impl Supervisor {
                 .timers
                 .peek()
                 .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(Duration::from_secs(3600))
+                .min(self.record.due_in().unwrap_or(Duration::MAX));
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -316,6 +327,9 @@ impl Supervisor {
             self.guarded("timers", |s| s.fire_timers());
             self.guarded("events", |s| s.flush_events());
             self.publish_stats();
+            let runs = self.jobs.values().filter_map(|j| j.run.as_ref());
+            self.record
+                .write_if_due(runs.filter_map(|r| Some((r.pid?, r.start_time?))));
         }
     }
 
@@ -343,19 +357,25 @@ impl Supervisor {
         });
     }
 
-    fn read_server_facts(&mut self) {
+    /// Reads the role and `databases`; returns the server's `dir`.
+    fn read_server_facts(&mut self) -> Option<String> {
         let ctx = self.tsc.lock();
         self.primary = ctx.get_flags().contains(ContextFlags::MASTER);
         stats::PRIMARY.store(self.primary, Ordering::Relaxed);
-        if let Ok(redis_module::RedisValue::Array(v)) = ctx.call("CONFIG", &["GET", "databases"]) {
-            if let Some(n) = v.get(1).and_then(|x| match x {
-                redis_module::RedisValue::SimpleString(s)
-                | redis_module::RedisValue::BulkString(s) => s.parse().ok(),
+        let config = |name: &str| match ctx.call("CONFIG", &["GET", name]) {
+            Ok(redis_module::RedisValue::Array(v)) => match v.get(1) {
+                Some(
+                    redis_module::RedisValue::SimpleString(s)
+                    | redis_module::RedisValue::BulkString(s),
+                ) => Some(s.clone()),
                 _ => None,
-            }) {
-                self.databases = n;
-            }
+            },
+            _ => None,
+        };
+        if let Some(n) = config("databases").and_then(|s| s.parse().ok()) {
+            self.databases = n;
         }
+        config("dir")
     }
 
     fn start_helper(&mut self) {
@@ -845,6 +865,7 @@ impl Supervisor {
                     if let Some(r) = job.run.as_mut().filter(|r| r.id == run) {
                         r.pid = Some(pid);
                         r.start_time = runner::proc_identity(pid).map(|(_, t)| t);
+                        self.record.mark();
                     }
                     push_event(
                         &mut self.events,
@@ -873,6 +894,7 @@ impl Supervisor {
         let Some(jk) = self.runs.remove(&run_id) else {
             return;
         };
+        self.record.mark();
         let Some(job) = self.jobs.get_mut(&jk) else {
             return;
         };

@@ -785,3 +785,51 @@ fn killed_helper_leaves_no_orphans_and_jobs_run_once() {
         .count();
     assert_eq!(helpers, 1);
 }
+
+/// redis-server and the helper die at the same moment (nobody is left to stop the
+/// workers): the next load in the same --dir kills the recorded workers, checked by
+/// start time.
+#[test]
+fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
+    let config = simple_config("lo:*");
+    let mut s = Server::start(&config);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "lo:k", "a", "1", "b", "2"]);
+    assert_workers(&s, &mut c, &[("lo:k", "a", "1"), ("lo:k", "b", "2")]);
+    let pids: Vec<u32> = job_pids(&mut c).into_iter().collect();
+    let mut reap = Reap::new();
+    for &p in &pids {
+        reap.add(p);
+    }
+    let record = s.dir().path().join("streamwatch.runs");
+    wait_until("runs recorded", WAIT, || {
+        std::fs::read_to_string(&record).is_ok_and(|t| t.lines().count() == 2)
+    });
+    let helper = s
+        .descendants()
+        .into_iter()
+        .find(|p| {
+            p.ppid == s.pid() && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
+        })
+        .expect("helper process");
+    unsafe {
+        libc::kill(s.pid() as i32, libc::SIGSTOP);
+        libc::kill(helper.pid as i32, libc::SIGKILL);
+    }
+    s.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pids.iter().all(|&p| pid_alive(p)),
+        "the workers should have been orphaned"
+    );
+    let s2 = Server::builder(&config).dir(s.dir()).start();
+    wait_gone("orphaned workers killed on next load", &pids);
+    assert!(
+        s2.log()
+            .contains("killed 2 workers left running by a previous instance"),
+        "{}",
+        s2.log()
+    );
+    // The new instance runs the jobs itself.
+    assert_workers(&s2, &mut s2.conn(), &[]);
+}
