@@ -9,6 +9,7 @@
 //! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
+mod cluster;
 mod commands;
 mod config;
 mod events;

@@ -9,6 +9,9 @@
 //! changes (on a replica too, so `STREAMWATCH.WATCHES` agrees with the primary), when
 //! loading ends, after a flush and after SWAPDB.
 //!
+//! In cluster mode there is no store (one key would live in one node's slot) and
+//! watches come from the config file only.
+//!
 //! Everything here runs on Redis's main thread. A key with thousands of watches would
 //! make the re-read O(watches); watches are few by design.
 
@@ -16,7 +19,7 @@ use crate::ffi;
 use crate::supervisor::{self, Msg};
 use crate::watch::{self, DbSel, Kind, OnChange, Snapshot, Source, WatchSpec};
 use redis_module::key::KeyFlags;
-use redis_module::{CallOptionsBuilder, CallResult, Context, KeyType, ScanKeyCursor};
+use redis_module::{CallOptionsBuilder, CallResult, Context, ContextFlags, KeyType, ScanKeyCursor};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,6 +31,10 @@ pub const DB: i32 = 0;
 pub fn is_store(db: i32, key: &[u8]) -> bool {
     db == DB && key == KEY
 }
+
+/// A single key lives in one slot, owned by one node: a cluster has no place for it.
+const IN_CLUSTER: &str = "ERR STREAMWATCH.WATCH and UNWATCH are not available in cluster mode: \
+declare watches in the config file, the same file on every node";
 
 /// Set while a command writes the store, so the keyspace callback leaves the re-read to
 /// the command (which needs the result in order).
@@ -115,6 +122,9 @@ pub fn write(
         .replicate()
         .errors_as_replies()
         .build();
+    if ctx.get_flags().contains(ContextFlags::CLUSTER) {
+        return Err(IN_CLUSTER.to_string());
+    }
     WRITING.store(true, Ordering::SeqCst);
     let result: CallResult = in_store_db(ctx, || match spec {
         Some(spec) => {
@@ -151,6 +161,9 @@ pub fn sync(ctx: &Context) {
 }
 
 fn reload(ctx: &Context) -> Option<Snapshot> {
+    if ctx.get_flags().contains(ContextFlags::CLUSTER) {
+        return None;
+    }
     let entries = in_store_db(ctx, || {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let name = ctx.create_string(KEY);

@@ -11,6 +11,7 @@
 //! Only a primary runs jobs: the role is read under the GIL before every look, and a
 //! demotion (or PAUSE) stops everything.
 
+use crate::cluster;
 use crate::config::{self, Restart};
 use crate::ffi::{self, Replier, Reply};
 use crate::glob;
@@ -242,6 +243,11 @@ struct Supervisor {
     helper_failures: u32,
     /// Live runs on disk, for the next load if the helper dies with the server.
     record: runner::RunRecord,
+    /// In cluster mode, the slots this node owns (only their keys have jobs).
+    owned: Option<cluster::Owned>,
+    next_poll: Instant,
+    /// In cluster mode, this node's events stream: (events-key, name with a hash tag).
+    events_key: Option<(String, String)>,
 }
 
 fn now_ms() -> i64 {
@@ -279,6 +285,9 @@ impl Supervisor {
             over_limit: BTreeMap::new(),
             helper_failures: 0,
             record: runner::RunRecord::new(None),
+            owned: None,
+            next_poll: Instant::now(),
+            events_key: None,
         }
     }
 
@@ -302,7 +311,11 @@ impl Supervisor {
                 .peek()
                 .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(3600))
-                .min(self.record.due_in().unwrap_or(Duration::MAX));
+                .min(self.record.due_in().unwrap_or(Duration::MAX))
+                .min(match self.owned {
+                    Some(_) => self.next_poll.saturating_duration_since(Instant::now()),
+                    None => Duration::MAX,
+                });
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -324,6 +337,9 @@ impl Supervisor {
                 next = rx.try_recv().ok();
             }
             self.flush_dirty(&mut dirty);
+            if self.owned.is_some() && Instant::now() >= self.next_poll {
+                self.guarded("slot ownership", |s| s.poll_slots());
+            }
             self.guarded("timers", |s| s.fire_timers());
             self.guarded("events", |s| s.flush_events());
             self.publish_stats();
@@ -355,6 +371,19 @@ impl Supervisor {
                 s.reconcile_key(db, &key, &mut tally);
             }
         });
+    }
+
+    /// Cluster mode: re-reads slot ownership; a change (reshard, failover) means a full
+    /// reconcile, which starts the jobs of gained slots and stops those of lost ones.
+    fn poll_slots(&mut self) {
+        self.next_poll = Instant::now() + cluster::POLL;
+        let now = {
+            let ctx = self.tsc.lock();
+            cluster::owned(&ctx)
+        };
+        if self.owned.as_ref() != Some(&now) {
+            self.reconcile_all();
+        }
     }
 
     /// Reads the role and `databases`; returns the server's `dir`.
@@ -527,6 +556,12 @@ impl Supervisor {
         if flags.contains(ContextFlags::LOADING) {
             return Observed::Loading;
         }
+        if let Some(owned) = &self.owned {
+            // A key in a slot this node does not own (yet) has no jobs here.
+            if !cluster::key_slot(&ctx, key).is_some_and(|s| owned.contains(s)) {
+                return Observed::Fields(Vec::new());
+            }
+        }
         if !ffi::select_db(&ctx, db) {
             return Observed::Fields(Vec::new());
         }
@@ -654,8 +689,10 @@ impl Supervisor {
         // and data together (DEBUG RELOAD, FLUSHALL) has finished, so the watches and
         // the keys read below agree.
         {
-            let _gil = self.tsc.lock();
+            let ctx = self.tsc.lock();
             self.watches = watch::snapshot();
+            self.owned = cluster::enabled(&ctx).then(|| cluster::owned(&ctx));
+            self.next_poll = Instant::now() + cluster::POLL;
         }
         let mut tally = Tally::default();
         let mut keys: BTreeSet<(i32, Vec<u8>)> =
@@ -1106,14 +1143,32 @@ impl Supervisor {
             return;
         }
         let events = std::mem::take(&mut self.events);
-        let key = config::get(&config::EVENTS_KEY);
+        let mut key = config::get(&config::EVENTS_KEY);
         if key.is_empty() {
             return;
         }
         let maxlen = config::events_maxlen().to_string();
         let ctx = self.tsc.lock();
-        if !ctx.get_flags().contains(ContextFlags::MASTER) {
+        if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, 0) {
             return;
+        }
+        if let Some(owned) = &self.owned {
+            // Cluster: this node's own stream, in a slot it serves.
+            let cached = self.events_key.as_ref().filter(|(base, name)| {
+                *base == key
+                    && cluster::key_slot(&ctx, name.as_bytes()).is_some_and(|s| owned.contains(s))
+            });
+            let name = match cached {
+                Some((_, name)) => name.clone(),
+                None => match cluster::own_key(&ctx, &key, owned) {
+                    Some(name) => {
+                        self.events_key = Some((key.clone(), name.clone()));
+                        name
+                    }
+                    None => return, // no slot: nowhere to write
+                },
+            };
+            key = name;
         }
         let opts = CallOptionsBuilder::new().replicate().build();
         for fields in events {

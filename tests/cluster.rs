@@ -1,0 +1,248 @@
+//! Redis Cluster: 3 primaries + 3 replicas on loopback, built with CLUSTER ADDSLOTSRANGE,
+//! MEET and REPLICATE (what `redis-cli --cluster create` does). Each primary runs the
+//! jobs of the keys in its own slots; resharding a slot moves its jobs with no moment
+//! where both nodes run them; a killed primary's jobs move to its promoted replica.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const NODE_TIMEOUT_MS: &str = "2000";
+
+struct Cluster {
+    /// primaries[i] serves slots RANGES[i]; replicas[i] replicates primaries[i].
+    primaries: Vec<Server>,
+    replicas: Vec<Server>,
+    ids: Vec<String>,
+}
+
+const RANGES: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+fn node_id(s: &Server) -> String {
+    vstr(&ok(&mut s.conn(), &["CLUSTER", "MYID"]))
+}
+
+fn cluster_ok(s: &Server) -> bool {
+    vstr(&ok(&mut s.conn(), &["CLUSTER", "INFO"])).contains("cluster_state:ok")
+}
+
+fn is_primary(s: &Server) -> bool {
+    info(&mut s.conn(), "replication")
+        .get("role")
+        .map(String::as_str)
+        == Some("master")
+}
+
+impl Cluster {
+    fn start(toml: &str) -> Cluster {
+        let node = || {
+            Server::builder(toml)
+                .redis_args(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    NODE_TIMEOUT_MS,
+                ])
+                .start()
+        };
+        let primaries: Vec<Server> = (0..3).map(|_| node()).collect();
+        let replicas: Vec<Server> = (0..3).map(|_| node()).collect();
+        for (p, (a, b)) in primaries.iter().zip(RANGES) {
+            ok(
+                &mut p.conn(),
+                &["CLUSTER", "ADDSLOTSRANGE", &a.to_string(), &b.to_string()],
+            );
+        }
+        let first = primaries[0].port.to_string();
+        for s in primaries.iter().chain(replicas.iter()).skip(1) {
+            ok(&mut s.conn(), &["CLUSTER", "MEET", "127.0.0.1", &first]);
+        }
+        let ids: Vec<String> = primaries.iter().map(node_id).collect();
+        for (r, id) in replicas.iter().zip(&ids) {
+            wait_until("replica knows its primary", WAIT, || {
+                vstr(&ok(&mut r.conn(), &["CLUSTER", "NODES"])).contains(id.as_str())
+            });
+            ok(&mut r.conn(), &["CLUSTER", "REPLICATE", id]);
+        }
+        for s in primaries.iter().chain(replicas.iter()) {
+            wait_until("cluster_state:ok", Duration::from_secs(60), || {
+                cluster_ok(s)
+            });
+        }
+        for r in &replicas {
+            wait_until("replica linked", WAIT, || {
+                info(&mut r.conn(), "replication")
+                    .get("master_link_status")
+                    .map(String::as_str)
+                    == Some("up")
+            });
+        }
+        Cluster {
+            primaries,
+            replicas,
+            ids,
+        }
+    }
+
+    fn slot(&self, key: &str) -> u16 {
+        vint(&ok(
+            &mut self.primaries[0].conn(),
+            &["CLUSTER", "KEYSLOT", key],
+        ))
+        .unwrap() as u16
+    }
+
+    /// A key name `prefix{tag}` whose slot primary `i` serves.
+    fn key_on(&self, prefix: &str, i: usize) -> String {
+        let (a, b) = RANGES[i];
+        (0..)
+            .map(|n| format!("{prefix}{{t{n}}}"))
+            .find(|k| (a..=b).contains(&self.slot(k)))
+            .unwrap()
+    }
+}
+
+/// The events stream entries of one node (its own `streamwatch:events{tag}` key).
+fn node_events(s: &Server) -> Vec<HashMap<String, String>> {
+    let mut c = s.conn();
+    let keys: Vec<String> = to_array(&ok(&mut c, &["KEYS", "streamwatch:events*"]))
+        .iter()
+        .map(vstr)
+        .collect();
+    assert!(keys.len() <= 1, "several events keys: {keys:?}");
+    keys.first()
+        .map(|k| stream_entries(&mut c, k))
+        .unwrap_or_default()
+}
+
+#[test]
+fn cluster_primaries_run_their_own_slots_and_failover_moves_jobs() {
+    let cl = Cluster::start(&simple_config("cams:*"));
+    let keys: Vec<String> = (0..3).map(|i| cl.key_on("cams:", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        ok(
+            &mut cl.primaries[i].conn(),
+            &["HSET", k, "cam", &format!("u{i}")],
+        );
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let p = &cl.primaries[i];
+        assert_workers(p, &mut p.conn(), &[(k.as_str(), "cam", &format!("u{i}"))]);
+    }
+    for r in &cl.replicas {
+        assert!(jobs(&mut r.conn()).is_empty(), "a replica runs no job");
+        assert!(r.tagged_procs().is_empty());
+    }
+    // Each primary's events go to a stream in one of its own slots.
+    for (i, p) in cl.primaries.iter().enumerate() {
+        let mut c = p.conn();
+        let names: Vec<String> = to_array(&ok(&mut c, &["KEYS", "streamwatch:events*"]))
+            .iter()
+            .map(vstr)
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let slot = cl.slot(&names[0]);
+        assert!(
+            (RANGES[i].0..=RANGES[i].1).contains(&slot),
+            "{names:?} slot {slot}"
+        );
+        assert!(node_events(p).iter().any(|e| e["event"] == "started"));
+    }
+    // Watches by command: refused in cluster mode, with the reason.
+    let e = err(
+        &mut cl.primaries[0].conn(),
+        &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w"],
+    );
+    assert!(e.contains("cluster mode"), "{e}");
+
+    // Manual failover of shard 1: the replica takes over, the old primary stops.
+    let old1: Vec<u32> = job_pids(&mut cl.primaries[1].conn()).into_iter().collect();
+    ok(&mut cl.replicas[1].conn(), &["CLUSTER", "FAILOVER"]);
+    wait_until("replica 1 promoted", WAIT, || is_primary(&cl.replicas[1]));
+    let r1 = &cl.replicas[1];
+    assert_workers(r1, &mut r1.conn(), &[(keys[1].as_str(), "cam", "u1")]);
+    wait_gone("demoted primary's workers", &old1);
+    assert!(jobs(&mut cl.primaries[1].conn()).is_empty());
+
+    // Shard 0's primary is killed: the cluster promotes its replica, which runs them.
+    let mut cl = cl;
+    let old0: Vec<u32> = job_pids(&mut cl.primaries[0].conn()).into_iter().collect();
+    cl.primaries[0].kill9();
+    wait_gone("killed primary's workers", &old0);
+    wait_until("replica 0 promoted", Duration::from_secs(60), || {
+        is_primary(&cl.replicas[0])
+    });
+    let r0 = &cl.replicas[0];
+    assert_workers(r0, &mut r0.conn(), &[(keys[0].as_str(), "cam", "u0")]);
+    let p2 = &cl.primaries[2];
+    assert_workers(p2, &mut p2.conn(), &[(keys[2].as_str(), "cam", "u2")]);
+}
+
+#[test]
+fn cluster_reshard_moves_a_slots_jobs_without_overlap() {
+    let cl = Cluster::start(&simple_config("rs:*"));
+    let key = cl.key_on("rs:", 0);
+    let slot = cl.slot(&key).to_string();
+    let (a, b) = (&cl.primaries[0], &cl.primaries[1]);
+    let (id_a, id_b) = (&cl.ids[0], &cl.ids[1]);
+    ok(&mut a.conn(), &["HSET", &key, "f", "1"]);
+    assert_workers(a, &mut a.conn(), &[(key.as_str(), "f", "1")]);
+    let old: Vec<u32> = job_pids(&mut a.conn()).into_iter().collect();
+
+    // What `redis-cli --cluster reshard` does for one slot.
+    ok(
+        &mut b.conn(),
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", id_a],
+    );
+    ok(
+        &mut a.conn(),
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", id_b],
+    );
+    ok(
+        &mut a.conn(),
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &b.port.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &key,
+        ],
+    );
+    // The key is on B now, the slot not yet: neither node runs it (never both).
+    wait_gone("source stopped the moved key's worker", &old);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        jobs(&mut b.conn()).is_empty(),
+        "importing node runs a key of a slot it does not own yet"
+    );
+    for s in &cl.primaries {
+        ok(&mut s.conn(), &["CLUSTER", "SETSLOT", &slot, "NODE", id_b]);
+    }
+    assert_workers(b, &mut b.conn(), &[(key.as_str(), "f", "1")]);
+    assert!(jobs(&mut a.conn()).is_empty());
+    // B's start came after A's stop (stream ids are millisecond timestamps).
+    let ms = |e: &HashMap<String, String>| -> u64 {
+        e["_id"].split('-').next().unwrap().parse().unwrap()
+    };
+    let stopped_a = node_events(a)
+        .into_iter()
+        .filter(|e| e["event"] == "exited" && e.get("key") == Some(&key))
+        .map(|e| ms(&e))
+        .max()
+        .expect("A recorded the exit");
+    let started_b = node_events(b)
+        .into_iter()
+        .filter(|e| e["event"] == "started" && e.get("key") == Some(&key))
+        .map(|e| ms(&e))
+        .min()
+        .expect("B recorded the start");
+    assert!(
+        started_b >= stopped_a,
+        "B started {started_b} before A stopped {stopped_a}"
+    );
+}
