@@ -84,6 +84,14 @@ fn load(ctx: &Context) -> Result<(), ()> {
     Ok(())
 }
 
+/// MODULE UNLOAD is refused: the supervisor thread and the helper cannot be torn down
+/// safely under a running server. Upgrade by renaming the new .so into place and
+/// restarting (or failing over).
+fn deinit(ctx: &Context) -> Status {
+    ctx.log_warning("streamwatch cannot be unloaded; restart the server to upgrade it");
+    Status::Err
+}
+
 fn info(ctx: &InfoContext, _for_crash_report: bool) {
     ffi::callback("INFO", || commands::info(ctx));
 }
@@ -114,6 +122,7 @@ redis_module! {
     allocator: (Allocator, ALLOCATOR),
     data_types: [],
     init: init,
+    deinit: deinit,
     info: info,
     commands: [
         ["streamwatch.watch", cmd_watch, "write deny-oom", 0, 0, 0, ""],

@@ -644,3 +644,38 @@ fn argumentless_commands_reject_extra_arguments() {
     let st = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
     assert_eq!(get_int(&st, "paused"), Some(0));
 }
+
+#[test]
+fn module_unload_is_refused_and_the_server_keeps_running() {
+    let s = Server::builder(&simple_config("mu:*"))
+        .redis_args(&["--enable-module-command", "yes"])
+        .start();
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "mu:a", "f", "1"]);
+    assert_workers(&s, &mut c, &[("mu:a", "f", "1")]);
+    let e = run(&mut c, &["MODULE", "UNLOAD", "streamwatch"]).unwrap_err();
+    assert!(e.to_string().contains("Error unloading module"), "{e}");
+    assert!(s.log().contains("streamwatch cannot be unloaded"));
+    ok(&mut c, &["HSET", "mu:a", "f", "2"]);
+    assert_workers(&s, &mut c, &[("mu:a", "f", "2")]);
+}
+
+#[test]
+fn events_go_to_db_0_whatever_db_the_job_is_in() {
+    let s = Server::start(&format!(
+        "{}\n{}",
+        long_handler("w", ""),
+        watch_toml("d5:*", "w", Some("5"))
+    ));
+    let mut c5 = s.conn_db(5);
+    ok(&mut c5, &["HSET", "d5:a", "f", "1"]);
+    let mut c = s.conn();
+    assert_workers(&s, &mut c, &[("d5:a", "f", "1")]);
+    wait_until("started event in db 0", WAIT, || {
+        !events_of(&mut c, "started", "d5:a", Some("f")).is_empty()
+    });
+    assert_eq!(
+        vint(&ok(&mut c5, &["EXISTS", "streamwatch:events"])),
+        Some(0)
+    );
+}
