@@ -506,3 +506,23 @@ fn field_watched_by_two_watches_is_two_jobs() {
             .collect()
     );
 }
+
+/// Hash field expiration (Valkey 9, Redis 7.4+): a field reaching its TTL stops its
+/// worker and leaves the others. Servers without HPEXPIRE have nothing to test.
+#[test]
+fn hash_field_expiring_stops_only_its_worker() {
+    let s = Server::start(&simple_config("hf:*"));
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "hf:k", "a", "1", "b", "2"]);
+    assert_workers(&s, &mut c, &[("hf:k", "a", "1"), ("hf:k", "b", "2")]);
+    match run(&mut c, &["HPEXPIRE", "hf:k", "200", "FIELDS", "1", "a"]) {
+        Err(e) if e.to_string().to_lowercase().contains("unknown command") => {
+            eprintln!("server has no hash field expiration: skipped");
+            return;
+        }
+        r => {
+            r.expect("HPEXPIRE");
+        }
+    }
+    assert_workers(&s, &mut c, &[("hf:k", "b", "2")]);
+}
