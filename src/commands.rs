@@ -183,7 +183,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         source: Source::Command,
     };
     watch::check_add(&spec, replace)?;
-    if let Some(snapshot) = store::write(ctx, &spec.pattern.clone(), Some(&spec))? {
+    if let Some(snapshot) = store::write(ctx, &spec.pattern, Some(&spec))? {
         supervisor::send(Msg::Watches(snapshot));
     }
     reply(Reply::Ok)

@@ -6,6 +6,8 @@
 //! * `commands` — parsing and replies (main thread);
 //! * `events` — keyspace and server event callbacks (main thread, O(1));
 //! * `supervisor` — the module thread that owns every job;
+//! * `watch` + `store` — the watch registry and where command watches persist;
+//! * `cluster` — slot ownership in Redis Cluster;
 //! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
