@@ -31,6 +31,11 @@ impl Owned {
             self.0[slot / 64] |= 1 << (slot % 64);
         }
     }
+    fn remove(&mut self, slot: usize) {
+        if slot < SLOTS {
+            self.0[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
     pub fn contains(&self, slot: u16) -> bool {
         let s = slot as usize;
         s < SLOTS && self.0[s / 64] & (1 << (s % 64)) != 0
@@ -47,33 +52,70 @@ pub fn enabled(ctx: &Context) -> bool {
 /// The slots this node owns, from `CLUSTER NODES` ("myself" line; slots being imported
 /// are not owned yet, slots being migrated away still are).
 pub fn owned(ctx: &Context) -> Owned {
+    parse_nodes(&nodes(ctx), false)
+}
+
+/// The slots of this node's shard: its own as a primary, its primary's as a replica,
+/// less any slot being migrated away. A primary and its replicas agree on it, and a
+/// promoted replica inherits it.
+pub fn shard(ctx: &Context) -> Owned {
+    parse_nodes(&nodes(ctx), true)
+}
+
+fn nodes(ctx: &Context) -> String {
     let opts = CallOptionsBuilder::new().build();
     let r: CallResult = ctx.call_ext("CLUSTER", &opts, &[b"NODES".as_slice()]);
     match r {
-        Ok(CallReply::String(s)) => parse_nodes(&String::from_utf8_lossy(s.as_bytes())),
-        _ => Owned::empty(),
+        Ok(CallReply::String(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => String::new(),
     }
 }
 
-fn parse_nodes(text: &str) -> Owned {
+fn parse_nodes(text: &str, shard: bool) -> Owned {
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let flags = |f: &Vec<&str>| -> Vec<String> {
+        f.get(2)
+            .map(|x| x.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let Some(me) = lines
+        .iter()
+        .find(|f| flags(f).iter().any(|x| x == "myself"))
+    else {
+        return Owned::empty();
+    };
+    let line = if flags(me).iter().any(|x| x == "master") {
+        me
+    } else if shard {
+        match lines.iter().find(|f| f.first() == me.get(3)) {
+            Some(primary) => primary,
+            None => return Owned::empty(),
+        }
+    } else {
+        return Owned::empty();
+    };
     let mut owned = Owned::empty();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(flags) = f.get(2) else { continue };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"myself") || !flags.contains(&"master") {
+    let mut migrating = Vec::new();
+    for range in line.iter().skip(8) {
+        if let Some(m) = range.strip_prefix('[') {
+            // [slot->-node] migrating away, [slot-<-node] importing (not owned yet)
+            if let Some((slot, _)) = m.split_once("->-") {
+                migrating.extend(slot.parse::<usize>().ok());
+            }
             continue;
         }
-        for range in f.iter().skip(8) {
-            if range.starts_with('[') {
-                continue; // [slot->-node] migrating, [slot-<-node] importing
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            for s in a..=b.min(SLOTS - 1) {
+                owned.insert(s);
             }
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-                for s in a..=b.min(SLOTS - 1) {
-                    owned.insert(s);
-                }
-            }
+        }
+    }
+    if shard {
+        // A key written into a slot that is leaving would be carried away by the
+        // reshard (or collide with it): the shard's own keys avoid such slots.
+        for s in migrating {
+            owned.remove(s);
         }
     }
     owned
@@ -89,8 +131,9 @@ pub fn key_slot(ctx: &Context, key: &[u8]) -> Option<u16> {
     }
 }
 
-/// A key name for this node's own copy of `base` (the events stream): `base{tag}` with
-/// a hash tag whose slot this node owns, so the key is served by this node.
+/// A key name for this node's own copy of `base` (the events stream, the watches
+/// store): `base{swN}` with the first tag `swN` whose slot is in `owned`, so the key is
+/// served by this node (and, for the shard's slots, named alike on its replicas).
 pub fn own_key(ctx: &Context, base: &str, owned: &Owned) -> Option<String> {
     owned.first()?;
     (0..100_000).find_map(|i| {
@@ -108,15 +151,25 @@ mod tests {
     #[test]
     fn parses_myself_slots_skipping_imports() {
         let text = "\
-a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-2 5 [6-<-b2] [7->-b2]
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-2 5 7 [6-<-b2] [7->-b2]
 b2 127.0.0.1:7001@17001 master - 0 0 2 connected 8-16383
 c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected
 ";
-        let o = parse_nodes(text);
+        let o = parse_nodes(text, false);
         let got: Vec<u16> = (0..16384).filter(|&s| o.contains(s)).collect();
-        assert_eq!(got, vec![0, 1, 2, 5]);
+        assert_eq!(got, vec![0, 1, 2, 5, 7]);
+        let shard = parse_nodes(text, true);
+        let got: Vec<u16> = (0..16384).filter(|&s| shard.contains(s)).collect();
+        assert_eq!(
+            got,
+            vec![0, 1, 2, 5],
+            "a slot being migrated away is left out"
+        );
         assert_eq!(o.first(), Some(0));
-        let replica = parse_nodes("c3 127.0.0.1:7002@17002 myself,slave a1 0 0 1 connected\n");
-        assert_eq!(replica.first(), None);
+        let replica = text
+            .replace("myself,master", "master")
+            .replace("slave a1", "myself,slave a1");
+        assert_eq!(parse_nodes(&replica, false).first(), None);
+        assert_eq!(parse_nodes(&replica, true).first(), Some(0));
     }
 }

@@ -51,7 +51,7 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
 fn on_flush(ctx: &Context, sub: FlushSubevent) {
     ffi::callback("flush event", || {
         if sub == FlushSubevent::Ended {
-            store::sync(ctx);
+            store::on_flush(ctx);
             supervisor::send(Msg::ReconcileAll { reply: None });
         }
     });
@@ -59,6 +59,6 @@ fn on_flush(ctx: &Context, sub: FlushSubevent) {
 
 /// SWAPDB fires no per-key events either (subscribed through `ffi`).
 pub fn on_swapdb(ctx: &Context) {
-    store::sync(ctx);
+    store::on_flush(ctx);
     supervisor::send(Msg::ReconcileAll { reply: None });
 }

@@ -9,12 +9,16 @@
 //! changes (on a replica too, so `STREAMWATCH.WATCHES` agrees with the primary), when
 //! loading ends, after a flush and after SWAPDB.
 //!
-//! In cluster mode there is no store (one key would live in one node's slot) and
-//! watches come from the config file only.
+//! In cluster mode one key would live in one node's slot, so each shard keeps its own
+//! store, `streamwatch:watches{swN}` in one of its slots (its replicas compute the same
+//! name and follow it). `STREAMWATCH.WATCH` is sent to every primary. A primary's
+//! registry is the truth there: the supervisor rewrites the store when a reshard
+//! carries the key away or the shard's slots change (`ensure`).
 //!
 //! Everything here runs on Redis's main thread. A key with thousands of watches would
 //! make the re-read O(watches); watches are few by design.
 
+use crate::cluster;
 use crate::ffi;
 use crate::supervisor::{self, Msg};
 use crate::watch::{self, DbSel, Kind, OnChange, Snapshot, Source, WatchSpec};
@@ -22,19 +26,39 @@ use redis_module::key::KeyFlags;
 use redis_module::{CallOptionsBuilder, CallResult, Context, ContextFlags, KeyType, ScanKeyCursor};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// The key, and the database it lives in.
 pub const KEY: &[u8] = b"streamwatch:watches";
 pub const DB: i32 = 0;
 
-/// Is this the store itself (never treated as a watched hash)?
+/// In cluster mode each shard has its own store, `streamwatch:watches{swN}`.
+const CLUSTER_PREFIX: &[u8] = b"streamwatch:watches{";
+
+/// Is this a store (never treated as a watched hash)?
 pub fn is_store(db: i32, key: &[u8]) -> bool {
-    db == DB && key == KEY
+    db == DB && (key == KEY || (key.starts_with(CLUSTER_PREFIX) && key.ends_with(b"}")))
 }
 
-/// A single key lives in one slot, owned by one node: a cluster has no place for it.
-const IN_CLUSTER: &str = "ERR STREAMWATCH.WATCH and UNWATCH are not available in cluster mode: \
-declare watches in the config file, the same file on every node";
+/// The store's name on this node: `streamwatch:watches`, or in cluster mode this
+/// shard's own key, in one of the shard's slots (`None`: the shard serves no slot).
+pub fn name(ctx: &Context) -> Option<Vec<u8>> {
+    if !cluster::enabled(ctx) {
+        return Some(KEY.to_vec());
+    }
+    let base = String::from_utf8_lossy(KEY);
+    cluster::own_key(ctx, &base, &cluster::shard(ctx)).map(String::into_bytes)
+}
+
+/// Does the registry follow the store? Everywhere except on a cluster primary, whose
+/// registry is the truth and whose store the supervisor keeps in an owned slot (a
+/// reshard can carry the key away; see `ensure`).
+fn follows_store(ctx: &Context) -> bool {
+    !cluster::enabled(ctx) || !ctx.get_flags().contains(ContextFlags::MASTER)
+}
+
+/// The name last written by `ensure`, to remove it when the store moves.
+static LAST_NAME: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// Set while a command writes the store, so the keyspace callback leaves the re-read to
 /// the command (which needs the result in order).
@@ -122,23 +146,23 @@ pub fn write(
         .replicate()
         .errors_as_replies()
         .build();
-    if ctx.get_flags().contains(ContextFlags::CLUSTER) {
-        return Err(IN_CLUSTER.to_string());
-    }
+    let key = name(ctx).ok_or_else(|| {
+        "ERR this node's shard serves no hash slot, so it has nowhere to keep watches".to_string()
+    })?;
     WRITING.store(true, Ordering::SeqCst);
     let result: CallResult = in_store_db(ctx, || match spec {
         Some(spec) => {
             let value = encode(spec);
-            ctx.call_ext("HSET", &opts, &[KEY, pattern, value.as_bytes()])
+            ctx.call_ext("HSET", &opts, &[&key, pattern, value.as_bytes()])
         }
-        None => ctx.call_ext("HDEL", &opts, &[KEY, pattern]),
+        None => ctx.call_ext("HDEL", &opts, &[&key, pattern]),
     });
     WRITING.store(false, Ordering::SeqCst);
     let snapshot = reload(ctx);
     result.map(|_| snapshot).map_err(|e| {
         format!(
             "ERR cannot write the watches key '{}': {}",
-            String::from_utf8_lossy(KEY),
+            String::from_utf8_lossy(&key),
             e.to_utf8_string().unwrap_or_default()
         )
     })
@@ -147,7 +171,14 @@ pub fn write(
 /// The keyspace callback saw a change to the store (a replicated write, a user's own
 /// HSET, DEL, RENAME, expiry...).
 pub fn on_change(ctx: &Context) {
-    if !WRITING.load(Ordering::SeqCst) {
+    if !WRITING.load(Ordering::SeqCst) && follows_store(ctx) {
+        sync(ctx);
+    }
+}
+
+/// After a flush or SWAPDB: the store may be gone with the data.
+pub fn on_flush(ctx: &Context) {
+    if follows_store(ctx) {
         sync(ctx);
     }
 }
@@ -160,13 +191,11 @@ pub fn sync(ctx: &Context) {
     }
 }
 
-fn reload(ctx: &Context) -> Option<Snapshot> {
-    if ctx.get_flags().contains(ContextFlags::CLUSTER) {
-        return None;
-    }
-    let entries = in_store_db(ctx, || {
+/// The entries of the store key `name`.
+fn read(ctx: &Context, name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    in_store_db(ctx, || {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let name = ctx.create_string(KEY);
+        let name = ctx.create_string(name);
         let key = ctx.open_key_with_flags(&name, KeyFlags::NOTOUCH);
         if key.key_type() == KeyType::Hash {
             ScanKeyCursor::new(key).for_each(|_, f, v| {
@@ -174,7 +203,52 @@ fn reload(ctx: &Context) -> Option<Snapshot> {
             });
         }
         entries
+    })
+}
+
+/// Cluster primary, called by the supervisor (GIL held) after slot ownership is read:
+/// makes this shard's store hold exactly the registry's command watches, under the
+/// name for the slots owned now. A reshard that carried the key away, or a new first
+/// slot, ends here with the key rewritten (and the old name removed).
+pub fn ensure(ctx: &Context) {
+    if follows_store(ctx) {
+        return;
+    }
+    let Some(key) = name(ctx) else { return };
+    let mut wanted: Vec<(Vec<u8>, Vec<u8>)> = watch::snapshot()
+        .iter()
+        .filter(|w| w.spec.source == Source::Command)
+        .map(|w| (w.spec.pattern.clone(), encode(&w.spec).into_bytes()))
+        .collect();
+    wanted.sort();
+    let mut have = read(ctx, &key);
+    have.sort();
+    let mut last = LAST_NAME.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = CallOptionsBuilder::new().replicate().build();
+    in_store_db(ctx, || {
+        if !last.is_empty() && *last != key {
+            let _: CallResult = ctx.call_ext("DEL", &opts, &[last.as_slice()]);
+        }
+        if have != wanted {
+            let _: CallResult = ctx.call_ext("DEL", &opts, &[key.as_slice()]);
+            if !wanted.is_empty() {
+                let mut args: Vec<&[u8]> = vec![&key];
+                for (p, v) in &wanted {
+                    args.push(p);
+                    args.push(v);
+                }
+                let _: CallResult = ctx.call_ext("HSET", &opts, args.as_slice());
+            }
+        }
     });
+    *last = key;
+}
+
+fn reload(ctx: &Context) -> Option<Snapshot> {
+    let Some(key) = name(ctx) else {
+        return watch::set_command_watches(Vec::new()).0;
+    };
+    let entries = read(ctx, &key);
     let mut specs = Vec::with_capacity(entries.len());
     let mut problems = Vec::new();
     for (pattern, value) in entries {

@@ -18,6 +18,7 @@ use crate::glob;
 use crate::protocol::{Report, Request};
 use crate::runner::{self, Runner};
 use crate::stats;
+use crate::store;
 use crate::watch::{self, OnChange, Snapshot, Watch};
 use redis_module::key::KeyFlags;
 use redis_module::{
@@ -373,12 +374,14 @@ impl Supervisor {
         });
     }
 
-    /// Cluster mode: re-reads slot ownership; a change (reshard, failover) means a full
-    /// reconcile, which starts the jobs of gained slots and stops those of lost ones.
+    /// Cluster mode: keeps the shard's watches store in place, re-reads slot ownership;
+    /// a change (reshard, failover) means a full reconcile, which starts the jobs of
+    /// gained slots and stops those of lost ones.
     fn poll_slots(&mut self) {
         self.next_poll = Instant::now() + cluster::POLL;
         let now = {
             let ctx = self.tsc.lock();
+            store::ensure(&ctx);
             cluster::owned(&ctx)
         };
         if self.owned.as_ref() != Some(&now) {
@@ -1152,15 +1155,17 @@ impl Supervisor {
         if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, 0) {
             return;
         }
-        if let Some(owned) = &self.owned {
-            // Cluster: this node's own stream, in a slot it serves.
+        if self.owned.is_some() {
+            // Cluster: this node's own stream, in a slot it serves and that is not
+            // being migrated away (read now, under the same GIL hold as the writes).
+            let shard = cluster::shard(&ctx);
             let cached = self.events_key.as_ref().filter(|(base, name)| {
                 *base == key
-                    && cluster::key_slot(&ctx, name.as_bytes()).is_some_and(|s| owned.contains(s))
+                    && cluster::key_slot(&ctx, name.as_bytes()).is_some_and(|s| shard.contains(s))
             });
             let name = match cached {
                 Some((_, name)) => name.clone(),
-                None => match cluster::own_key(&ctx, &key, owned) {
+                None => match cluster::own_key(&ctx, &key, &shard) {
                     Some(name) => {
                         self.events_key = Some((key.clone(), name.clone()));
                         name

@@ -1,7 +1,8 @@
 //! Redis Cluster: 3 primaries + 3 replicas on loopback, built with CLUSTER ADDSLOTSRANGE,
 //! MEET and REPLICATE (what `redis-cli --cluster create` does). Each primary runs the
 //! jobs of the keys in its own slots; resharding a slot moves its jobs with no moment
-//! where both nodes run them; a killed primary's jobs move to its promoted replica.
+//! where both nodes run them; a killed primary's jobs move to its promoted replica;
+//! watches sent to every primary live in each shard's own store key.
 
 mod common;
 
@@ -150,13 +151,6 @@ fn cluster_primaries_run_their_own_slots_and_failover_moves_jobs() {
         );
         assert!(node_events(p).iter().any(|e| e["event"] == "started"));
     }
-    // Watches by command: refused in cluster mode, with the reason.
-    let e = err(
-        &mut cl.primaries[0].conn(),
-        &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w"],
-    );
-    assert!(e.contains("cluster mode"), "{e}");
-
     // Manual failover of shard 1: the replica takes over, the old primary stops.
     let old1: Vec<u32> = job_pids(&mut cl.primaries[1].conn()).into_iter().collect();
     ok(&mut cl.replicas[1].conn(), &["CLUSTER", "FAILOVER"]);
@@ -245,4 +239,135 @@ fn cluster_reshard_moves_a_slots_jobs_without_overlap() {
         started_b >= stopped_a,
         "B started {started_b} before A stopped {stopped_a}"
     );
+}
+
+/// The names of the watches stores on one node.
+fn stores(s: &Server) -> Vec<String> {
+    to_array(&ok(&mut s.conn(), &["KEYS", "streamwatch:watches*"]))
+        .iter()
+        .map(vstr)
+        .collect()
+}
+
+fn has_watch(s: &Server, pattern: &str) -> bool {
+    parse_maps(&ok(&mut s.conn(), &["STREAMWATCH.WATCHES"]))
+        .iter()
+        .any(|w| get_str(w, "pattern") == pattern && get_str(w, "source") == "command")
+}
+
+/// What `redis-cli --cluster reshard` does for one slot: mark it, migrate its keys until
+/// none are left, assign it.
+fn reshard(cl: &Cluster, slot: u16, from: usize, to: usize) {
+    let slot = slot.to_string();
+    let (a, b) = (&cl.primaries[from], &cl.primaries[to]);
+    ok(
+        &mut b.conn(),
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &cl.ids[from]],
+    );
+    ok(
+        &mut a.conn(),
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &cl.ids[to]],
+    );
+    loop {
+        let keys: Vec<String> = to_array(&ok(
+            &mut a.conn(),
+            &["CLUSTER", "GETKEYSINSLOT", &slot, "100"],
+        ))
+        .iter()
+        .map(vstr)
+        .collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = b.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        ok(&mut a.conn(), &args);
+    }
+    for s in &cl.primaries {
+        ok(
+            &mut s.conn(),
+            &["CLUSTER", "SETSLOT", &slot, "NODE", &cl.ids[to]],
+        );
+    }
+}
+
+#[test]
+fn cluster_watches_sent_to_every_primary_follow_reshard_and_failover() {
+    let mut cl = Cluster::start(&simple_config("cfg:*"));
+    for p in &cl.primaries {
+        ok(
+            &mut p.conn(),
+            &["STREAMWATCH.WATCH", "cw:*", "HANDLER", "w"],
+        );
+    }
+    for r in &cl.replicas {
+        wait_until("replica has the shard's watch", WAIT, || {
+            has_watch(r, "cw:*")
+        });
+    }
+    let keys: Vec<String> = (0..3).map(|i| cl.key_on("cw:", i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        ok(
+            &mut cl.primaries[i].conn(),
+            &["HSET", k, "f", &i.to_string()],
+        );
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let p = &cl.primaries[i];
+        assert_workers(p, &mut p.conn(), &[(k.as_str(), "f", &i.to_string())]);
+    }
+    // Each shard's store is a key in one of its own slots.
+    for (i, p) in cl.primaries.iter().enumerate() {
+        let names = stores(p);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let slot = cl.slot(&names[0]);
+        assert!((RANGES[i].0..=RANGES[i].1).contains(&slot));
+    }
+
+    // Reshard the slot holding shard 0's store to shard 1: shard 0 keeps its watch,
+    // its store moves into a slot it still owns, and its jobs keep running.
+    let store0 = stores(&cl.primaries[0]).remove(0);
+    let slot0 = cl.slot(&store0);
+    assert_ne!(slot0, cl.slot(&keys[0]));
+    let p0 = &cl.primaries[0];
+    let pids0 = job_pids(&mut p0.conn());
+    reshard(&cl, slot0, 0, 1);
+    wait_until("shard 0's store back in a slot it owns", WAIT, || {
+        let names = stores(p0);
+        names.len() == 1 && names[0] != store0 && {
+            let s = cl.slot(&names[0]);
+            s != slot0 && (RANGES[0].0..=RANGES[0].1).contains(&s)
+        }
+    });
+    assert!(has_watch(p0, "cw:*"));
+    assert_eq!(
+        job_pids(&mut p0.conn()),
+        pids0,
+        "shard 0's jobs were not touched"
+    );
+    assert!(has_watch(&cl.primaries[1], "cw:*"));
+    wait_until("replica 0 follows the moved store", WAIT, || {
+        has_watch(&cl.replicas[0], "cw:*")
+    });
+
+    // UNWATCH on one primary changes that shard only.
+    ok(&mut p0.conn(), &["STREAMWATCH.UNWATCH", "cw:*"]);
+    assert!(!has_watch(p0, "cw:*"));
+    assert_workers(p0, &mut p0.conn(), &[]);
+    wait_until("replica 0 follows UNWATCH", WAIT, || {
+        !has_watch(&cl.replicas[0], "cw:*")
+    });
+    assert!(has_watch(&cl.primaries[2], "cw:*"));
+
+    // Shard 2's primary dies: its promoted replica has the watch and runs the jobs.
+    let old2: Vec<u32> = job_pids(&mut cl.primaries[2].conn()).into_iter().collect();
+    cl.primaries[2].kill9();
+    wait_gone("killed primary's workers", &old2);
+    wait_until("replica 2 promoted", Duration::from_secs(60), || {
+        is_primary(&cl.replicas[2])
+    });
+    let r2 = &cl.replicas[2];
+    assert!(has_watch(r2, "cw:*"));
+    assert_workers(r2, &mut r2.conn(), &[(keys[2].as_str(), "f", "2")]);
 }
