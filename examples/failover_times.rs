@@ -6,73 +6,11 @@
 //!
 //! cargo build --release --examples && target/release/examples/failover_times [N]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start(root: &Path, dir: &Path, name: &str, extra: &[String]) -> (Child, u16, PathBuf) {
-    let stamps = dir.join(format!("stamps-{name}"));
-    std::fs::create_dir_all(&stamps).expect("mkdir");
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\n\n[[watch]]\npattern = \"ft\"\nhandler = \"stamp\"\n",
-            root.join("target/release/examples/stamp").display(),
-            stamps.display()
-        ),
-    )
-    .expect("write config");
-    let port = free_port();
-    let data = dir.join(format!("data-{name}"));
-    std::fs::create_dir_all(&data).expect("mkdir");
-    let server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let child = Command::new(server)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .arg("--dir")
-        .arg(&data)
-        .args(extra)
-        .arg("--loadmodule")
-        .arg(root.join("target/release/libstreamwatch.so"))
-        .arg("config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    (child, port, stamps)
-}
-
-fn connect(port: u16) -> redis::Connection {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(c) = client.get_connection() {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{now_ns, StampServer};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn stamps(dir: &Path) -> Vec<u128> {
     std::fs::read_dir(dir)
@@ -126,17 +64,18 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let root = std::env::current_dir().expect("cwd");
     let dir = std::env::temp_dir().join(format!("sw-failover-{}", std::process::id()));
-    let (mut primary, pport, pstamps) = start(&root, &dir, "primary", &[]);
-    let mut pc = connect(pport);
-    let (mut replica, rport, rstamps) = start(
-        &root,
-        &dir,
-        "replica",
-        &["--replicaof".into(), "127.0.0.1".into(), pport.to_string()],
-    );
-    let mut rc = connect(rport);
+    let mut primary = StampServer::start(&dir, "primary", "ft", &[]);
+    let mut pc = primary.connect();
+    let pstamps = primary.stamps.clone();
+    let replicaof = [
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ];
+    let mut replica = StampServer::start(&dir, "replica", "ft", &replicaof);
+    let mut rc = replica.connect();
+    let rstamps = replica.stamps.clone();
     let mut hset = redis::cmd("HSET");
     hset.arg("ft");
     for i in 0..n {
@@ -160,8 +99,7 @@ fn main() {
     let pids = job_pids(&mut pc);
     assert_eq!(pids.len(), n);
     let t = Instant::now();
-    let _ = primary.kill();
-    let _ = primary.wait();
+    primary.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
     while pids
         .iter()
@@ -188,8 +126,7 @@ fn main() {
         last.saturating_sub(t0) as f64 / 1e6,
         orphan.as_secs_f64() * 1e3
     );
-    let _ = replica.kill();
-    let _ = replica.wait();
+    replica.kill();
     std::thread::sleep(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 //! The module's end of the helper process (see `helper/main.rs` for why it exists).
 //!
 //! Runs on module threads only. `Runner::start` launches the embedded helper binary
-//! from a memfd with `posix_spawn` (std's `Command` without `pre_exec`, so the large
+//! from a memfd with `posix_spawn` (std's `Command` with no pre-exec hook, so the large
 //! redis-server heap is never forked), hands it one end of a Unix socket as its stdin,
 //! and starts a reader thread that forwards every report to the supervisor's channel.
 
