@@ -23,6 +23,21 @@ fn find<'a>(maps: &'a [Map], key: &str, value: &str) -> &'a Map {
         .unwrap_or_else(|| panic!("no entry with {key}={value} in {maps:?}"))
 }
 
+/// The keys of a `STREAMWATCH.JOBS` entry, in order.
+const JOB_KEYS: [&str; 11] = [
+    "watch",
+    "db",
+    "key",
+    "field",
+    "state",
+    "pid",
+    "started_ms",
+    "uptime_ms",
+    "runs",
+    "failures",
+    "last_exit",
+];
+
 /// Assert the error names one of `words` (case-sensitive keyword match).
 fn assert_names(c: &mut redis::Connection, args: &[&str], words: &[&str]) {
     let e = err(c, args);
@@ -269,22 +284,7 @@ fn jobs_reply_shape_order_and_filters() {
     );
     let raw = ok(&mut c, &["STREAMWATCH.JOBS"]);
     let first = &to_array(&raw)[0];
-    assert_eq!(
-        map_keys(first),
-        [
-            "watch",
-            "db",
-            "key",
-            "field",
-            "state",
-            "pid",
-            "started_ms",
-            "uptime_ms",
-            "runs",
-            "failures",
-            "last_exit"
-        ]
-    );
+    assert_eq!(map_keys(first), JOB_KEYS);
     let all = parse_maps(&raw);
     let order: Vec<(String, String, String)> = all
         .iter()
@@ -335,22 +335,7 @@ fn job_reply_has_job_fields_plus_handler_value_log() {
     });
     let raw = ok(&mut c, &["STREAMWATCH.JOB", "jb:a", "f"]);
     let keys = map_keys(&raw);
-    for k in [
-        "watch",
-        "db",
-        "key",
-        "field",
-        "state",
-        "pid",
-        "started_ms",
-        "uptime_ms",
-        "runs",
-        "failures",
-        "last_exit",
-        "handler",
-        "value",
-        "log",
-    ] {
+    for k in JOB_KEYS.iter().copied().chain(["handler", "value", "log"]) {
         assert!(keys.contains(&k.to_string()), "JOB lacks {k}: {keys:?}");
     }
     let j = to_map(&raw);

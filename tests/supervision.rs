@@ -332,11 +332,7 @@ fn worker_child_is_killed_with_it() {
     let mut reap = Reap::new();
     ok(&mut c, &["HSET", "ch:k", "f", "v"]);
     let pid = running_pid(&mut c, "ch:k", "f");
-    let child: u32 = wait_for("worker printed its child's pid", WAIT, || {
-        job_log(&mut c, "ch:k", "f")
-            .iter()
-            .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
-    });
+    let child = logged_child(&mut c, "ch:k", "f");
     reap.add(child);
     assert!(pid_alive(child));
     assert_eq!(cmdline(child), vec![b"sleep".to_vec(), b"1000".to_vec()]);
@@ -741,24 +737,14 @@ fn killed_helper_leaves_no_orphans_and_jobs_run_once() {
     });
     let mut children = Vec::new();
     for f in ["a", "b"] {
-        let child: u32 = wait_for("worker printed its child's pid", WAIT, || {
-            job_log(&mut c, "hk:k", f)
-                .iter()
-                .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
-        });
+        let child = logged_child(&mut c, "hk:k", f);
         reap.add(child);
         children.push(child);
     }
     for &p in &old {
         reap.add(p);
     }
-    let helper = s
-        .descendants()
-        .into_iter()
-        .find(|p| {
-            p.ppid == s.pid() && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
-        })
-        .expect("helper process");
+    let helper = helper_of(&s);
     unsafe { libc::kill(helper.pid as i32, libc::SIGKILL) };
 
     let all_old: Vec<u32> = old.iter().chain(children.iter()).copied().collect();
@@ -778,11 +764,7 @@ fn killed_helper_leaves_no_orphans_and_jobs_run_once() {
             .count()
             == 2
     });
-    let helpers = s
-        .descendants()
-        .into_iter()
-        .filter(|p| p.cmdline.first().map(String::as_str) == Some("streamwatch-helper"))
-        .count();
+    let helpers = s.descendants().into_iter().filter(is_helper).count();
     assert_eq!(helpers, 1);
 }
 
@@ -805,13 +787,7 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
     wait_until("runs recorded", WAIT, || {
         std::fs::read_to_string(&record).is_ok_and(|t| t.lines().count() == 2)
     });
-    let helper = s
-        .descendants()
-        .into_iter()
-        .find(|p| {
-            p.ppid == s.pid() && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
-        })
-        .expect("helper process");
+    let helper = helper_of(&s);
     unsafe {
         libc::kill(s.pid() as i32, libc::SIGSTOP);
         libc::kill(helper.pid as i32, libc::SIGKILL);
@@ -832,4 +808,25 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
     );
     // The new instance runs the jobs itself.
     assert_workers(&s2, &mut s2.conn(), &[]);
+}
+
+fn is_helper(p: &ProcInfo) -> bool {
+    p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
+}
+
+/// The server's helper process.
+fn helper_of(s: &Server) -> ProcInfo {
+    s.descendants()
+        .into_iter()
+        .find(|p| p.ppid == s.pid() && is_helper(p))
+        .expect("helper process")
+}
+
+/// The pid a worker printed as `child PID` (scripts that start a child of their own).
+fn logged_child(c: &mut redis::Connection, key: &str, field: &str) -> u32 {
+    wait_for("worker printed its child's pid", WAIT, || {
+        job_log(c, key, field)
+            .iter()
+            .find_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
+    })
 }
