@@ -238,7 +238,6 @@ struct Supervisor {
     paused: bool,
     databases: i32,
     events: Vec<Vec<(&'static str, Vec<u8>)>>,
-    /// Keys with desired jobs that `max-jobs` kept from starting.
     /// Keys with fields not started because of `max-jobs`, and how many each.
     over_limit: BTreeMap<(i32, Vec<u8>), usize>,
     helper_failures: u32,
