@@ -153,6 +153,8 @@ struct Helper {
     parent: i32,
     /// The module is gone: stop everything and exit when all runs are reaped.
     shutting_down: bool,
+    /// When adopted processes were last looked for (`kill_adopted`).
+    adopted_checked: Instant,
 }
 
 fn main() {
@@ -194,6 +196,7 @@ fn main() {
         sigchld_rx: unsafe { File::from_raw_fd(fds[0]) },
         parent: unsafe { sys::getppid() },
         shutting_down: false,
+        adopted_checked: Instant::now(),
     };
     helper.run();
 }
@@ -290,6 +293,7 @@ impl Helper {
             }
             // Reap on every wake-up: cheap, and immune to a lost SIGCHLD.
             self.reap();
+            self.kill_adopted();
             if pfds[0].revents != 0 && !self.shutting_down {
                 self.read_request();
             }
@@ -472,6 +476,34 @@ impl Helper {
         }
         for data in chunks {
             self.send(Report::Output { run: id, data });
+        }
+    }
+
+    /// A worker that daemonizes (a new session, out of its process group) leaves a
+    /// process the helper adopts as subreaper. Any child that is not a run's leader is
+    /// such a leftover: it and its group are killed (it is reaped like any child).
+    /// Looked for at most every `ADOPTED_EVERY`, from the kernel's list of our children.
+    fn kill_adopted(&mut self) {
+        const ADOPTED_EVERY: Duration = Duration::from_millis(250);
+        if self.adopted_checked.elapsed() < ADOPTED_EVERY {
+            return;
+        }
+        self.adopted_checked = Instant::now();
+        let me = std::process::id();
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if !self.by_pid.contains_key(&pid) {
+                // A live process with this pid: no other group can have this id.
+                unsafe {
+                    sys::kill(-pid, sys::SIGKILL);
+                    sys::kill(pid, sys::SIGKILL);
+                }
+            }
         }
     }
 
