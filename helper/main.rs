@@ -20,13 +20,9 @@ mod protocol;
 
 use protocol::{read_frame, write_frame, Report, Request};
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -114,6 +110,171 @@ mod sys {
     }
 
     pub fn _unused(_: c_long) {}
+}
+
+mod spawn {
+    //! One run, started with glibc's `posix_spawn` (vfork-like: cheap whatever the
+    //! helper's size) and these attributes: its own process group; an empty signal
+    //! mask; every signal at its default, glibc's internal 32 and 33 included (without
+    //! POSIX_SPAWN_SETSIGDEF, glibc leaves those two ignored in the child, and an
+    //! ignored signal stays ignored across exec); stdin `/dev/null`, stdout and stderr
+    //! on `out`; `cwd` if given; the helper's environment plus `env`.
+    use std::ffi::{c_char, c_int, CString};
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// glibc x86_64 sizes of the opaque types (`posix_spawnattr_t` 336 bytes,
+    /// `posix_spawn_file_actions_t` 80, `sigset_t` 128), over-allocated for safety.
+    #[repr(C, align(8))]
+    struct Attr([u8; 512]);
+    #[repr(C, align(8))]
+    struct Actions([u8; 256]);
+    #[repr(C, align(8))]
+    struct SigSet([u64; 16]);
+
+    const POSIX_SPAWN_SETPGROUP: i16 = 0x02;
+    const POSIX_SPAWN_SETSIGDEF: i16 = 0x04;
+    const POSIX_SPAWN_SETSIGMASK: i16 = 0x08;
+    const O_RDONLY: c_int = 0;
+
+    extern "C" {
+        fn posix_spawn(
+            pid: *mut c_int,
+            path: *const c_char,
+            actions: *const Actions,
+            attr: *const Attr,
+            argv: *const *const c_char,
+            envp: *const *const c_char,
+        ) -> c_int;
+        fn posix_spawnp(
+            pid: *mut c_int,
+            file: *const c_char,
+            actions: *const Actions,
+            attr: *const Attr,
+            argv: *const *const c_char,
+            envp: *const *const c_char,
+        ) -> c_int;
+        fn posix_spawnattr_init(attr: *mut Attr) -> c_int;
+        fn posix_spawnattr_destroy(attr: *mut Attr) -> c_int;
+        fn posix_spawnattr_setflags(attr: *mut Attr, flags: i16) -> c_int;
+        fn posix_spawnattr_setpgroup(attr: *mut Attr, pgroup: c_int) -> c_int;
+        fn posix_spawnattr_setsigdefault(attr: *mut Attr, set: *const SigSet) -> c_int;
+        fn posix_spawnattr_setsigmask(attr: *mut Attr, set: *const SigSet) -> c_int;
+        fn posix_spawn_file_actions_init(a: *mut Actions) -> c_int;
+        fn posix_spawn_file_actions_destroy(a: *mut Actions) -> c_int;
+        fn posix_spawn_file_actions_addopen(
+            a: *mut Actions,
+            fd: c_int,
+            path: *const c_char,
+            flags: c_int,
+            mode: u32,
+        ) -> c_int;
+        fn posix_spawn_file_actions_adddup2(a: *mut Actions, fd: c_int, new: c_int) -> c_int;
+        fn posix_spawn_file_actions_addchdir_np(a: *mut Actions, path: *const c_char) -> c_int;
+    }
+
+    fn check(r: c_int) -> io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    }
+
+    fn cstring(b: &[u8]) -> io::Result<CString> {
+        CString::new(b).map_err(|_| io::Error::other("argument contains a NUL byte"))
+    }
+
+    pub fn run(
+        argv: &[Vec<u8>],
+        env: &[(Vec<u8>, Vec<u8>)],
+        cwd: Option<&[u8]>,
+        out: RawFd,
+    ) -> io::Result<i32> {
+        let program = argv
+            .first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+        let mut envs: Vec<CString> = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let k = k.as_bytes();
+            if !env.iter().any(|(ek, _)| ek.as_slice() == k) {
+                envs.push(cstring(&[k, b"=", v.as_bytes()].concat())?);
+            }
+        }
+        for (k, v) in env {
+            envs.push(cstring(&[k.as_slice(), b"=", v.as_slice()].concat())?);
+        }
+        let argp: Vec<*const c_char> = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const c_char> = envs
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let dir = cwd.map(cstring).transpose()?;
+        let mut defaults = SigSet([0; 16]);
+        for sig in 1..=64u32 {
+            if sig != 9 && sig != 19 {
+                defaults.0[0] |= 1 << (sig - 1);
+            }
+        }
+        let empty = SigSet([0; 16]);
+        let mut attr = Attr([0; 512]);
+        let mut actions = Actions([0; 256]);
+        let mut pid: c_int = 0;
+        unsafe {
+            check(posix_spawnattr_init(&mut attr))?;
+            check(posix_spawn_file_actions_init(&mut actions)).inspect_err(|_| {
+                posix_spawnattr_destroy(&mut attr);
+            })?;
+            let result = (|| {
+                check(posix_spawnattr_setflags(
+                    &mut attr,
+                    POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK,
+                ))?;
+                check(posix_spawnattr_setpgroup(&mut attr, 0))?;
+                check(posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
+                check(posix_spawnattr_setsigmask(&mut attr, &empty))?;
+                check(posix_spawn_file_actions_addopen(
+                    &mut actions,
+                    0,
+                    c"/dev/null".as_ptr(),
+                    O_RDONLY,
+                    0,
+                ))?;
+                check(posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
+                check(posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
+                if let Some(dir) = &dir {
+                    check(posix_spawn_file_actions_addchdir_np(
+                        &mut actions,
+                        dir.as_ptr(),
+                    ))?;
+                }
+                let f = if program.contains(&b'/') {
+                    posix_spawn
+                } else {
+                    posix_spawnp
+                };
+                check(f(
+                    &mut pid,
+                    args[0].as_ptr(),
+                    &actions,
+                    &attr,
+                    argp.as_ptr(),
+                    envp.as_ptr(),
+                ))
+            })();
+            posix_spawn_file_actions_destroy(&mut actions);
+            posix_spawnattr_destroy(&mut attr);
+            result?;
+        }
+        Ok(pid)
+    }
 }
 
 /// Write end of the self-pipe the SIGCHLD handler pokes.
@@ -375,28 +536,9 @@ impl Helper {
         stop_grace_ms: u64,
     ) {
         let result = (|| -> io::Result<(i32, File)> {
-            let (program, args) = argv
-                .split_first()
-                .ok_or_else(|| io::Error::other("empty command"))?;
             let (reader, writer) = io::pipe()?;
-            let writer2 = writer.try_clone()?;
-            let mut cmd = Command::new(OsStr::from_bytes(program));
-            cmd.args(args.iter().map(|a| OsStr::from_bytes(a)))
-                .envs(
-                    env.iter()
-                        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(writer))
-                .stderr(Stdio::from(writer2))
-                .process_group(0);
-            if let Some(dir) = &cwd {
-                cmd.current_dir(OsStr::from_bytes(dir));
-            }
-            let child = cmd.spawn()?;
-            let pid = child.id() as i32;
-            // We reap with waitpid(-1) ourselves; the Child handle is not needed.
-            drop(child);
+            let pid = spawn::run(&argv, &env, cwd.as_deref(), writer.as_raw_fd())?;
+            drop(writer);
             let out = File::from(OwnedFd::from(reader));
             sys::set_nonblocking(out.as_raw_fd());
             Ok((pid, out))
