@@ -26,7 +26,9 @@ mod supervisor;
 mod watch;
 
 use redis_module::configuration::ConfigurationFlags;
-use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+use redis_module::{
+    redis_module, AclCategory, Context, InfoContext, RedisResult, RedisString, Status,
+};
 
 #[cfg(not(test))]
 type Allocator = redis_module::alloc::RedisAlloc;
@@ -123,21 +125,23 @@ redis_module! {
     version: 1,
     allocator: (Allocator, ALLOCATOR),
     data_types: [],
+    // Where the server supports module ACL categories (not Redis 7.0): `@streamwatch`.
+    acl_categories: ["streamwatch",],
     init: init,
     deinit: deinit,
     info: info,
     commands: [
-        ["streamwatch.watch", cmd_watch, "write deny-oom", 0, 0, 0, ""],
-        ["streamwatch.unwatch", cmd_unwatch, "write", 0, 0, 0, ""],
-        ["streamwatch.watches", cmd_watches, "readonly", 0, 0, 0, ""],
-        ["streamwatch.handlers", cmd_handlers, "readonly", 0, 0, 0, ""],
-        ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, ""],
-        ["streamwatch.job", cmd_job, "readonly", 0, 0, 0, ""],
-        ["streamwatch.restart", cmd_restart, "write", 0, 0, 0, ""],
-        ["streamwatch.pause", cmd_pause, "write", 0, 0, 0, ""],
-        ["streamwatch.resume", cmd_resume, "write", 0, 0, 0, ""],
-        ["streamwatch.reconcile", cmd_reconcile, "write", 0, 0, 0, ""],
-        ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, ""],
+        ["streamwatch.watch", cmd_watch, "write deny-oom", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.unwatch", cmd_unwatch, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.watches", cmd_watches, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.handlers", cmd_handlers, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.job", cmd_job, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.restart", cmd_restart, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.pause", cmd_pause, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.resume", cmd_resume, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.reconcile", cmd_reconcile, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
     ],
     event_handlers: [
         [@GENERIC @STRING @LIST @SET @HASH @ZSET @EXPIRED @EVICTED @STREAM @MODULE: events::on_keyspace],

@@ -664,3 +664,45 @@ fn events_go_to_db_0_whatever_db_the_job_is_in() {
         Some(0)
     );
 }
+
+/// An ACL user that may read job status but not change watches. Every server: by
+/// command; where modules can add ACL categories (Valkey): `+@streamwatch -@write`.
+#[test]
+fn acl_user_can_read_status_but_not_change_watches() {
+    let s = Server::start(&simple_config("acl:*"));
+    let mut admin = s.conn();
+    ok(&mut admin, &["HSET", "acl:k", "f", "1"]);
+    assert_workers(&s, &mut admin, &[("acl:k", "f", "1")]);
+    let by_command = [
+        "+streamwatch.jobs",
+        "+streamwatch.job",
+        "+streamwatch.watches",
+        "+streamwatch.handlers",
+        "+streamwatch.status",
+        "+info",
+    ];
+    let mut users = vec![("viewer", by_command.to_vec())];
+    if run(&mut admin, &["ACL", "CAT", "streamwatch"]).is_ok() {
+        users.push(("viewer2", vec!["+@streamwatch", "-@write"]));
+    }
+    for (user, rules) in users {
+        let mut args = vec!["ACL", "SETUSER", user, "on", ">pw", "~*"];
+        args.extend(rules);
+        ok(&mut admin, &args);
+        let mut c = s.conn();
+        ok(&mut c, &["AUTH", user, "pw"]);
+        assert_eq!(jobs(&mut c).len(), 1, "{user} reads jobs");
+        assert!(job(&mut c, "acl:k", "f").is_some());
+        ok(&mut c, &["STREAMWATCH.STATUS"]);
+        for cmd in [
+            &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w"][..],
+            &["STREAMWATCH.UNWATCH", "acl:*"],
+            &["STREAMWATCH.PAUSE"],
+            &["STREAMWATCH.RESTART", "acl:k", "f"],
+        ] {
+            let e = run(&mut c, cmd).unwrap_err();
+            assert_eq!(e.code(), Some("NOPERM"), "{user} {cmd:?}: {e}");
+        }
+    }
+    assert_workers(&s, &mut admin, &[("acl:k", "f", "1")]);
+}
