@@ -706,3 +706,43 @@ fn acl_user_can_read_status_but_not_change_watches() {
     }
     assert_workers(&s, &mut admin, &[("acl:k", "f", "1")]);
 }
+
+/// A 100,000-field HSET with `max-jobs 50`: 50 run, the rest are counted, the server
+/// keeps answering, and removing the key clears it all.
+#[test]
+fn max_jobs_caps_a_100000_field_hset() {
+    let s = Server::builder(&format!(
+        "[handler.bare]\ncommand = [\"/bin/sleep\", \"1000\"]\nstop-grace-ms = 100\n\n{}",
+        watch_toml("big", "bare", None)
+    ))
+    .module_arg("max-jobs", "50")
+    .start();
+    let mut c = s.conn();
+    let mut hset = redis::cmd("HSET");
+    hset.arg("big");
+    for i in 0..100_000 {
+        hset.arg(format!("f{i}")).arg("v");
+    }
+    let added: i64 = hset.query(&mut c).unwrap();
+    assert_eq!(added, 100_000);
+    let counts = |c: &mut redis::Connection| {
+        let st = to_map(&ok(c, &["STREAMWATCH.STATUS"]));
+        (
+            get_int(&to_map(st.get("jobs").unwrap()), "running"),
+            get_int(&st, "jobs_over_limit"),
+        )
+    };
+    wait_until("50 running, the rest counted", WAIT, || {
+        counts(&mut c) == (Some(50), Some(99_950))
+    });
+    assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
+    ok(&mut c, &["DEL", "big"]);
+    wait_until("all gone", WAIT, || {
+        counts(&mut c) == (Some(0), Some(0)) && jobs(&mut c).is_empty()
+    });
+    wait_until("no worker process left", WAIT, || {
+        !s.descendants()
+            .iter()
+            .any(|d| d.cmdline.first().map(String::as_str) == Some("/bin/sleep"))
+    });
+}
