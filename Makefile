@@ -28,7 +28,12 @@ run: build
 # against Valkey (fetched by `make deps`, or VALKEY_SERVER).
 VALKEY_SERVER ?= $(CURDIR)/.deps/valkey/valkey-server
 
+# The module built with panic paths, for the test that proves no panic reaches Redis.
+PANIC_MODULE := $(CURDIR)/target/panic-test/release/libstreamwatch.so
+export STREAMWATCH_PANIC_MODULE := $(PANIC_MODULE)
+
 test: build
+	cargo build --release --lib --features panic-test --target-dir target/panic-test
 	@echo "== tests against $$($(REDIS_SERVER) --version | cut -d' ' -f1-3)"
 	REDIS_SERVER=$(REDIS_SERVER) cargo test --release -- --test-threads=2
 	@echo "== tests against $$($(VALKEY_SERVER) --version | cut -d' ' -f1-3)"

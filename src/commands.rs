@@ -382,6 +382,10 @@ fn role(ctx: &Context) -> &'static str {
 }
 
 pub fn status(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    #[cfg(feature = "panic-test")]
+    if args.len() == 2 && args[1].as_slice() == b"PANIC" {
+        panic!("panic-test: a bug in a command");
+    }
     if args.len() != 1 {
         return Err(CmdError::Arity);
     }

@@ -368,7 +368,7 @@ impl Supervisor {
         self.guarded("reconcile key", |s| {
             let mut tally = Tally::default();
             for (db, key) in keys {
-                s.reconcile_key(db, &key, &mut tally);
+                s.reconcile_key_guarded(db, &key, &mut tally);
             }
         });
     }
@@ -582,7 +582,26 @@ impl Supervisor {
     }
 
     /// Makes the jobs of one key match its current fields.
+    /// `reconcile_key` with a panic caught per key: a bug that one key triggers costs
+    /// that key (and a log line), never the other keys of a batch or a full reconcile.
+    fn reconcile_key_guarded(&mut self, db: i32, key: &[u8], tally: &mut Tally) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.reconcile_key(db, key, tally)
+        }));
+        if let Err(p) = r {
+            redis_module::logging::log_warning(format!(
+                "streamwatch: internal error in supervisor (reconcile of '{}' in db {db}): {}",
+                String::from_utf8_lossy(key),
+                ffi::panic_text(&p)
+            ));
+        }
+    }
+
     fn reconcile_key(&mut self, db: i32, key: &[u8], tally: &mut Tally) {
+        #[cfg(feature = "panic-test")]
+        if key == b"panic-test:supervisor" {
+            panic!("panic-test: a bug in the supervisor");
+        }
         let covering: Vec<Arc<Watch>> = self
             .watches
             .iter()
@@ -727,7 +746,7 @@ impl Supervisor {
             }
         }
         for (db, key) in keys {
-            self.reconcile_key(db, &key, &mut tally);
+            self.reconcile_key_guarded(db, &key, &mut tally);
         }
         tally
     }
@@ -880,7 +899,7 @@ impl Supervisor {
                 let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_keys().collect();
                 let mut t = Tally::default();
                 for (db, key) in keys {
-                    self.reconcile_key(db, &key, &mut t);
+                    self.reconcile_key_guarded(db, &key, &mut t);
                 }
             }
         }

@@ -746,3 +746,31 @@ fn max_jobs_caps_a_100000_field_hset() {
             .any(|d| d.cmdline.first().map(String::as_str) == Some("/bin/sleep"))
     });
 }
+
+/// A bug that panics, in a command or on the supervisor thread, costs an error reply
+/// or a log line, never the server. Needs the `panic-test` build that `make test`
+/// makes (STREAMWATCH_PANIC_MODULE).
+#[test]
+fn a_panic_never_reaches_redis() {
+    let module = std::env::var("STREAMWATCH_PANIC_MODULE")
+        .expect("run through `make test`: STREAMWATCH_PANIC_MODULE names the panic-test build");
+    let s = Server::builder(&simple_config("pt:*"))
+        .module_path(module.into())
+        .start();
+    let mut c = s.conn();
+    let e = err(&mut c, &["STREAMWATCH.STATUS", "PANIC"]);
+    assert!(e.contains("panic-test: a bug in a command"), "{e}");
+    assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
+
+    ok(
+        &mut c,
+        &["STREAMWATCH.WATCH", "panic-test:*", "HANDLER", "w"],
+    );
+    ok(&mut c, &["HSET", "panic-test:supervisor", "f", "1"]);
+    wait_until("the supervisor's panic is logged", WAIT, || {
+        s.log().contains("panic-test: a bug in the supervisor")
+    });
+    // The supervisor thread lives on.
+    ok(&mut c, &["HSET", "pt:a", "f", "1"]);
+    assert_workers(&s, &mut c, &[("pt:a", "f", "1")]);
+}

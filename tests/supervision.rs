@@ -334,8 +334,10 @@ fn worker_child_is_killed_with_it() {
     let pid = running_pid(&mut c, "ch:k", "f");
     let child = logged_child(&mut c, "ch:k", "f");
     reap.add(child);
-    assert!(pid_alive(child));
-    assert_eq!(cmdline(child), vec![b"sleep".to_vec(), b"1000".to_vec()]);
+    // The shell prints the pid right after fork, maybe before the child's exec.
+    wait_until("the worker's child runs sleep", WAIT, || {
+        cmdline(child) == vec![b"sleep".to_vec(), b"1000".to_vec()]
+    });
     ok(&mut c, &["HDEL", "ch:k", "f"]);
     wait_gone("worker and its child gone", &[pid, child]);
 }
@@ -788,10 +790,23 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
         std::fs::read_to_string(&record).is_ok_and(|t| t.lines().count() == 2)
     });
     let helper = helper_of(&s);
-    unsafe {
-        libc::kill(s.pid() as i32, libc::SIGSTOP);
-        libc::kill(helper.pid as i32, libc::SIGKILL);
-    }
+    // Stop the server first (and wait until it is stopped: kill() does not wait), so
+    // that it cannot notice the helper's death and clean up itself.
+    unsafe { libc::kill(s.pid() as i32, libc::SIGSTOP) };
+    wait_until("every thread of the server stopped", WAIT, || {
+        std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rfind(')')
+                            .and_then(|i| st[i + 2..].chars().next())
+                            .is_some_and(|c| c == 'T')
+                    })
+                })
+            })
+            .unwrap_or(false)
+    });
+    unsafe { libc::kill(helper.pid as i32, libc::SIGKILL) };
     s.kill9();
     std::thread::sleep(Duration::from_millis(300));
     assert!(

@@ -102,6 +102,7 @@ pub struct ServerBuilder {
     dir: Option<Arc<TempDir>>,
     save: String,
     module: bool,
+    module_path: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -121,6 +122,12 @@ impl ServerBuilder {
     /// Use this (possibly shared) directory as `--dir` instead of a fresh one.
     pub fn dir(mut self, dir: Arc<TempDir>) -> Self {
         self.dir = Some(dir);
+        self
+    }
+
+    /// Load this build of the module instead of the default one.
+    pub fn module_path(mut self, path: PathBuf) -> Self {
+        self.module_path = Some(path);
         self
     }
 
@@ -243,7 +250,7 @@ impl ServerBuilder {
             .args(&self.redis_args);
         if self.module {
             cmd.arg("--loadmodule")
-                .arg(module_path())
+                .arg(self.module_path.clone().unwrap_or_else(module_path))
                 .arg("config")
                 .arg(config_path)
                 .args(&self.module_args);
@@ -303,6 +310,7 @@ impl Server {
             dir: None,
             save: String::new(),
             module: true,
+            module_path: None,
         }
     }
 
