@@ -437,28 +437,16 @@ fn reconcile_in_steady_state_changes_nothing() {
     ok(&mut c, &["HSET", "rc:a", "f", "1", "g", "2"]);
     assert_workers(&s, &mut c, &[("rc:a", "f", "1"), ("rc:a", "g", "2")]);
     let pids = job_pids(&mut c);
-    let before = get_int(
-        &to_map(
-            to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]))
-                .get("counters")
-                .unwrap(),
-        ),
-        "reconciles",
-    )
-    .unwrap();
+    let reconciles = |c: &mut redis::Connection| {
+        let st = to_map(&ok(c, &["STREAMWATCH.STATUS"]));
+        get_int(&to_map(st.get("counters").unwrap()), "reconciles").unwrap()
+    };
+    let before = reconciles(&mut c);
     let r = to_map(&ok(&mut c, &["STREAMWATCH.RECONCILE"]));
     assert_eq!(get_int(&r, "started"), Some(0), "{r:?}");
     assert_eq!(get_int(&r, "stopped"), Some(0), "{r:?}");
     assert_eq!(get_int(&r, "restarted"), Some(0), "{r:?}");
-    let after = get_int(
-        &to_map(
-            to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]))
-                .get("counters")
-                .unwrap(),
-        ),
-        "reconciles",
-    )
-    .unwrap();
+    let after = reconciles(&mut c);
     assert_eq!(after, before + 1);
     assert_eq!(job_pids(&mut c), pids);
     assert_workers(&s, &mut c, &[("rc:a", "f", "1"), ("rc:a", "g", "2")]);
