@@ -44,6 +44,7 @@ mod sys {
     }
 
     pub const POLLIN: c_short = 0x1;
+    pub const POLLOUT: c_short = 0x4;
     pub const SIGKILL: c_int = 9;
     pub const SIGSTOP: c_int = 19;
     pub const SIGCHLD: c_int = 17;
@@ -190,6 +191,7 @@ mod spawn {
         argv: &[Vec<u8>],
         env: &[(Vec<u8>, Vec<u8>)],
         cwd: Option<&[u8]>,
+        stdin: Option<RawFd>,
         out: RawFd,
     ) -> io::Result<i32> {
         let program = argv
@@ -240,13 +242,16 @@ mod spawn {
                 check(posix_spawnattr_setpgroup(&mut attr, 0))?;
                 check(posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
                 check(posix_spawnattr_setsigmask(&mut attr, &empty))?;
-                check(posix_spawn_file_actions_addopen(
-                    &mut actions,
-                    0,
-                    c"/dev/null".as_ptr(),
-                    O_RDONLY,
-                    0,
-                ))?;
+                match stdin {
+                    Some(fd) => check(posix_spawn_file_actions_adddup2(&mut actions, fd, 0))?,
+                    None => check(posix_spawn_file_actions_addopen(
+                        &mut actions,
+                        0,
+                        c"/dev/null".as_ptr(),
+                        O_RDONLY,
+                        0,
+                    ))?,
+                }
                 check(posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
                 check(posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
                 if let Some(dir) = &dir {
@@ -300,10 +305,42 @@ fn log(msg: &str) {
 struct Run {
     pid: i32,
     output: Option<File>,
+    /// What is still to be written to the run's stdin (stream jobs: the entry).
+    input: Option<Input>,
     stop_signal: i32,
     stop_grace: Duration,
     /// Set when a stop was asked: SIGKILL the group at this time.
     kill_at: Option<Instant>,
+}
+
+/// What to start (a `Request::Spawn` without the run's bookkeeping).
+struct Spawn {
+    argv: Vec<Vec<u8>>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    cwd: Option<Vec<u8>>,
+    stdin: Option<Vec<u8>>,
+}
+
+struct Input {
+    pipe: File,
+    data: Vec<u8>,
+    written: usize,
+}
+
+impl Input {
+    /// Writes what the pipe takes now; true when done (all written, or the run
+    /// closed its end: a handler need not read its input).
+    fn pump(&mut self) -> bool {
+        while self.written < self.data.len() {
+            match self.pipe.write(&self.data[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
 }
 
 struct Helper {
@@ -424,6 +461,7 @@ impl Helper {
                 revents: 0,
             });
             let mut owners = Vec::with_capacity(self.runs.len());
+            let mut writers = Vec::new();
             for (&id, run) in &self.runs {
                 if let Some(out) = &run.output {
                     pfds.push(sys::PollFd {
@@ -432,6 +470,16 @@ impl Helper {
                         revents: 0,
                     });
                     owners.push(id);
+                }
+            }
+            for (&id, run) in &self.runs {
+                if let Some(input) = &run.input {
+                    pfds.push(sys::PollFd {
+                        fd: input.pipe.as_raw_fd(),
+                        events: sys::POLLOUT,
+                        revents: 0,
+                    });
+                    writers.push(id);
                 }
             }
             let n = unsafe { sys::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
@@ -446,6 +494,15 @@ impl Helper {
             for (i, id) in owners.iter().enumerate() {
                 if pfds[i + 2].revents != 0 {
                     self.pump_output(*id);
+                }
+            }
+            for (i, id) in writers.iter().enumerate() {
+                if pfds[i + 2 + owners.len()].revents != 0 {
+                    if let Some(run) = self.runs.get_mut(id) {
+                        if run.input.as_mut().is_some_and(Input::pump) {
+                            run.input = None;
+                        }
+                    }
                 }
             }
             if pfds[1].revents != 0 {
@@ -519,37 +576,68 @@ impl Helper {
                 argv,
                 env,
                 cwd,
+                stdin,
                 stop_signal,
                 stop_grace_ms,
-            } => self.spawn(run, argv, env, cwd, stop_signal, stop_grace_ms),
+            } => self.spawn(
+                run,
+                Spawn {
+                    argv,
+                    env,
+                    cwd,
+                    stdin,
+                },
+                stop_signal,
+                stop_grace_ms,
+            ),
             Request::Stop { run } => self.stop(run),
         }
     }
 
-    fn spawn(
-        &mut self,
-        id: u64,
-        argv: Vec<Vec<u8>>,
-        env: Vec<(Vec<u8>, Vec<u8>)>,
-        cwd: Option<Vec<u8>>,
-        stop_signal: i32,
-        stop_grace_ms: u64,
-    ) {
-        let result = (|| -> io::Result<(i32, File)> {
+    fn spawn(&mut self, id: u64, what: Spawn, stop_signal: i32, stop_grace_ms: u64) {
+        let Spawn {
+            argv,
+            env,
+            cwd,
+            stdin,
+        } = what;
+        let result = (|| -> io::Result<(i32, File, Option<Input>)> {
             let (reader, writer) = io::pipe()?;
-            let pid = spawn::run(&argv, &env, cwd.as_deref(), writer.as_raw_fd())?;
+            // Both pipes are close-on-exec; the run gets its ends by dup2 only.
+            let input = stdin
+                .map(|data| io::pipe().map(|p| (p, data)))
+                .transpose()?;
+            let pid = spawn::run(
+                &argv,
+                &env,
+                cwd.as_deref(),
+                input.as_ref().map(|((r, _), _)| r.as_raw_fd()),
+                writer.as_raw_fd(),
+            )?;
             drop(writer);
             let out = File::from(OwnedFd::from(reader));
             sys::set_nonblocking(out.as_raw_fd());
-            Ok((pid, out))
+            let input = input.and_then(|((r, w), data)| {
+                drop(r);
+                let pipe = File::from(OwnedFd::from(w));
+                sys::set_nonblocking(pipe.as_raw_fd());
+                let mut input = Input {
+                    pipe,
+                    data,
+                    written: 0,
+                };
+                (!input.pump()).then_some(input)
+            });
+            Ok((pid, out, input))
         })();
         match result {
-            Ok((pid, out)) => {
+            Ok((pid, out, input)) => {
                 self.runs.insert(
                     id,
                     Run {
                         pid,
                         output: Some(out),
+                        input,
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
                         kill_at: None,

@@ -10,7 +10,7 @@ use crate::ffi::{CmdError, Outcome, Replier, Reply};
 use crate::stats;
 use crate::store;
 use crate::supervisor::{self, JobFilter, Msg};
-use crate::watch::{self, DbSel, Kind, OnChange, Source, WatchSpec};
+use crate::watch::{self, DbSel, Kind, OnChange, Source, StreamOpts, WatchSpec};
 use redis_module::{Context, ContextFlags, RedisString};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -66,9 +66,29 @@ impl<'a> Opts<'a> {
         }
     }
 
+    fn positive_u32(&mut self, name: &str) -> Result<u32, CmdError> {
+        let v = text(self.value(name)?);
+        match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => err(format!(
+                "ERR {name} must be a positive integer up to {}, got '{v}'",
+                u32::MAX
+            )),
+        }
+    }
+
     fn db(&mut self) -> Result<i32, CmdError> {
         let v = text(self.value("DB")?);
         parse_db(&v)
+    }
+}
+
+/// A group or dead-letter stream name: non-empty UTF-8 (it is stored as TOML text).
+fn stream_name(v: &RedisString, name: &str) -> Result<Vec<u8>, CmdError> {
+    match std::str::from_utf8(v.as_slice()) {
+        Ok("") => err(format!("ERR {name} must not be empty")),
+        Ok(s) => Ok(s.as_bytes().to_vec()),
+        Err(_) => err(format!("ERR {name} must be valid UTF-8")),
     }
 }
 
@@ -116,6 +136,9 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let mut db = DbSel::One(current_db(ctx));
     let mut onchange = OnChange::Restart;
     let mut replace = false;
+    let mut kind = Kind::Hash;
+    let mut stream = StreamOpts::default();
+    // The first stream-only option given, to refuse it on a hash watch.
     let mut stream_only: Option<&'static str> = None;
     let mut o = Opts::new(&args, 2);
     while let Some(name) = o.next_name() {
@@ -123,9 +146,9 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
             "HANDLER" => handler = Some(text(o.value("HANDLER")?)),
             "TYPE" => {
                 let v = text(o.value("TYPE")?);
-                match v.to_ascii_lowercase().as_str() {
-                    "hash" => {}
-                    "stream" => return err("ERR TYPE stream is not supported by this version yet"),
+                kind = match v.to_ascii_lowercase().as_str() {
+                    "hash" => Kind::Hash,
+                    "stream" => Kind::Stream,
                     _ => return err(format!("ERR TYPE must be hash or stream, got '{v}'")),
                 }
             }
@@ -147,40 +170,41 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                     CmdError::Msg(format!("ERR ONCHANGE must be restart or ignore, got '{v}'"))
                 })?;
             }
-            "GROUP" | "DEADLETTER" => {
-                let v = o.value(&name)?;
-                if v.as_slice().is_empty() {
-                    return err(format!("ERR {name} must not be empty"));
-                }
-                stream_only = Some(if name == "GROUP" {
-                    "GROUP"
-                } else {
-                    "DEADLETTER"
-                });
+            "GROUP" => {
+                stream.group = stream_name(o.value("GROUP")?, "GROUP")?;
+                stream_only.get_or_insert("GROUP");
             }
-            "CONCURRENCY" | "MAX-ATTEMPTS" => {
-                o.positive(&name)?;
-                stream_only = Some(if name == "CONCURRENCY" {
-                    "CONCURRENCY"
-                } else {
-                    "MAX-ATTEMPTS"
-                });
+            "DEADLETTER" => {
+                stream.deadletter = Some(stream_name(o.value("DEADLETTER")?, "DEADLETTER")?);
+                stream_only.get_or_insert("DEADLETTER");
+            }
+            "CONCURRENCY" => {
+                stream.concurrency = o.positive_u32("CONCURRENCY")?;
+                stream_only.get_or_insert("CONCURRENCY");
+            }
+            "MAX-ATTEMPTS" => {
+                stream.max_attempts = o.positive_u32("MAX-ATTEMPTS")?;
+                stream_only.get_or_insert("MAX-ATTEMPTS");
             }
             "REPLACE" => replace = true,
             _ => return err(format!("ERR unknown option '{name}'")),
         }
     }
-    if let Some(opt) = stream_only {
+    if let (Kind::Hash, Some(opt)) = (kind, stream_only) {
         return err(format!("ERR {opt} applies only to TYPE stream watches"));
+    }
+    if kind == Kind::Stream && onchange != OnChange::Restart {
+        return err("ERR ONCHANGE applies only to TYPE hash watches");
     }
     let handler = handler.ok_or_else(|| CmdError::Msg("ERR HANDLER is required".into()))?;
     let spec = WatchSpec {
         pattern,
         handler,
-        kind: Kind::Hash,
+        kind,
         db,
         onchange,
         source: Source::Command,
+        stream,
     };
     watch::check_add(&spec, replace)?;
     if let Some(snapshot) = store::write(ctx, &spec.pattern, Some(&spec))? {
@@ -218,7 +242,7 @@ pub fn watches(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let list = watch::snapshot()
         .iter()
         .map(|w| {
-            Reply::Map(vec![
+            let mut m = vec![
                 ("pattern".into(), Reply::str(&w.spec.pattern)),
                 ("handler".into(), Reply::str(&w.spec.handler)),
                 ("type".into(), Reply::str(w.spec.kind.name())),
@@ -229,19 +253,52 @@ pub fn watches(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                         DbSel::All => Reply::str("all"),
                     },
                 ),
-                (
-                    "options".into(),
-                    Reply::Map(vec![(
-                        "onchange".into(),
-                        Reply::str(w.spec.onchange.name()),
-                    )]),
-                ),
+                ("options".into(), options(w)),
                 ("source".into(), Reply::str(w.spec.source.name())),
                 ("jobs".into(), Reply::Int(w.job_count() as i64)),
-            ])
+            ];
+            if w.spec.kind == Kind::Stream {
+                let q = &w.queue;
+                let n =
+                    |a: &std::sync::atomic::AtomicU64| Reply::Int(a.load(Ordering::Relaxed) as i64);
+                let g = |a: &std::sync::atomic::AtomicI64| Reply::Int(a.load(Ordering::Relaxed));
+                m.extend([
+                    ("pending".into(), g(&q.pending)),
+                    ("lag".into(), g(&q.lag)),
+                    ("acked".into(), n(&q.acked)),
+                    ("retried".into(), n(&q.retried)),
+                    ("dead-lettered".into(), n(&q.dead_lettered)),
+                ]);
+            }
+            Reply::Map(m)
         })
         .collect();
     reply(Reply::Array(list))
+}
+
+/// A watch's options as `STREAMWATCH.WATCHES` shows them.
+fn options(w: &watch::Watch) -> Reply {
+    match w.spec.kind {
+        Kind::Hash => Reply::Map(vec![(
+            "onchange".into(),
+            Reply::str(w.spec.onchange.name()),
+        )]),
+        Kind::Stream => {
+            let o = &w.spec.stream;
+            Reply::Map(vec![
+                ("group".into(), Reply::str(&o.group)),
+                ("concurrency".into(), Reply::Int(o.concurrency.into())),
+                ("max-attempts".into(), Reply::Int(o.max_attempts.into())),
+                (
+                    "deadletter".into(),
+                    match &o.deadletter {
+                        Some(d) => Reply::str(d),
+                        None => Reply::str("<key>:dead"),
+                    },
+                ),
+            ])
+        }
+    }
 }
 
 pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {

@@ -6,7 +6,7 @@
 //! not parse, names an unknown handler, has an empty `command` or an unknown key is
 //! rejected with one message naming the file, the line and the problem.
 
-use crate::watch::{DbSel, Kind, OnChange, Source, WatchSpec};
+use crate::watch::{DbSel, Kind, OnChange, Source, StreamOpts, WatchSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,6 +25,18 @@ pub static LOG_LINES: AtomicI64 = AtomicI64::new(100);
 /// The current value of a string module config.
 pub fn get(cell: &Mutex<String>) -> String {
     cell.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// Is `key` the events stream (or, in cluster mode, a node's copy `events-key{swN}`)?
+/// Stream watches never treat it as a queue.
+pub fn is_events_key(key: &[u8]) -> bool {
+    let Ok(base) = EVENTS_KEY.lock() else {
+        return false;
+    };
+    let base = base.as_bytes();
+    !base.is_empty()
+        && key.starts_with(base)
+        && (key.len() == base.len() || key[base.len()..].starts_with(b"{sw"))
 }
 
 pub fn events_maxlen() -> i64 {
@@ -177,6 +189,10 @@ struct WatchToml {
     kind: Option<Spanned<String>>,
     db: Option<Spanned<DbToml>>,
     onchange: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+    max_attempts: Option<Spanned<i64>>,
+    deadletter: Option<Spanned<String>>,
 }
 
 /// Signal names accepted by `stop-signal` (with or without `SIG`), or a number.
@@ -291,12 +307,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             None => Kind::Hash,
             Some(k) => match k.get_ref().as_str() {
                 "hash" => Kind::Hash,
-                "stream" => {
-                    return Err(at(
-                        k.span().start,
-                        "type \"stream\" is not supported by this version yet".into(),
-                    ))
-                }
+                "stream" => Kind::Stream,
                 other => {
                     return Err(at(
                         k.span().start,
@@ -330,6 +341,51 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 )
             })?,
         };
+        let mut stream = StreamOpts::default();
+        let positive = |v: &Spanned<i64>, name: &str| -> Result<u32, String> {
+            u32::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| at(v.span().start, format!("{name} must be a positive integer")))
+        };
+        let stream_opts = [
+            w.group.as_ref().map(|g| ("group", g.span().start)),
+            w.concurrency
+                .as_ref()
+                .map(|c| ("concurrency", c.span().start)),
+            w.max_attempts
+                .as_ref()
+                .map(|c| ("max-attempts", c.span().start)),
+            w.deadletter
+                .as_ref()
+                .map(|d| ("deadletter", d.span().start)),
+        ];
+        if kind == Kind::Hash {
+            if let Some((name, offset)) = stream_opts.into_iter().flatten().next() {
+                return Err(at(
+                    offset,
+                    format!("{name} applies only to type \"stream\" watches"),
+                ));
+            }
+        }
+        let nonempty = |v: &Spanned<String>, name: &str| -> Result<Vec<u8>, String> {
+            match v.get_ref().as_bytes() {
+                [] => Err(at(v.span().start, format!("{name} must not be empty"))),
+                b => Ok(b.to_vec()),
+            }
+        };
+        if let Some(g) = &w.group {
+            stream.group = nonempty(g, "group")?;
+        }
+        if let Some(d) = &w.deadletter {
+            stream.deadletter = Some(nonempty(d, "deadletter")?);
+        }
+        if let Some(c) = &w.concurrency {
+            stream.concurrency = positive(c, "concurrency")?;
+        }
+        if let Some(c) = &w.max_attempts {
+            stream.max_attempts = positive(c, "max-attempts")?;
+        }
         if watches
             .iter()
             .any(|x: &WatchSpec| x.pattern == w.pattern.as_bytes())
@@ -346,6 +402,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             db,
             onchange,
             source: Source::Config,
+            stream,
         });
     }
     Ok(Config { handlers, watches })

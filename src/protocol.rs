@@ -25,6 +25,8 @@ pub enum Request {
         /// Added to the helper's (that is, redis-server's) environment.
         env: Vec<(Vec<u8>, Vec<u8>)>,
         cwd: Option<Vec<u8>>,
+        /// Written to the run's standard input, which is then closed; `None`: /dev/null.
+        stdin: Option<Vec<u8>>,
         /// Used by `Stop` and when the module goes away.
         stop_signal: i32,
         stop_grace_ms: u64,
@@ -117,6 +119,13 @@ impl Dec<'_> {
         let n = self.i32()? as u32 as usize;
         Ok(self.take(n)?.to_vec())
     }
+    fn opt(&mut self) -> io::Result<Option<Vec<u8>>> {
+        Ok(if self.i32()? == 1 {
+            Some(self.bytes()?)
+        } else {
+            None
+        })
+    }
     fn list(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let n = self.i32()? as u32 as usize;
         if n > self.0.len() {
@@ -134,6 +143,7 @@ impl Request {
                 argv,
                 env,
                 cwd,
+                stdin,
                 stop_signal,
                 stop_grace_ms,
             } => {
@@ -148,12 +158,14 @@ impl Request {
                     e.bytes(k);
                     e.bytes(v);
                 }
-                match cwd {
-                    Some(c) => {
-                        e.i32(1);
-                        e.bytes(c);
+                for opt in [cwd, stdin] {
+                    match opt {
+                        Some(c) => {
+                            e.i32(1);
+                            e.bytes(c);
+                        }
+                        None => e.i32(0),
                     }
-                    None => e.i32(0),
                 }
                 e.finish()
             }
@@ -182,16 +194,14 @@ impl Request {
                 for _ in 0..n {
                     env.push((d.bytes()?, d.bytes()?));
                 }
-                let cwd = if d.i32()? == 1 {
-                    Some(d.bytes()?)
-                } else {
-                    None
-                };
+                let cwd = d.opt()?;
+                let stdin = d.opt()?;
                 Ok(Request::Spawn {
                     run,
                     argv,
                     env,
                     cwd,
+                    stdin,
                     stop_signal,
                     stop_grace_ms,
                 })
@@ -303,6 +313,7 @@ mod tests {
             argv: vec![b"/bin/sh".to_vec(), vec![0xff, b';', b'\n']],
             env: vec![(b"A".to_vec(), b"1".to_vec())],
             cwd: Some(b"/tmp".to_vec()),
+            stdin: Some(b"{\"a\":\"1\"}".to_vec()),
             stop_signal: 15,
             stop_grace_ms: 5000,
         };
@@ -340,6 +351,7 @@ mod tests {
                 argv: vec![b"x".to_vec()],
                 env: vec![],
                 cwd: None,
+                stdin: None,
                 stop_signal: 15,
                 stop_grace_ms: 1,
             }

@@ -21,7 +21,7 @@
 use crate::cluster;
 use crate::ffi;
 use crate::supervisor::{self, Msg};
-use crate::watch::{self, DbSel, Kind, OnChange, Snapshot, Source, WatchSpec};
+use crate::watch::{self, DbSel, Kind, OnChange, Snapshot, Source, StreamOpts, WatchSpec};
 use redis_module::key::KeyFlags;
 use redis_module::{CallOptionsBuilder, CallResult, Context, ContextFlags, KeyType, ScanKeyCursor};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,18 @@ struct Stored {
     kind: String,
     db: StoredDb,
     onchange: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u32>,
+    #[serde(
+        default,
+        rename = "max-attempts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadletter: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,6 +102,26 @@ fn encode(spec: &WatchSpec) -> String {
             DbSel::All => StoredDb::All("all".into()),
         },
         onchange: spec.onchange.name().to_string(),
+        group: None,
+        concurrency: None,
+        max_attempts: None,
+        deadletter: None,
+    };
+    let stored = match spec.kind {
+        Kind::Hash => stored,
+        Kind::Stream => {
+            let o = &spec.stream;
+            Stored {
+                group: Some(String::from_utf8_lossy(&o.group).into_owned()),
+                concurrency: Some(o.concurrency),
+                max_attempts: Some(o.max_attempts),
+                deadletter: o
+                    .deadletter
+                    .as_ref()
+                    .map(|d| String::from_utf8_lossy(d).into_owned()),
+                ..stored
+            }
+        }
     };
     toml::to_string(&stored).unwrap_or_default()
 }
@@ -99,8 +131,16 @@ fn decode(pattern: &[u8], value: &[u8]) -> Result<WatchSpec, String> {
     let s: Stored = toml::from_str(text).map_err(|e| e.message().to_string())?;
     let kind = match s.kind.as_str() {
         "hash" => Kind::Hash,
+        "stream" => Kind::Stream,
         other => return Err(format!("unsupported type '{other}'")),
     };
+    let mut stream = StreamOpts::default();
+    if let Some(g) = s.group {
+        stream.group = g.into_bytes();
+    }
+    stream.concurrency = s.concurrency.unwrap_or(1).max(1);
+    stream.max_attempts = s.max_attempts.unwrap_or(5).max(1);
+    stream.deadletter = s.deadletter.map(String::into_bytes);
     let db = match s.db {
         StoredDb::One(d) => DbSel::One(i32::try_from(d).map_err(|_| format!("bad db {d}"))?),
         StoredDb::All(a) if a == "all" => DbSel::All,
@@ -118,6 +158,7 @@ fn decode(pattern: &[u8], value: &[u8]) -> Result<WatchSpec, String> {
         db,
         onchange,
         source: Source::Command,
+        stream,
     })
 }
 
@@ -285,10 +326,27 @@ mod tests {
                 db,
                 onchange,
                 source: Source::Command,
+                stream: StreamOpts::default(),
             };
             let text = encode(&spec);
             assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec));
         }
+        let spec = WatchSpec {
+            pattern: b"jobs:*".to_vec(),
+            handler: "h".into(),
+            kind: Kind::Stream,
+            db: DbSel::One(0),
+            onchange: OnChange::Restart,
+            source: Source::Command,
+            stream: StreamOpts {
+                group: b"g".to_vec(),
+                concurrency: 4,
+                max_attempts: 2,
+                deadletter: Some(b"failed".to_vec()),
+            },
+        };
+        let text = encode(&spec);
+        assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec));
     }
 
     #[test]

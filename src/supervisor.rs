@@ -11,6 +11,8 @@
 //! Only a primary runs jobs: the role is read under the GIL before every look, and a
 //! demotion (or PAUSE) stops everything.
 
+mod queue;
+
 use crate::cluster;
 use crate::config::{self, Restart};
 use crate::ffi::{self, Replier, Reply};
@@ -19,7 +21,8 @@ use crate::protocol::{Report, Request};
 use crate::runner::{self, Runner};
 use crate::stats;
 use crate::store;
-use crate::watch::{self, OnChange, Snapshot, Watch};
+use crate::watch::{self, Kind, OnChange, Snapshot, Watch};
+use queue::{Queue, QueueKey, Sid};
 use redis_module::key::KeyFlags;
 use redis_module::{
     CallOptionsBuilder, CallResult, ContextFlags, KeyType, ScanKeyCursor, ThreadSafeContext,
@@ -143,6 +146,84 @@ struct Run {
     stopping: bool,
 }
 
+impl Run {
+    fn new(id: u64) -> Run {
+        Run {
+            id,
+            pid: None,
+            start_time: None,
+            started: Instant::now(),
+            started_ms: now_ms(),
+            stopping: false,
+        }
+    }
+}
+
+/// Whose run a run id is: a hash job's, or a stream entry's.
+#[derive(Clone)]
+enum RunOf {
+    Job(JobKey),
+    Entry(QueueKey, Sid),
+}
+
+/// What a timer is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A hash job's backoff is over.
+    Job(JobKey),
+    /// A stream entry's backoff is over.
+    Entry(QueueKey, Sid),
+    /// A stream entry's run reached the handler's `timeout-ms`.
+    Timeout(u64),
+}
+
+/// The last lines a run wrote (stdout and stderr merged).
+#[derive(Default)]
+struct Log {
+    lines: VecDeque<Vec<u8>>,
+    partial: Vec<u8>,
+}
+
+impl Log {
+    fn push(&mut self, data: &[u8], cap: usize) {
+        const MAX_LINE: usize = 4096;
+        for &b in data {
+            if b == b'\n' || self.partial.len() >= MAX_LINE {
+                let mut line = std::mem::take(&mut self.partial);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.lines.push_back(line);
+                if b != b'\n' {
+                    self.partial.push(b);
+                }
+            } else {
+                self.partial.push(b);
+            }
+        }
+        self.trim(cap);
+    }
+
+    /// The run has ended: an unterminated last line counts.
+    fn finish(&mut self, cap: usize) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.lines.push_back(line);
+        }
+        self.trim(cap);
+    }
+
+    fn trim(&mut self, cap: usize) {
+        while self.lines.len() > cap {
+            self.lines.pop_front();
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        Reply::Array(self.lines.iter().map(Reply::str).collect())
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Finished {
     Exited,
@@ -163,8 +244,7 @@ struct Job {
     runs: u64,
     failures: u32,
     last_exit: Option<i64>,
-    log: VecDeque<Vec<u8>>,
-    partial: Vec<u8>,
+    log: Log,
 }
 
 impl Job {
@@ -177,27 +257,6 @@ impl Job {
             (None, Some(Finished::Failed)) => "failed",
             (None, Some(Finished::Exited)) => "exited",
             (None, None) => "starting",
-        }
-    }
-
-    fn push_output(&mut self, data: &[u8], cap: usize) {
-        const MAX_LINE: usize = 4096;
-        for &b in data {
-            if b == b'\n' || self.partial.len() >= MAX_LINE {
-                let mut line = std::mem::take(&mut self.partial);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.log.push_back(line);
-                if b != b'\n' {
-                    self.partial.push(b);
-                }
-            } else {
-                self.partial.push(b);
-            }
-        }
-        while self.log.len() > cap {
-            self.log.pop_front();
         }
     }
 }
@@ -230,8 +289,16 @@ struct Supervisor {
     tsc: ThreadSafeContext<redis_module::DetachedFromClient>,
     watches: Snapshot,
     jobs: BTreeMap<JobKey, Job>,
-    runs: HashMap<u64, JobKey>,
-    timers: BinaryHeap<Reverse<(Instant, JobKey)>>,
+    /// Stream watches: one queue per (watch, stream), see `queue`.
+    queues: BTreeMap<QueueKey, Queue>,
+    /// Queues with work for the next `flush_queues` (one GIL hold for all).
+    dirty_queues: BTreeSet<QueueKey>,
+    /// This node's consumer name in stream watches' groups.
+    consumer: Vec<u8>,
+    /// When a queue's group figures are next due (see `publish_queue_stats`).
+    stats_due: Option<Instant>,
+    runs: HashMap<u64, RunOf>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     runner: Option<Runner>,
     next_run: u64,
     primary: bool,
@@ -274,6 +341,10 @@ impl Supervisor {
             tsc: ThreadSafeContext::new(),
             watches,
             jobs: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            dirty_queues: BTreeSet::new(),
+            consumer: b"streamwatch".to_vec(),
+            stats_due: None,
             runs: HashMap::new(),
             timers: BinaryHeap::new(),
             runner: None,
@@ -315,7 +386,15 @@ impl Supervisor {
                 .min(match self.owned {
                     Some(_) => self.next_poll.saturating_duration_since(Instant::now()),
                     None => Duration::MAX,
-                });
+                })
+                .min(if self.dirty_queues.is_empty() {
+                    Duration::MAX
+                } else {
+                    Duration::ZERO
+                })
+                .min(self.stats_due.map_or(Duration::MAX, |t| {
+                    t.saturating_duration_since(Instant::now())
+                }));
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -330,7 +409,12 @@ impl Supervisor {
                         dirty.insert((db, key));
                     }
                     other => {
+                        // What came before this message is seen first (a client that
+                        // writes a key and then asks about jobs sees its write).
                         self.flush_dirty(&mut dirty);
+                        if !matches!(other, Msg::Report(_)) {
+                            self.guarded("queues", |s| s.flush_queues());
+                        }
                         self.guarded("message", |s| s.handle(other));
                     }
                 }
@@ -341,9 +425,14 @@ impl Supervisor {
                 self.guarded("slot ownership", |s| s.poll_slots());
             }
             self.guarded("timers", |s| s.fire_timers());
+            self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| s.flush_events());
             self.publish_stats();
-            let runs = self.jobs.values().filter_map(|j| j.run.as_ref());
+            let runs = self.jobs.values().filter_map(|j| j.run.as_ref()).chain(
+                self.queues
+                    .values()
+                    .flat_map(|q| q.entries.values().filter_map(|e| e.run.as_ref())),
+            );
             self.record
                 .write_if_due(runs.filter_map(|r| Some((r.pid?, r.start_time?))));
         }
@@ -406,6 +495,10 @@ impl Supervisor {
         if let Some(n) = config("databases").and_then(|s| s.parse().ok()) {
             self.databases = n;
         }
+        // One consumer per node, the same across its restarts.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let port = config("port").unwrap_or_default();
+        self.consumer = format!("streamwatch@{}:{port}", host.trim()).into_bytes();
         config("dir")
     }
 
@@ -472,6 +565,20 @@ impl Supervisor {
                     }
                     self.unwant(&k);
                 }
+                let queues: Vec<QueueKey> = self
+                    .queues
+                    .keys()
+                    .filter(|k| !alive.contains(&k.watch))
+                    .cloned()
+                    .collect();
+                for k in queues {
+                    stopped += self.queues[&k]
+                        .entries
+                        .values()
+                        .filter(|e| e.run.is_some())
+                        .count() as i64;
+                    self.drop_queue(&k);
+                }
                 let _ = before;
                 if let Some(r) = reply {
                     r.reply(Reply::Int(stopped));
@@ -488,9 +595,19 @@ impl Supervisor {
                     .jobs
                     .iter()
                     .find(|(k, _)| k.db == db && k.key == key && k.field == field);
+                let entry = || {
+                    let sid = Sid::parse(&field)?;
+                    self.queues.iter().find_map(|(qk, q)| {
+                        let e = q
+                            .entries
+                            .get(&sid)
+                            .filter(|_| qk.db == db && qk.key == key)?;
+                        Some(self.entry_map(qk, sid, e, true))
+                    })
+                };
                 reply.reply(match found {
                     Some((k, j)) => self.job_map(k, j, true),
-                    None => Reply::Nil,
+                    None => entry().unwrap_or(Reply::Nil),
                 });
             }
             Msg::Restart {
@@ -602,12 +719,17 @@ impl Supervisor {
         if key == b"panic-test:supervisor" {
             panic!("panic-test: a bug in the supervisor");
         }
-        let covering: Vec<Arc<Watch>> = self
+        let (streams, covering): (Vec<Arc<Watch>>, Vec<Arc<Watch>>) = self
             .watches
             .iter()
             .filter(|w| w.covers(db, key))
             .cloned()
-            .collect();
+            .partition(|w| w.spec.kind == Kind::Stream);
+        if self.active()
+            && (!streams.is_empty() || self.queues.keys().any(|q| q.db == db && q.key == key))
+        {
+            self.reconcile_streams(db, key, &streams);
+        }
         let existing: Vec<JobKey> = self.jobs_of_key(db, key);
         if covering.is_empty() && existing.is_empty() {
             self.over_limit.remove(&(db, key.to_vec()));
@@ -677,8 +799,7 @@ impl Supervisor {
                                 runs: 0,
                                 failures: 0,
                                 last_exit: None,
-                                log: VecDeque::new(),
-                                partial: Vec::new(),
+                                log: Log::default(),
                             },
                         );
                         w.jobs.fetch_add(1, Ordering::Relaxed);
@@ -718,6 +839,7 @@ impl Supervisor {
         let mut tally = Tally::default();
         let mut keys: BTreeSet<(i32, Vec<u8>)> =
             self.jobs.keys().map(|k| (k.db, k.key.clone())).collect();
+        keys.extend(self.queues.keys().map(|q| (q.db, q.key.clone())));
         keys.extend(std::mem::take(&mut self.over_limit).into_keys());
         if self.active() {
             for db in 0..self.databases {
@@ -813,15 +935,8 @@ impl Supervisor {
         let id = self.next_run;
         self.next_run += 1;
         job.runs += 1;
-        job.run = Some(Run {
-            id,
-            pid: None,
-            start_time: None,
-            started: Instant::now(),
-            started_ms: now_ms(),
-            stopping: false,
-        });
-        self.runs.insert(id, jk.clone());
+        job.run = Some(Run::new(id));
+        self.runs.insert(id, RunOf::Job(jk.clone()));
         stats::bump(&stats::RUNS_STARTED);
         if let Some(problem) = unspawnable(&argv, &env) {
             self.run_ended(id, End::SpawnError(problem));
@@ -832,6 +947,7 @@ impl Supervisor {
             argv,
             env,
             cwd: h.cwd.as_ref().map(|c| c.as_bytes().to_vec()),
+            stdin: None,
             stop_signal: h.stop_signal,
             stop_grace_ms: h.stop_grace.as_millis() as u64,
         };
@@ -910,47 +1026,81 @@ impl Supervisor {
         for k in keys {
             self.unwant(&k);
         }
+        let queues: Vec<QueueKey> = self.queues.keys().cloned().collect();
+        for k in queues {
+            self.drop_queue(&k);
+        }
         self.over_limit.clear();
     }
 
     fn on_report(&mut self, r: Report) {
         match r {
             Report::Started { run, pid } => {
-                let Some(jk) = self.runs.get(&run).cloned() else {
-                    return;
-                };
-                if let Some(job) = self.jobs.get_mut(&jk) {
-                    if let Some(r) = job.run.as_mut().filter(|r| r.id == run) {
-                        r.pid = Some(pid);
-                        r.start_time = runner::proc_identity(pid).map(|(_, t)| t);
-                        self.record.mark();
+                let start_time = runner::proc_identity(pid).map(|(_, t)| t);
+                match self.runs.get(&run).cloned() {
+                    Some(RunOf::Job(jk)) => {
+                        let Some(job) = self.jobs.get_mut(&jk) else {
+                            return;
+                        };
+                        if let Some(r) = job.run.as_mut().filter(|r| r.id == run) {
+                            r.pid = Some(pid);
+                            r.start_time = start_time;
+                            self.record.mark();
+                        }
+                        push_event(
+                            &mut self.events,
+                            "started",
+                            &jk,
+                            &self.jobs[&jk],
+                            vec![("pid", pid.to_string().into_bytes())],
+                        );
                     }
-                    push_event(
-                        &mut self.events,
-                        "started",
-                        &jk,
-                        &self.jobs[&jk],
-                        vec![("pid", pid.to_string().into_bytes())],
-                    );
+                    Some(RunOf::Entry(qk, sid)) => {
+                        let run = self
+                            .queues
+                            .get_mut(&qk)
+                            .and_then(|q| q.entries.get_mut(&sid))
+                            .and_then(|e| e.run.as_mut().filter(|r| r.id == run));
+                        if let Some(r) = run {
+                            r.pid = Some(pid);
+                            r.start_time = start_time;
+                            self.record.mark();
+                        }
+                    }
+                    None => {}
                 }
             }
             Report::SpawnFailed { run, error } => self.run_ended(run, End::SpawnError(error)),
-            Report::Output { run, data } => {
-                let Some(jk) = self.runs.get(&run) else {
-                    return;
-                };
-                if let Some(job) = self.jobs.get_mut(jk) {
-                    let cap = job.watch.handler.log_lines();
-                    job.push_output(&data, cap);
+            Report::Output { run, data } => match self.runs.get(&run) {
+                Some(RunOf::Job(jk)) => {
+                    if let Some(job) = self.jobs.get_mut(jk) {
+                        let cap = job.watch.handler.log_lines();
+                        job.log.push(&data, cap);
+                    }
                 }
-            }
+                Some(RunOf::Entry(qk, sid)) => {
+                    if let Some(q) = self.queues.get_mut(qk) {
+                        let cap = q.watch.handler.log_lines();
+                        if let Some(e) = q.entries.get_mut(sid) {
+                            e.log.push(&data, cap);
+                        }
+                    }
+                }
+                None => {}
+            },
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
         }
     }
 
     fn run_ended(&mut self, run_id: u64, end: End) {
-        let Some(jk) = self.runs.remove(&run_id) else {
-            return;
+        let jk = match self.runs.remove(&run_id) {
+            Some(RunOf::Job(jk)) => jk,
+            Some(RunOf::Entry(qk, sid)) => {
+                self.record.mark();
+                self.entry_run_ended(qk, sid, run_id, end);
+                return;
+            }
+            None => return,
         };
         self.record.mark();
         let Some(job) = self.jobs.get_mut(&jk) else {
@@ -962,13 +1112,7 @@ impl Supervisor {
         let ran_for = run.started.elapsed();
         let stopped_by_us = run.stopping;
         let h = job.watch.handler.clone();
-        if !job.partial.is_empty() {
-            let line = std::mem::take(&mut job.partial);
-            job.log.push_back(line);
-            while job.log.len() > h.log_lines() {
-                job.log.pop_front();
-            }
-        }
+        job.log.finish(h.log_lines());
         let failed = match &end {
             End::Status(status) => {
                 stats::bump(&stats::EXITS);
@@ -1025,7 +1169,7 @@ impl Supervisor {
         let delay = h.backoff(job.failures.max(1));
         let at = Instant::now() + delay;
         job.backoff_until = Some(at);
-        self.timers.push(Reverse((at, jk.clone())));
+        self.timers.push(Reverse((at, Timer::Job(jk.clone()))));
         let delay_ms = vec![("delay_ms", delay.as_millis().to_string().into_bytes())];
         push_event(&mut self.events, "backoff", &jk, &self.jobs[&jk], delay_ms);
     }
@@ -1036,15 +1180,20 @@ impl Supervisor {
             if *at > now {
                 break;
             }
-            let Some(Reverse((at, jk))) = self.timers.pop() else {
+            let Some(Reverse((at, timer))) = self.timers.pop() else {
                 break;
             };
-            let due = self
-                .jobs
-                .get(&jk)
-                .is_some_and(|j| j.run.is_none() && j.wanted && j.backoff_until == Some(at));
-            if due && self.active() {
-                self.start_run(&jk);
+            match timer {
+                Timer::Job(jk) => {
+                    let due = self.jobs.get(&jk).is_some_and(|j| {
+                        j.run.is_none() && j.wanted && j.backoff_until == Some(at)
+                    });
+                    if due && self.active() {
+                        self.start_run(&jk);
+                    }
+                }
+                Timer::Entry(qk, sid) => self.entry_due(&qk, sid, at),
+                Timer::Timeout(run) => self.time_out(run),
             }
         }
     }
@@ -1056,14 +1205,15 @@ impl Supervisor {
         self.runner = None;
         // Its workers were not stopped by it: kill them before starting new ones, or
         // every job would run twice.
-        for job in self.jobs.values() {
-            if let Some(Run {
-                pid: Some(pid),
-                start_time,
-                ..
-            }) = &job.run
-            {
-                runner::kill_orphaned_run(*pid, *start_time);
+        let entries = self.queues.values().flat_map(|q| q.entries.values());
+        let runs = self
+            .jobs
+            .values()
+            .filter_map(|j| j.run.as_ref())
+            .chain(entries.filter_map(|e| e.run.as_ref()));
+        for run in runs {
+            if let Some(pid) = run.pid {
+                runner::kill_orphaned_run(pid, run.start_time);
             }
         }
         let lost: Vec<u64> = self.runs.keys().copied().collect();
@@ -1109,48 +1259,59 @@ impl Supervisor {
         if detail {
             m.push(("handler".into(), Reply::str(&j.watch.handler.name)));
             m.push(("value".into(), Reply::str(&j.value)));
-            m.push((
-                "log".into(),
-                Reply::Array(j.log.iter().map(Reply::str).collect()),
-            ));
+            m.push(("log".into(), j.log.reply()));
         }
         Reply::Map(m)
     }
 
     fn jobs_reply(&self, f: &JobFilter) -> Reply {
-        let mut list: Vec<(&JobKey, &Job)> = self
-            .jobs
-            .iter()
-            .filter(|(k, j)| {
-                f.watch.as_ref().is_none_or(|p| *p == j.watch.spec.pattern)
-                    && f.key.as_ref().is_none_or(|key| *key == k.key)
-                    && f.state.is_none_or(|s| s == j.state())
-            })
-            .collect();
-        list.sort_by(|(a, ja), (b, jb)| {
-            (&ja.watch.spec.pattern, a.db, &a.key, &a.field).cmp(&(
-                &jb.watch.spec.pattern,
-                b.db,
-                &b.key,
-                &b.field,
-            ))
-        });
+        let keep = |watch: &Watch, key: &[u8], state: &str| {
+            f.watch.as_ref().is_none_or(|p| *p == watch.spec.pattern)
+                && f.key.as_ref().is_none_or(|k| k == key)
+                && f.state.is_none_or(|s| s == state)
+        };
+        // (watch pattern, db, key, field or id) orders the list; ids sort numerically.
+        type Sort<'a> = (&'a [u8], i32, &'a [u8], Vec<u8>, Option<Sid>);
+        let mut list: Vec<(Sort, Reply)> = Vec::new();
+        for (k, j) in &self.jobs {
+            if keep(&j.watch, &k.key, j.state()) {
+                let sort = (
+                    j.watch.spec.pattern.as_slice(),
+                    k.db,
+                    k.key.as_slice(),
+                    k.field.clone(),
+                    None,
+                );
+                list.push((sort, self.job_map(k, j, false)));
+            }
+        }
+        for (qk, q) in &self.queues {
+            for (sid, e) in &q.entries {
+                if keep(&q.watch, &qk.key, e.state()) {
+                    let sort = (
+                        q.watch.spec.pattern.as_slice(),
+                        qk.db,
+                        qk.key.as_slice(),
+                        Vec::new(),
+                        Some(*sid),
+                    );
+                    list.push((sort, self.entry_map(qk, *sid, e, false)));
+                }
+            }
+        }
+        list.sort_by(|a, b| a.0.cmp(&b.0));
         let n = f.count.unwrap_or(usize::MAX);
-        Reply::Array(
-            list.into_iter()
-                .take(n)
-                .map(|(k, j)| self.job_map(k, j, false))
-                .collect(),
-        )
+        Reply::Array(list.into_iter().take(n).map(|(_, r)| r).collect())
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let mut counts = [0u64; 6];
         for j in self.jobs.values() {
             if let Some(i) = stats::state_index(j.state()) {
                 counts[i] += 1;
             }
         }
+        self.publish_queue_stats(&mut counts);
         stats::set_states(counts);
         let over: usize = self.over_limit.values().sum();
         stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);

@@ -9,18 +9,62 @@
 use crate::config::{self, Handler};
 use crate::glob;
 use crate::store;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Hash,
+    Stream,
 }
 
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Hash => "hash",
+            Kind::Stream => "stream",
+        }
+    }
+}
+
+/// Options of a stream watch (ignored by hash watches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOpts {
+    /// The consumer group the module reads through.
+    pub group: Vec<u8>,
+    /// Runs at once per stream; with 1, entries run in stream order.
+    pub concurrency: u32,
+    /// Attempts before an entry is dead-lettered.
+    pub max_attempts: u32,
+    /// The dead-letter stream; `None` means `<key>:dead`.
+    pub deadletter: Option<Vec<u8>>,
+}
+
+impl Default for StreamOpts {
+    fn default() -> Self {
+        StreamOpts {
+            group: b"streamwatch".to_vec(),
+            concurrency: 1,
+            max_attempts: 5,
+            deadletter: None,
+        }
+    }
+}
+
+impl StreamOpts {
+    /// Where an entry of stream `key` goes after its last failed attempt.
+    pub fn deadletter_of(&self, key: &[u8]) -> Vec<u8> {
+        match &self.deadletter {
+            Some(d) => d.clone(),
+            None => [key, b":dead"].concat(),
+        }
+    }
+
+    /// A dead-letter stream is never itself a queue of the watch that feeds it.
+    fn is_deadletter(&self, key: &[u8]) -> bool {
+        match &self.deadletter {
+            Some(d) => d == key,
+            None => key.ends_with(b":dead"),
         }
     }
 }
@@ -88,6 +132,7 @@ pub struct WatchSpec {
     pub db: DbSel,
     pub onchange: OnChange,
     pub source: Source,
+    pub stream: StreamOpts,
 }
 
 /// A live watch. `id` is new for every WATCH (also with REPLACE), so jobs of a replaced
@@ -99,6 +144,20 @@ pub struct Watch {
     pub handler: Arc<Handler>,
     /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`.
     pub jobs: AtomicUsize,
+    /// Stream watches: counters and gauges kept by the supervisor.
+    pub queue: QueueStats,
+}
+
+/// What `STREAMWATCH.WATCHES` shows of a stream watch. Counters count since load;
+/// `pending` and `lag` are the consumer groups' own figures, summed over the watch's
+/// streams (-1: not known yet).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub acked: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub pending: AtomicI64,
+    pub lag: AtomicI64,
 }
 
 impl Watch {
@@ -106,6 +165,8 @@ impl Watch {
         self.spec.db.covers(db)
             && glob::matches(&self.spec.pattern, key)
             && !store::is_store(db, key)
+            && (self.spec.kind == Kind::Hash
+                || !(self.spec.stream.is_deadletter(key) || config::is_events_key(key)))
     }
     pub fn job_count(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
@@ -182,6 +243,7 @@ impl Registry {
             spec,
             handler,
             jobs: AtomicUsize::new(0),
+            queue: QueueStats::default(),
         })
     }
 }

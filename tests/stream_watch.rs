@@ -1,0 +1,577 @@
+//! Stream watches: every entry added to a watched stream is a job, run at least once
+//! through a consumer group, acknowledged on success, retried with backoff and
+//! dead-lettered when it keeps failing, and claimed back after a crash or failover.
+//! The handlers record what they ran in files; the tests compare those with the
+//! stream, the group (XINFO/XPENDING) and the module's own view.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// A handler `name` running `/bin/sh -c script TAG {id} args...`, with `$D` set to `dir`.
+fn handler(name: &str, dir: &Path, script: &str, args: &[&str], extra: &str) -> String {
+    let args: String = args.iter().map(|a| format!(", \"{a}\"")).collect();
+    format!(
+        "[handler.{name}]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\", \"{{id}}\"{args}]\nenv = {{ D = \"{}\" }}\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// Appends each entry's id to `$D/done`.
+fn recorder(dir: &Path, extra: &str) -> String {
+    handler("rec", dir, r#"echo "$1" >> "$D/done""#, &[], extra)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn xadd(c: &mut redis::Connection, key: &str, fields: &[(&str, &str)]) -> String {
+    let mut args = vec!["XADD", key, "*"];
+    for (f, v) in fields {
+        args.extend([*f, *v]);
+    }
+    vstr(&ok(c, &args))
+}
+
+/// `n` entries `n=<i>` added in one round trip; returns their ids.
+fn xadd_many(c: &mut redis::Connection, key: &str, from: usize, n: usize) -> Vec<String> {
+    let mut p = redis::pipe();
+    for i in from..from + n {
+        p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
+    }
+    p.query(c).expect("XADD pipeline")
+}
+
+fn ids(c: &mut redis::Connection, key: &str) -> Vec<String> {
+    stream_entries(c, key)
+        .into_iter()
+        .map(|e| e["_id"].clone())
+        .collect()
+}
+
+/// The group's XINFO GROUPS map (empty if there is no such group).
+fn group_info(c: &mut redis::Connection, key: &str, group: &str) -> HashMap<String, String> {
+    let Ok(v) = run(c, &["XINFO", "GROUPS", key]) else {
+        return HashMap::new();
+    };
+    to_array(&v)
+        .iter()
+        .map(|g| {
+            to_map(g)
+                .into_iter()
+                .map(|(k, v)| (k, vstr(&v)))
+                .collect::<HashMap<_, _>>()
+        })
+        .find(|g| g.get("name").map(String::as_str) == Some(group))
+        .unwrap_or_default()
+}
+
+/// Every entry of `key` was delivered to `group` and none is pending.
+fn drained(c: &mut redis::Connection, key: &str, group: &str) -> bool {
+    let last = ids(c, key).pop().unwrap_or_default();
+    let g = group_info(c, key, group);
+    g.get("last-delivered-id") == Some(&last) && g.get("pending").map(String::as_str) == Some("0")
+}
+
+fn wait_drained(c: &mut redis::Connection, key: &str) {
+    wait_until(&format!("every entry of {key} acknowledged"), WAIT, || {
+        drained(c, key, "streamwatch")
+    });
+}
+
+fn watch_map(c: &mut redis::Connection, pattern: &str) -> Map {
+    parse_maps(&ok(c, &["STREAMWATCH.WATCHES"]))
+        .into_iter()
+        .find(|m| get_str(m, "pattern") == pattern)
+        .expect("watch listed")
+}
+
+fn counter(c: &mut redis::Connection, pattern: &str, name: &str) -> i64 {
+    get_int(&watch_map(c, pattern), name).unwrap_or(-1)
+}
+
+#[test]
+fn backlog_and_new_entries_each_run_exactly_once() {
+    let dir = TempDir::new();
+    let s = Server::builder(&recorder(dir.path(), ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    // 500 entries are there before the watch, 1,500 come after.
+    let mut added = xadd_many(&mut c, "jobs", 0, 500);
+    ok(
+        &mut c,
+        &[
+            "STREAMWATCH.WATCH",
+            "jobs",
+            "HANDLER",
+            "rec",
+            "TYPE",
+            "stream",
+            "CONCURRENCY",
+            "4",
+        ],
+    );
+    for i in 0..3 {
+        added.extend(xadd_many(&mut c, "jobs", 500 + i * 500, 500));
+    }
+    wait_drained(&mut c, "jobs");
+    let mut done = lines(&dir.path().join("done"));
+    assert_eq!(done.len(), 2000, "every entry ran exactly once");
+    done.sort();
+    added.sort();
+    assert_eq!(done, added);
+    // Progress is the group's own state, and the module reports it.
+    let g = group_info(&mut c, "jobs", "streamwatch");
+    assert_eq!(g.get("pending").map(String::as_str), Some("0"));
+    wait_eq("WATCHES acked", WAIT, 2000, || {
+        counter(&mut c, "jobs", "acked")
+    });
+    wait_eq("WATCHES pending", WAIT, 0, || {
+        counter(&mut c, "jobs", "pending")
+    });
+    let w = watch_map(&mut c, "jobs");
+    assert_eq!(get_str(&w, "type"), "stream");
+    assert_eq!(get_int(&w, "lag"), Some(0));
+    assert_eq!(get_int(&w, "retried"), Some(0));
+    assert_eq!(get_int(&w, "dead-lettered"), Some(0));
+    let o = to_map(&w["options"]);
+    assert_eq!(get_str(&o, "group"), "streamwatch");
+    assert_eq!(get_int(&o, "concurrency"), Some(4));
+    assert_eq!(get_int(&o, "max-attempts"), Some(5));
+    let acked = events(&mut c)
+        .into_iter()
+        .filter(|e| e["event"] == "acked" && e["key"] == "jobs")
+        .count();
+    assert!(acked > 0, "acked events are written");
+}
+
+#[test]
+fn concurrency_one_runs_entries_in_stream_order() {
+    let dir = TempDir::new();
+    let toml = format!(
+        "{}[[watch]]\npattern = \"ord:*\"\nhandler = \"rec\"\ntype = \"stream\"\n",
+        recorder(dir.path(), "")
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let mut added = Vec::new();
+    for i in 0..10 {
+        added.extend(xadd_many(&mut c, "ord:a", i * 5, 5));
+    }
+    wait_drained(&mut c, "ord:a");
+    assert_eq!(lines(&dir.path().join("done")), added);
+}
+
+#[test]
+fn concurrency_four_runs_four_at_once() {
+    let dir = TempDir::new();
+    let script =
+        r#"echo "$(date +%s%N) 1" >> "$D/spans"; sleep 0.4; echo "$(date +%s%N) -1" >> "$D/spans""#;
+    let s = Server::builder(&handler("slow", dir.path(), script, &[], ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    xadd_many(&mut c, "par", 0, 12);
+    let w = "STREAMWATCH.WATCH";
+    ok(
+        &mut c,
+        &[
+            w,
+            "par",
+            "HANDLER",
+            "slow",
+            "TYPE",
+            "stream",
+            "CONCURRENCY",
+            "4",
+        ],
+    );
+    // JOBS shows the entries in flight, never more than CONCURRENCY.
+    let in_flight = wait_for("entries in flight", WAIT, || {
+        let j = jobs_filtered(&mut c, &["KEY", "par"]);
+        (!j.is_empty()).then_some(j)
+    });
+    assert!(in_flight.len() <= 4, "{in_flight:?}");
+    for j in &in_flight {
+        assert!(j.contains_key("id") && !j.contains_key("field"), "{j:?}");
+        assert_eq!(get_str(j, "watch"), "par");
+    }
+    wait_drained(&mut c, "par");
+    // Sweep the start (+1) and end (-1) marks: the most runs alive at one time.
+    let mut marks: Vec<(u128, i32)> = lines(&dir.path().join("spans"))
+        .iter()
+        .map(|l| {
+            let (t, d) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), d.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(marks.len(), 24);
+    marks.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in marks {
+        now += d;
+        most = most.max(now);
+    }
+    assert!((2..=4).contains(&most), "runs overlapped {most} at most");
+}
+
+#[test]
+fn failing_entries_are_retried_then_dead_lettered() {
+    let dir = TempDir::new();
+    let script = r#"case "$2" in
+        ok) exit 0 ;;
+        once) [ -e "$D/m.$1" ] && exit 0; touch "$D/m.$1"; exit 1 ;;
+        *) echo "boom $1"; exit 3 ;;
+    esac"#;
+    let toml = handler(
+        "flaky",
+        dir.path(),
+        script,
+        &["{field:mode}"],
+        "backoff-initial-ms = 10",
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    ok(
+        &mut c,
+        &[
+            w,
+            "dq*",
+            "HANDLER",
+            "flaky",
+            "TYPE",
+            "stream",
+            "MAX-ATTEMPTS",
+            "3",
+        ],
+    );
+    xadd(&mut c, "dq1", &[("mode", "ok")]);
+    xadd(&mut c, "dq1", &[("mode", "once")]);
+    let bad = xadd(&mut c, "dq1", &[("mode", "bad"), ("extra", "x y")]);
+    wait_drained(&mut c, "dq1");
+    // The dead-letter stream has the entry's fields plus why it failed.
+    let dead = wait_for("dead-lettered entry", WAIT, || {
+        stream_entries(&mut c, "dq1:dead").pop()
+    });
+    assert_eq!(dead["mode"], "bad");
+    assert_eq!(dead["extra"], "x y");
+    assert_eq!(dead["id"], bad);
+    assert_eq!(dead["attempts"], "3");
+    assert_eq!(dead["error"], "exit code 3");
+    assert_eq!(dead["last_exit"], "3");
+    assert_eq!(stream_entries(&mut c, "dq1:dead").len(), 1);
+    wait_eq("WATCHES counters", WAIT, (2, 3, 1), || {
+        (
+            counter(&mut c, "dq*", "acked"),
+            counter(&mut c, "dq*", "retried"),
+            counter(&mut c, "dq*", "dead-lettered"),
+        )
+    });
+    let of = |c: &mut redis::Connection, ev: &str| {
+        events(c)
+            .into_iter()
+            .filter(|e| e["event"] == ev && e["key"] == "dq1")
+            .collect::<Vec<_>>()
+    };
+    wait_eq("dead-lettered event", WAIT, 1, || {
+        of(&mut c, "dead-lettered").len()
+    });
+    assert_eq!(of(&mut c, "dead-lettered")[0]["id"], bad);
+    assert_eq!(of(&mut c, "backoff").len(), 3);
+    assert_eq!(of(&mut c, "acked").len(), 2);
+    // The dead-letter stream matches the pattern but is never a queue itself.
+    assert!(group_info(&mut c, "dq1:dead", "streamwatch").is_empty());
+}
+
+#[test]
+fn a_run_past_timeout_fails() {
+    let dir = TempDir::new();
+    let toml = handler(
+        "slow",
+        dir.path(),
+        "sleep 30",
+        &[],
+        "timeout-ms = 300\nstop-grace-ms = 1000",
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    ok(
+        &mut c,
+        &[
+            w,
+            "to",
+            "HANDLER",
+            "slow",
+            "TYPE",
+            "stream",
+            "MAX-ATTEMPTS",
+            "1",
+            "DEADLETTER",
+            "to-failed",
+        ],
+    );
+    let id = xadd(&mut c, "to", &[("a", "1")]);
+    let dead = wait_for("timed-out entry dead-lettered", WAIT, || {
+        stream_entries(&mut c, "to-failed").pop()
+    });
+    assert_eq!(dead["id"], id);
+    assert_eq!(dead["error"], "timed out after 300 ms");
+    assert_eq!(dead["last_exit"], "-15", "stopped with the stop signal");
+    wait_drained(&mut c, "to");
+}
+
+#[test]
+fn entry_reaches_the_handler_as_json_and_placeholders() {
+    let dir = TempDir::new();
+    let script = r#"cat > "$D/in.$1"; printf %s "$2" > "$D/arg.$1"; printf %s "$STREAMWATCH_ID $STREAMWATCH_KEY $STREAMWATCH_DB" > "$D/env.$1""#;
+    let toml = handler("show", dir.path(), script, &["{field:url}"], "");
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn_db(2);
+    let w = "STREAMWATCH.WATCH";
+    ok(&mut c, &[w, "j", "HANDLER", "show", "TYPE", "stream"]);
+    let url = "a b;$(touch x)\"q`\n";
+    let id = xadd(&mut c, "j", &[("url", url), ("n", "1")]);
+    wait_drained(&mut c, "j");
+    let read = |name: &str| std::fs::read(dir.path().join(format!("{name}.{id}"))).unwrap();
+    assert_eq!(
+        String::from_utf8(read("in")).unwrap(),
+        "{\"url\":\"a b;$(touch x)\\\"q`\\n\",\"n\":\"1\"}\n"
+    );
+    assert_eq!(read("arg"), url.as_bytes());
+    assert_eq!(read("env"), format!("{id} j 2").as_bytes());
+    assert!(
+        !dir.path().join("x").exists(),
+        "nothing ran through a shell"
+    );
+}
+
+#[test]
+fn kill9_mid_run_then_restart_loses_nothing() {
+    let dir = TempDir::new();
+    let toml = handler(
+        "rec",
+        dir.path(),
+        r#"sleep 0.05; echo "$1" >> "$D/done""#,
+        &[],
+        "",
+    );
+    let args = ["--appendonly", "yes", "--appendfsync", "always"];
+    let added = {
+        let mut s = Server::builder(&toml)
+            .dir(dir.clone())
+            .redis_args(&args)
+            .start();
+        let mut c = s.conn();
+        let w = "STREAMWATCH.WATCH";
+        ok(
+            &mut c,
+            &[
+                w,
+                "crash",
+                "HANDLER",
+                "rec",
+                "TYPE",
+                "stream",
+                "CONCURRENCY",
+                "2",
+            ],
+        );
+        let added = xadd_many(&mut c, "crash", 0, 60);
+        wait_until("some entries done", WAIT, || {
+            lines(&dir.path().join("done")).len() >= 10
+        });
+        s.kill9();
+        added
+    };
+    let done_before = lines(&dir.path().join("done")).len();
+    assert!(
+        done_before < 60,
+        "the crash came mid-way ({done_before} done)"
+    );
+    let s = Server::builder(&toml)
+        .dir(dir.clone())
+        .redis_args(&args)
+        .start();
+    let mut c = s.conn();
+    wait_drained(&mut c, "crash");
+    let done: BTreeSet<String> = lines(&dir.path().join("done")).into_iter().collect();
+    let added: BTreeSet<String> = added.into_iter().collect();
+    assert_eq!(done, added, "every entry ran at least once");
+    assert!(stream_entries(&mut c, "crash:dead").is_empty());
+}
+
+#[test]
+fn entries_added_while_paused_run_after_resume() {
+    let dir = TempDir::new();
+    let toml = handler(
+        "rec",
+        dir.path(),
+        r#"sleep 0.5; echo "$1" >> "$D/done""#,
+        &[],
+        "",
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    ok(
+        &mut c,
+        &[
+            "STREAMWATCH.WATCH",
+            "pq",
+            "HANDLER",
+            "rec",
+            "TYPE",
+            "stream",
+        ],
+    );
+    let a = xadd(&mut c, "pq", &[("n", "a")]);
+    let running = wait_for("first entry running", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "pq", "STATE", "running"]).pop()
+    });
+    assert_eq!(get_str(&running, "id"), a);
+    // PAUSE stops the run; its entry stays pending in the group.
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    let b = xadd(&mut c, "pq", &[("n", "b")]);
+    let d = xadd(&mut c, "pq", &[("n", "c")]);
+    wait_gone("stopped run", &[get_int(&running, "pid").unwrap() as u32]);
+    wait_until("no job while paused", WAIT, || jobs(&mut c).is_empty());
+    assert!(lines(&dir.path().join("done")).is_empty());
+    let g = group_info(&mut c, "pq", "streamwatch");
+    assert_eq!(g.get("pending").map(String::as_str), Some("1"), "{g:?}");
+    ok(&mut c, &["STREAMWATCH.RESUME"]);
+    wait_drained(&mut c, "pq");
+    assert_eq!(lines(&dir.path().join("done")), vec![a, b, d]);
+}
+
+#[test]
+fn replica_runs_nothing_and_promotion_claims_pending_entries() {
+    let out = TempDir::new();
+    let script = r#"[ "$2" = slow ] && sleep 2; echo "$0 $1" >> "$D/done""#;
+    let toml = format!(
+        "{}[[watch]]\npattern = \"rq\"\nhandler = \"h\"\ntype = \"stream\"\n",
+        handler("h", out.path(), script, &["{field:mode}"], "")
+    );
+    let mut p = Server::start(&toml);
+    let r = Server::start(&toml);
+    let (mut pc, mut rc) = (p.conn(), r.conn());
+    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
+    wait_until("replication link up", WAIT, || {
+        info(&mut rc, "replication")
+            .get("master_link_status")
+            .map(String::as_str)
+            == Some("up")
+    });
+    let added = xadd_many(&mut pc, "rq", 0, 20);
+    wait_drained(&mut pc, "rq");
+    wait_drained(&mut rc, "rq");
+    let done = lines(&out.path().join("done"));
+    assert_eq!(done.len(), 20);
+    for (line, id) in done.iter().zip(&added) {
+        assert_eq!(line, &format!("{} {id}", p.tag()), "run by the primary");
+    }
+    // An entry in flight on the primary when it dies is run by the promoted replica.
+    let slow = xadd(&mut pc, "rq", &[("mode", "slow")]);
+    wait_until("slow entry pending on the replica too", WAIT, || {
+        group_info(&mut rc, "rq", "streamwatch")
+            .get("pending")
+            .map(String::as_str)
+            == Some("1")
+    });
+    p.kill9();
+    ok(&mut rc, &["REPLICAOF", "NO", "ONE"]);
+    wait_drained(&mut rc, "rq");
+    let done = lines(&out.path().join("done"));
+    assert_eq!(
+        done.last(),
+        Some(&format!("{} {slow}", r.tag())),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn stream_options_are_checked() {
+    let s = Server::start(&long_handler("w", ""));
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    let e = err(
+        &mut c,
+        &[w, "s", "HANDLER", "w", "TYPE", "stream", "CONCURRENCY", "0"],
+    );
+    assert!(e.contains("CONCURRENCY"), "{e}");
+    let e = err(
+        &mut c,
+        &[
+            w,
+            "s",
+            "HANDLER",
+            "w",
+            "TYPE",
+            "stream",
+            "MAX-ATTEMPTS",
+            "-1",
+        ],
+    );
+    assert!(e.contains("MAX-ATTEMPTS"), "{e}");
+    let e = err(
+        &mut c,
+        &[w, "s", "HANDLER", "w", "TYPE", "stream", "GROUP", ""],
+    );
+    assert!(e.contains("GROUP"), "{e}");
+    let e = err(
+        &mut c,
+        &[
+            w, "s", "HANDLER", "w", "TYPE", "stream", "ONCHANGE", "ignore",
+        ],
+    );
+    assert!(e.contains("ONCHANGE"), "{e}");
+    let e = err(&mut c, &[w, "s", "HANDLER", "w", "DEADLETTER", "d"]);
+    assert!(e.contains("DEADLETTER") && e.contains("stream"), "{e}");
+    let e = err(&mut c, &[w, "s", "HANDLER", "w", "TYPE", "list"]);
+    assert!(e.contains("TYPE"), "{e}");
+    // A stream watch with every option is stored with them.
+    ok(
+        &mut c,
+        &[
+            w,
+            "s",
+            "HANDLER",
+            "w",
+            "TYPE",
+            "stream",
+            "GROUP",
+            "g",
+            "CONCURRENCY",
+            "3",
+            "MAX-ATTEMPTS",
+            "2",
+            "DEADLETTER",
+            "s-dead",
+        ],
+    );
+    let o = to_map(&watch_map(&mut c, "s")["options"]);
+    assert_eq!(get_str(&o, "group"), "g");
+    assert_eq!(get_int(&o, "concurrency"), Some(3));
+    assert_eq!(get_int(&o, "max-attempts"), Some(2));
+    assert_eq!(get_str(&o, "deadletter"), "s-dead");
+    let stored = vstr(&ok(&mut c, &["HGET", "streamwatch:watches", "s"]));
+    assert!(stored.contains("concurrency = 3"), "{stored}");
+    // In the config file, a bad option refuses the load naming the line.
+    let bad = format!(
+        "{}[[watch]]\npattern = \"x\"\nhandler = \"w\"\ntype = \"stream\"\nconcurrency = 0\n",
+        long_handler("w", "")
+    );
+    let log = Server::start_expect_failure(&bad);
+    assert!(
+        log.contains("concurrency must be a positive integer"),
+        "{log}"
+    );
+}
