@@ -21,6 +21,7 @@ run: build
 	echo "streamwatch demo: redis-server on port $$port, data in $$dir"; \
 	echo "try:  redis-cli -p $$port HSET cams cam1 rtsp://10.0.0.1/live cam2 rtsp://10.0.0.2/live"; \
 	echo "      redis-cli -p $$port STREAMWATCH.JOBS"; \
+	echo "      redis-cli -p $$port XADD thumbnails '*' url https://example.com/a.jpg"; \
 	exec $(REDIS_SERVER) --port $$port --dir $$dir --save "" --appendonly no \
 	  --loadmodule $(CURDIR)/$(MODULE) config $(CURDIR)/examples/demo.toml
 

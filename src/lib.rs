@@ -1,11 +1,13 @@
 //! streamwatch: a Redis module that keeps one supervised worker per field of a watched
-//! hash, reconciling on every change Redis can make to a key.
+//! hash, reconciling on every change Redis can make to a key, and runs one job per entry
+//! of a watched stream, at least once, through a consumer group.
 //!
 //! This file only declares the module: its configs, commands and event callbacks.
 //! Each command is a one-line delegation to the file that owns it:
 //! * `commands` — parsing and replies (main thread);
 //! * `events` — keyspace and server event callbacks (main thread, O(1));
-//! * `supervisor` — the module thread that owns every job;
+//! * `supervisor` — the module thread that owns every job (`supervisor/queue` for the
+//!   stream jobs);
 //! * `watch` + `store` — the watch registry and where command watches persist;
 //! * `cluster` — slot ownership in Redis Cluster;
 //! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;

@@ -10,6 +10,9 @@
 //!
 //! Only a primary runs jobs: the role is read under the GIL before every look, and a
 //! demotion (or PAUSE) stops everything.
+//!
+//! Stream watches (one queue per watched stream, entries as jobs) live in the child
+//! module `queue`; they share the runs, the timers and the helper with hash jobs.
 
 mod queue;
 

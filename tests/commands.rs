@@ -505,7 +505,7 @@ fn watch_bad_arguments_are_errors_naming_the_argument() {
     );
     assert_names(
         &mut c,
-        &[w, "cams", "HANDLER", "h", "TYPE", "stream"],
+        &[w, "cams", "HANDLER", "h", "TYPE", "zset"],
         &["TYPE"],
     );
     assert_names(&mut c, &[w, "cams", "HANDLER", "h", "DB", "x"], &["DB"]);

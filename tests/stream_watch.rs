@@ -575,3 +575,48 @@ fn stream_options_are_checked() {
         "{log}"
     );
 }
+
+fn used_memory(c: &mut redis::Connection) -> i64 {
+    info(c, "memory")["used_memory"].parse().unwrap()
+}
+
+#[test]
+fn a_million_entry_backlog_is_read_only_as_fast_as_it_runs() {
+    let dir = TempDir::new();
+    let toml = handler("slow", dir.path(), "sleep 60", &[], "");
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    for chunk in 0..100 {
+        xadd_many(&mut c, "big", chunk * 10_000, 10_000);
+    }
+    assert_eq!(vint(&ok(&mut c, &["XLEN", "big"])), Some(1_000_000));
+    let before = used_memory(&mut c);
+    ok(
+        &mut c,
+        &[
+            "STREAMWATCH.WATCH",
+            "big",
+            "HANDLER",
+            "slow",
+            "TYPE",
+            "stream",
+            "CONCURRENCY",
+            "8",
+        ],
+    );
+    wait_until("8 entries running", WAIT, || {
+        jobs_filtered(&mut c, &["STATE", "running"]).len() == 8
+    });
+    // Only what runs is read: 8 entries pending, the rest still waits in the stream.
+    let g = group_info(&mut c, "big", "streamwatch");
+    assert_eq!(g.get("pending").map(String::as_str), Some("8"), "{g:?}");
+    wait_eq("lag reported", WAIT, 1_000_000 - 8, || {
+        counter(&mut c, "big", "lag")
+    });
+    let grown = used_memory(&mut c) - before;
+    assert!(
+        grown < 2 * 1024 * 1024,
+        "memory grew by {grown} bytes with a 1M backlog"
+    );
+    assert_eq!(jobs(&mut c).len(), 8);
+}

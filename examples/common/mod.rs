@@ -32,6 +32,17 @@ pub struct StampServer {
 
 impl StampServer {
     pub fn start(dir: &Path, name: &str, watched: &str, extra: &[String]) -> StampServer {
+        Self::start_with(dir, name, watched, extra, "")
+    }
+
+    /// `start`, with more TOML (handlers) added to the config file.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        watched: &str,
+        extra: &[String],
+        toml: &str,
+    ) -> StampServer {
         let root = std::env::current_dir().expect("cwd");
         let stamps = dir.join(format!("stamps-{name}"));
         let data = dir.join(format!("data-{name}"));
@@ -41,7 +52,7 @@ impl StampServer {
         std::fs::write(
             &cfg,
             format!(
-                "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\nstop-grace-ms = 500\n\n[[watch]]\npattern = \"{watched}\"\nhandler = \"stamp\"\n",
+                "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\nstop-grace-ms = 500\n\n[[watch]]\npattern = \"{watched}\"\nhandler = \"stamp\"\n{toml}",
                 root.join("target/release/examples/stamp").display(),
                 stamps.display()
             ),
