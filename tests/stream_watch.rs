@@ -86,6 +86,20 @@ fn wait_drained(c: &mut redis::Connection, key: &str) {
     });
 }
 
+/// `STREAMWATCH.WATCH pattern HANDLER handler TYPE stream options...`
+fn watch_stream(c: &mut redis::Connection, pattern: &str, handler: &str, options: &[&str]) {
+    let mut args = vec![
+        "STREAMWATCH.WATCH",
+        pattern,
+        "HANDLER",
+        handler,
+        "TYPE",
+        "stream",
+    ];
+    args.extend_from_slice(options);
+    ok(c, &args);
+}
+
 fn watch_map(c: &mut redis::Connection, pattern: &str) -> Map {
     parse_maps(&ok(c, &["STREAMWATCH.WATCHES"]))
         .into_iter()
@@ -106,19 +120,7 @@ fn backlog_and_new_entries_each_run_exactly_once() {
     let mut c = s.conn();
     // 500 entries are there before the watch, 1,500 come after.
     let mut added = xadd_many(&mut c, "jobs", 0, 500);
-    ok(
-        &mut c,
-        &[
-            "STREAMWATCH.WATCH",
-            "jobs",
-            "HANDLER",
-            "rec",
-            "TYPE",
-            "stream",
-            "CONCURRENCY",
-            "4",
-        ],
-    );
+    watch_stream(&mut c, "jobs", "rec", &["CONCURRENCY", "4"]);
     for i in 0..3 {
         added.extend(xadd_many(&mut c, "jobs", 500 + i * 500, 500));
     }
@@ -180,20 +182,7 @@ fn concurrency_four_runs_four_at_once() {
         .start();
     let mut c = s.conn();
     xadd_many(&mut c, "par", 0, 12);
-    let w = "STREAMWATCH.WATCH";
-    ok(
-        &mut c,
-        &[
-            w,
-            "par",
-            "HANDLER",
-            "slow",
-            "TYPE",
-            "stream",
-            "CONCURRENCY",
-            "4",
-        ],
-    );
+    watch_stream(&mut c, "par", "slow", &["CONCURRENCY", "4"]);
     // JOBS shows the entries in flight, never more than CONCURRENCY.
     let in_flight = wait_for("entries in flight", WAIT, || {
         let j = jobs_filtered(&mut c, &["KEY", "par"]);
@@ -240,20 +229,7 @@ fn failing_entries_are_retried_then_dead_lettered() {
     );
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
-    let w = "STREAMWATCH.WATCH";
-    ok(
-        &mut c,
-        &[
-            w,
-            "dq*",
-            "HANDLER",
-            "flaky",
-            "TYPE",
-            "stream",
-            "MAX-ATTEMPTS",
-            "3",
-        ],
-    );
+    watch_stream(&mut c, "dq*", "flaky", &["MAX-ATTEMPTS", "3"]);
     xadd(&mut c, "dq1", &[("mode", "ok")]);
     xadd(&mut c, "dq1", &[("mode", "once")]);
     let bad = xadd(&mut c, "dq1", &[("mode", "bad"), ("extra", "x y")]);
@@ -304,21 +280,11 @@ fn a_run_past_timeout_fails() {
     );
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
-    let w = "STREAMWATCH.WATCH";
-    ok(
+    watch_stream(
         &mut c,
-        &[
-            w,
-            "to",
-            "HANDLER",
-            "slow",
-            "TYPE",
-            "stream",
-            "MAX-ATTEMPTS",
-            "1",
-            "DEADLETTER",
-            "to-failed",
-        ],
+        "to",
+        "slow",
+        &["MAX-ATTEMPTS", "1", "DEADLETTER", "to-failed"],
     );
     let id = xadd(&mut c, "to", &[("a", "1")]);
     let dead = wait_for("timed-out entry dead-lettered", WAIT, || {
@@ -337,8 +303,7 @@ fn entry_reaches_the_handler_as_json_and_placeholders() {
     let toml = handler("show", dir.path(), script, &["{field:url}"], "");
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn_db(2);
-    let w = "STREAMWATCH.WATCH";
-    ok(&mut c, &[w, "j", "HANDLER", "show", "TYPE", "stream"]);
+    watch_stream(&mut c, "j", "show", &[]);
     let url = "a b;$(touch x)\"q`\n";
     let id = xadd(&mut c, "j", &[("url", url), ("n", "1")]);
     wait_drained(&mut c, "j");
@@ -372,20 +337,7 @@ fn kill9_mid_run_then_restart_loses_nothing() {
             .redis_args(&args)
             .start();
         let mut c = s.conn();
-        let w = "STREAMWATCH.WATCH";
-        ok(
-            &mut c,
-            &[
-                w,
-                "crash",
-                "HANDLER",
-                "rec",
-                "TYPE",
-                "stream",
-                "CONCURRENCY",
-                "2",
-            ],
-        );
+        watch_stream(&mut c, "crash", "rec", &["CONCURRENCY", "2"]);
         let added = xadd_many(&mut c, "crash", 0, 60);
         wait_until("some entries done", WAIT, || {
             lines(&dir.path().join("done")).len() >= 10
@@ -422,17 +374,7 @@ fn entries_added_while_paused_run_after_resume() {
     );
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
-    ok(
-        &mut c,
-        &[
-            "STREAMWATCH.WATCH",
-            "pq",
-            "HANDLER",
-            "rec",
-            "TYPE",
-            "stream",
-        ],
-    );
+    watch_stream(&mut c, "pq", "rec", &[]);
     let a = xadd(&mut c, "pq", &[("n", "a")]);
     let running = wait_for("first entry running", WAIT, || {
         jobs_filtered(&mut c, &["KEY", "pq", "STATE", "running"]).pop()
@@ -502,51 +444,29 @@ fn stream_options_are_checked() {
     let s = Server::start(&long_handler("w", ""));
     let mut c = s.conn();
     let w = "STREAMWATCH.WATCH";
-    let e = err(
-        &mut c,
-        &[w, "s", "HANDLER", "w", "TYPE", "stream", "CONCURRENCY", "0"],
-    );
-    assert!(e.contains("CONCURRENCY"), "{e}");
-    let e = err(
-        &mut c,
-        &[
-            w,
-            "s",
-            "HANDLER",
-            "w",
-            "TYPE",
-            "stream",
-            "MAX-ATTEMPTS",
-            "-1",
-        ],
-    );
-    assert!(e.contains("MAX-ATTEMPTS"), "{e}");
-    let e = err(
-        &mut c,
-        &[w, "s", "HANDLER", "w", "TYPE", "stream", "GROUP", ""],
-    );
-    assert!(e.contains("GROUP"), "{e}");
-    let e = err(
-        &mut c,
-        &[
-            w, "s", "HANDLER", "w", "TYPE", "stream", "ONCHANGE", "ignore",
-        ],
-    );
-    assert!(e.contains("ONCHANGE"), "{e}");
+    // A bad stream option: the error names it.
+    for (opt, value) in [
+        ("CONCURRENCY", "0"),
+        ("MAX-ATTEMPTS", "-1"),
+        ("GROUP", ""),
+        ("ONCHANGE", "ignore"),
+    ] {
+        let e = err(
+            &mut c,
+            &[w, "s", "HANDLER", "w", "TYPE", "stream", opt, value],
+        );
+        assert!(e.contains(opt), "{e}");
+    }
     let e = err(&mut c, &[w, "s", "HANDLER", "w", "DEADLETTER", "d"]);
     assert!(e.contains("DEADLETTER") && e.contains("stream"), "{e}");
     let e = err(&mut c, &[w, "s", "HANDLER", "w", "TYPE", "list"]);
     assert!(e.contains("TYPE"), "{e}");
     // A stream watch with every option is stored with them.
-    ok(
+    watch_stream(
         &mut c,
+        "s",
+        "w",
         &[
-            w,
-            "s",
-            "HANDLER",
-            "w",
-            "TYPE",
-            "stream",
             "GROUP",
             "g",
             "CONCURRENCY",
@@ -591,19 +511,7 @@ fn a_million_entry_backlog_is_read_only_as_fast_as_it_runs() {
     }
     assert_eq!(vint(&ok(&mut c, &["XLEN", "big"])), Some(1_000_000));
     let before = used_memory(&mut c);
-    ok(
-        &mut c,
-        &[
-            "STREAMWATCH.WATCH",
-            "big",
-            "HANDLER",
-            "slow",
-            "TYPE",
-            "stream",
-            "CONCURRENCY",
-            "8",
-        ],
-    );
+    watch_stream(&mut c, "big", "slow", &["CONCURRENCY", "8"]);
     wait_until("8 entries running", WAIT, || {
         jobs_filtered(&mut c, &["STATE", "running"]).len() == 8
     });

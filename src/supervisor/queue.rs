@@ -177,6 +177,11 @@ fn int_of(r: &CallResult) -> Option<i64> {
     }
 }
 
+/// An entry id from an element of an array reply.
+fn sid_of(r: Option<CallResult>) -> Option<Sid> {
+    bytes_of(&r?).and_then(|b| Sid::parse(&b))
+}
+
 /// `[[id, [f, v, ...]], ...]` (XREADGROUP's per-stream list, XCLAIM's reply).
 fn parse_entries(r: &CallResult) -> Vec<(Sid, Fields)> {
     let mut out = Vec::new();
@@ -187,12 +192,7 @@ fn parse_entries(r: &CallResult) -> Vec<(Sid, Fields)> {
         let Ok(CallReply::Array(pair)) = item else {
             continue; // a deleted entry
         };
-        let Some(id) = pair
-            .get(0)
-            .as_ref()
-            .and_then(bytes_of)
-            .and_then(|b| Sid::parse(&b))
-        else {
+        let Some(id) = sid_of(pair.get(0)) else {
             continue;
         };
         let mut fields = Vec::new();
@@ -478,12 +478,7 @@ impl Supervisor {
                         let Ok(CallReply::Array(p)) = item else {
                             continue;
                         };
-                        let Some(sid) = p
-                            .get(0)
-                            .as_ref()
-                            .and_then(bytes_of)
-                            .and_then(|b| Sid::parse(&b))
-                        else {
+                        let Some(sid) = sid_of(p.get(0)) else {
                             continue;
                         };
                         let deliveries = p.get(3).as_ref().and_then(int_of).unwrap_or(1);
