@@ -5,7 +5,7 @@ PORT ?= 6379
 REDIS_SERVER ?= redis-server
 MODULE := target/release/libstreamwatch.so
 
-.PHONY: deps build run test lint clean
+.PHONY: deps build run test bench lint clean
 
 deps:
 	@scripts/deps.sh
@@ -46,3 +46,10 @@ lint:
 
 clean:
 	cargo clean
+
+# Side by side with the peer and the limit (see bench/main.rs); prints the table and
+# writes bench/results.json and bench/latency.png. Needs redis-py for the stream peer.
+bench: build
+	cargo build --release --examples
+	@[ -d .deps/py/redis ] || python3 -m pip install -q --target .deps/py redis
+	REDIS_SERVER=$(REDIS_SERVER) cargo bench --bench bench

@@ -28,14 +28,23 @@ use std::time::{Duration, Instant};
 
 mod sys {
     //! The few libc calls std does not wrap (Linux, LP64).
-    use std::os::raw::{c_int, c_long, c_short, c_ulong, c_void};
+    pub use std::os::raw::c_ulong;
+    use std::os::raw::{c_int, c_long, c_void};
 
-    #[repr(C)]
-    pub struct PollFd {
-        pub fd: c_int,
-        pub events: c_short,
-        pub revents: c_short,
+    /// `struct epoll_event`, packed on x86-64.
+    #[cfg_attr(target_arch = "x86_64", repr(C, packed))]
+    #[cfg_attr(not(target_arch = "x86_64"), repr(C))]
+    #[derive(Clone, Copy)]
+    pub struct EpollEvent {
+        pub events: u32,
+        pub data: u64,
     }
+
+    pub const EPOLLIN: u32 = 0x1;
+    pub const EPOLLOUT: u32 = 0x4;
+    pub const EPOLL_CTL_ADD: c_int = 1;
+    pub const EPOLL_CTL_DEL: c_int = 2;
+    pub const EPOLL_CLOEXEC: c_int = 0o2000000;
 
     #[repr(C)]
     pub struct RLimit {
@@ -43,8 +52,6 @@ mod sys {
         pub max: u64,
     }
 
-    pub const POLLIN: c_short = 0x1;
-    pub const POLLOUT: c_short = 0x4;
     pub const SIGKILL: c_int = 9;
     pub const SIGSTOP: c_int = 19;
     pub const SIGCHLD: c_int = 17;
@@ -59,11 +66,19 @@ mod sys {
     pub const FD_CLOEXEC: c_int = 1;
     pub const O_NONBLOCK: c_int = 0o4000;
     pub const PR_SET_CHILD_SUBREAPER: c_int = 36;
+    pub const PR_SET_NAME: c_int = 15;
     pub const RLIMIT_NOFILE: c_int = 7;
     pub const SIG_DFL: usize = 0;
 
     extern "C" {
-        pub fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+        pub fn epoll_create1(flags: c_int) -> c_int;
+        pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut EpollEvent) -> c_int;
+        pub fn epoll_wait(
+            epfd: c_int,
+            events: *mut EpollEvent,
+            max: c_int,
+            timeout: c_int,
+        ) -> c_int;
         pub fn kill(pid: c_int, sig: c_int) -> c_int;
         pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
         pub fn waitid(idtype: c_int, id: u32, info: *mut c_void, options: c_int) -> c_int;
@@ -90,6 +105,20 @@ mod sys {
             )
         };
         (r == 0 && info[4] != 0).then_some(info[4])
+    }
+
+    /// Watches `fd` for `events`, reported with `token`.
+    pub fn watch(epfd: c_int, fd: c_int, events: u32, token: u64) {
+        let mut ev = EpollEvent {
+            events,
+            data: token,
+        };
+        unsafe { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+
+    pub fn unwatch(epfd: c_int, fd: c_int) {
+        let mut ev = EpollEvent { events: 0, data: 0 };
+        unsafe { epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &mut ev) };
     }
 
     pub fn set_nonblocking(fd: c_int) {
@@ -343,7 +372,15 @@ impl Input {
     }
 }
 
+/// epoll tokens: the two fixed descriptors, then per run `id << 1` (output) and
+/// `id << 1 | 1` (input).
+const TOKEN_CONTROL: u64 = u64::MAX;
+const TOKEN_SIGCHLD: u64 = u64::MAX - 1;
+
 struct Helper {
+    /// One epoll set for everything (a poll set rebuilt per wake-up costs O(runs), which
+    /// made starting 10,000 runs take tens of seconds).
+    epfd: i32,
     control: File,
     runs: HashMap<u64, Run>,
     by_pid: HashMap<i32, u64>,
@@ -351,6 +388,10 @@ struct Helper {
     parent: i32,
     /// The module is gone: stop everything and exit when all runs are reaped.
     shutting_down: bool,
+    /// Stop deadlines: (SIGKILL time, run).
+    kills: std::collections::BTreeSet<(Instant, u64)>,
+    /// When children were last reaped without a SIGCHLD (see `run`).
+    reaped: Instant,
     /// When adopted processes were last looked for (`kill_adopted`).
     adopted_checked: Instant,
 }
@@ -378,6 +419,13 @@ fn main() {
     reset_signals();
     raise_fd_limit();
     unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1) };
+    // Executed from a memfd its name would be the fd number; `ps`/`top` show this.
+    unsafe {
+        sys::prctl(
+            sys::PR_SET_NAME,
+            c"streamwatch-hlp".as_ptr() as sys::c_ulong,
+        )
+    };
 
     let mut fds = [0i32; 2];
     if unsafe { sys::pipe2(fds.as_mut_ptr(), 0o2000000 | sys::O_NONBLOCK) } != 0 {
@@ -387,7 +435,15 @@ fn main() {
     SIGCHLD_PIPE.store(fds[1], Ordering::Relaxed);
     unsafe { sys::signal(sys::SIGCHLD, on_sigchld as *const () as usize) };
 
+    let epfd = unsafe { sys::epoll_create1(sys::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        log("cannot create the epoll set");
+        std::process::exit(2);
+    }
+    sys::watch(epfd, control.as_raw_fd(), sys::EPOLLIN, TOKEN_CONTROL);
+    sys::watch(epfd, fds[0], sys::EPOLLIN, TOKEN_SIGCHLD);
     let mut helper = Helper {
+        epfd,
         control,
         runs: HashMap::new(),
         by_pid: HashMap::new(),
@@ -395,6 +451,8 @@ fn main() {
         parent: unsafe { sys::getppid() },
         shutting_down: false,
         adopted_checked: Instant::now(),
+        kills: std::collections::BTreeSet::new(),
+        reaped: Instant::now(),
     };
     helper.run();
 }
@@ -442,77 +500,47 @@ impl Helper {
             let now = Instant::now();
             self.kill_overdue(now);
             let timeout = self.poll_timeout(now);
-
-            // Build the poll set: control, SIGCHLD pipe, every run's output.
-            let mut pfds = Vec::with_capacity(self.runs.len() + 2);
-            let control_fd = if self.shutting_down {
-                -1
-            } else {
-                self.control.as_raw_fd()
+            let mut events = [sys::EpollEvent { events: 0, data: 0 }; 256];
+            let n = unsafe {
+                sys::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, timeout)
             };
-            pfds.push(sys::PollFd {
-                fd: control_fd,
-                events: sys::POLLIN,
-                revents: 0,
-            });
-            pfds.push(sys::PollFd {
-                fd: self.sigchld_rx.as_raw_fd(),
-                events: sys::POLLIN,
-                revents: 0,
-            });
-            let mut owners = Vec::with_capacity(self.runs.len());
-            let mut writers = Vec::new();
-            for (&id, run) in &self.runs {
-                if let Some(out) = &run.output {
-                    pfds.push(sys::PollFd {
-                        fd: out.as_raw_fd(),
-                        events: sys::POLLIN,
-                        revents: 0,
-                    });
-                    owners.push(id);
-                }
-            }
-            for (&id, run) in &self.runs {
-                if let Some(input) = &run.input {
-                    pfds.push(sys::PollFd {
-                        fd: input.pipe.as_raw_fd(),
-                        events: sys::POLLOUT,
-                        revents: 0,
-                    });
-                    writers.push(id);
-                }
-            }
-            let n = unsafe { sys::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log(&format!("poll failed: {e}"));
+                    log(&format!("epoll_wait failed: {e}"));
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            for (i, id) in owners.iter().enumerate() {
-                if pfds[i + 2].revents != 0 {
-                    self.pump_output(*id);
-                }
-            }
-            for (i, id) in writers.iter().enumerate() {
-                if pfds[i + 2 + owners.len()].revents != 0 {
-                    if let Some(run) = self.runs.get_mut(id) {
-                        if run.input.as_mut().is_some_and(Input::pump) {
-                            run.input = None;
+            let mut control_ready = false;
+            let mut sigchld = n == 0;
+            for ev in &events[..n as usize] {
+                let token = ev.data;
+                match token {
+                    TOKEN_CONTROL => control_ready = true,
+                    TOKEN_SIGCHLD => {
+                        sigchld = true;
+                        let mut buf = [0u8; 256];
+                        while matches!(self.sigchld_rx.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    t if t & 1 == 0 => self.pump_output(t >> 1),
+                    t => {
+                        if let Some(run) = self.runs.get_mut(&(t >> 1)) {
+                            if run.input.as_mut().is_some_and(Input::pump) {
+                                run.input = None;
+                            }
                         }
                     }
                 }
             }
-            if pfds[1].revents != 0 {
-                let mut buf = [0u8; 256];
-                while matches!(self.sigchld_rx.read(&mut buf), Ok(n) if n > 0) {}
+            // Reap on SIGCHLD, and at least every 100 ms in case one was lost (waitid
+            // walks every child, so not on every wake-up with 10,000 runs).
+            if sigchld || self.reaped.elapsed() >= Duration::from_millis(100) {
+                self.reaped = Instant::now();
+                self.reap();
             }
-            // Reap on every wake-up: cheap, and immune to a lost SIGCHLD.
-            self.reap();
             self.kill_adopted();
-            if pfds[0].revents != 0 && !self.shutting_down {
+            if control_ready && !self.shutting_down {
                 self.read_request();
             }
             if !self.shutting_down && unsafe { sys::getppid() } != self.parent {
@@ -525,19 +553,25 @@ impl Helper {
     fn poll_timeout(&self, now: Instant) -> i32 {
         // Wake at least every 500 ms to notice reparenting.
         let mut t = Duration::from_millis(500);
-        for run in self.runs.values() {
-            if let Some(at) = run.kill_at {
-                t = t.min(at.saturating_duration_since(now));
-            }
+        if let Some((at, _)) = self.kills.first() {
+            t = t.min(at.saturating_duration_since(now));
         }
         t.as_millis().min(500) as i32
     }
 
+    /// SIGKILL for the groups whose stop grace is over (only runs being stopped are
+    /// looked at: with 10,000 runs every wake-up must stay cheap).
     fn kill_overdue(&mut self, now: Instant) {
-        for run in self.runs.values_mut() {
-            if run.kill_at.is_some_and(|at| at <= now) {
-                unsafe { sys::kill(-run.pid, sys::SIGKILL) };
-                run.kill_at = None;
+        while let Some(&(at, id)) = self.kills.first() {
+            if at > now {
+                break;
+            }
+            self.kills.remove(&(at, id));
+            if let Some(run) = self.runs.get_mut(&id) {
+                if run.kill_at == Some(at) {
+                    unsafe { sys::kill(-run.pid, sys::SIGKILL) };
+                    run.kill_at = None;
+                }
             }
         }
     }
@@ -632,6 +666,15 @@ impl Helper {
         })();
         match result {
             Ok((pid, out, input)) => {
+                sys::watch(self.epfd, out.as_raw_fd(), sys::EPOLLIN, id << 1);
+                if let Some(input) = &input {
+                    sys::watch(
+                        self.epfd,
+                        input.pipe.as_raw_fd(),
+                        sys::EPOLLOUT,
+                        id << 1 | 1,
+                    );
+                }
                 self.runs.insert(
                     id,
                     Run {
@@ -656,13 +699,18 @@ impl Helper {
     fn stop(&mut self, id: u64) {
         if let Some(run) = self.runs.get_mut(&id) {
             if run.kill_at.is_none() {
+                let at = Instant::now() + run.stop_grace;
+                self.kills.insert((at, id));
                 unsafe { sys::kill(-run.pid, run.stop_signal) };
-                run.kill_at = Some(Instant::now() + run.stop_grace);
+                run.kill_at = Some(at);
             }
         }
     }
 
     fn shutdown(&mut self) {
+        if !self.shutting_down {
+            sys::unwatch(self.epfd, self.control.as_raw_fd());
+        }
         self.shutting_down = true;
         let ids: Vec<u64> = self.runs.keys().copied().collect();
         for id in ids {

@@ -297,3 +297,75 @@ pub fn kill_hard(pid: i32, group: bool) {
         unsafe { libc::kill(if group { -pid } else { pid }, libc::SIGKILL) };
     }
 }
+
+/// A hash read in slices, each slice under its own GIL hold: the key is opened again
+/// for every slice and the scan cursor carries on (`RedisModule_ScanKey` allows this),
+/// so reading a 10,000-field hash never stalls the main thread for the whole read.
+/// Like SCAN, a field present for the whole read is seen at least once (duplicates are
+/// possible); a change in between is caught by the hint it fires.
+pub struct HashScan(*mut raw::RedisModuleScanCursor);
+
+impl HashScan {
+    pub fn new() -> HashScan {
+        HashScan(unsafe { raw::RedisModule_ScanCursorCreate.unwrap()() })
+    }
+
+    /// Appends at least `min` more fields of hash `key` (in the selected database) to
+    /// `out`, or the rest. `None`: the key is not a hash (any more); `Some(more)`.
+    pub fn step(
+        &mut self,
+        ctx: &Context,
+        key: &[u8],
+        min: usize,
+        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Option<bool> {
+        extern "C" fn push(
+            _key: *mut raw::RedisModuleKey,
+            field: *mut raw::RedisModuleString,
+            value: *mut raw::RedisModuleString,
+            data: *mut c_void,
+        ) {
+            let bytes = |s: *mut raw::RedisModuleString| -> Vec<u8> {
+                let mut len = 0usize;
+                let p = unsafe { raw::RedisModule_StringPtrLen.unwrap()(s, &mut len) };
+                if p.is_null() {
+                    return Vec::new();
+                }
+                unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec()
+            };
+            let out = unsafe { &mut *data.cast::<Vec<(Vec<u8>, Vec<u8>)>>() };
+            out.push((bytes(field), bytes(value)));
+        }
+        let name = ctx.create_string(key.to_vec());
+        let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
+        unsafe {
+            let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
+                .cast::<raw::RedisModuleKey>();
+            if k.is_null() {
+                return None;
+            }
+            if raw::RedisModule_KeyType.unwrap()(k) != raw::REDISMODULE_KEYTYPE_HASH as c_int {
+                raw::RedisModule_CloseKey.unwrap()(k);
+                return None;
+            }
+            let start = out.len();
+            let mut more = true;
+            while more && out.len() - start < min {
+                more = raw::RedisModule_ScanKey.unwrap()(
+                    k,
+                    self.0,
+                    Some(push),
+                    (out as *mut Vec<(Vec<u8>, Vec<u8>)>).cast(),
+                ) != 0;
+            }
+            raw::RedisModule_CloseKey.unwrap()(k);
+            Some(more)
+        }
+    }
+}
+
+impl Drop for HashScan {
+    fn drop(&mut self) {
+        unsafe { raw::RedisModule_ScanCursorDestroy.unwrap()(self.0) };
+    }
+}

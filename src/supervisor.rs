@@ -26,10 +26,7 @@ use crate::stats;
 use crate::store;
 use crate::watch::{self, Kind, OnChange, Snapshot, Watch};
 use queue::{Queue, QueueKey, Sid};
-use redis_module::key::KeyFlags;
-use redis_module::{
-    CallOptionsBuilder, CallResult, ContextFlags, KeyType, ScanKeyCursor, ThreadSafeContext,
-};
+use redis_module::{CallOptionsBuilder, CallResult, ContextFlags, ThreadSafeContext};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -91,6 +88,14 @@ static OVERFLOWED: AtomicBool = AtomicBool::new(false);
 /// Hints beyond this many unprocessed ones are dropped and replaced by one full
 /// reconcile, so a stalled supervisor cannot make the server's memory grow.
 const MAX_QUEUED_HINTS: usize = 100_000;
+/// A look at a key costing at least this much paces that key's next look...
+const PACE_MIN: Duration = Duration::from_micros(50);
+/// ...to no sooner than this many times its cost later (about 10% of the GIL at most).
+const PACE_FACTOR: u32 = 9;
+/// Fields of a hash read per GIL hold (a bigger hash is read in slices).
+const HASH_SLICE: usize = 1024;
+/// Lifecycle events appended per GIL hold.
+const EVENTS_PER_HOLD: usize = 128;
 
 /// Sends a message to the supervisor; false if it is not running.
 pub fn send(msg: Msg) -> bool {
@@ -300,6 +305,13 @@ struct Supervisor {
     consumer: Vec<u8>,
     /// When a queue's group figures are next due (see `publish_queue_stats`).
     stats_due: Option<Instant>,
+    /// Hot keys: no look before this time (see `flush_dirty`).
+    pace: HashMap<(i32, Vec<u8>), Instant>,
+    /// How long the current look held the GIL.
+    look_hold: Duration,
+    /// Hinted keys waiting for their pace, and when the first is due.
+    deferred: BTreeSet<(i32, Vec<u8>)>,
+    next_deferred: Option<Instant>,
     runs: HashMap<u64, RunOf>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     runner: Option<Runner>,
@@ -348,6 +360,10 @@ impl Supervisor {
             dirty_queues: BTreeSet::new(),
             consumer: b"streamwatch".to_vec(),
             stats_due: None,
+            pace: HashMap::new(),
+            deferred: BTreeSet::new(),
+            next_deferred: None,
+            look_hold: Duration::ZERO,
             runs: HashMap::new(),
             timers: BinaryHeap::new(),
             runner: None,
@@ -390,12 +406,15 @@ impl Supervisor {
                     Some(_) => self.next_poll.saturating_duration_since(Instant::now()),
                     None => Duration::MAX,
                 })
-                .min(if self.dirty_queues.is_empty() {
+                .min(if self.dirty_queues.is_empty() && self.events.is_empty() {
                     Duration::MAX
                 } else {
                     Duration::ZERO
                 })
                 .min(self.stats_due.map_or(Duration::MAX, |t| {
+                    t.saturating_duration_since(Instant::now())
+                }))
+                .min(self.next_deferred.map_or(Duration::MAX, |t| {
                     t.saturating_duration_since(Instant::now())
                 }));
             let first = match rx.recv_timeout(timeout) {
@@ -411,19 +430,25 @@ impl Supervisor {
                         QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
                         dirty.insert((db, key));
                     }
+                    Msg::Report(r) => {
+                        self.flush_dirty(&mut dirty, false);
+                        self.guarded("message", |s| s.handle(Msg::Report(r)));
+                    }
                     other => {
-                        // What came before this message is seen first (a client that
-                        // writes a key and then asks about jobs sees its write).
-                        self.flush_dirty(&mut dirty);
-                        if !matches!(other, Msg::Report(_)) {
-                            self.guarded("queues", |s| s.flush_queues());
-                        }
+                        // What came before this message is seen first, paced keys
+                        // included (a client that writes a key and then asks about
+                        // jobs sees its write).
+                        self.flush_dirty(&mut dirty, true);
+                        self.guarded("queues", |s| s.flush_queues());
                         self.guarded("message", |s| s.handle(other));
                     }
                 }
                 next = rx.try_recv().ok();
             }
-            self.flush_dirty(&mut dirty);
+            self.flush_dirty(&mut dirty, false);
+            let paced = self.due_deferred(&mut dirty);
+            self.flush_dirty(&mut dirty, false);
+            self.next_deferred = paced;
             if self.owned.is_some() && Instant::now() >= self.next_poll {
                 self.guarded("slot ownership", |s| s.poll_slots());
             }
@@ -452,17 +477,58 @@ impl Supervisor {
         }
     }
 
-    fn flush_dirty(&mut self, dirty: &mut BTreeSet<(i32, Vec<u8>)>) {
+    /// Looks at every hinted key, except a hot key whose last look was costly: its next
+    /// look waits (`deferred`) so that looking at one key never holds the GIL more than
+    /// about 1/`PACE_FACTOR` of the time; a burst of writes to a big hash cannot starve
+    /// the main thread, and the look that follows still sees the latest state.
+    fn flush_dirty(&mut self, dirty: &mut BTreeSet<(i32, Vec<u8>)>, force: bool) {
+        if force {
+            dirty.append(&mut self.deferred);
+        }
         if dirty.is_empty() {
             return;
         }
         let keys = std::mem::take(dirty);
         self.guarded("reconcile key", |s| {
             let mut tally = Tally::default();
-            for (db, key) in keys {
-                s.reconcile_key_guarded(db, &key, &mut tally);
+            let now = Instant::now();
+            for k in keys {
+                if !force && s.pace.get(&k).is_some_and(|&at| now < at) {
+                    s.deferred.insert(k);
+                    continue;
+                }
+                s.look_hold = Duration::ZERO;
+                s.reconcile_key_guarded(k.0, &k.1, &mut tally);
+                // What the look cost the server: the time it held the GIL.
+                let cost = s.look_hold;
+                if cost >= PACE_MIN {
+                    s.pace.insert(k, Instant::now() + cost * PACE_FACTOR);
+                } else {
+                    s.pace.remove(&k);
+                }
             }
         });
+    }
+
+    /// Deferred keys whose time has come, back into `dirty`; the next wake-up otherwise.
+    fn due_deferred(&mut self, dirty: &mut BTreeSet<(i32, Vec<u8>)>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let pace = &self.pace;
+        self.deferred.retain(|k| match pace.get(k) {
+            Some(&at) if at > now => {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                true
+            }
+            _ => {
+                dirty.insert(k.clone());
+                false
+            }
+        });
+        if self.pace.len() > 4 * self.deferred.len() + 1024 {
+            self.pace.retain(|_, at| *at > now);
+        }
+        next
     }
 
     /// Cluster mode: keeps the shard's watches store in place, re-reads slot ownership;
@@ -668,37 +734,73 @@ impl Supervisor {
 
     /// Reads a key's hash fields under the GIL (checking the role first).
     fn observe(&mut self, db: i32, key: &[u8]) -> Observed {
-        let ctx = self.tsc.lock();
+        let mut scan = ffi::HashScan::new();
+        let mut fields = Vec::new();
+        let mut slices = 0;
+        loop {
+            let ctx = self.tsc.lock();
+            let held = Instant::now();
+            let step = match self.check_locked(&ctx, db, key) {
+                Err(observed) => Err(observed),
+                Ok(()) => Ok(scan.step(&ctx, key, HASH_SLICE, &mut fields)),
+            };
+            drop(ctx);
+            self.look_hold += held.elapsed();
+            slices += 1;
+            match step {
+                Err(observed) => return observed,
+                Ok(None) => {
+                    fields.clear(); // not a hash (any more): no fields
+                    break;
+                }
+                Ok(Some(false)) => break,
+                Ok(Some(true)) => {}
+            }
+        }
+        if slices > 1 {
+            // Read in several holds: a field can come twice (the last value wins).
+            let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+            let mut unique: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(fields.len());
+            for (f, v) in fields {
+                match seen.get(&f) {
+                    Some(&i) => unique[i].1 = v,
+                    None => {
+                        seen.insert(f.clone(), unique.len());
+                        unique.push((f, v));
+                    }
+                }
+            }
+            fields = unique;
+        }
+        Observed::Fields(fields)
+    }
+
+    /// Under the GIL, before (each slice of) a look: `Err` if there is nothing to read.
+    fn check_locked(
+        &mut self,
+        ctx: &redis_module::Context,
+        db: i32,
+        key: &[u8],
+    ) -> Result<(), Observed> {
         let flags = ctx.get_flags();
         if !flags.contains(ContextFlags::MASTER) {
             self.primary = false;
             stats::PRIMARY.store(false, Ordering::Relaxed);
-            return Observed::NotActive;
+            return Err(Observed::NotActive);
         }
         if flags.contains(ContextFlags::LOADING) {
-            return Observed::Loading;
+            return Err(Observed::Loading);
         }
         if let Some(owned) = &self.owned {
             // A key in a slot this node does not own (yet) has no jobs here.
-            if !cluster::key_slot(&ctx, key).is_some_and(|s| owned.contains(s)) {
-                return Observed::Fields(Vec::new());
+            if !cluster::key_slot(ctx, key).is_some_and(|s| owned.contains(s)) {
+                return Err(Observed::Fields(Vec::new()));
             }
         }
-        if !ffi::select_db(&ctx, db) {
-            return Observed::Fields(Vec::new());
+        if !ffi::select_db(ctx, db) {
+            return Err(Observed::Fields(Vec::new()));
         }
-        let mut fields = Vec::new();
-        {
-            let name = ctx.create_string(key.to_vec());
-            let k = ctx.open_key_with_flags(&name, KeyFlags::NOTOUCH);
-            if k.key_type() == KeyType::Hash {
-                let cursor = ScanKeyCursor::new(k);
-                cursor.for_each(|_, f, v| {
-                    fields.push((f.as_slice().to_vec(), v.as_slice().to_vec()));
-                });
-            }
-        }
-        Observed::Fields(fields)
+        Ok(())
     }
 
     /// Makes the jobs of one key match its current fields.
@@ -1358,6 +1460,13 @@ impl Supervisor {
             key = name;
         }
         let opts = CallOptionsBuilder::new().replicate().build();
+        // A burst (10,000 jobs started at once) is written a slice per GIL hold, so the
+        // main thread never waits long; the rest goes on the next turns.
+        let mut events = events;
+        if events.len() > EVENTS_PER_HOLD {
+            let rest = events.split_off(EVENTS_PER_HOLD);
+            self.events = rest;
+        }
         for fields in events {
             let mut args: Vec<&[u8]> = vec![key.as_bytes()];
             if config::events_maxlen() > 0 {

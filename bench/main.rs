@@ -1,0 +1,916 @@
+//! `make bench`: streamwatch side by side with what users run today, and with the limit.
+//!
+//! Starts its own servers (REDIS_SERVER, default `redis-server`): one with the module,
+//! plain ones for the baselines and the peer. Each figure is measured in this one run
+//! against its comparison: the peer (`peer.rs`: a pub/sub keyspace-notification client
+//! that spawns the same worker), the limit (the same worker spawned directly by this
+//! process with posix_spawn, which is what std's `Command` uses here), the server
+//! without the module, a raw spawn loop, or a redis-py consumer (`consumer.py`).
+//! Prints one table, writes it as JSON to `bench/results.json` and draws the latency
+//! distribution to `bench/latency.png`. No timed assertion lives in `make test`.
+//!
+//! The worker is `examples/stamp.rs`: it writes its CLOCK_REALTIME start time to a
+//! file, and on SIGTERM the time the signal arrived, then exits.
+
+mod peer;
+mod plot;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn server_binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn stamp_binary() -> PathBuf {
+    Path::new(ROOT).join("target/release/examples/stamp")
+}
+
+/// A redis-server of this run; killed (with its workers, by the helper) on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    /// `module`: the TOML config to load the module with, or `None` for a plain server.
+    fn start(dir: &Path, name: &str, module: Option<&str>) -> Server {
+        let data = dir.join(format!("data-{name}"));
+        std::fs::create_dir_all(&data).expect("mkdir");
+        let port = free_port();
+        let mut cmd = Command::new(server_binary());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::null());
+        if let Some(toml) = module {
+            let cfg = dir.join(format!("{name}.toml"));
+            std::fs::write(&cfg, toml).expect("write config");
+            cmd.arg("--loadmodule")
+                .arg(Path::new(ROOT).join("target/release/libstreamwatch.so"))
+                .arg("config")
+                .arg(&cfg)
+                .args(["max-jobs", "20000"]);
+        }
+        let child = cmd.spawn().expect("start redis-server");
+        let s = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.try_conn().is_none() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn try_conn(&self) -> Option<redis::Connection> {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).ok()?;
+        let mut con = c.get_connection().ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        Some(con)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("connect")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a stamp file and returns the time in it.
+fn wait_stamp(path: &Path) -> u128 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(ns) = s.trim().parse() {
+                return ns;
+            }
+        }
+        assert!(Instant::now() < deadline, "no stamp {}", path.display());
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn ms(ns: u128) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Per new field: HSET -> its worker started, then HDEL -> its worker got SIGTERM.
+fn hset_hdel(
+    c: &mut redis::Connection,
+    key: &str,
+    stamps: &Path,
+    prefix: &str,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut start, mut gone) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let field = format!("{prefix}{i}");
+        let t0 = now_ns();
+        let _: i64 = redis::cmd("HSET")
+            .arg(key)
+            .arg(&field)
+            .arg("v")
+            .query(c)
+            .expect("HSET");
+        start.push(ms(wait_stamp(&stamps.join(&field)).saturating_sub(t0)));
+        let t1 = now_ns();
+        let _: i64 = redis::cmd("HDEL")
+            .arg(key)
+            .arg(&field)
+            .query(c)
+            .expect("HDEL");
+        gone.push(ms(
+            wait_stamp(&stamps.join(format!("{field}.exit"))).saturating_sub(t1)
+        ));
+    }
+    (start, gone)
+}
+
+/// The limit: the same worker spawned directly (posix_spawn via std), started -> stamp.
+fn limit(stamps: &Path, prefix: &str, n: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let field = format!("{prefix}{i}");
+        let t0 = now_ns();
+        let mut child = Command::new(stamp_binary())
+            .env("STAMP_DIR", stamps)
+            .env("STREAMWATCH_FIELD", &field)
+            .spawn()
+            .expect("spawn stamp");
+        out.push(ms(wait_stamp(&stamps.join(&field)).saturating_sub(t0)));
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    out
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+/// The peer process on `key` of a plain server, with its own stamp directory.
+struct Peer {
+    child: Child,
+    server_port: u16,
+    key: String,
+}
+
+impl Peer {
+    fn start(server: &Server, key: &str, stamps: &Path) -> Peer {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = Command::new(exe)
+            .arg("peer")
+            .arg(server.port.to_string())
+            .arg(key)
+            .arg(stamp_binary())
+            .arg(stamps)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start peer");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("peer stdout"))
+            .read_line(&mut line)
+            .expect("peer ready");
+        assert_eq!(line.trim(), "ready");
+        Peer {
+            child,
+            server_port: server.port,
+            key: key.to_string(),
+        }
+    }
+
+    fn children(&self) -> usize {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map_or(0, |s| s.split_whitespace().count())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Let it stop its workers (DEL), then end it.
+        if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{}/", self.server_port)) {
+            if let Ok(mut con) = c.get_connection() {
+                let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&self.key).query(&mut con);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while self.children() > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn running_jobs(c: &mut redis::Connection) -> i64 {
+    let v: redis::Value = redis::cmd("STREAMWATCH.STATUS").query(c).expect("STATUS");
+    let m: HashMap<String, redis::Value> =
+        redis::FromRedisValue::from_redis_value(&v).unwrap_or_default();
+    let jobs: HashMap<String, i64> = m
+        .get("jobs")
+        .and_then(|j| redis::FromRedisValue::from_redis_value(j).ok())
+        .unwrap_or_default();
+    jobs.get("running").copied().unwrap_or(0)
+}
+
+/// The 1,000 fields `redis-benchmark -r 1000 ... f__rand_int__` writes: `f000000000000`...
+fn thousand_fields(c: &mut redis::Connection, key: &str) {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(key);
+    for i in 0..1000 {
+        cmd.arg(format!("f{i:012}")).arg("v");
+    }
+    let _: i64 = cmd.query(c).expect("HSET 1000");
+}
+
+fn wait_until(desc: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {desc}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// requests/s reported by `redis-benchmark -q` (median of `runs` runs).
+fn benchmark(port: u16, args: &[&str]) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-q"])
+        .args(args)
+        .output()
+        .expect("run redis-benchmark (redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.rsplit(": ")
+        .find_map(|part| {
+            part.split(" requests per second")
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
+}
+
+/// Alternates the two servers `runs` times; medians of each.
+fn throughput_pair(a: u16, b: u16, args: &[&str], runs: usize) -> (f64, f64) {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        x.push(benchmark(a, args));
+        y.push(benchmark(b, args));
+    }
+    (median(&x), median(&y))
+}
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn helper_pid(server: u32) -> Option<u32> {
+    let list = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children")).ok()?;
+    list.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("streamwatch"))
+        })
+}
+
+/// Runs of `/bin/true` per second, spawned and waited for by `threads` threads.
+fn raw_spawn_rate(n: usize, threads: usize) -> f64 {
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..n / threads {
+                    let _ = Command::new("/bin/true").status();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    (n / threads * threads) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn fill_stream(c: &mut redis::Connection, key: &str, n: usize) -> String {
+    let mut last = String::new();
+    for chunk in 0..n.div_ceil(1000) {
+        let mut p = redis::pipe();
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
+        }
+        let ids: Vec<String> = p.query(c).expect("XADD");
+        last = ids.last().cloned().unwrap_or(last);
+    }
+    last
+}
+
+fn group_done(c: &mut redis::Connection, key: &str, group: &str, last: &str) -> bool {
+    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query(c)
+        .unwrap_or_default();
+    groups.iter().any(|g| {
+        let s = |k: &str| {
+            g.get(k)
+                .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+        };
+        s("name").as_deref() == Some(group)
+            && s("last-delivered-id").as_deref() == Some(last)
+            && s("pending").as_deref() == Some("0")
+    })
+}
+
+/// One line of the table.
+struct Row {
+    figure: String,
+    value: f64,
+    unit: &'static str,
+    against: &'static str,
+    other: Option<f64>,
+    /// streamwatch / other (or other / streamwatch where "faster" is the point).
+    ratio: Option<f64>,
+    target: String,
+    met: bool,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("peer") {
+        peer::main(&args[1..]);
+        return;
+    }
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    // Stamps go to tmpfs when there is one: 10,000 workers creating files in one
+    // directory of a disk file system measure the file system, not the spawning.
+    let base = match Path::new("/dev/shm") {
+        shm if shm.is_dir() => shm.to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    let dir = base.join(format!("sw-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let stamp = stamp_binary();
+    assert!(
+        stamp.exists(),
+        "run `make bench` (builds {})",
+        stamp.display()
+    );
+    let stamps = |name: &str| {
+        let p = dir.join(format!("stamps-{name}"));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        p
+    };
+    let (sw_dir, peer_dir, limit_dir) = (stamps("sw"), stamps("peer"), stamps("limit"));
+    let toml = format!(
+        "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\nstop-grace-ms = 500\n\n\
+         [handler.true]\ncommand = [\"/bin/true\"]\n\n\
+         [[watch]]\npattern = \"lat\"\nhandler = \"stamp\"\n\n\
+         [[watch]]\npattern = \"big\"\nhandler = \"stamp\"\n\n\
+         [[watch]]\npattern = \"huge\"\nhandler = \"stamp\"\n",
+        stamp.display(),
+        sw_dir.display()
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let m = Server::start(&dir, "module", Some(&toml));
+    let p = Server::start(&dir, "peer", None);
+    let b = Server::start(&dir, "plain", None);
+    let (mut mc, mut pc, mut bc) = (m.conn(), p.conn(), b.conn());
+    let version: String = {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut mc)
+            .expect("INFO");
+        let v = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        };
+        let name = if info.contains("valkey_version") {
+            "valkey"
+        } else {
+            "redis"
+        };
+        format!("{name} {}", v(&format!("{name}_version:")))
+    };
+    eprintln!("bench: {version}, {n} samples per latency figure");
+
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "12345".into());
+    let want = |p: char| phases.contains(p);
+    let mut plot_series = Vec::new();
+    // 1. HSET -> worker started and HDEL -> worker gone, tiny hash.
+    if want('1') {
+        let peer_lat = Peer::start(&p, "lat", &peer_dir);
+        let lim = limit(&limit_dir, "t", n);
+        let (sw_start, sw_gone) = hset_hdel(&mut mc, "lat", &sw_dir, "t", n);
+        let (peer_start, peer_gone) = hset_hdel(&mut pc, "lat", &peer_dir, "t", n);
+        drop(peer_lat);
+        let (lim50, lim99) = (median(&lim), percentile(&lim, 0.99));
+        let (sw50, sw99) = (median(&sw_start), percentile(&sw_start, 0.99));
+        let peer50 = median(&peer_start);
+        rows.push(Row {
+            figure: "HSET -> worker started, tiny hash, p50".into(),
+            value: sw50,
+            unit: "ms",
+            against: "limit",
+            other: Some(lim50),
+            ratio: Some(sw50 / lim50),
+            target: "<= 1.25x limit".into(),
+            met: sw50 <= 1.25 * lim50,
+        });
+        rows.push(Row {
+            figure: "HSET -> worker started, tiny hash, p99".into(),
+            value: sw99,
+            unit: "ms",
+            against: "limit",
+            other: Some(lim99),
+            ratio: Some(sw99 / lim99),
+            target: "<= 2x limit".into(),
+            met: sw99 <= 2.0 * lim99,
+        });
+        rows.push(Row {
+            figure: "HSET -> worker started, tiny hash, p50".into(),
+            value: sw50,
+            unit: "ms",
+            against: "peer",
+            other: Some(peer50),
+            ratio: Some(sw50 / peer50),
+            target: "not slower than peer".into(),
+            met: sw50 <= peer50,
+        });
+        let (g99, pg99) = (percentile(&sw_gone, 0.99), percentile(&peer_gone, 0.99));
+        rows.push(Row {
+            figure: "HDEL -> worker gone, tiny hash, p99".into(),
+            value: g99,
+            unit: "ms",
+            against: "peer",
+            other: Some(pg99),
+            ratio: Some(g99 / pg99),
+            target: "<= 1 ms".into(),
+            met: g99 <= 1.0,
+        });
+        plot_series = vec![
+            plot::Series {
+                name: "streamwatch".into(),
+                color: [200, 30, 30],
+                values_ms: sw_start.clone(),
+            },
+            plot::Series {
+                name: "peer (pub/sub client)".into(),
+                color: [30, 90, 200],
+                values_ms: peer_start.clone(),
+            },
+            plot::Series {
+                name: "limit (posix_spawn)".into(),
+                color: [90, 90, 90],
+                values_ms: lim.clone(),
+            },
+        ];
+    }
+    // 2. The same with 1,000 other fields, all running jobs.
+    if want('2') {
+        thousand_fields(&mut mc, "big");
+        wait_until("1,000 jobs running", Duration::from_secs(60), || {
+            running_jobs(&mut mc) >= 1000
+        });
+        let peer_big = Peer::start(&p, "big", &peer_dir);
+        thousand_fields(&mut pc, "big");
+        wait_until("peer's 1,000 workers", Duration::from_secs(60), || {
+            peer_big.children() >= 1000
+        });
+        let lim_big = limit(&limit_dir, "b", n);
+        let (swb_start, swb_gone) = hset_hdel(&mut mc, "big", &sw_dir, "b", n);
+        let (peerb_start, peerb_gone) = hset_hdel(&mut pc, "big", &peer_dir, "b", n);
+        let (swb50, limb50, peerb50) = (median(&swb_start), median(&lim_big), median(&peerb_start));
+        rows.push(Row {
+            figure: "HSET -> worker started, 1,000-field hash, p50".into(),
+            value: swb50,
+            unit: "ms",
+            against: "limit",
+            other: Some(limb50),
+            ratio: Some(swb50 / limb50),
+            target: "<= 1.5x limit".into(),
+            met: swb50 <= 1.5 * limb50,
+        });
+        rows.push(Row {
+            figure: "HSET -> worker started, 1,000-field hash, p50".into(),
+            value: swb50,
+            unit: "ms",
+            against: "peer",
+            other: Some(peerb50),
+            ratio: Some(peerb50 / swb50),
+            target: "peer / streamwatch >= 3".into(),
+            met: peerb50 >= 3.0 * swb50,
+        });
+        let (gb99, pgb99) = (percentile(&swb_gone, 0.99), percentile(&peerb_gone, 0.99));
+        rows.push(Row {
+            figure: "HDEL -> worker gone, 1,000-field hash, p99".into(),
+            value: gb99,
+            unit: "ms",
+            against: "peer",
+            other: Some(pgb99),
+            ratio: Some(gb99 / pgb99),
+            target: "<= 1 ms".into(),
+            met: gb99 <= 1.0,
+        });
+        drop(peer_big);
+    }
+
+    // 3. What the module costs the server: redis-benchmark with 1,000 jobs running.
+    if want('3') {
+        thousand_fields(&mut mc, "big");
+        wait_until("1,000 jobs running", Duration::from_secs(60), || {
+            running_jobs(&mut mc) >= 1000
+        });
+        thousand_fields(&mut bc, "big");
+        let runs = 3;
+        let (sw_rps, plain_rps) =
+            throughput_pair(m.port, b.port, &["-t", "hset", "-n", "200000"], runs);
+        rows.push(Row {
+            figure: "redis-benchmark HSET, unwatched keys (1,000 jobs running)".into(),
+            value: sw_rps,
+            unit: "req/s",
+            against: "no module",
+            other: Some(plain_rps),
+            ratio: Some(sw_rps / plain_rps),
+            target: ">= 0.97x no module".into(),
+            met: sw_rps >= 0.97 * plain_rps,
+        });
+        let watched = [
+            "-n",
+            "200000",
+            "-r",
+            "1000",
+            "HSET",
+            "big",
+            "f__rand_int__",
+            "v",
+        ];
+        let (sww_rps, plainw_rps) = throughput_pair(m.port, b.port, &watched, runs);
+        rows.push(Row {
+            figure: "redis-benchmark HSET, watched 1,000-field hash, same values".into(),
+            value: sww_rps,
+            unit: "req/s",
+            against: "no module",
+            other: Some(plainw_rps),
+            ratio: Some(sww_rps / plainw_rps),
+            target: ">= 0.85x no module".into(),
+            met: sww_rps >= 0.85 * plainw_rps,
+        });
+    }
+
+    // 4. A 10,000-field hash reconciled at once: the main thread's longest stall (a
+    //    client PINGs in a loop), and 10,000 more jobs: time, threads, memory.
+    if want('4') {
+        let before = running_jobs(&mut mc);
+        let _: () = redis::cmd("STREAMWATCH.PAUSE")
+            .query(&mut mc)
+            .expect("PAUSE");
+        wait_until("paused: no job", Duration::from_secs(60), || {
+            running_jobs(&mut mc) == 0
+        });
+        for chunk in 0..10 {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg("huge");
+            for i in chunk * 1000..(chunk + 1) * 1000 {
+                cmd.arg(format!("h{i}")).arg("v");
+            }
+            let _: i64 = cmd.query(&mut mc).expect("HSET huge");
+        }
+        let rss_before = vm_rss_kb(m.pid());
+        let stop = Arc::new(AtomicBool::new(false));
+        let pinger = {
+            let stop = stop.clone();
+            let mut con = m.conn();
+            std::thread::spawn(move || {
+                let mut worst = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let _: String = redis::cmd("PING").query(&mut con).expect("PING");
+                    worst = worst.max(t.elapsed());
+                }
+                worst
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("latency-monitor-threshold")
+            .arg(1)
+            .query(&mut mc)
+            .expect("CONFIG SET");
+        let _: i64 = redis::cmd("LATENCY")
+            .arg("RESET")
+            .query(&mut mc)
+            .expect("LATENCY RESET");
+        let t0 = Instant::now();
+        let _: () = redis::cmd("STREAMWATCH.RESUME")
+            .query(&mut mc)
+            .expect("RESUME");
+        wait_until("10,000 more jobs running", Duration::from_secs(300), || {
+            running_jobs(&mut mc) >= before + 10_000
+        });
+        let all_running = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let ping_stall = pinger.join().expect("pinger").as_secs_f64() * 1000.0;
+        // The main thread's wait for the GIL the module threads held (Redis's own
+        // latency monitor, event `module-acquire-GIL`, 1 ms resolution; absent: < 1 ms).
+        let latest: Vec<Vec<redis::Value>> = redis::cmd("LATENCY")
+            .arg("LATEST")
+            .query(&mut mc)
+            .unwrap_or_default();
+        let gil_stall = latest
+            .iter()
+            .filter(|e| {
+                e.first()
+                    .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                    .as_deref()
+                    == Some("module-acquire-GIL")
+            })
+            .filter_map(|e| {
+                e.get(3)
+                    .and_then(|v| redis::from_redis_value::<i64>(v).ok())
+            })
+            .max()
+            .unwrap_or(0) as f64;
+        let helper_rss = helper_pid(m.pid()).map_or(0, vm_rss_kb);
+        let module_rss_mb =
+            (vm_rss_kb(m.pid()).saturating_sub(rss_before) + helper_rss) as f64 / 1024.0;
+        let module_threads = thread_names(m.pid())
+            .iter()
+            .filter(|t| t.starts_with("streamwatch"))
+            .count();
+        let plain_threads = thread_names(b.pid()).len();
+        let all_threads = thread_names(m.pid()).len();
+        rows.push(Row {
+            figure: "main-thread stall, 10,000 fields reconciled (LATENCY module-acquire-GIL)"
+                .into(),
+            value: gil_stall,
+            unit: "ms",
+            against: "longest PING meanwhile",
+            other: Some(ping_stall),
+            ratio: None,
+            target: "<= 5 ms".into(),
+            met: gil_stall <= 5.0,
+        });
+        rows.push(Row {
+            figure: "10,000 more jobs: RESUME -> all running".into(),
+            value: all_running,
+            unit: "s",
+            against: "",
+            other: None,
+            ratio: None,
+            target: "<= 10 s".into(),
+            met: all_running <= 10.0,
+        });
+        rows.push(Row {
+            figure: format!(
+                "module threads ({all_threads} in redis-server, {plain_threads} without module)"
+            ),
+            value: module_threads as f64,
+            unit: "threads",
+            against: "",
+            other: None,
+            ratio: None,
+            target: "<= 16".into(),
+            met: module_threads <= 16,
+        });
+        rows.push(Row {
+            figure: "module RSS for 10,000 more jobs (server growth + helper)".into(),
+            value: module_rss_mb,
+            unit: "MB",
+            against: "",
+            other: None,
+            ratio: None,
+            target: "<= 64 MB".into(),
+            met: module_rss_mb <= 64.0,
+        });
+    }
+    // The module's server goes, and its workers with it, before the stream figures.
+    let helper = helper_pid(m.pid());
+    drop(mc);
+    drop(m);
+    if let Some(h) = helper {
+        wait_until("old workers gone", Duration::from_secs(120), || {
+            !Path::new(&format!("/proc/{h}")).exists()
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    if want('5') {
+        // 5. Stream jobs per second, `/bin/true` handler.
+        let entries = 5000;
+        let s = Server::start(&dir, "stream", Some(&toml));
+        let mut sc = s.conn();
+        let last = fill_stream(&mut sc, "q", entries);
+        let t0 = Instant::now();
+        let _: () = redis::cmd("STREAMWATCH.WATCH")
+            .arg("q")
+            .arg("HANDLER")
+            .arg("true")
+            .arg("TYPE")
+            .arg("stream")
+            .arg("CONCURRENCY")
+            .arg(8)
+            .query(&mut sc)
+            .expect("WATCH");
+        wait_until("stream drained", Duration::from_secs(300), || {
+            group_done(&mut sc, "q", "streamwatch", &last)
+        });
+        let sw_jobs = entries as f64 / t0.elapsed().as_secs_f64();
+        let raw = raw_spawn_rate(entries, 2);
+        rows.push(Row {
+            figure: "stream jobs/s, /bin/true, CONCURRENCY 8".into(),
+            value: sw_jobs,
+            unit: "jobs/s",
+            against: "raw spawn loop, 2 threads",
+            other: Some(raw),
+            ratio: Some(sw_jobs / raw),
+            target: ">= 0.7x raw".into(),
+            met: sw_jobs >= 0.7 * raw,
+        });
+        let py_last = fill_stream(&mut bc, "q", entries);
+        let pyout = Command::new("python3")
+            .env("PYTHONPATH", Path::new(ROOT).join(".deps/py"))
+            .arg(Path::new(ROOT).join("bench/consumer.py"))
+            .args([
+                &b.port.to_string(),
+                "q",
+                &entries.to_string(),
+                "8",
+                "/bin/true",
+            ])
+            .output()
+            .expect("python3 bench/consumer.py");
+        let py_secs: f64 = String::from_utf8_lossy(&pyout.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("consumer.py: {}", String::from_utf8_lossy(&pyout.stderr)));
+        assert!(
+            group_done(&mut bc, "q", "peer", &py_last),
+            "redis-py consumer finished"
+        );
+        let py_jobs = entries as f64 / py_secs;
+        rows.push(Row {
+            figure: "stream jobs/s, /bin/true, CONCURRENCY 8".into(),
+            value: sw_jobs,
+            unit: "jobs/s",
+            against: "redis-py consumer, 8 threads",
+            other: Some(py_jobs),
+            ratio: Some(sw_jobs / py_jobs),
+            target: ">= 1.7x redis-py".into(),
+            met: sw_jobs >= 1.7 * py_jobs,
+        });
+    }
+
+    report(&rows, &version, n);
+    if !plot_series.is_empty() {
+        plot::cdf_png(
+            &Path::new(ROOT).join("bench/latency.png"),
+            "HSET -> worker started, tiny hash",
+            "latency (ms)",
+            &plot_series,
+        )
+        .expect("write bench/latency.png");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn report(rows: &[Row], version: &str, n: usize) {
+    let machine = machine();
+    println!("\nmachine: {machine}\nserver:  {version}\nsamples: {n} per latency figure; throughput: median of 3 runs\n");
+    println!("| figure | streamwatch | compared with | value | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} {} | {} | {} | {} | {} | {} |",
+            r.figure,
+            num(r.value),
+            r.unit,
+            if r.against.is_empty() { "-" } else { r.against },
+            r.other
+                .map_or("-".into(), |o| format!("{} {}", num(o), r.unit)),
+            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            r.target,
+            if r.met { "yes" } else { "NO" }
+        );
+    }
+    let mut json = String::from("{\n");
+    json.push_str(&format!(
+        "  \"machine\": {},\n  \"server\": {},\n  \"samples\": {n},\n  \"rows\": [\n",
+        json_str(&machine),
+        json_str(version)
+    ));
+    for (i, r) in rows.iter().enumerate() {
+        let opt = |x: Option<f64>| x.map_or("null".into(), |v| format!("{v:.4}"));
+        json.push_str(&format!(
+            "    {{\"figure\": {}, \"streamwatch\": {:.4}, \"unit\": {}, \"against\": {}, \"other\": {}, \"ratio\": {}, \"target\": {}, \"met\": {}}}{}\n",
+            json_str(&r.figure),
+            r.value,
+            json_str(r.unit),
+            json_str(r.against),
+            opt(r.other),
+            opt(r.ratio),
+            json_str(&r.target),
+            r.met,
+            if i + 1 < rows.len() { "," } else { "" }
+        ));
+    }
+    json.push_str("  ]\n}\n");
+    let path = Path::new(ROOT).join("bench/results.json");
+    let _ = std::fs::File::create(&path).and_then(|mut f| f.write_all(json.as_bytes()));
+    println!("\nwritten: bench/results.json, bench/latency.png");
+}
