@@ -589,7 +589,7 @@ fn main() {
             running_jobs(&mut mc) >= 1000
         });
         thousand_fields(&mut bc, "big");
-        let runs = 3;
+        let runs = 5;
         let (sw_rps, plain_rps) =
             throughput_pair(m.port, b.port, &["-t", "hset", "-n", "200000"], runs);
         rows.push(Row {
@@ -871,7 +871,7 @@ fn json_str(s: &str) -> String {
 
 fn report(rows: &[Row], version: &str, n: usize) {
     let machine = machine();
-    println!("\nmachine: {machine}\nserver:  {version}\nsamples: {n} per latency figure; throughput: median of 3 runs\n");
+    println!("\nmachine: {machine}\nserver:  {version}\nsamples: {n} per latency figure; throughput: median of 5 runs\n");
     println!("| figure | streamwatch | compared with | value | ratio | target | met |");
     println!("|---|---|---|---|---|---|---|");
     for r in rows {

@@ -28,10 +28,10 @@ use crate::watch::{self, Kind, OnChange, Snapshot, Watch};
 use queue::{Queue, QueueKey, Sid};
 use redis_module::{CallOptionsBuilder, CallResult, ContextFlags, ThreadSafeContext};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Filters of `STREAMWATCH.JOBS`.
@@ -92,6 +92,12 @@ const MAX_QUEUED_HINTS: usize = 100_000;
 const PACE_MIN: Duration = Duration::from_micros(50);
 /// ...to no sooner than this many times its cost later (about 10% of the GIL at most).
 const PACE_FACTOR: u32 = 9;
+/// A hint this soon after the key's last look counts as a write back to back...
+const HOT_GAP: Duration = Duration::from_micros(500);
+/// ...and this many such looks in a row start the pacing.
+const HOT_STREAK: u32 = 4;
+/// How often job counts are published while hints stream in.
+const STATS_EVERY: Duration = Duration::from_millis(20);
 /// Fields of a hash read per GIL hold (a bigger hash is read in slices).
 const HASH_SLICE: usize = 1024;
 /// Lifecycle events appended per GIL hold.
@@ -102,9 +108,29 @@ pub fn send(msg: Msg) -> bool {
     TX.get().is_some_and(|tx| tx.send(msg).is_ok())
 }
 
+/// Keys hinted and not looked at yet: a burst of writes to one key sends one message
+/// (and wakes the supervisor once), not one per write. The keyspace callback adds a
+/// key; the supervisor removes it just before it looks at the key (`clear_pending`), so
+/// a write after that point always sends a new hint.
+static PENDING: LazyLock<Mutex<HashMap<i32, HashSet<Vec<u8>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn pending() -> std::sync::MutexGuard<'static, HashMap<i32, HashSet<Vec<u8>>>> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn clear_pending(db: i32, key: &[u8]) {
+    if let Some(set) = pending().get_mut(&db) {
+        set.remove(key);
+    }
+}
+
 /// Main thread, from the keyspace callback: O(1) apart from copying the key name.
 pub fn hint(db: i32, key: &[u8]) {
     stats::bump(&stats::EVENTS);
+    if pending().get(&db).is_some_and(|set| set.contains(key)) {
+        return; // the supervisor has not looked yet: that look will see this write
+    }
     if QUEUED_HINTS.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_HINTS {
         QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
         stats::bump(&stats::EVENTS_DROPPED);
@@ -113,10 +139,13 @@ pub fn hint(db: i32, key: &[u8]) {
         }
         return;
     }
+    // Marked before sending, so the supervisor's clear always comes after the mark.
+    pending().entry(db).or_default().insert(key.to_vec());
     if !send(Msg::Dirty {
         db,
         key: key.to_vec(),
     }) {
+        clear_pending(db, key);
         QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -165,6 +194,17 @@ impl Run {
             stopping: false,
         }
     }
+}
+
+/// How hot a key with costly looks is (see `flush_dirty`).
+struct Pace {
+    /// No look before this time.
+    at: Option<Instant>,
+    /// Hot looks in a row.
+    streak: u32,
+    last_end: Instant,
+    /// Hinted while waiting for `at`.
+    hot: bool,
 }
 
 /// Whose run a run id is: a hash job's, or a stream entry's.
@@ -306,7 +346,11 @@ struct Supervisor {
     /// When a queue's group figures are next due (see `publish_queue_stats`).
     stats_due: Option<Instant>,
     /// Hot keys: no look before this time (see `flush_dirty`).
-    pace: HashMap<(i32, Vec<u8>), Instant>,
+    pace: HashMap<(i32, Vec<u8>), Pace>,
+    /// Publishing the counts: asked for now, when last done, skipped since.
+    stats_now: bool,
+    stats_published: Instant,
+    stats_stale: bool,
     /// How long the current look held the GIL.
     look_hold: Duration,
     /// Hinted keys waiting for their pace, and when the first is due.
@@ -364,6 +408,9 @@ impl Supervisor {
             deferred: BTreeSet::new(),
             next_deferred: None,
             look_hold: Duration::ZERO,
+            stats_now: true,
+            stats_published: Instant::now(),
+            stats_stale: false,
             runs: HashMap::new(),
             timers: BinaryHeap::new(),
             runner: None,
@@ -416,7 +463,12 @@ impl Supervisor {
                 }))
                 .min(self.next_deferred.map_or(Duration::MAX, |t| {
                     t.saturating_duration_since(Instant::now())
-                }));
+                }))
+                .min(if self.stats_stale {
+                    STATS_EVERY.saturating_sub(self.stats_published.elapsed())
+                } else {
+                    Duration::MAX
+                });
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -435,6 +487,7 @@ impl Supervisor {
                         self.guarded("message", |s| s.handle(Msg::Report(r)));
                     }
                     other => {
+                        self.stats_now = true;
                         // What came before this message is seen first, paced keys
                         // included (a client that writes a key and then asks about
                         // jobs sees its write).
@@ -455,7 +508,16 @@ impl Supervisor {
             self.guarded("timers", |s| s.fire_timers());
             self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| s.flush_events());
-            self.publish_stats();
+            // Counts for STATUS/INFO: O(jobs), so at most every STATS_EVERY while hints
+            // stream in, and at once after a command (which may be followed by STATUS).
+            if self.stats_now || self.stats_published.elapsed() >= STATS_EVERY {
+                self.publish_stats();
+                self.stats_now = false;
+                self.stats_published = Instant::now();
+                self.stats_stale = false;
+            } else {
+                self.stats_stale = true;
+            }
             let runs = self.jobs.values().filter_map(|j| j.run.as_ref()).chain(
                 self.queues
                     .values()
@@ -493,19 +555,41 @@ impl Supervisor {
             let mut tally = Tally::default();
             let now = Instant::now();
             for k in keys {
-                if !force && s.pace.get(&k).is_some_and(|&at| now < at) {
-                    s.deferred.insert(k);
-                    continue;
+                let state = s.pace.get_mut(&k);
+                if let Some(p) = state {
+                    if !force && p.at.is_some_and(|at| now < at) {
+                        p.hot = true; // hinted again before its pace: still hot
+                        s.deferred.insert(k);
+                        continue;
+                    }
                 }
                 s.look_hold = Duration::ZERO;
+                clear_pending(k.0, &k.1);
                 s.reconcile_key_guarded(k.0, &k.1, &mut tally);
                 // What the look cost the server: the time it held the GIL.
                 let cost = s.look_hold;
-                if cost >= PACE_MIN {
-                    s.pace.insert(k, Instant::now() + cost * PACE_FACTOR);
-                } else {
+                let end = Instant::now();
+                if cost < PACE_MIN {
                     s.pace.remove(&k);
+                    continue;
                 }
+                let p = s.pace.entry(k).or_insert(Pace {
+                    at: None,
+                    streak: 0,
+                    last_end: end - HOT_GAP,
+                    hot: false,
+                });
+                // A key written back to back (hinted during its pace, or right after
+                // its last look) is hot; a few hot looks in a row and it is paced.
+                // Writes a millisecond apart are each looked at at once.
+                if p.hot || now.saturating_duration_since(p.last_end) < HOT_GAP {
+                    p.streak += 1;
+                } else {
+                    p.streak = 0;
+                }
+                p.hot = false;
+                p.last_end = end;
+                p.at = (p.streak >= HOT_STREAK).then(|| end + cost * PACE_FACTOR);
             }
         });
     }
@@ -515,18 +599,20 @@ impl Supervisor {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let pace = &self.pace;
-        self.deferred.retain(|k| match pace.get(k) {
-            Some(&at) if at > now => {
-                next = Some(next.map_or(at, |n| n.min(at)));
-                true
-            }
-            _ => {
-                dirty.insert(k.clone());
-                false
-            }
-        });
+        self.deferred
+            .retain(|k| match pace.get(k).and_then(|p| p.at) {
+                Some(at) if at > now => {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    true
+                }
+                _ => {
+                    dirty.insert(k.clone());
+                    false
+                }
+            });
         if self.pace.len() > 4 * self.deferred.len() + 1024 {
-            self.pace.retain(|_, at| *at > now);
+            self.pace
+                .retain(|_, p| now.saturating_duration_since(p.last_end) < Duration::from_secs(1));
         }
         next
     }
@@ -604,6 +690,8 @@ impl Supervisor {
             Msg::Dirty { .. } => {}
             Msg::ReconcileAll { reply } => {
                 OVERFLOWED.store(false, Ordering::Relaxed);
+                // Everything is looked at now; hints still in flight only repeat it.
+                pending().clear();
                 let t = self.reconcile_all();
                 if let Some(r) = reply {
                     r.reply(Reply::Map(vec![
@@ -835,15 +923,25 @@ impl Supervisor {
         {
             self.reconcile_streams(db, key, &streams);
         }
-        let existing: Vec<JobKey> = self.jobs_of_key(db, key);
-        if covering.is_empty() && existing.is_empty() {
+        let from = JobKey {
+            db,
+            key: key.to_vec(),
+            watch: 0,
+            field: Vec::new(),
+        };
+        let has_jobs = self
+            .jobs
+            .range(&from..)
+            .next()
+            .is_some_and(|(k, _)| k.db == db && k.key == key);
+        if covering.is_empty() && !has_jobs {
             self.over_limit.remove(&(db, key.to_vec()));
             return;
         }
         if !self.active() {
             return;
         }
-        let fields = match self.observe(db, key) {
+        let mut fields = match self.observe(db, key) {
             Observed::NotActive => {
                 self.stop_everything();
                 return;
@@ -852,81 +950,114 @@ impl Supervisor {
             Observed::Fields(f) => f,
         };
         self.over_limit.remove(&(db, key.to_vec()));
-        let desired: HashMap<&[u8], &[u8]> = fields
-            .iter()
-            .map(|(f, v)| (f.as_slice(), v.as_slice()))
-            .collect();
-        // Stop jobs whose field or watch is gone.
-        for k in &existing {
-            let keep = covering.iter().any(|w| w.id == k.watch)
-                && desired.contains_key(k.field.as_slice());
-            if !keep && self.jobs.get(k).is_some_and(|j| j.wanted) {
-                tally.stopped += 1;
-                self.unwant(k);
+        // Diff by walking the fields and the key's jobs (both sorted by field) side by
+        // side: no allocation unless something changed, so a look at a big hash whose
+        // fields are unchanged costs little besides reading it.
+        fields.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut stop: Vec<JobKey> = Vec::new();
+        let mut change: Vec<(JobKey, bool, usize)> = Vec::new(); // (job, revived, field)
+        let mut new: Vec<(usize, usize)> = Vec::new(); // (watch, field)
+        for (k, _) in self
+            .jobs
+            .range(&from..)
+            .take_while(|(k, _)| k.db == db && k.key == key)
+        {
+            if !covering.iter().any(|w| w.id == k.watch) {
+                stop.push(k.clone());
             }
         }
-        // Start new fields, restart changed values.
-        for w in &covering {
-            for (field, value) in &fields {
-                let jk = JobKey {
-                    db,
-                    key: key.to_vec(),
-                    watch: w.id,
-                    field: field.clone(),
-                };
-                match self.jobs.get_mut(&jk) {
-                    Some(job) if job.wanted && job.value == *value => {}
-                    Some(job) => {
-                        let revived = !job.wanted;
-                        job.wanted = true;
-                        job.value = value.clone();
-                        if revived || w.spec.onchange == OnChange::Restart {
-                            tally.restarted += 1;
-                            self.restart(&jk);
+        for (wi, w) in covering.iter().enumerate() {
+            let start = JobKey {
+                db,
+                key: key.to_vec(),
+                watch: w.id,
+                field: Vec::new(),
+            };
+            let mut jobs = self
+                .jobs
+                .range(start..)
+                .take_while(|(k, _)| k.db == db && k.key == key && k.watch == w.id)
+                .peekable();
+            let mut fi = 0;
+            loop {
+                let field = fields.get(fi);
+                match (jobs.peek(), field) {
+                    (None, None) => break,
+                    (Some((k, j)), Some((f, v))) if k.field == *f => {
+                        if !j.wanted || j.value != *v {
+                            change.push(((*k).clone(), !j.wanted, fi));
                         }
+                        jobs.next();
+                        fi += 1;
                     }
-                    None => {
-                        if self.jobs.len() >= config::max_jobs() {
-                            *self.over_limit.entry((db, key.to_vec())).or_default() += 1;
-                            continue;
-                        }
-                        tally.started += 1;
-                        self.jobs.insert(
-                            jk.clone(),
-                            Job {
-                                watch: w.clone(),
-                                value: value.clone(),
-                                wanted: true,
-                                run: None,
-                                restart_pending: false,
-                                backoff_until: None,
-                                finished: None,
-                                runs: 0,
-                                failures: 0,
-                                last_exit: None,
-                                log: Log::default(),
-                            },
-                        );
-                        w.jobs.fetch_add(1, Ordering::Relaxed);
-                        self.start_run(&jk);
+                    (None, Some(_)) => {
+                        new.push((wi, fi)); // no job yet
+                        fi += 1;
+                    }
+                    (Some((k, _)), Some((f, _))) if k.field > *f => {
+                        new.push((wi, fi));
+                        fi += 1;
+                    }
+                    (Some((k, _)), _) => {
+                        stop.push((*k).clone()); // its field is gone
+                        jobs.next();
                     }
                 }
             }
         }
-    }
-
-    fn jobs_of_key(&self, db: i32, key: &[u8]) -> Vec<JobKey> {
-        let from = JobKey {
-            db,
-            key: key.to_vec(),
-            watch: 0,
-            field: Vec::new(),
-        };
-        self.jobs
-            .range(from..)
-            .take_while(|(k, _)| k.db == db && k.key == key)
-            .map(|(k, _)| k.clone())
-            .collect()
+        for k in &stop {
+            if self.jobs.get(k).is_some_and(|j| j.wanted) {
+                tally.stopped += 1;
+                self.unwant(k);
+            }
+        }
+        for (jk, revived, fi) in change {
+            let restart = revived
+                || covering
+                    .iter()
+                    .any(|w| w.id == jk.watch && w.spec.onchange == OnChange::Restart);
+            if let Some(job) = self.jobs.get_mut(&jk) {
+                job.wanted = true;
+                job.value = fields[fi].1.clone();
+                if restart {
+                    tally.restarted += 1;
+                    self.restart(&jk);
+                }
+            }
+        }
+        for (wi, fi) in new {
+            let w = &covering[wi];
+            if self.jobs.len() >= config::max_jobs() {
+                *self.over_limit.entry((db, key.to_vec())).or_default() += 1;
+                continue;
+            }
+            let (field, value) = &fields[fi];
+            let jk = JobKey {
+                db,
+                key: key.to_vec(),
+                watch: w.id,
+                field: field.clone(),
+            };
+            tally.started += 1;
+            self.jobs.insert(
+                jk.clone(),
+                Job {
+                    watch: w.clone(),
+                    value: value.clone(),
+                    wanted: true,
+                    run: None,
+                    restart_pending: false,
+                    backoff_until: None,
+                    finished: None,
+                    runs: 0,
+                    failures: 0,
+                    last_exit: None,
+                    log: Log::default(),
+                },
+            );
+            w.jobs.fetch_add(1, Ordering::Relaxed);
+            self.start_run(&jk);
+        }
     }
 
     /// Every watched key in every watched database, plus every key that has jobs.
