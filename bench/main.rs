@@ -152,6 +152,9 @@ fn hset_hdel(
         gone.push(ms(
             wait_stamp(&stamps.join(format!("{field}.exit"))).saturating_sub(t1)
         ));
+        // Let the stopped worker finish exiting before the next start is timed, on
+        // every side alike: the figures are each on a quiet machine.
+        std::thread::sleep(Duration::from_millis(1));
     }
     (start, gone)
 }
@@ -170,6 +173,26 @@ fn limit(stamps: &Path, prefix: &str, n: usize) -> Vec<f64> {
         out.push(ms(wait_stamp(&stamps.join(&field)).saturating_sub(t0)));
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = child.wait();
+    }
+    out
+}
+
+type Pair = (Vec<f64>, Vec<f64>);
+
+/// `n` samples per side, taken in 4 interleaved rounds so that a slow spell of the
+/// machine hits every side alike.
+fn rounds(
+    n: usize,
+    mut f: impl FnMut(usize, usize) -> (Vec<f64>, Pair, Pair),
+) -> (Vec<f64>, Pair, Pair) {
+    let mut out: (Vec<f64>, Pair, Pair) = Default::default();
+    for r in 0..4 {
+        let (a, b, c) = f(r, n.div_ceil(4));
+        out.0.extend(a);
+        out.1 .0.extend(b.0);
+        out.1 .1.extend(b.1);
+        out.2 .0.extend(c.0);
+        out.2 .1.extend(c.1);
     }
     out
 }
@@ -267,7 +290,7 @@ fn wait_until(desc: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out: {desc}");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -467,9 +490,13 @@ fn main() {
     // 1. HSET -> worker started and HDEL -> worker gone, tiny hash.
     if want('1') {
         let peer_lat = Peer::start(&p, "lat", &peer_dir);
-        let lim = limit(&limit_dir, "t", n);
-        let (sw_start, sw_gone) = hset_hdel(&mut mc, "lat", &sw_dir, "t", n);
-        let (peer_start, peer_gone) = hset_hdel(&mut pc, "lat", &peer_dir, "t", n);
+        let (lim, (sw_start, sw_gone), (peer_start, peer_gone)) = rounds(n, |r, k| {
+            (
+                limit(&limit_dir, &format!("t{r}-"), k),
+                hset_hdel(&mut mc, "lat", &sw_dir, &format!("t{r}-"), k),
+                hset_hdel(&mut pc, "lat", &peer_dir, &format!("t{r}-"), k),
+            )
+        });
         drop(peer_lat);
         let (lim50, lim99) = (median(&lim), percentile(&lim, 0.99));
         let (sw50, sw99) = (median(&sw_start), percentile(&sw_start, 0.99));
@@ -544,9 +571,13 @@ fn main() {
         wait_until("peer's 1,000 workers", Duration::from_secs(60), || {
             peer_big.children() >= 1000
         });
-        let lim_big = limit(&limit_dir, "b", n);
-        let (swb_start, swb_gone) = hset_hdel(&mut mc, "big", &sw_dir, "b", n);
-        let (peerb_start, peerb_gone) = hset_hdel(&mut pc, "big", &peer_dir, "b", n);
+        let (lim_big, (swb_start, swb_gone), (peerb_start, peerb_gone)) = rounds(n, |r, k| {
+            (
+                limit(&limit_dir, &format!("b{r}-"), k),
+                hset_hdel(&mut mc, "big", &sw_dir, &format!("b{r}-"), k),
+                hset_hdel(&mut pc, "big", &peer_dir, &format!("b{r}-"), k),
+            )
+        });
         let (swb50, limb50, peerb50) = (median(&swb_start), median(&lim_big), median(&peerb_start));
         rows.push(Row {
             figure: "HSET -> worker started, 1,000-field hash, p50".into(),
