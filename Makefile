@@ -5,7 +5,7 @@ PORT ?= 6379
 REDIS_SERVER ?= redis-server
 MODULE := target/release/libstreamwatch.so
 
-.PHONY: deps build run test bench lint clean
+.PHONY: deps build run test bench soak lint clean
 
 deps:
 	@scripts/deps.sh
@@ -53,3 +53,8 @@ bench: build
 	cargo build --release --examples
 	@[ -d .deps/py/redis ] || python3 -m pip install -q --target .deps/py redis
 	REDIS_SERVER=$(REDIS_SERVER) cargo bench --bench bench
+
+# The randomized soak at full size (make test runs 1,500 operations of it); the seed is
+# printed, and SOAK_SEED=<seed> replays a run.
+soak: build
+	SOAK_OPS=$${SOAK_OPS:-100000} REDIS_SERVER=$(REDIS_SERVER) cargo test --release --test soak -- --nocapture
