@@ -117,15 +117,20 @@ pub fn command(
         }
         Ok(Ok(Outcome::Blocked)) => Ok(RedisValue::NoReply),
         Ok(Err(CmdError::Arity)) => Err(RedisError::WrongArity),
-        Ok(Err(CmdError::Msg(m))) => Err(RedisError::String(m)),
+        // Error replies are written here, not by the crate: its error path turns every
+        // char into one byte, so a message quoting non-ASCII input (say U+FFFD for a
+        // byte that is not UTF-8) reached clients as invalid UTF-8.
+        Ok(Err(CmdError::Msg(m))) => {
+            Reply::Error(m).emit(ctx.ctx);
+            Ok(RedisValue::NoReply)
+        }
         Err(panic) => {
             let what = panic_text(&panic);
             redis_module::logging::log_warning(format!(
                 "streamwatch: internal error in {name}: {what}"
             ));
-            Err(RedisError::String(format!(
-                "ERR streamwatch internal error in {name}: {what}"
-            )))
+            Reply::Error(format!("ERR streamwatch internal error in {name}: {what}")).emit(ctx.ctx);
+            Ok(RedisValue::NoReply)
         }
     }
 }

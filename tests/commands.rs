@@ -762,3 +762,76 @@ fn a_panic_never_reaches_redis() {
     ok(&mut c, &["HSET", "pt:a", "f", "1"]);
     assert_workers(&s, &mut c, &[("pt:a", "f", "1")]);
 }
+
+/// Hostile values in every option slot of every command: huge and negative numbers,
+/// non-UTF-8 bytes, empty strings. Each is an `ERR` that names the option (or, where the
+/// value is a free-form name, a clean reply), and the server stays up.
+#[test]
+fn hostile_option_values_are_errors_naming_the_option() {
+    let s = Server::start(&long_handler("h", ""));
+    let mut c = s.conn();
+    let hostile: [&[u8]; 5] = [
+        b"99999999999999999999999",
+        b"-5",
+        b"\xff\xfe\x00",
+        b"",
+        b"0",
+    ];
+    let w = "STREAMWATCH.WATCH";
+    // (command prefix, option) where the option takes a number or a keyword.
+    let slots: &[(&[&str], &str)] = &[
+        (&[w, "p", "HANDLER", "h"], "DB"),
+        (&[w, "p", "HANDLER", "h"], "TYPE"),
+        (&[w, "p", "HANDLER", "h"], "ONCHANGE"),
+        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "CONCURRENCY"),
+        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "MAX-ATTEMPTS"),
+        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "GROUP"),
+        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "DEADLETTER"),
+        (&[w, "p"], "HANDLER"),
+        (&["STREAMWATCH.JOBS"], "COUNT"),
+        (&["STREAMWATCH.JOBS"], "STATE"),
+        (&["STREAMWATCH.JOB", "k", "f"], "DB"),
+        (&["STREAMWATCH.RESTART", "k", "f"], "DB"),
+    ];
+    for (prefix, opt) in slots {
+        for value in hostile {
+            let mut cmd = redis::cmd(prefix[0]);
+            for a in &prefix[1..] {
+                cmd.arg(*a);
+            }
+            cmd.arg(*opt).arg(value);
+            match cmd.query::<redis::Value>(&mut c) {
+                Ok(v) => {
+                    // Only a valid value may pass: "0" for DB, a UTF-8 name for GROUP
+                    // or DEADLETTER. Undo a watch it made.
+                    let valid = value == b"0" && *opt == "DB"
+                        || matches!(*opt, "GROUP" | "DEADLETTER")
+                            && !value.is_empty()
+                            && std::str::from_utf8(value).is_ok();
+                    assert!(valid, "{prefix:?} {opt} {value:?} was accepted: {v:?}");
+                    let _ = run(&mut c, &["STREAMWATCH.UNWATCH", "p"]);
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Some("ERR"), "{prefix:?} {opt} {value:?}: {e:?}");
+                    let text = e.detail().unwrap_or_default().to_string();
+                    assert!(
+                        text.contains(opt) || *opt == "HANDLER" && text.contains("handler"),
+                        "{prefix:?} {opt} {value:?}: error {text:?} does not name {opt}"
+                    );
+                }
+            }
+        }
+    }
+    // Positional arguments: non-UTF-8 and empty patterns, keys and fields.
+    for value in hostile {
+        let r: redis::RedisResult<redis::Value> =
+            redis::cmd("STREAMWATCH.UNWATCH").arg(value).query(&mut c);
+        assert!(r.is_err(), "UNWATCH {value:?}");
+        let r: redis::RedisResult<redis::Value> = redis::cmd("STREAMWATCH.JOB")
+            .arg(value)
+            .arg(value)
+            .query(&mut c);
+        assert_eq!(r.ok(), Some(redis::Value::Nil), "JOB {value:?}");
+    }
+    assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
+}

@@ -740,7 +740,9 @@ impl Supervisor {
             return;
         };
         if e.attempts >= watch.spec.stream.max_attempts {
-            let e = q.entries.remove(&sid).expect("entry present");
+            let Some(e) = q.entries.remove(&sid) else {
+                return;
+            };
             q.done.push((
                 sid,
                 Outcome::DeadLetter {
