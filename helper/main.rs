@@ -342,14 +342,6 @@ struct Run {
     kill_at: Option<Instant>,
 }
 
-/// What to start (a `Request::Spawn` without the run's bookkeeping).
-struct Spawn {
-    argv: Vec<Vec<u8>>,
-    env: Vec<(Vec<u8>, Vec<u8>)>,
-    cwd: Option<Vec<u8>>,
-    stdin: Option<Vec<u8>>,
-}
-
 struct Input {
     pipe: File,
     data: Vec<u8>,
@@ -605,36 +597,24 @@ impl Helper {
 
     fn handle(&mut self, req: Request) {
         match req {
-            Request::Spawn {
-                run,
-                argv,
-                env,
-                cwd,
-                stdin,
-                stop_signal,
-                stop_grace_ms,
-            } => self.spawn(
-                run,
-                Spawn {
-                    argv,
-                    env,
-                    cwd,
-                    stdin,
-                },
-                stop_signal,
-                stop_grace_ms,
-            ),
             Request::Stop { run } => self.stop(run),
+            spawn @ Request::Spawn { .. } => self.spawn(spawn),
         }
     }
 
-    fn spawn(&mut self, id: u64, what: Spawn, stop_signal: i32, stop_grace_ms: u64) {
-        let Spawn {
+    fn spawn(&mut self, req: Request) {
+        let Request::Spawn {
+            run: id,
             argv,
             env,
             cwd,
             stdin,
-        } = what;
+            stop_signal,
+            stop_grace_ms,
+        } = req
+        else {
+            return;
+        };
         let result = (|| -> io::Result<(i32, File, Option<Input>)> {
             let (reader, writer) = io::pipe()?;
             // Both pipes are close-on-exec; the run gets its ends by dup2 only.

@@ -706,7 +706,6 @@ impl Supervisor {
                 self.reconcile_all();
             }
             Msg::Unwatch { watches, reply } => {
-                let before = self.jobs.len() as i64;
                 self.watches = watches;
                 let alive: BTreeSet<u64> = self.watches.iter().map(|w| w.id).collect();
                 let mut stopped = 0;
@@ -736,7 +735,6 @@ impl Supervisor {
                         .count() as i64;
                     self.drop_queue(&k);
                 }
-                let _ = before;
                 if let Some(r) = reply {
                     r.reply(Reply::Int(stopped));
                 }
