@@ -10,6 +10,7 @@
 //!   stream jobs);
 //! * `watch` + `store` — the watch registry and where command watches persist;
 //! * `cluster` — slot ownership in Redis Cluster;
+//! * `template` — a handler's command template turned into one run's argv;
 //! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
@@ -25,6 +26,7 @@ mod runner;
 mod stats;
 mod store;
 mod supervisor;
+mod template;
 mod watch;
 
 use redis_module::configuration::ConfigurationFlags;

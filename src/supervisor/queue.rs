@@ -16,11 +16,12 @@
 //! every Redis call below is made under the GIL, batched per loop turn in
 //! `flush_queues` (one GIL hold for all acks, dead-letters, claims and reads).
 
-use super::{exit_number, substitute, unspawnable, End, Log, Run, RunOf, Supervisor, Timer};
+use super::{exit_number, End, Log, Run, RunOf, Supervisor, Timer};
 use crate::cluster;
 use crate::ffi::{self, Reply};
 use crate::protocol::Request;
 use crate::stats;
+use crate::template::{substitute, unspawnable};
 use crate::watch::Watch;
 use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, ErrorReply, KeyType,
