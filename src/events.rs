@@ -1,29 +1,115 @@
 //! Callbacks Redis calls on its main thread: keyspace events and server events.
 //!
 //! Each does O(1) work (plus one pattern check per watch) and never blocks: it notes
-//! what changed and wakes the supervisor thread, which does the real work. An event
-//! never names the field; the supervisor re-reads the key (level-triggered).
+//! what changed and wakes the supervisor thread, which does the real work.
+//!
+//! A keyspace event names the key, never the field. For the commands that write hash
+//! fields by name (HSET, HMSET, HSETNX, HDEL, HINCRBY, HINCRBYFLOAT) a command filter
+//! notes the fields just before the command runs, and the event that command fires
+//! hands them on, so the supervisor reads those fields instead of the whole hash. Any
+//! other event (DEL, RENAME, EXPIRE, a command inside MULTI/EXEC, ...) makes it re-read
+//! the whole key: it stays level-triggered.
 
-use crate::ffi;
+use crate::ffi::{self, CommandArgs};
 use crate::store;
-use crate::supervisor::{self, Msg};
+use crate::supervisor::{self, FieldList, Msg, MAX_LOOK_FIELDS};
 use crate::watch;
 use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
 use redis_module::{Context, NotifyEvent};
 use redis_module_macros::{flush_event_handler, loading_event_handler, role_changed_event_handler};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// Any change to any key: HSET, HDEL, DEL, EXPIRE firing, eviction, RENAME/MOVE/COPY/
 /// RESTORE (both sides), SET over the key, hash field expiry, and the same inside
 /// MULTI/EXEC or scripts.
-pub fn on_keyspace(ctx: &Context, _class: NotifyEvent, _event: &str, key: &[u8]) {
+pub fn on_keyspace(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) {
     ffi::callback("keyspace event", || {
         let db = ffi::selected_db(ctx);
         if store::is_store(db, key) {
             store::on_change(ctx);
         } else if watch::any_covers(db, key) {
-            supervisor::hint(db, key);
+            supervisor::hint(db, key, take_noted(event, key));
         }
     });
+}
+
+/// The fields the command now running writes, as the command filter saw them, until
+/// that command's event takes them. Only touched by whoever holds the GIL.
+struct Noted {
+    /// The event the command fires ("hset" for HSET, HMSET and HSETNX).
+    event: &'static str,
+    key: Vec<u8>,
+    fields: FieldList,
+}
+
+static NOTED: Mutex<Noted> = Mutex::new(Noted {
+    event: "",
+    key: Vec::new(),
+    fields: FieldList::new(),
+});
+/// Whether `NOTED` holds anything: most commands need not lock it.
+static IS_NOTED: AtomicBool = AtomicBool::new(false);
+
+fn noted() -> MutexGuard<'static, Noted> {
+    NOTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The hash commands whose fields are named by their arguments: the event each fires,
+/// and where its fields are (`first`, then every `step`-th argument up to the end).
+fn hash_writer(name: &[u8], argc: usize) -> Option<(&'static str, usize, usize)> {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    let pairs = argc >= 4 && argc.is_multiple_of(2);
+    if ((is("HSET") || is("HMSET")) && pairs) || (is("HSETNX") && argc == 4) {
+        Some(("hset", 2, 2))
+    } else if is("HDEL") && argc >= 3 {
+        Some(("hdel", 2, 1))
+    } else if is("HINCRBY") && argc == 4 {
+        Some(("hincrby", 2, 2))
+    } else if is("HINCRBYFLOAT") && argc == 4 {
+        Some(("hincrbyfloat", 2, 2))
+    } else {
+        None
+    }
+}
+
+/// The command filter: before every command, note the fields a hash write names (or
+/// forget the last note). O(arguments), no I/O.
+pub fn on_command(args: &CommandArgs) {
+    let argc = args.len();
+    let writer = hash_writer(args.get(0), argc)
+        .filter(|&(_, first, step)| (argc - first).div_ceil(step) <= MAX_LOOK_FIELDS);
+    let Some((event, first, step)) = writer else {
+        if IS_NOTED.swap(false, Ordering::Relaxed) {
+            noted().event = "";
+        }
+        return;
+    };
+    let mut n = noted();
+    n.event = event;
+    n.key.clear();
+    n.key.extend_from_slice(args.get(1));
+    n.fields.clear();
+    for i in (first..argc).step_by(step) {
+        n.fields.push(args.get(i));
+    }
+    IS_NOTED.store(true, Ordering::Relaxed);
+}
+
+/// The noted fields, if this event is the one the noted command fires on the noted key
+/// (taken, so a second event of the same command, such as the `del` after an HDEL that
+/// empties the hash, means a look at the whole key).
+fn take_noted(event: &str, key: &[u8]) -> Option<FieldList> {
+    if !IS_NOTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut n = noted();
+    if n.event != event || n.key != key {
+        return None;
+    }
+    n.event = "";
+    IS_NOTED.store(false, Ordering::Relaxed);
+    Some(std::mem::take(&mut n.fields))
 }
 
 #[role_changed_event_handler]

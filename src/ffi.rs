@@ -4,7 +4,9 @@
 //! the panic guard for every entry point from Redis, replies (ordered RESP3 maps that
 //! RESP2 clients see as flat arrays), blocked clients answered from the supervisor
 //! thread, the selected database, the server events the `redis-module` crate does not
-//! wrap (SWAPDB), and launching the embedded helper binary from a memfd.
+//! wrap (SWAPDB), the command filter that names the fields a hash command writes,
+//! reading a hash (whole, in slices, or some fields), and launching the embedded helper
+//! binary from a memfd.
 
 use redis_module::{raw, Context, RedisError, RedisResult, RedisValue};
 use std::ffi::{c_char, c_int, c_long, c_void, CString};
@@ -272,6 +274,104 @@ pub fn subscribe_swapdb(ctx: &Context, on_swap: fn(&Context)) -> bool {
     status == raw::REDISMODULE_OK as c_int
 }
 
+/// The arguments of a command about to run, as a command filter sees them.
+pub struct CommandArgs(*mut raw::RedisModuleCommandFilterCtx);
+
+impl CommandArgs {
+    pub fn len(&self) -> usize {
+        let n = unsafe { raw::RedisModule_CommandFilterArgsCount.unwrap()(self.0) };
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// Argument `i` (0 is the command name); empty if there is none.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let Ok(pos) = c_int::try_from(i) else {
+            return &[];
+        };
+        unsafe {
+            let s = raw::RedisModule_CommandFilterArgGet.unwrap()(self.0, pos);
+            string_bytes(s)
+        }
+    }
+}
+
+/// The bytes of a Redis string the caller keeps alive; empty for null.
+unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    if s.is_null() {
+        return &[];
+    }
+    let mut len = 0usize;
+    let p = raw::RedisModule_StringPtrLen.unwrap()(s, &mut len);
+    if p.is_null() {
+        return &[];
+    }
+    std::slice::from_raw_parts(p.cast::<u8>(), len)
+}
+
+/// Registers `on_command` as a command filter: Redis calls it on the main thread (or
+/// whichever thread holds the GIL) before every command runs, client commands, the
+/// commands of scripts and other modules' `RM_Call`s alike, but not streamwatch's own.
+/// It only reads the arguments.
+pub fn register_command_filter(ctx: &Context, on_command: fn(&CommandArgs)) -> bool {
+    static HANDLER: std::sync::OnceLock<fn(&CommandArgs)> = std::sync::OnceLock::new();
+    let _ = HANDLER.set(on_command);
+    extern "C" fn cb(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+        if let Some(f) = HANDLER.get() {
+            callback("command filter", || f(&CommandArgs(fctx)));
+        }
+    }
+    let filter = unsafe {
+        raw::RedisModule_RegisterCommandFilter.unwrap()(
+            ctx.ctx,
+            Some(cb),
+            raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+        )
+    };
+    !filter.is_null()
+}
+
+/// Reads some fields of hash `key` (in the selected database) under the GIL, one
+/// `RedisModule_HashGet` each. `None`: the key is not a hash (any more).
+pub fn hash_get_fields<'f>(
+    ctx: &Context,
+    key: &[u8],
+    fields: impl Iterator<Item = &'f [u8]>,
+) -> Option<Vec<Option<Vec<u8>>>> {
+    let name = ctx.create_string(key.to_vec());
+    let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
+    unsafe {
+        let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
+            .cast::<raw::RedisModuleKey>();
+        if k.is_null() {
+            return None;
+        }
+        if raw::RedisModule_KeyType.unwrap()(k) != raw::REDISMODULE_KEYTYPE_HASH as c_int {
+            raw::RedisModule_CloseKey.unwrap()(k);
+            return None;
+        }
+        let mut values = Vec::new();
+        for field in fields {
+            let f = ctx.create_string(field.to_vec());
+            let mut v: *mut raw::RedisModuleString = ptr::null_mut();
+            raw::RedisModule_HashGet.unwrap()(
+                k,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                f.inner,
+                &mut v as *mut *mut raw::RedisModuleString,
+                ptr::null_mut::<raw::RedisModuleString>(),
+            );
+            if v.is_null() {
+                values.push(None);
+            } else {
+                values.push(Some(string_bytes(v).to_vec()));
+                raw::RedisModule_FreeString.unwrap()(ctx.ctx, v);
+            }
+        }
+        raw::RedisModule_CloseKey.unwrap()(k);
+        Some(values)
+    }
+}
+
 /// Puts the embedded helper binary into an anonymous, sealed-off memory file and
 /// returns it; `/proc/self/fd/N` of it can then be executed (posix_spawn, no fork).
 pub fn helper_memfd(binary: &[u8]) -> std::io::Result<File> {
@@ -330,14 +430,7 @@ impl HashScan {
             value: *mut raw::RedisModuleString,
             data: *mut c_void,
         ) {
-            let bytes = |s: *mut raw::RedisModuleString| -> Vec<u8> {
-                let mut len = 0usize;
-                let p = unsafe { raw::RedisModule_StringPtrLen.unwrap()(s, &mut len) };
-                if p.is_null() {
-                    return Vec::new();
-                }
-                unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec()
-            };
+            let bytes = |s: *mut raw::RedisModuleString| unsafe { string_bytes(s) }.to_vec();
             let out = unsafe { &mut *data.cast::<Vec<(Vec<u8>, Vec<u8>)>>() };
             out.push((bytes(field), bytes(value)));
         }

@@ -76,6 +76,10 @@ fn load(ctx: &Context) -> Result<(), ()> {
             ctx.log_warning(&format!("streamwatch: {path}: {e}"));
         })?;
     }
+    if !ffi::register_command_filter(ctx, events::on_command) {
+        ctx.log_warning("streamwatch: cannot register its command filter");
+        return Err(());
+    }
     if !ffi::subscribe_swapdb(ctx, events::on_swapdb) {
         ctx.log_warning("streamwatch: cannot subscribe to SWAPDB events");
         return Err(());

@@ -29,7 +29,7 @@ use crate::watch::{self, Kind, OnChange, Snapshot, Watch};
 use queue::{Queue, QueueKey, Sid};
 use redis_module::{CallOptionsBuilder, CallResult, ContextFlags, ThreadSafeContext};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -109,28 +109,102 @@ pub fn send(msg: Msg) -> bool {
     TX.get().is_some_and(|tx| tx.send(msg).is_ok())
 }
 
-/// Keys hinted and not looked at yet: a burst of writes to one key sends one message
-/// (and wakes the supervisor once), not one per write. The keyspace callback adds a
-/// key; the supervisor removes it just before it looks at the key (`clear_pending`), so
-/// a write after that point always sends a new hint.
-static PENDING: LazyLock<Mutex<HashMap<i32, HashSet<Vec<u8>>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn pending() -> std::sync::MutexGuard<'static, HashMap<i32, HashSet<Vec<u8>>>> {
-    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+/// Hash fields, in one buffer (the command filter notes them for every hash command).
+#[derive(Debug, Default)]
+pub struct FieldList {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-fn clear_pending(db: i32, key: &[u8]) {
-    if let Some(set) = pending().get_mut(&db) {
-        set.remove(key);
+impl FieldList {
+    pub const fn new() -> FieldList {
+        FieldList {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    pub fn push(&mut self, field: &[u8]) {
+        self.bytes.extend_from_slice(field);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter())
+            .map(|(a, &b)| &self.bytes[a..b])
     }
 }
 
-/// Main thread, from the keyspace callback: O(1) apart from copying the key name.
-pub fn hint(db: i32, key: &[u8]) {
+/// A look at a key is bounded by this many named fields; past it, the whole key.
+pub const MAX_LOOK_FIELDS: usize = 1024;
+
+/// What a hinted key's next look reads: the whole key, or only the fields that the
+/// commands since the last look wrote (every hint must name them all, or it is `Key`).
+#[derive(Debug)]
+enum Look {
+    Key,
+    Fields(BTreeSet<Vec<u8>>),
+}
+
+impl Look {
+    fn of(fields: Option<FieldList>) -> Look {
+        let mut look = Look::Fields(BTreeSet::new());
+        look.add(fields);
+        look
+    }
+
+    fn add(&mut self, fields: Option<FieldList>) {
+        match (&mut *self, fields) {
+            (Look::Key, _) => {}
+            (Look::Fields(_), None) => *self = Look::Key,
+            (Look::Fields(set), Some(list)) => {
+                for f in list.iter() {
+                    if !set.contains(f) {
+                        set.insert(f.to_vec());
+                    }
+                }
+                if set.len() > MAX_LOOK_FIELDS {
+                    *self = Look::Key;
+                }
+            }
+        }
+    }
+}
+
+/// Keys hinted and not looked at yet: a burst of writes to one key sends one message
+/// (and wakes the supervisor once), not one per write. The keyspace callback adds a
+/// key (or more fields to it); the supervisor takes it just before it looks at the key
+/// (`take_pending`), so a write after that point always sends a new hint.
+type Pending = HashMap<i32, HashMap<Vec<u8>, Look>>;
+static PENDING: LazyLock<Mutex<Pending>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn pending() -> std::sync::MutexGuard<'static, Pending> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What to read of a key about to be looked at; the whole key if it is not pending
+/// (a full reconcile cleared it).
+fn take_pending(db: i32, key: &[u8]) -> Look {
+    pending()
+        .get_mut(&db)
+        .and_then(|keys| keys.remove(key))
+        .unwrap_or(Look::Key)
+}
+
+/// Main thread, from the keyspace callback: O(1) apart from copying the key name (and
+/// the fields the command wrote, when the command filter named them).
+pub fn hint(db: i32, key: &[u8], fields: Option<FieldList>) {
     stats::bump(&stats::EVENTS);
-    if pending().get(&db).is_some_and(|set| set.contains(key)) {
-        return; // the supervisor has not looked yet: that look will see this write
+    if let Some(look) = pending().get_mut(&db).and_then(|keys| keys.get_mut(key)) {
+        look.add(fields); // the supervisor has not looked yet: that look will see this
+        return;
     }
     if QUEUED_HINTS.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_HINTS {
         QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
@@ -140,13 +214,16 @@ pub fn hint(db: i32, key: &[u8]) {
         }
         return;
     }
-    // Marked before sending, so the supervisor's clear always comes after the mark.
-    pending().entry(db).or_default().insert(key.to_vec());
+    // Marked before sending, so the supervisor's take always comes after the mark.
+    pending()
+        .entry(db)
+        .or_default()
+        .insert(key.to_vec(), Look::of(fields));
     if !send(Msg::Dirty {
         db,
         key: key.to_vec(),
     }) {
-        clear_pending(db, key);
+        take_pending(db, key);
         QUEUED_HINTS.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -164,6 +241,16 @@ pub fn start(watches: Snapshot) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
     Ok(())
+}
+
+/// What a look at a key found to do.
+#[derive(Default)]
+struct Plan {
+    stop: Vec<JobKey>,
+    /// (job, revived, new value)
+    change: Vec<(JobKey, bool, Vec<u8>)>,
+    /// (index of the covering watch, field, value)
+    new: Vec<(usize, Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -565,8 +652,8 @@ impl Supervisor {
                     }
                 }
                 s.look_hold = Duration::ZERO;
-                clear_pending(k.0, &k.1);
-                s.reconcile_key_guarded(k.0, &k.1, &mut tally);
+                let look = take_pending(k.0, &k.1);
+                s.reconcile_key_guarded(k.0, &k.1, look, &mut tally);
                 // What the look cost the server: the time it held the GIL.
                 let cost = s.look_hold;
                 let end = Instant::now();
@@ -890,12 +977,11 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Makes the jobs of one key match its current fields.
     /// `reconcile_key` with a panic caught per key: a bug that one key triggers costs
     /// that key (and a log line), never the other keys of a batch or a full reconcile.
-    fn reconcile_key_guarded(&mut self, db: i32, key: &[u8], tally: &mut Tally) {
+    fn reconcile_key_guarded(&mut self, db: i32, key: &[u8], look: Look, tally: &mut Tally) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.reconcile_key(db, key, tally)
+            self.reconcile_key(db, key, look, tally)
         }));
         if let Err(p) = r {
             redis_module::logging::log_warning(format!(
@@ -906,7 +992,9 @@ impl Supervisor {
         }
     }
 
-    fn reconcile_key(&mut self, db: i32, key: &[u8], tally: &mut Tally) {
+    /// Makes the jobs of one key match its current fields: all of them, or (`look`) only
+    /// those the commands since the last look wrote.
+    fn reconcile_key(&mut self, db: i32, key: &[u8], look: Look, tally: &mut Tally) {
         #[cfg(feature = "panic-test")]
         if key == b"panic-test:supervisor" {
             panic!("panic-test: a bug in the supervisor");
@@ -917,9 +1005,8 @@ impl Supervisor {
             .filter(|w| w.covers(db, key))
             .cloned()
             .partition(|w| w.spec.kind == Kind::Stream);
-        if self.active()
-            && (!streams.is_empty() || self.queues.keys().any(|q| q.db == db && q.key == key))
-        {
+        let has_queue = self.queues.keys().any(|q| q.db == db && q.key == key);
+        if self.active() && (!streams.is_empty() || has_queue) {
             self.reconcile_streams(db, key, &streams);
         }
         let from = JobKey {
@@ -940,29 +1027,62 @@ impl Supervisor {
         if !self.active() {
             return;
         }
-        let mut fields = match self.observe(db, key) {
-            Observed::NotActive => {
-                self.stop_everything();
-                return;
+        // Named fields are enough unless the key is also a queue, or some fields wait
+        // for room under max-jobs (those are found by reading the whole key).
+        let named = match look {
+            Look::Fields(set) if streams.is_empty() && !has_queue && self.over_limit.is_empty() => {
+                Some(set)
             }
-            Observed::Loading => return,
+            _ => None,
+        };
+        let plan = match named {
+            Some(set) => match self.plan_fields(db, key, &covering, &set) {
+                Ok(plan) => plan,
+                Err(Some(observed)) => return self.not_observed(observed),
+                Err(None) => match self.plan_key(db, key, &covering, &from) {
+                    Ok(plan) => plan,
+                    Err(observed) => return self.not_observed(observed),
+                },
+            },
+            None => match self.plan_key(db, key, &covering, &from) {
+                Ok(plan) => plan,
+                Err(observed) => return self.not_observed(observed),
+            },
+        };
+        self.apply(db, key, &covering, plan, tally);
+    }
+
+    fn not_observed(&mut self, observed: Observed) {
+        if let Observed::NotActive = observed {
+            self.stop_everything();
+        }
+    }
+
+    /// Reads the whole key and diffs it with the key's jobs: walks the fields and the
+    /// jobs (both sorted by field) side by side, with no allocation unless something
+    /// changed, so a look at a big hash whose fields are unchanged costs little besides
+    /// reading it.
+    fn plan_key(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        covering: &[Arc<Watch>],
+        from: &JobKey,
+    ) -> Result<Plan, Observed> {
+        let mut fields = match self.observe(db, key) {
             Observed::Fields(f) => f,
+            other => return Err(other),
         };
         self.over_limit.remove(&(db, key.to_vec()));
-        // Diff by walking the fields and the key's jobs (both sorted by field) side by
-        // side: no allocation unless something changed, so a look at a big hash whose
-        // fields are unchanged costs little besides reading it.
         fields.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut stop: Vec<JobKey> = Vec::new();
-        let mut change: Vec<(JobKey, bool, usize)> = Vec::new(); // (job, revived, field)
-        let mut new: Vec<(usize, usize)> = Vec::new(); // (watch, field)
+        let mut plan = Plan::default();
         for (k, _) in self
             .jobs
-            .range(&from..)
+            .range(from..)
             .take_while(|(k, _)| k.db == db && k.key == key)
         {
             if !covering.iter().any(|w| w.id == k.watch) {
-                stop.push(k.clone());
+                plan.stop.push(k.clone());
             }
         }
         for (wi, w) in covering.iter().enumerate() {
@@ -984,65 +1104,123 @@ impl Supervisor {
                     (None, None) => break,
                     (Some((k, j)), Some((f, v))) if k.field == *f => {
                         if !j.wanted || j.value != *v {
-                            change.push(((*k).clone(), !j.wanted, fi));
+                            plan.change.push(((*k).clone(), !j.wanted, v.clone()));
                         }
                         jobs.next();
                         fi += 1;
                     }
-                    (None, Some(_)) => {
-                        new.push((wi, fi)); // no job yet
+                    (None, Some((f, v))) => {
+                        plan.new.push((wi, f.clone(), v.clone())); // no job yet
                         fi += 1;
                     }
-                    (Some((k, _)), Some((f, _))) if k.field > *f => {
-                        new.push((wi, fi));
+                    (Some((k, _)), Some((f, v))) if k.field > *f => {
+                        plan.new.push((wi, f.clone(), v.clone()));
                         fi += 1;
                     }
                     (Some((k, _)), _) => {
-                        stop.push((*k).clone()); // its field is gone
+                        plan.stop.push((*k).clone()); // its field is gone
                         jobs.next();
                     }
                 }
             }
         }
-        for k in &stop {
+        Ok(plan)
+    }
+
+    /// Reads only the named fields (one short GIL hold, whatever the size of the hash)
+    /// and diffs them with their jobs. `Err(None)`: the key is not a hash (any more), so
+    /// the whole key must be looked at.
+    fn plan_fields(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        covering: &[Arc<Watch>],
+        names: &BTreeSet<Vec<u8>>,
+    ) -> Result<Plan, Option<Observed>> {
+        let values = {
+            let ctx = self.tsc.lock();
+            let held = Instant::now();
+            let values = match self.check_locked(&ctx, db, key) {
+                Err(observed) => Err(Some(observed)),
+                Ok(()) => {
+                    ffi::hash_get_fields(&ctx, key, names.iter().map(|f| f.as_slice())).ok_or(None)
+                }
+            };
+            drop(ctx);
+            self.look_hold += held.elapsed();
+            values?
+        };
+        let mut plan = Plan::default();
+        for (wi, w) in covering.iter().enumerate() {
+            for (field, value) in names.iter().zip(&values) {
+                let jk = JobKey {
+                    db,
+                    key: key.to_vec(),
+                    watch: w.id,
+                    field: field.clone(),
+                };
+                match (self.jobs.get(&jk), value) {
+                    (Some(j), Some(v)) => {
+                        if !j.wanted || j.value != *v {
+                            plan.change.push((jk, !j.wanted, v.clone()));
+                        }
+                    }
+                    (None, Some(v)) => plan.new.push((wi, field.clone(), v.clone())),
+                    (Some(_), None) => plan.stop.push(jk),
+                    (None, None) => {}
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Carries out a plan: stops, restarts and starts jobs.
+    fn apply(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        covering: &[Arc<Watch>],
+        plan: Plan,
+        tally: &mut Tally,
+    ) {
+        for k in &plan.stop {
             if self.jobs.get(k).is_some_and(|j| j.wanted) {
                 tally.stopped += 1;
                 self.unwant(k);
             }
         }
-        for (jk, revived, fi) in change {
+        for (jk, revived, value) in plan.change {
             let restart = revived
                 || covering
                     .iter()
                     .any(|w| w.id == jk.watch && w.spec.onchange == OnChange::Restart);
             if let Some(job) = self.jobs.get_mut(&jk) {
                 job.wanted = true;
-                job.value = fields[fi].1.clone();
+                job.value = value;
                 if restart {
                     tally.restarted += 1;
                     self.restart(&jk);
                 }
             }
         }
-        for (wi, fi) in new {
+        for (wi, field, value) in plan.new {
             let w = &covering[wi];
             if self.jobs.len() >= config::max_jobs() {
                 *self.over_limit.entry((db, key.to_vec())).or_default() += 1;
                 continue;
             }
-            let (field, value) = &fields[fi];
             let jk = JobKey {
                 db,
                 key: key.to_vec(),
                 watch: w.id,
-                field: field.clone(),
+                field,
             };
             tally.started += 1;
             self.jobs.insert(
                 jk.clone(),
                 Job {
                     watch: w.clone(),
-                    value: value.clone(),
+                    value,
                     wanted: true,
                     run: None,
                     restart_pending: false,
@@ -1103,7 +1281,7 @@ impl Supervisor {
             }
         }
         for (db, key) in keys {
-            self.reconcile_key_guarded(db, &key, &mut tally);
+            self.reconcile_key_guarded(db, &key, Look::Key, &mut tally);
         }
         tally
     }
@@ -1250,7 +1428,7 @@ impl Supervisor {
                 let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_keys().collect();
                 let mut t = Tally::default();
                 for (db, key) in keys {
-                    self.reconcile_key_guarded(db, &key, &mut t);
+                    self.reconcile_key_guarded(db, &key, Look::Key, &mut t);
                 }
             }
         }

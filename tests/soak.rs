@@ -1,10 +1,11 @@
 //! Randomized soak: a seeded stream of every kind of change Redis can make to watched
-//! keys (HSET/HDEL/HINCRBY, DEL/UNLINK, expiry, RENAME, MOVE, COPY, SET over a hash,
-//! SWAPDB, FLUSHDB, MULTI/EXEC batches, Lua scripts) interleaved with PAUSE/RESUME,
-//! BGSAVE and watch changes, over a few keys in three databases. Every so often the
-//! test waits for quiescence and compares the live worker processes, read from /proc
-//! (never from the module's own view), with the data itself: one worker per field of
-//! every watched hash, with the field's current value, no other worker, no zombie.
+//! keys (HSET/HSETNX/HDEL/HINCRBY(FLOAT), DEL/UNLINK, expiry, RENAME, MOVE, COPY, SET
+//! over a hash, SWAPDB, FLUSHDB, MULTI/EXEC batches, Lua scripts) interleaved with
+//! PAUSE/RESUME, BGSAVE and watch changes, over a few keys in three databases. Every
+//! so often the test waits for quiescence and compares the live worker processes, read
+//! from /proc (never from the module's own view), with the data itself: one worker per
+//! field of every watched hash, with the field's current value, no other worker, no
+//! zombie.
 //!
 //! `SOAK_OPS` (default 1,500 here; `make soak` runs 100,000) and `SOAK_SEED` (default:
 //! from the clock) size and replay a run; a failure names its seed and operation.
@@ -101,7 +102,12 @@ fn step(c: &mut redis::Connection, r: &mut Rng, paused: &mut bool) {
     let _ = match n {
         0..=299 => run(c, &["HSET", key, field, value]),
         300..=449 => run(c, &["HDEL", key, field]),
-        450..=499 => run(c, &["HINCRBY", key, "n", "1"]),
+        450..=474 => run(c, &["HINCRBY", key, "n", "1"]),
+        // After this one, HINCRBY on "n" fails ("not an integer"): a command that its
+        // command filter saw but that changed nothing.
+        475..=482 => run(c, &["HINCRBYFLOAT", key, "n", "0.5"]),
+        483..=492 => run(c, &["HSETNX", key, field, value]),
+        493..=499 => run(c, &["HDEL", key, field, "f6", "nope"]),
         500..=539 => run(c, &["DEL", key]),
         540..=569 => run(c, &["UNLINK", key]),
         570..=609 => run(c, &["PEXPIRE", key, &(1 + r.below(40)).to_string()]),
