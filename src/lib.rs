@@ -134,21 +134,24 @@ redis_module! {
     allocator: (Allocator, ALLOCATOR),
     data_types: [],
     // Where the server supports module ACL categories (not Redis 7.0): `@streamwatch`.
+    // Flags: the commands that control jobs are `admin` (so `@admin` and `@dangerous`
+    // on every server); WATCH and UNWATCH also write the watches store (`write`), and
+    // WATCH adds data (`deny-oom`); the rest only read (`readonly`).
     acl_categories: ["streamwatch",],
     init: init,
     deinit: deinit,
     info: info,
     commands: [
-        ["streamwatch.watch", cmd_watch, "write deny-oom", 0, 0, 0, "", "write streamwatch"],
-        ["streamwatch.unwatch", cmd_unwatch, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.watch", cmd_watch, "admin write deny-oom", 0, 0, 0, "", "admin dangerous write streamwatch"],
+        ["streamwatch.unwatch", cmd_unwatch, "admin write", 0, 0, 0, "", "admin dangerous write streamwatch"],
         ["streamwatch.watches", cmd_watches, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.handlers", cmd_handlers, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.job", cmd_job, "readonly", 0, 0, 0, "", "read streamwatch"],
-        ["streamwatch.restart", cmd_restart, "write", 0, 0, 0, "", "write streamwatch"],
-        ["streamwatch.pause", cmd_pause, "write", 0, 0, 0, "", "write streamwatch"],
-        ["streamwatch.resume", cmd_resume, "write", 0, 0, 0, "", "write streamwatch"],
-        ["streamwatch.reconcile", cmd_reconcile, "write", 0, 0, 0, "", "write streamwatch"],
+        ["streamwatch.restart", cmd_restart, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.pause", cmd_pause, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
     ],
     event_handlers: [

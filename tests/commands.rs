@@ -671,7 +671,7 @@ fn acl_user_can_read_status_but_not_change_watches() {
     ];
     let mut users = vec![("viewer", by_command.to_vec())];
     if run(&mut admin, &["ACL", "CAT", "streamwatch"]).is_ok() {
-        users.push(("viewer2", vec!["+@streamwatch", "-@write"]));
+        users.push(("viewer2", vec!["+@streamwatch", "-@admin"]));
     }
     for (user, rules) in users {
         let mut args = vec!["ACL", "SETUSER", user, "on", ">pw", "~*"];
@@ -686,6 +686,8 @@ fn acl_user_can_read_status_but_not_change_watches() {
             &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w"][..],
             &["STREAMWATCH.UNWATCH", "acl:*"],
             &["STREAMWATCH.PAUSE"],
+            &["STREAMWATCH.RESUME"],
+            &["STREAMWATCH.RECONCILE"],
             &["STREAMWATCH.RESTART", "acl:k", "f"],
         ] {
             let e = run(&mut c, cmd).unwrap_err();
@@ -834,4 +836,48 @@ fn hostile_option_values_are_errors_naming_the_option() {
         assert_eq!(r.ok(), Some(redis::Value::Nil), "JOB {value:?}");
     }
     assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
+}
+
+/// The flags Redis reports for each command: readers are `readonly`; what changes what
+/// runs is `admin`; WATCH and UNWATCH also write the watches store (WATCH `denyoom`).
+#[test]
+fn command_flags_match_what_each_command_does() {
+    let s = Server::start(&long_handler("h", ""));
+    let mut c = s.conn();
+    let flags_of = |c: &mut redis::Connection, name: &str| -> Vec<String> {
+        let info = to_array(&ok(c, &["COMMAND", "INFO", name]));
+        let entry = to_array(&info[0]);
+        to_array(&entry[2]).iter().map(vstr).collect()
+    };
+    let expect: [(&str, &[&str]); 11] = [
+        ("streamwatch.watch", &["admin", "write", "denyoom"]),
+        ("streamwatch.unwatch", &["admin", "write"]),
+        ("streamwatch.restart", &["admin"]),
+        ("streamwatch.pause", &["admin"]),
+        ("streamwatch.resume", &["admin"]),
+        ("streamwatch.reconcile", &["admin"]),
+        ("streamwatch.watches", &["readonly"]),
+        ("streamwatch.handlers", &["readonly"]),
+        ("streamwatch.jobs", &["readonly"]),
+        ("streamwatch.job", &["readonly"]),
+        ("streamwatch.status", &["readonly"]),
+    ];
+    for (name, want) in expect {
+        let got = flags_of(&mut c, name);
+        for f in want {
+            assert!(got.iter().any(|g| g == f), "{name}: {f} not in {got:?}");
+        }
+        let writes = got.iter().any(|g| g == "write");
+        assert_eq!(writes, want.contains(&"write"), "{name}: {got:?}");
+        let admin = got.iter().any(|g| g == "admin");
+        assert_eq!(admin, want.contains(&"admin"), "{name}: {got:?}");
+    }
+    // While the server refuses writes (no replica for `min-replicas-to-write`), an
+    // operator can still pause and resume jobs; WATCH, which writes, is refused.
+    ok(&mut c, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    let e = run(&mut c, &["STREAMWATCH.WATCH", "x:*", "HANDLER", "h"]).unwrap_err();
+    assert_eq!(e.code(), Some("NOREPLICAS"), "{e}");
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    ok(&mut c, &["STREAMWATCH.RESUME"]);
+    ok(&mut c, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
 }
