@@ -5,7 +5,7 @@ PORT ?= 6379
 REDIS_SERVER ?= redis-server
 MODULE := target/release/libstreamwatch.so
 
-.PHONY: deps build run test bench soak lint clean
+.PHONY: deps build run test bench soak fuzz lint clean
 
 deps:
 	@scripts/deps.sh
@@ -58,3 +58,19 @@ bench: build
 # printed, and SOAK_SEED=<seed> replays a run.
 soak: build
 	SOAK_OPS=$${SOAK_OPS:-100000} REDIS_SERVER=$(REDIS_SERVER) cargo test --release --test soak -- --nocapture
+
+# The fuzz targets of fuzz/ (command arguments, the config file, placeholder
+# substitution), FUZZ_RUNS executions each from the seeds in fuzz/corpus/<target>/.
+# Needs nightly Rust; installs cargo-fuzz if missing. What a run discovers goes to
+# fuzz/target/corpus/<target>/ (not checked in), a crash to fuzz/artifacts/<target>/:
+# fix it, then keep the input in fuzz/regressions/<target>/, which `make test` replays.
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS ?= commands config template
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t: $(FUZZ_RUNS) runs"; \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  cargo +nightly fuzz run $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- -runs=$(FUZZ_RUNS) || exit 1; \
+	done

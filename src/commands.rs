@@ -1,9 +1,12 @@
 //! The `STREAMWATCH.*` commands: argument parsing and replies, on the main thread.
 //!
-//! Commands that only read what the main thread owns (watches, handlers, counters)
-//! answer at once. Commands about jobs block the calling client and let the supervisor
-//! answer; because they travel on the same channel as key hints, a client that writes
-//! a key and then asks about jobs sees the effect of its write.
+//! Each command's arguments are parsed first, by a pure function over their bytes
+//! (`parse_*`: no Redis, no registry, so `make fuzz` runs them on hostile input), into a
+//! typed request; the handler then executes it. Commands that only read what the main
+//! thread owns (watches, handlers, counters) answer at once. Commands about jobs block
+//! the calling client and let the supervisor answer; because they travel on the same
+//! channel as key hints, a client that writes a key and then asks about jobs sees the
+//! effect of its write.
 
 use crate::config;
 use crate::ffi::{CmdError, Outcome, Replier, Reply};
@@ -27,18 +30,23 @@ fn reply(r: Reply) -> CmdResult {
     Ok(Outcome::Reply(r))
 }
 
-fn text(a: &RedisString) -> String {
-    String::from_utf8_lossy(a.as_slice()).into_owned()
+/// A command's arguments as the parsers take them: the command name first.
+fn argv(args: &[RedisString]) -> Vec<&[u8]> {
+    args.iter().map(|a| a.as_slice()).collect()
+}
+
+fn text(a: &[u8]) -> String {
+    String::from_utf8_lossy(a).into_owned()
 }
 
 /// Walks `[NAME value ...]` options with clear errors.
 struct Opts<'a> {
-    args: &'a [RedisString],
+    args: &'a [&'a [u8]],
     i: usize,
 }
 
 impl<'a> Opts<'a> {
-    fn new(args: &'a [RedisString], from: usize) -> Self {
+    fn new(args: &'a [&'a [u8]], from: usize) -> Self {
         Opts { args, i: from }
     }
 
@@ -49,7 +57,7 @@ impl<'a> Opts<'a> {
         Some(text(a).to_ascii_uppercase())
     }
 
-    fn value(&mut self, name: &str) -> Result<&'a RedisString, CmdError> {
+    fn value(&mut self, name: &str) -> Result<&'a [u8], CmdError> {
         let v = self
             .args
             .get(self.i)
@@ -84,8 +92,8 @@ impl<'a> Opts<'a> {
 }
 
 /// A group or dead-letter stream name: non-empty UTF-8 (it is stored as TOML text).
-fn stream_name(v: &RedisString, name: &str) -> Result<Vec<u8>, CmdError> {
-    match std::str::from_utf8(v.as_slice()) {
+fn stream_name(v: &[u8], name: &str) -> Result<Vec<u8>, CmdError> {
+    match std::str::from_utf8(v) {
         Ok("") => err(format!("ERR {name} must not be empty")),
         Ok(s) => Ok(s.as_bytes().to_vec()),
         Err(_) => err(format!("ERR {name} must be valid UTF-8")),
@@ -98,49 +106,55 @@ fn parse_db(v: &str) -> Result<i32, CmdError> {
         Ok(n) if (0..max).contains(&n) => Ok(n),
         _ => err(format!(
             "ERR DB must be a database number from 0 to {}, got '{v}'",
-            max - 1
+            max.saturating_sub(1)
         )),
     }
 }
 
-fn current_db(ctx: &Context) -> i32 {
-    crate::ffi::selected_db(ctx)
+// ---- parsing: pure functions of the arguments ----
+
+/// `STREAMWATCH.WATCH`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchArgs {
+    pub pattern: Vec<u8>,
+    pub handler: String,
+    pub kind: Kind,
+    /// `None`: the database the client has selected.
+    pub db: Option<DbSel>,
+    pub onchange: OnChange,
+    pub stream: StreamOpts,
+    pub replace: bool,
 }
 
-/// Blocks the client for a supervisor answer, or explains why it cannot.
-fn block(ctx: &Context, name: &str) -> Result<Replier, CmdError> {
-    Replier::block(ctx).ok_or_else(|| {
-        CmdError::Msg(format!(
-            "ERR {name} cannot be used inside MULTI or a script"
-        ))
-    })
+/// `STREAMWATCH.JOB` and `STREAMWATCH.RESTART`: `key field [DB n]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFieldArgs {
+    pub key: Vec<u8>,
+    pub field: Vec<u8>,
+    /// `None`: the database the client has selected.
+    pub db: Option<i32>,
 }
 
-fn ask(msg: Msg) -> CmdResult {
-    if supervisor::send(msg) {
-        Ok(Outcome::Blocked)
-    } else {
-        err("ERR streamwatch supervisor is not running")
-    }
-}
-
-pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() < 4 {
-        return Err(CmdError::Arity);
-    }
-    let pattern = args[1].as_slice().to_vec();
+/// `STREAMWATCH.WATCH pattern HANDLER name [TYPE hash|stream] [DB n|ALL]
+/// [ONCHANGE restart|ignore] [GROUP g] [DEADLETTER d] [CONCURRENCY n] [MAX-ATTEMPTS n]
+/// [REPLACE]`.
+pub fn parse_watch(args: &[&[u8]]) -> Result<WatchArgs, CmdError> {
+    let pattern = match args {
+        [_, pattern, _, _, ..] => pattern.to_vec(),
+        _ => return Err(CmdError::Arity),
+    };
     if pattern.is_empty() {
         return err("ERR pattern must not be empty");
     }
     let mut handler = None;
-    let mut db = DbSel::One(current_db(ctx));
+    let mut db = None;
     let mut onchange = OnChange::Restart;
     let mut replace = false;
     let mut kind = Kind::Hash;
     let mut stream = StreamOpts::default();
     // The first stream-only option given, to refuse it on a hash watch.
     let mut stream_only: Option<&'static str> = None;
-    let mut o = Opts::new(&args, 2);
+    let mut o = Opts::new(args, 2);
     while let Some(name) = o.next_name() {
         match name.as_str() {
             "HANDLER" => handler = Some(text(o.value("HANDLER")?)),
@@ -154,7 +168,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
             }
             "DB" => {
                 let v = text(o.value("DB")?);
-                db = if v.eq_ignore_ascii_case("all") {
+                db = Some(if v.eq_ignore_ascii_case("all") {
                     DbSel::All
                 } else {
                     DbSel::One(parse_db(&v).map_err(|_| {
@@ -162,7 +176,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                             "ERR DB must be a database number or ALL, got '{v}'"
                         ))
                     })?)
-                };
+                });
             }
             "ONCHANGE" => {
                 let v = text(o.value("ONCHANGE")?);
@@ -197,16 +211,114 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         return err("ERR ONCHANGE applies only to TYPE hash watches");
     }
     let handler = handler.ok_or_else(|| CmdError::Msg("ERR HANDLER is required".into()))?;
-    let spec = WatchSpec {
+    Ok(WatchArgs {
         pattern,
         handler,
         kind,
         db,
         onchange,
-        source: Source::Command,
         stream,
+        replace,
+    })
+}
+
+/// `STREAMWATCH.UNWATCH pattern`: the pattern.
+pub fn parse_unwatch(args: &[&[u8]]) -> Result<Vec<u8>, CmdError> {
+    match args {
+        [_, pattern] => Ok(pattern.to_vec()),
+        _ => Err(CmdError::Arity),
+    }
+}
+
+/// `STREAMWATCH.JOBS [WATCH pattern] [KEY key] [STATE state] [COUNT n]`.
+pub fn parse_jobs(args: &[&[u8]]) -> Result<JobFilter, CmdError> {
+    let mut filter = JobFilter::default();
+    let mut o = Opts::new(args, 1);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "WATCH" => filter.watch = Some(o.value("WATCH")?.to_vec()),
+            "KEY" => filter.key = Some(o.value("KEY")?.to_vec()),
+            "STATE" => {
+                let v = text(o.value("STATE")?).to_ascii_lowercase();
+                let state = stats::state_index(&v)
+                    .and_then(|i| stats::STATES.get(i))
+                    .ok_or_else(|| {
+                        CmdError::Msg(format!(
+                            "ERR STATE must be one of {}, got '{v}'",
+                            stats::STATES.join(", ")
+                        ))
+                    })?;
+                filter.state = Some(state);
+            }
+            "COUNT" => {
+                filter.count = Some(usize::try_from(o.positive("COUNT")?).unwrap_or(usize::MAX))
+            }
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    Ok(filter)
+}
+
+/// `key field [DB n]`, shared by `STREAMWATCH.JOB` and `STREAMWATCH.RESTART`.
+pub fn parse_key_field(args: &[&[u8]]) -> Result<KeyFieldArgs, CmdError> {
+    let (key, field) = match args {
+        [_, key, field] | [_, key, field, _, _] => (key.to_vec(), field.to_vec()),
+        _ => return Err(CmdError::Arity),
     };
-    watch::check_add(&spec, replace)?;
+    let mut db = None;
+    let mut o = Opts::new(args, 3);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "DB" => db = Some(o.db()?),
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    Ok(KeyFieldArgs { key, field, db })
+}
+
+/// The commands without arguments: WATCHES, HANDLERS, PAUSE, RESUME, RECONCILE, STATUS.
+pub fn parse_no_args(args: &[&[u8]]) -> Result<(), CmdError> {
+    match args {
+        [_] => Ok(()),
+        _ => Err(CmdError::Arity),
+    }
+}
+
+// ---- execution ----
+
+fn current_db(ctx: &Context) -> i32 {
+    crate::ffi::selected_db(ctx)
+}
+
+/// Blocks the client for a supervisor answer, or explains why it cannot.
+fn block(ctx: &Context, name: &str) -> Result<Replier, CmdError> {
+    Replier::block(ctx).ok_or_else(|| {
+        CmdError::Msg(format!(
+            "ERR {name} cannot be used inside MULTI or a script"
+        ))
+    })
+}
+
+fn ask(msg: Msg) -> CmdResult {
+    if supervisor::send(msg) {
+        Ok(Outcome::Blocked)
+    } else {
+        err("ERR streamwatch supervisor is not running")
+    }
+}
+
+pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    let w = parse_watch(&argv(&args))?;
+    let spec = WatchSpec {
+        pattern: w.pattern,
+        handler: w.handler,
+        kind: w.kind,
+        db: w.db.unwrap_or_else(|| DbSel::One(current_db(ctx))),
+        onchange: w.onchange,
+        source: Source::Command,
+        stream: w.stream,
+    };
+    watch::check_add(&spec, w.replace)?;
     if let Some(snapshot) = store::write(ctx, &spec.pattern, Some(&spec))? {
         supervisor::send(Msg::Watches(snapshot));
     }
@@ -214,11 +326,9 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 }
 
 pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 2 {
-        return Err(CmdError::Arity);
-    }
-    let removed = watch::check_remove(args[1].as_slice())?;
-    let watches = store::write(ctx, args[1].as_slice(), None)?.unwrap_or_else(watch::snapshot);
+    let pattern = parse_unwatch(&argv(&args))?;
+    let removed = watch::check_remove(&pattern)?;
+    let watches = store::write(ctx, &pattern, None)?.unwrap_or_else(watch::snapshot);
     match Replier::block(ctx) {
         Some(r) => ask(Msg::Unwatch {
             watches,
@@ -236,9 +346,7 @@ pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 }
 
 pub fn watches(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     let list = watch::snapshot()
         .iter()
         .map(|w| {
@@ -302,9 +410,7 @@ fn options(w: &watch::Watch) -> Reply {
 }
 
 pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     let ms = |d: std::time::Duration| Reply::Int(d.as_millis() as i64);
     let list = config::file()
         .handlers
@@ -342,90 +448,49 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 }
 
 pub fn jobs(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    let mut filter = JobFilter::default();
-    let mut o = Opts::new(&args, 1);
-    while let Some(name) = o.next_name() {
-        match name.as_str() {
-            "WATCH" => filter.watch = Some(o.value("WATCH")?.as_slice().to_vec()),
-            "KEY" => filter.key = Some(o.value("KEY")?.as_slice().to_vec()),
-            "STATE" => {
-                let v = text(o.value("STATE")?).to_ascii_lowercase();
-                let i = stats::state_index(&v).ok_or_else(|| {
-                    CmdError::Msg(format!(
-                        "ERR STATE must be one of {}, got '{v}'",
-                        stats::STATES.join(", ")
-                    ))
-                })?;
-                filter.state = Some(stats::STATES[i]);
-            }
-            "COUNT" => filter.count = Some(o.positive("COUNT")? as usize),
-            _ => return err(format!("ERR unknown option '{name}'")),
-        }
-    }
+    let filter = parse_jobs(&argv(&args))?;
     let r = block(ctx, "STREAMWATCH.JOBS")?;
     ask(Msg::Jobs { filter, reply: r })
 }
 
-/// `key field [DB n]`, shared by JOB and RESTART.
-fn key_field_db(ctx: &Context, args: &[RedisString]) -> Result<(i32, Vec<u8>, Vec<u8>), CmdError> {
-    if args.len() != 3 && args.len() != 5 {
-        return Err(CmdError::Arity);
-    }
-    let mut db = current_db(ctx);
-    let mut o = Opts::new(args, 3);
-    while let Some(name) = o.next_name() {
-        match name.as_str() {
-            "DB" => db = o.db()?,
-            _ => return err(format!("ERR unknown option '{name}'")),
-        }
-    }
-    Ok((db, args[1].as_slice().to_vec(), args[2].as_slice().to_vec()))
-}
-
 pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    let (db, key, field) = key_field_db(ctx, &args)?;
+    let a = parse_key_field(&argv(&args))?;
     let r = block(ctx, "STREAMWATCH.JOB")?;
     ask(Msg::Job {
-        db,
-        key,
-        field,
+        db: a.db.unwrap_or_else(|| current_db(ctx)),
+        key: a.key,
+        field: a.field,
         reply: r,
     })
 }
 
 pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    let (db, key, field) = key_field_db(ctx, &args)?;
+    let a = parse_key_field(&argv(&args))?;
     let r = block(ctx, "STREAMWATCH.RESTART")?;
     ask(Msg::Restart {
-        db,
-        key,
-        field,
+        db: a.db.unwrap_or_else(|| current_db(ctx)),
+        key: a.key,
+        field: a.field,
         reply: r,
     })
 }
 
 pub fn pause(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     supervisor::send(Msg::Pause);
     stats::PAUSED.store(true, Ordering::Relaxed);
     reply(Reply::Ok)
 }
 
 pub fn resume(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     supervisor::send(Msg::Resume);
     stats::PAUSED.store(false, Ordering::Relaxed);
     reply(Reply::Ok)
 }
 
 pub fn reconcile(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     let r = block(ctx, "STREAMWATCH.RECONCILE")?;
     ask(Msg::ReconcileAll { reply: Some(r) })
 }
@@ -443,9 +508,7 @@ pub fn status(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     if args.len() == 2 && args[1].as_slice() == b"PANIC" {
         panic!("panic-test: a bug in a command");
     }
-    if args.len() != 1 {
-        return Err(CmdError::Arity);
-    }
+    parse_no_args(&argv(&args))?;
     let n = |c| Reply::Int(stats::get(c) as i64);
     let jobs = stats::STATES
         .iter()

@@ -19,6 +19,7 @@ mod commands;
 mod config;
 mod events;
 mod ffi;
+pub mod fuzzing;
 mod glob;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;
@@ -34,13 +35,15 @@ use redis_module::{
     redis_module, AclCategory, Context, InfoContext, RedisResult, RedisString, Status,
 };
 
-#[cfg(not(test))]
+// Redis's allocator inside Redis; the system's in unit tests and fuzz binaries, where
+// nothing loads the module to set Redis's up.
+#[cfg(not(any(test, fuzzing)))]
 type Allocator = redis_module::alloc::RedisAlloc;
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 type Allocator = std::alloc::System;
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 const ALLOCATOR: Allocator = std::alloc::System;
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {

@@ -25,7 +25,7 @@ pub fn substitute(template: &str, vars: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// Linux's per-argument limit (MAX_ARG_STRLEN, including the terminating NUL).
-const MAX_ARG_STRLEN: usize = 128 * 1024;
+pub(crate) const MAX_ARG_STRLEN: usize = 128 * 1024;
 
 /// Why this argv/environment cannot be passed to execve, if it cannot.
 pub fn unspawnable(argv: &[Vec<u8>], env: &[(Vec<u8>, Vec<u8>)]) -> Option<String> {
