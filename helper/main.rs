@@ -268,6 +268,7 @@ mod spawn {
     static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
     static SLOT_OUT: AtomicI32 = AtomicI32::new(-1);
     static SLOT_IN: AtomicI32 = AtomicI32::new(-1);
+    static STACK: std::sync::Mutex<Option<Box<[u128]>>> = std::sync::Mutex::new(None);
     /// Whether the clone path works here (false after the kernel said ENOSYS).
     static FAST: AtomicBool = AtomicBool::new(false);
 
@@ -411,8 +412,10 @@ mod spawn {
             errno: 0,
             stage: -1,
         };
-        // The child's stack; the helper is suspended while the child runs on it.
-        let mut stack = vec![0u128; 4096]; // 64 KiB, 16-byte aligned
+        // The child's stack (64 KiB, 16-byte aligned), reused: the helper is suspended
+        // while a child runs on it.
+        let mut stack = STACK.lock().unwrap_or_else(|p| p.into_inner());
+        let stack = stack.get_or_insert_with(|| vec![0u128; 4096].into_boxed_slice());
         let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<c_void>();
         let all: u64 = !0;
         let mut old: u64 = 0;
@@ -452,7 +455,6 @@ mod spawn {
             }
             pid
         };
-        drop(stack);
         if c.stage >= 0 {
             let mut status = 0;
             unsafe { waitpid(pid, &mut status, 0) };
