@@ -50,17 +50,19 @@ fn main() {
         .map_or(0, |d| d.as_nanos());
     let dir = std::env::var("STAMP_DIR").unwrap_or_else(|_| "/tmp".into());
     let field = std::env::var("STREAMWATCH_FIELD").unwrap_or_else(|_| "x".into());
-    let tmp = format!("{dir}/.{field}");
-    let path = format!("{dir}/{field}");
-    if std::fs::write(&tmp, ns.to_string()).is_ok() {
-        let _ = std::fs::rename(tmp, path);
-    }
+    // The handler first: once the start stamp exists a stop may come at once, and a
+    // SIGTERM before the handler would kill the worker without its exit stamp.
     if let (Ok(tmp), Ok(path)) = (
         CString::new(format!("{dir}/.{field}.exit")),
         CString::new(format!("{dir}/{field}.exit")),
     ) {
         let _ = EXIT_PATHS.set((tmp, path));
         unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    }
+    let tmp = format!("{dir}/.{field}");
+    let path = format!("{dir}/{field}");
+    if std::fs::write(&tmp, ns.to_string()).is_ok() {
+        let _ = std::fs::rename(tmp, path);
     }
     loop {
         std::thread::park();
