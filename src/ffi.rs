@@ -337,18 +337,9 @@ pub fn hash_get_fields<'f>(
     key: &[u8],
     fields: impl Iterator<Item = &'f [u8]>,
 ) -> Option<Vec<Option<Vec<u8>>>> {
-    let name = ctx.create_string(key.to_vec());
-    let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
+    let k = HashKey::open(ctx, key)?;
     unsafe {
-        let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
-            .cast::<raw::RedisModuleKey>();
-        if k.is_null() {
-            return None;
-        }
-        if raw::RedisModule_KeyType.unwrap()(k) != raw::REDISMODULE_KEYTYPE_HASH as c_int {
-            raw::RedisModule_CloseKey.unwrap()(k);
-            return None;
-        }
+        let k = k.0;
         let mut values = Vec::new();
         for field in fields {
             let f = ctx.create_string(field.to_vec());
@@ -367,8 +358,34 @@ pub fn hash_get_fields<'f>(
                 raw::RedisModule_FreeString.unwrap()(ctx.ctx, v);
             }
         }
-        raw::RedisModule_CloseKey.unwrap()(k);
         Some(values)
+    }
+}
+
+/// Hash `key` of the selected database, open for reading (closed on drop).
+struct HashKey(*mut raw::RedisModuleKey);
+
+impl HashKey {
+    /// `None` if the key does not exist or is not a hash.
+    fn open(ctx: &Context, key: &[u8]) -> Option<HashKey> {
+        let name = ctx.create_string(key.to_vec());
+        let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
+        let k = unsafe {
+            raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
+                .cast::<raw::RedisModuleKey>()
+        };
+        if k.is_null() {
+            return None;
+        }
+        let k = HashKey(k);
+        let hash = raw::REDISMODULE_KEYTYPE_HASH as c_int;
+        (unsafe { raw::RedisModule_KeyType.unwrap()(k.0) } == hash).then_some(k)
+    }
+}
+
+impl Drop for HashKey {
+    fn drop(&mut self) {
+        unsafe { raw::RedisModule_CloseKey.unwrap()(self.0) };
     }
 }
 
@@ -434,29 +451,18 @@ impl HashScan {
             let out = unsafe { &mut *data.cast::<Vec<(Vec<u8>, Vec<u8>)>>() };
             out.push((bytes(field), bytes(value)));
         }
-        let name = ctx.create_string(key.to_vec());
-        let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
+        let k = HashKey::open(ctx, key)?;
         unsafe {
-            let k = raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
-                .cast::<raw::RedisModuleKey>();
-            if k.is_null() {
-                return None;
-            }
-            if raw::RedisModule_KeyType.unwrap()(k) != raw::REDISMODULE_KEYTYPE_HASH as c_int {
-                raw::RedisModule_CloseKey.unwrap()(k);
-                return None;
-            }
             let start = out.len();
             let mut more = true;
             while more && out.len() - start < min {
                 more = raw::RedisModule_ScanKey.unwrap()(
-                    k,
+                    k.0,
                     self.0,
                     Some(push),
                     (out as *mut Vec<(Vec<u8>, Vec<u8>)>).cast(),
                 ) != 0;
             }
-            raw::RedisModule_CloseKey.unwrap()(k);
             Some(more)
         }
     }
