@@ -1035,16 +1035,15 @@ impl Supervisor {
             }
             _ => None,
         };
-        let plan = match named {
-            Some(set) => match self.plan_fields(db, key, &covering, &set) {
-                Ok(plan) => plan,
-                Err(Some(observed)) => return self.not_observed(observed),
-                Err(None) => match self.plan_key(db, key, &covering, &from) {
-                    Ok(plan) => plan,
-                    Err(observed) => return self.not_observed(observed),
-                },
-            },
-            None => match self.plan_key(db, key, &covering, &from) {
+        // `Err(None)`: the named fields are not enough; read the whole key.
+        let by_fields = match named {
+            Some(set) => self.plan_fields(db, key, &covering, &set),
+            None => Err(None),
+        };
+        let plan = match by_fields {
+            Ok(plan) => plan,
+            Err(Some(observed)) => return self.not_observed(observed),
+            Err(None) => match self.plan_key(db, key, &covering, &from) {
                 Ok(plan) => plan,
                 Err(observed) => return self.not_observed(observed),
             },
