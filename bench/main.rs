@@ -9,8 +9,8 @@
 //! Prints one table, writes it as JSON to `bench/results.json` and draws the latency
 //! distribution to `bench/latency.png`. No timed assertion lives in `make test`.
 //!
-//! The worker is `examples/stamp.rs`: it writes its CLOCK_REALTIME start time to a
-//! file, and on SIGTERM the time the signal arrived, then exits.
+//! The worker is `examples/stamp.rs`, linked statically: it writes its CLOCK_REALTIME
+//! start time to a file, and on SIGTERM the time the signal arrived, then exits.
 
 #[path = "../examples/common/mod.rs"]
 mod common;
@@ -32,8 +32,9 @@ fn server_binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
+/// The worker, linked statically by `make bench` (see the Makefile).
 fn stamp_binary() -> PathBuf {
-    Path::new(ROOT).join("target/release/examples/stamp")
+    Path::new(ROOT).join("target/stamp/release/examples/stamp")
 }
 
 /// A redis-server of this run; killed (with its workers, by the helper) on drop.

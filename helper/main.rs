@@ -299,6 +299,8 @@ mod spawn {
         slot_in: c_int,
         /// The lowest descriptor the child does not keep.
         keep_below: c_uint,
+        /// The signals to set to their defaults (bit `n - 1` for signal `n`).
+        reset: u64,
         errno: c_int,
         /// 0: close_range failed (the kernel lacks it); 1: a later step failed.
         stage: c_int,
@@ -335,8 +337,10 @@ mod spawn {
                 restorer: 0,
                 mask: 0,
             };
+            // Only the signals the helper handles or ignores: the rest are at their
+            // defaults already (see `non_default_signals`).
             for sig in 1..=64 as c_long {
-                if sig != 9 && sig != 19 {
+                if c.reset & (1u64 << (sig - 1)) != 0 {
                     syscall(
                         SYS_RT_SIGACTION,
                         sig,
@@ -362,6 +366,41 @@ mod spawn {
             execve(c.path, c.argv, c.envp);
             fail(c, 1)
         }
+    }
+
+    /// The signals whose disposition is not the default in the helper (SIGCHLD, SIGPIPE):
+    /// a child resets only these, not all 64 (it runs while the helper is suspended).
+    /// Read once: the helper sets its handlers at start and never changes them.
+    fn non_default_signals() -> u64 {
+        static MASK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *MASK.get_or_init(|| {
+            let mut mask = 0u64;
+            for sig in 1..=64 as c_long {
+                if sig == 9 || sig == 19 {
+                    continue; // SIGKILL and SIGSTOP cannot be changed
+                }
+                let mut old = KernelSigaction {
+                    handler: 0,
+                    flags: 0,
+                    restorer: 0,
+                    mask: 0,
+                };
+                let r = unsafe {
+                    syscall(
+                        SYS_RT_SIGACTION,
+                        sig,
+                        std::ptr::null::<KernelSigaction>(),
+                        &mut old as *mut KernelSigaction,
+                        8usize,
+                    )
+                };
+                // Unknown (or unreadable): reset it, as before.
+                if r != 0 || old.handler != 0 {
+                    mask |= 1u64 << (sig - 1);
+                }
+            }
+            mask
+        })
     }
 
     /// `program` as execve needs it: as given if it has a slash, else the first
@@ -409,6 +448,7 @@ mod spawn {
             slot_out,
             slot_in,
             keep_below: (null.max(slot_out).max(slot_in) + 1) as c_uint,
+            reset: non_default_signals(),
             errno: 0,
             stage: -1,
         };

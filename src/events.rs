@@ -4,15 +4,16 @@
 //! what changed and wakes the supervisor thread, which does the real work.
 //!
 //! A keyspace event names the key, never the field. For the commands that write hash
-//! fields by name (HSET, HMSET, HSETNX, HDEL, HINCRBY, HINCRBYFLOAT) a command filter
-//! notes the fields just before the command runs, and the event that command fires
-//! hands them on, so the supervisor reads those fields instead of the whole hash. Any
-//! other event (DEL, RENAME, EXPIRE, a command inside MULTI/EXEC, ...) makes it re-read
-//! the whole key: it stays level-triggered.
+//! fields by name (HSET, HMSET, HSETNX, HDEL, HINCRBY, HINCRBYFLOAT) on a watched key,
+//! a command filter notes the fields (and the values HSET writes) just before the
+//! command runs, and the event that command fires hands them on: the supervisor then
+//! knows what changed without reading the hash (HSET, HDEL), or reads just those fields
+//! (HINCRBY). Any other event (DEL, RENAME, EXPIRE, a command inside MULTI/EXEC, ...)
+//! makes it re-read the whole key: it stays level-triggered.
 
 use crate::ffi::{self, CommandArgs};
 use crate::store;
-use crate::supervisor::{self, FieldList, Msg, MAX_LOOK_FIELDS};
+use crate::supervisor::{self, FieldList, Msg, Written, Wrote, MAX_LOOK_FIELDS};
 use crate::watch;
 use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
 use redis_module::{Context, NotifyEvent};
@@ -29,7 +30,9 @@ pub fn on_keyspace(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) 
         if store::is_store(db, key) {
             store::on_change(ctx);
         } else if watch::any_covers(db, key) {
-            supervisor::hint(db, key, take_noted(event, key));
+            // While an AOF loads, commands skip the filter: any note is not theirs.
+            let noted = take_noted(event, key).filter(|_| !LOADING.load(Ordering::Relaxed));
+            supervisor::hint(db, key, noted);
         }
     });
 }
@@ -40,14 +43,22 @@ struct Noted {
     /// The event the command fires ("hset" for HSET, HMSET and HSETNX).
     event: &'static str,
     key: Vec<u8>,
-    fields: FieldList,
+    written: Written,
 }
 
 static NOTED: Mutex<Noted> = Mutex::new(Noted {
     event: "",
     key: Vec::new(),
-    fields: FieldList::new(),
+    written: Written {
+        what: Wrote::Unknown,
+        list: FieldList::new(),
+    },
 });
+/// Between the start and the end of a load (see `on_loading`).
+static LOADING: AtomicBool = AtomicBool::new(false);
+/// Values bigger than this (all of one command's together) are read back instead of
+/// being copied on the main thread.
+const MAX_NOTED_BYTES: usize = 64 * 1024;
 /// Whether `NOTED` holds anything: most commands need not lock it.
 static IS_NOTED: AtomicBool = AtomicBool::new(false);
 
@@ -56,30 +67,33 @@ fn noted() -> MutexGuard<'static, Noted> {
 }
 
 /// The hash commands whose fields are named by their arguments: the event each fires,
-/// and where its fields are (`first`, then every `step`-th argument up to the end).
-fn hash_writer(name: &[u8], argc: usize) -> Option<(&'static str, usize, usize)> {
+/// where its fields are (`first`, then every `step`-th argument up to the end), and
+/// what it leaves in them.
+fn hash_writer(name: &[u8], argc: usize) -> Option<(&'static str, usize, usize, Wrote)> {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     let pairs = argc >= 4 && argc.is_multiple_of(2);
     if ((is("HSET") || is("HMSET")) && pairs) || (is("HSETNX") && argc == 4) {
-        Some(("hset", 2, 2))
+        Some(("hset", 2, 2, Wrote::Values))
     } else if is("HDEL") && argc >= 3 {
-        Some(("hdel", 2, 1))
+        Some(("hdel", 2, 1, Wrote::Deleted))
     } else if is("HINCRBY") && argc == 4 {
-        Some(("hincrby", 2, 2))
+        Some(("hincrby", 2, 2, Wrote::Unknown))
     } else if is("HINCRBYFLOAT") && argc == 4 {
-        Some(("hincrbyfloat", 2, 2))
+        Some(("hincrbyfloat", 2, 2, Wrote::Unknown))
     } else {
         None
     }
 }
 
-/// The command filter: before every command, note the fields a hash write names (or
-/// forget the last note). O(arguments), no I/O.
+/// The command filter: before every command, note the fields a write to a watched hash
+/// names (or forget the last note). O(arguments), no I/O; for a key no watch could
+/// cover, one pattern check per hash watch and nothing copied.
 pub fn on_command(args: &CommandArgs) {
     let argc = args.len();
     let writer = hash_writer(args.get(0), argc)
-        .filter(|&(_, first, step)| (argc - first).div_ceil(step) <= MAX_LOOK_FIELDS);
-    let Some((event, first, step)) = writer else {
+        .filter(|&(_, first, step, _)| (argc - first).div_ceil(step) <= MAX_LOOK_FIELDS)
+        .filter(|_| watch::any_hash_watch_may_cover(args.get(1)));
+    let Some((event, first, step, what)) = writer else {
         if IS_NOTED.swap(false, Ordering::Relaxed) {
             noted().event = "";
         }
@@ -89,17 +103,32 @@ pub fn on_command(args: &CommandArgs) {
     n.event = event;
     n.key.clear();
     n.key.extend_from_slice(args.get(1));
-    n.fields.clear();
-    for i in (first..argc).step_by(step) {
-        n.fields.push(args.get(i));
+    let w = &mut n.written;
+    w.list.clear();
+    w.what = what;
+    if what == Wrote::Values {
+        let size: usize = (first + 1..argc)
+            .step_by(2)
+            .map(|i| args.get(i).len())
+            .sum();
+        if size <= MAX_NOTED_BYTES {
+            (first..argc).for_each(|i| w.list.push(args.get(i)));
+        } else {
+            w.what = Wrote::Unknown;
+        }
+    }
+    if w.what != Wrote::Values {
+        (first..argc)
+            .step_by(step)
+            .for_each(|i| w.list.push(args.get(i)));
     }
     IS_NOTED.store(true, Ordering::Relaxed);
 }
 
-/// The noted fields, if this event is the one the noted command fires on the noted key
+/// What the noted command wrote, if this event is the one it fires on the noted key
 /// (taken, so a second event of the same command, such as the `del` after an HDEL that
 /// empties the hash, means a look at the whole key).
-fn take_noted(event: &str, key: &[u8]) -> Option<FieldList> {
+fn take_noted(event: &str, key: &[u8]) -> Option<Written> {
     if !IS_NOTED.load(Ordering::Relaxed) {
         return None;
     }
@@ -109,7 +138,7 @@ fn take_noted(event: &str, key: &[u8]) -> Option<FieldList> {
     }
     n.event = "";
     IS_NOTED.store(false, Ordering::Relaxed);
-    Some(std::mem::take(&mut n.fields))
+    Some(std::mem::take(&mut n.written))
 }
 
 #[role_changed_event_handler]
@@ -125,6 +154,8 @@ fn on_role_changed(_ctx: &Context, role: ServerRole) {
 #[loading_event_handler]
 fn on_loading(ctx: &Context, sub: LoadingSubevent) {
     ffi::callback("loading event", || {
+        let ended = matches!(sub, LoadingSubevent::Ended | LoadingSubevent::Failed);
+        LOADING.store(!ended, Ordering::Relaxed);
         if sub == LoadingSubevent::Ended {
             store::sync(ctx);
             supervisor::send(Msg::ReconcileAll { reply: None });

@@ -100,16 +100,17 @@ const HOT_STREAK: u32 = 4;
 /// How often job counts are published while hints stream in.
 const STATS_EVERY: Duration = Duration::from_millis(20);
 /// Fields of a hash read per GIL hold (a bigger hash is read in slices).
-const HASH_SLICE: usize = 1024;
+const HASH_SLICE: usize = 256;
 /// Lifecycle events appended per GIL hold.
-const EVENTS_PER_HOLD: usize = 128;
+const EVENTS_PER_HOLD: usize = 32;
 
 /// Sends a message to the supervisor; false if it is not running.
 pub fn send(msg: Msg) -> bool {
     TX.get().is_some_and(|tx| tx.send(msg).is_ok())
 }
 
-/// Hash fields, in one buffer (the command filter notes them for every hash command).
+/// Hash fields (or field/value pairs), in one buffer: the command filter notes them for
+/// every write to a watched hash, so no allocation per field.
 #[derive(Debug, Default)]
 pub struct FieldList {
     bytes: Vec<u8>,
@@ -142,35 +143,78 @@ impl FieldList {
     }
 }
 
+/// What one command did to the hash fields it names, as the command filter saw it.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub what: Wrote,
+    /// The fields; with `Wrote::Values`, each field followed by its new value.
+    pub list: FieldList,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// The fields changed to values the command computed (HINCRBY): read them.
+    #[default]
+    Unknown,
+    /// The fields now hold the values in the command (HSET, HMSET, HSETNX: their event
+    /// fires only if they wrote).
+    Values,
+    /// The fields are gone (HDEL).
+    Deleted,
+}
+
 /// A look at a key is bounded by this many named fields; past it, the whole key.
 pub const MAX_LOOK_FIELDS: usize = 1024;
 
+/// What the look at a field will find there, from the commands since the last look.
+#[derive(Debug)]
+enum Known {
+    Value(Vec<u8>),
+    Gone,
+    /// Not known without reading it (under the GIL).
+    Read,
+}
+
 /// What a hinted key's next look reads: the whole key, or only the fields that the
 /// commands since the last look wrote (every hint must name them all, or it is `Key`).
+/// When every named field's state is known from the commands themselves, the look
+/// reads nothing at all and takes no GIL.
 #[derive(Debug)]
 enum Look {
     Key,
-    Fields(BTreeSet<Vec<u8>>),
+    Fields(BTreeMap<Vec<u8>, Known>),
 }
 
 impl Look {
-    fn of(fields: Option<FieldList>) -> Look {
-        let mut look = Look::Fields(BTreeSet::new());
-        look.add(fields);
+    fn of(written: Option<Written>) -> Look {
+        let mut look = Look::Fields(BTreeMap::new());
+        look.add(written);
         look
     }
 
-    fn add(&mut self, fields: Option<FieldList>) {
-        match (&mut *self, fields) {
+    /// A later command's writes: they win over what earlier ones said of a field.
+    fn add(&mut self, written: Option<Written>) {
+        match (&mut *self, written) {
             (Look::Key, _) => {}
             (Look::Fields(_), None) => *self = Look::Key,
-            (Look::Fields(set), Some(list)) => {
-                for f in list.iter() {
-                    if !set.contains(f) {
-                        set.insert(f.to_vec());
+            (Look::Fields(map), Some(w)) => {
+                let mut put = |f: &[u8], k: Known| match map.get_mut(f) {
+                    Some(old) => *old = k,
+                    None => {
+                        map.insert(f.to_vec(), k);
                     }
+                };
+                match w.what {
+                    Wrote::Values => {
+                        let mut it = w.list.iter();
+                        while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                            put(f, Known::Value(v.to_vec()));
+                        }
+                    }
+                    Wrote::Deleted => w.list.iter().for_each(|f| put(f, Known::Gone)),
+                    Wrote::Unknown => w.list.iter().for_each(|f| put(f, Known::Read)),
                 }
-                if set.len() > MAX_LOOK_FIELDS {
+                if map.len() > MAX_LOOK_FIELDS {
                     *self = Look::Key;
                 }
             }
@@ -200,10 +244,10 @@ fn take_pending(db: i32, key: &[u8]) -> Look {
 
 /// Main thread, from the keyspace callback: O(1) apart from copying the key name (and
 /// the fields the command wrote, when the command filter named them).
-pub fn hint(db: i32, key: &[u8], fields: Option<FieldList>) {
+pub fn hint(db: i32, key: &[u8], written: Option<Written>) {
     stats::bump(&stats::EVENTS);
     if let Some(look) = pending().get_mut(&db).and_then(|keys| keys.get_mut(key)) {
-        look.add(fields); // the supervisor has not looked yet: that look will see this
+        look.add(written); // the supervisor has not looked yet: that look will see this
         return;
     }
     if QUEUED_HINTS.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_HINTS {
@@ -218,7 +262,7 @@ pub fn hint(db: i32, key: &[u8], fields: Option<FieldList>) {
     pending()
         .entry(db)
         .or_default()
-        .insert(key.to_vec(), Look::of(fields));
+        .insert(key.to_vec(), Look::of(written));
     if !send(Msg::Dirty {
         db,
         key: key.to_vec(),
@@ -1030,14 +1074,14 @@ impl Supervisor {
         // Named fields are enough unless the key is also a queue, or some fields wait
         // for room under max-jobs (those are found by reading the whole key).
         let named = match look {
-            Look::Fields(set) if streams.is_empty() && !has_queue && self.over_limit.is_empty() => {
-                Some(set)
+            Look::Fields(map) if streams.is_empty() && !has_queue && self.over_limit.is_empty() => {
+                Some(map)
             }
             _ => None,
         };
         // `Err(None)`: the named fields are not enough; read the whole key.
         let by_fields = match named {
-            Some(set) => self.plan_fields(db, key, &covering, &set),
+            Some(map) => self.plan_fields(db, key, &covering, &map),
             None => Err(None),
         };
         let plan = match by_fields {
@@ -1126,23 +1170,34 @@ impl Supervisor {
         Ok(plan)
     }
 
-    /// Reads only the named fields (one short GIL hold, whatever the size of the hash)
-    /// and diffs them with their jobs. `Err(None)`: the key is not a hash (any more), so
-    /// the whole key must be looked at.
+    /// Diffs the named fields with their jobs. What the commands wrote is known for most
+    /// (HSET, HDEL): then nothing is read and no GIL taken, outside a cluster (where
+    /// slot ownership is checked under the GIL). Otherwise the named fields are read in
+    /// one short GIL hold, whatever the size of the hash. `Err(None)`: the key is not a
+    /// hash (any more), so the whole key must be looked at.
     fn plan_fields(
         &mut self,
         db: i32,
         key: &[u8],
         covering: &[Arc<Watch>],
-        names: &BTreeSet<Vec<u8>>,
+        names: &BTreeMap<Vec<u8>, Known>,
     ) -> Result<Plan, Option<Observed>> {
-        let values = {
+        let known = self.owned.is_none() && !names.values().any(|k| matches!(k, Known::Read));
+        let values: Vec<Option<Vec<u8>>> = if known {
+            names
+                .values()
+                .map(|k| match k {
+                    Known::Value(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect()
+        } else {
             let ctx = self.tsc.lock();
             let held = Instant::now();
             let values = match self.check_locked(&ctx, db, key) {
                 Err(observed) => Err(Some(observed)),
                 Ok(()) => {
-                    ffi::hash_get_fields(&ctx, key, names.iter().map(|f| f.as_slice())).ok_or(None)
+                    ffi::hash_get_fields(&ctx, key, names.keys().map(|f| f.as_slice())).ok_or(None)
                 }
             };
             drop(ctx);
@@ -1151,7 +1206,7 @@ impl Supervisor {
         };
         let mut plan = Plan::default();
         for (wi, w) in covering.iter().enumerate() {
-            for (field, value) in names.iter().zip(&values) {
+            for (field, value) in names.keys().zip(&values) {
                 let jk = JobKey {
                     db,
                     key: key.to_vec(),
@@ -1818,6 +1873,39 @@ fn push_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn written(what: Wrote, items: &[&str]) -> Option<Written> {
+        let mut list = FieldList::new();
+        items.iter().for_each(|i| list.push(i.as_bytes()));
+        Some(Written { what, list })
+    }
+
+    #[test]
+    fn hints_merge_with_the_last_write_winning() {
+        let mut look = Look::of(written(Wrote::Values, &["f", "1", "g", "x"]));
+        look.add(written(Wrote::Values, &["f", "2"]));
+        look.add(written(Wrote::Deleted, &["f", "g"]));
+        look.add(written(Wrote::Values, &["f", "3"]));
+        look.add(written(Wrote::Unknown, &["n"]));
+        let Look::Fields(map) = &look else {
+            panic!("a look at the whole key: {look:?}");
+        };
+        let seen: Vec<String> = map
+            .iter()
+            .map(|(f, k)| format!("{}={k:?}", String::from_utf8_lossy(f)))
+            .collect();
+        assert_eq!(seen, ["f=Value([51])", "g=Gone", "n=Read"]);
+        look.add(None); // a write the filter did not name: the whole key
+        assert!(matches!(look, Look::Key));
+        look.add(written(Wrote::Values, &["f", "4"]));
+        assert!(matches!(look, Look::Key), "the whole key stays the look");
+        let many: Vec<String> = (0..=MAX_LOOK_FIELDS).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(
+            Look::of(written(Wrote::Deleted, &many)),
+            Look::Key
+        ));
+    }
 
     #[test]
     fn exit_numbers() {

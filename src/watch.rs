@@ -209,6 +209,16 @@ pub fn any_covers(db: i32, key: &[u8]) -> bool {
     with(|r| r.watches.iter().any(|w| w.covers(db, key)))
 }
 
+/// Could a hash watch cover `key` in some database? The command filter's check, before
+/// it copies anything (it does not know the database).
+pub fn any_hash_watch_may_cover(key: &[u8]) -> bool {
+    with(|r| {
+        r.watches
+            .iter()
+            .any(|w| w.spec.kind == Kind::Hash && glob::matches(&w.spec.pattern, key))
+    })
+}
+
 /// Adds a config-file watch at load.
 pub fn add_config(spec: WatchSpec) -> Result<Snapshot, String> {
     let handler = handler_of(&spec)?;

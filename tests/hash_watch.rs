@@ -142,6 +142,62 @@ fn hsetnx_hincrby_hincrbyfloat_are_seen() {
     );
 }
 
+/// Back-to-back writes end in the last value: the commands' own values (HSET) and
+/// deletions (HDEL) are used without reading the hash, and fields whose value the
+/// command computed (HINCRBY) or that are too big to copy are read back. (How hints of
+/// writes not yet looked at merge is the unit test `hints_merge_with_the_last_write_winning`.)
+#[test]
+fn pipelined_writes_to_one_field_end_in_the_last_value() {
+    let s = Server::start(&simple_config("cam:*"));
+    let mut c = s.conn();
+    let big = "v".repeat(100 * 1024);
+    let _: Value = redis::pipe()
+        .cmd("HSET")
+        .arg(&["cam:b", "f", "1"])
+        .cmd("HSET")
+        .arg(&["cam:b", "f", "2", "g", "x"])
+        .cmd("HDEL")
+        .arg(&["cam:b", "f", "g"])
+        .cmd("HSET")
+        .arg(&["cam:b", "f", "3"])
+        .cmd("HSETNX")
+        .arg(&["cam:b", "f", "99"])
+        .cmd("HSET")
+        .arg(&["cam:b", "n", "10"])
+        .cmd("HINCRBY")
+        .arg(&["cam:b", "n", "5"])
+        .cmd("HSET")
+        .arg(&["cam:b", "big", &big])
+        .query(&mut c)
+        .unwrap();
+    assert_workers(
+        &s,
+        &mut c,
+        &[
+            ("cam:b", "big", &big),
+            ("cam:b", "f", "3"),
+            ("cam:b", "n", "15"),
+        ],
+    );
+    assert!(job(&mut c, "cam:b", "g").is_none());
+    // A write the server refuses changes nothing, and the next write is seen whole.
+    ok(&mut c, &["SET", "cam:str", "x"]);
+    assert!(redis::cmd("HSET")
+        .arg(&["cam:str", "f", "v"])
+        .query::<Value>(&mut c)
+        .is_err());
+    ok(&mut c, &["HSET", "cam:b", "f", "4"]);
+    assert_workers(
+        &s,
+        &mut c,
+        &[
+            ("cam:b", "big", &big),
+            ("cam:b", "f", "4"),
+            ("cam:b", "n", "15"),
+        ],
+    );
+}
+
 #[test]
 fn hdel_stops_worker() {
     let s = Server::start(&simple_config("cam:*"));
