@@ -89,7 +89,8 @@ static OVERFLOWED: AtomicBool = AtomicBool::new(false);
 /// Hints beyond this many unprocessed ones are dropped and replaced by one full
 /// reconcile, so a stalled supervisor cannot make the server's memory grow.
 const MAX_QUEUED_HINTS: usize = 100_000;
-/// A look at a key costing at least this much paces that key's next look...
+/// A look at a key counts as costing at least this much (a look that takes no GIL
+/// still costs the main thread a wake-up) when it paces that key's next look...
 const PACE_MIN: Duration = Duration::from_micros(50);
 /// ...to no sooner than this many times its cost later (about 10% of the GIL at most).
 const PACE_FACTOR: u32 = 9;
@@ -97,6 +98,8 @@ const PACE_FACTOR: u32 = 9;
 const HOT_GAP: Duration = Duration::from_micros(500);
 /// ...and this many such looks in a row start the pacing.
 const HOT_STREAK: u32 = 4;
+/// A key's pacing state is forgotten this long after its last look.
+const PACE_KEEP: Duration = Duration::from_millis(20);
 /// How often job counts are published while hints stream in.
 const STATS_EVERY: Duration = Duration::from_millis(20);
 /// Fields of a hash read per GIL hold (a bigger hash is read in slices).
@@ -698,13 +701,11 @@ impl Supervisor {
                 s.look_hold = Duration::ZERO;
                 let look = take_pending(k.0, &k.1);
                 s.reconcile_key_guarded(k.0, &k.1, look, &mut tally);
-                // What the look cost the server: the time it held the GIL.
-                let cost = s.look_hold;
+                // What the look cost the server: the time it held the GIL, and at least
+                // PACE_MIN: a look that reads nothing (an HSET's own values) still cost
+                // the main thread a wake-up of this thread for every write to the key.
+                let cost = s.look_hold.max(PACE_MIN);
                 let end = Instant::now();
-                if cost < PACE_MIN {
-                    s.pace.remove(&k);
-                    continue;
-                }
                 let p = s.pace.entry(k).or_insert(Pace {
                     at: None,
                     streak: 0,
@@ -742,9 +743,13 @@ impl Supervisor {
                     false
                 }
             });
+        // Every key looked at has an entry; one not looked at for PACE_KEEP can be
+        // neither hot nor waiting, so a stream of writes to many keys stays bounded.
         if self.pace.len() > 4 * self.deferred.len() + 1024 {
-            self.pace
-                .retain(|_, p| now.saturating_duration_since(p.last_end) < Duration::from_secs(1));
+            self.pace.retain(|_, p| {
+                p.at.is_some_and(|at| at > now)
+                    || now.saturating_duration_since(p.last_end) < PACE_KEEP
+            });
         }
         next
     }
