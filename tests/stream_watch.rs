@@ -394,6 +394,42 @@ fn entries_added_while_paused_run_after_resume() {
     assert_eq!(lines(&dir.path().join("done")), vec![a, b, d]);
 }
 
+/// An entry read ahead (pending for the module, not started) is not lost and does not
+/// run twice when the queue stops: PAUSE drops it, RESUME claims it back with the
+/// stopped one, and every entry runs once, in stream order (CONCURRENCY 1).
+#[test]
+fn entries_read_ahead_are_claimed_back_after_pause() {
+    let dir = TempDir::new();
+    let toml = handler(
+        "rec",
+        dir.path(),
+        r#"sleep 0.5; echo "$1" >> "$D/done""#,
+        &[],
+        "",
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| xadd(&mut c, "ra", &[("n", n)]))
+        .collect();
+    watch_stream(&mut c, "ra", "rec", &[]);
+    let running = wait_for("first entry running", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "ra", "STATE", "running"]).pop()
+    });
+    assert_eq!(get_str(&running, "id"), ids[0]);
+    // One runs, one more is read ahead: two pending, one job.
+    let g = group_info(&mut c, "ra", "streamwatch");
+    assert_eq!(g.get("pending").map(String::as_str), Some("2"), "{g:?}");
+    assert_eq!(jobs(&mut c).len(), 1);
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    wait_gone("stopped run", &[get_int(&running, "pid").unwrap() as u32]);
+    wait_until("no job while paused", WAIT, || jobs(&mut c).is_empty());
+    ok(&mut c, &["STREAMWATCH.RESUME"]);
+    wait_drained(&mut c, "ra");
+    assert_eq!(lines(&dir.path().join("done")), ids);
+}
+
 #[test]
 fn replica_runs_nothing_and_promotion_claims_pending_entries() {
     let out = TempDir::new();
@@ -515,10 +551,14 @@ fn a_million_entry_backlog_is_read_only_as_fast_as_it_runs() {
     wait_until("8 entries running", WAIT, || {
         jobs_filtered(&mut c, &["STATE", "running"]).len() == 8
     });
-    // Only what runs is read: 8 entries pending, the rest still waits in the stream.
-    let g = group_info(&mut c, "big", "streamwatch");
-    assert_eq!(g.get("pending").map(String::as_str), Some("8"), "{g:?}");
-    wait_eq("lag reported", WAIT, 1_000_000 - 8, || {
+    // Only what runs is read, and as many more ahead: 16 entries pending, the rest
+    // still waits in the stream.
+    wait_until("8 more entries read ahead", WAIT, || {
+        group_info(&mut c, "big", "streamwatch")
+            .get("pending")
+            .is_some_and(|p| p == "16")
+    });
+    wait_eq("lag reported", WAIT, 1_000_000 - 16, || {
         counter(&mut c, "big", "lag")
     });
     let grown = used_memory(&mut c) - before;

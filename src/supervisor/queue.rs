@@ -9,8 +9,11 @@
 //! follow it, and after a restart, a failover, a pause or an UNWATCH the pending
 //! entries are claimed back and run again ("recovering" below).
 //!
-//! Backpressure: a queue never holds more entries than `CONCURRENCY`, and reads only
-//! as many as it has free slots, so a backlog of millions costs nothing here.
+//! Backpressure: a queue runs at most `CONCURRENCY` entries and holds at most as many
+//! more read ahead (delivered to this consumer, not started yet), so a backlog of
+//! millions costs nothing here. The entries read ahead are what keeps the slots busy:
+//! when a run ends, the next entry starts at once, and its acknowledgement and the
+//! next read wait for the turn's one GIL hold instead of the other way round.
 //!
 //! This is part of the supervisor thread (a child module, so it shares its state):
 //! every Redis call below is made under the GIL, batched per loop turn in
@@ -27,7 +30,7 @@ use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, ErrorReply, KeyType,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +116,10 @@ enum Outcome {
 pub struct Queue {
     pub watch: Arc<Watch>,
     pub entries: BTreeMap<Sid, Entry>,
+    /// Read (pending in the group for this consumer) and not started, oldest first; at
+    /// most `CONCURRENCY`. Dropped whenever the queue stops or rescans: the group still
+    /// has them pending, so a rescan claims them back.
+    ahead: VecDeque<(Sid, Fields)>,
     done: Vec<(Sid, Outcome)>,
     /// False once the watch no longer applies here (UNWATCH, pause, demotion, key
     /// gone): its runs are stopped, nothing new starts; it goes when they have ended.
@@ -134,6 +141,7 @@ impl Queue {
         Queue {
             watch,
             entries: BTreeMap::new(),
+            ahead: VecDeque::new(),
             done: Vec::new(),
             wanted: true,
             recovering: true,
@@ -148,10 +156,28 @@ impl Queue {
         (self.watch.spec.stream.concurrency as usize).saturating_sub(self.entries.len())
     }
 
-    /// Look at the group's pending entries again (from the start) before new ones.
+    /// How many more entries may be read ahead.
+    fn ahead_room(&self) -> usize {
+        (self.watch.spec.stream.concurrency as usize).saturating_sub(self.ahead.len())
+    }
+
+    /// The oldest entry read ahead, now taking a slot; `None` if there is none or no
+    /// free slot.
+    fn take_ahead(&mut self) -> Option<Sid> {
+        if !self.wanted || self.free() == 0 {
+            return None;
+        }
+        let (sid, fields) = self.ahead.pop_front()?;
+        self.entries.insert(sid, Entry::new(fields, 1));
+        Some(sid)
+    }
+
+    /// Look at the group's pending entries again (from the start) before new ones. The
+    /// entries read ahead are among them.
     fn rescan(&mut self) {
         self.recovering = true;
         self.after = None;
+        self.ahead.clear();
     }
 }
 
@@ -249,6 +275,7 @@ impl Supervisor {
             return;
         };
         q.wanted = false;
+        q.ahead.clear(); // pending in the group: claimed back when the queue runs again
         let mut stops = Vec::new();
         q.entries.retain(|_, e| match &mut e.run {
             Some(run) => {
@@ -408,6 +435,9 @@ impl Supervisor {
             }
         }
         if !owned {
+            if !q.ahead.is_empty() {
+                q.rescan(); // claimed back if the slot comes back
+            }
             return;
         }
         let exists = {
@@ -418,6 +448,7 @@ impl Supervisor {
         if !exists {
             // Deleted (or another type now): nothing to read; running entries finish,
             // their acknowledgements find nothing.
+            q.ahead.clear();
             if q.entries.is_empty() {
                 q.wanted = false;
             }
@@ -449,10 +480,21 @@ impl Supervisor {
                 }
             }
         }
-        // 3. New work, only as much as there are free slots.
+        // 3. New work: into the free slots, the entries read ahead first, then the
+        //    group's pending ones (recovering), then new ones; and new ones read ahead.
+        while let Some(sid) = q.take_ahead() {
+            to_start.push((qk.clone(), sid));
+        }
         let mut created = false;
-        while q.wanted && q.free() > 0 {
-            let free = q.free().to_string();
+        loop {
+            let want = match q.recovering {
+                true => q.free(),
+                false => q.free() + q.ahead_room(),
+            };
+            if !q.wanted || want == 0 {
+                break;
+            }
+            let free = want.to_string();
             if q.recovering {
                 let start = match q.after {
                     Some(s) => format!("({s}"),
@@ -566,12 +608,17 @@ impl Supervisor {
                         got = parse_entries(&s.get(1).unwrap_or(Ok(CallReply::Unknown)));
                     }
                 }
-                if got.is_empty() {
-                    break;
-                }
+                let drained = got.len() < want;
                 for (sid, fields) in got {
-                    q.entries.insert(sid, Entry::new(fields, 1));
-                    to_start.push((qk.clone(), sid));
+                    if q.free() > 0 {
+                        q.entries.insert(sid, Entry::new(fields, 1));
+                        to_start.push((qk.clone(), sid));
+                    } else {
+                        q.ahead.push_back((sid, fields));
+                    }
+                }
+                if drained {
+                    break; // nothing more in the stream for now
                 }
             }
         }
@@ -724,6 +771,7 @@ impl Supervisor {
         let Some(error) = error else {
             q.entries.remove(&sid);
             q.done.push((sid, Outcome::Ack));
+            self.start_ahead(&qk);
             return;
         };
         stats::bump(&stats::FAILURES);
@@ -753,6 +801,7 @@ impl Supervisor {
                     last_exit: e.last_exit,
                 },
             ));
+            self.start_ahead(&qk);
             return;
         }
         watch.queue.retried.fetch_add(1, Ordering::Relaxed);
@@ -767,6 +816,13 @@ impl Supervisor {
         ];
         self.events
             .push(entry_event("backoff", &qk, &watch, sid, extra));
+    }
+
+    /// A slot freed: the next entry read ahead starts now, not after the next read.
+    fn start_ahead(&mut self, qk: &QueueKey) {
+        if let Some(sid) = self.queues.get_mut(qk).and_then(Queue::take_ahead) {
+            self.start_entry(qk, sid);
+        }
     }
 
     /// A retry's backoff is over.
