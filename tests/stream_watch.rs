@@ -24,6 +24,18 @@ fn recorder(dir: &Path, extra: &str) -> String {
     handler("rec", dir, r#"echo "$1" >> "$D/done""#, &[], extra)
 }
 
+/// `recorder`, half a second per entry: a run can be caught running.
+fn slow_recorder(dir: &Path) -> String {
+    handler("rec", dir, r#"sleep 0.5; echo "$1" >> "$D/done""#, &[], "")
+}
+
+/// PAUSE, then wait until the `running` entry's process and every job are gone.
+fn pause_and_wait(c: &mut redis::Connection, running: &Map) {
+    ok(c, &["STREAMWATCH.PAUSE"]);
+    wait_gone("stopped run", &[get_int(running, "pid").unwrap() as u32]);
+    wait_until("no job while paused", WAIT, || jobs(c).is_empty());
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -365,14 +377,9 @@ fn kill9_mid_run_then_restart_loses_nothing() {
 #[test]
 fn entries_added_while_paused_run_after_resume() {
     let dir = TempDir::new();
-    let toml = handler(
-        "rec",
-        dir.path(),
-        r#"sleep 0.5; echo "$1" >> "$D/done""#,
-        &[],
-        "",
-    );
-    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let s = Server::builder(&slow_recorder(dir.path()))
+        .dir(dir.clone())
+        .start();
     let mut c = s.conn();
     watch_stream(&mut c, "pq", "rec", &[]);
     let a = xadd(&mut c, "pq", &[("n", "a")]);
@@ -381,11 +388,9 @@ fn entries_added_while_paused_run_after_resume() {
     });
     assert_eq!(get_str(&running, "id"), a);
     // PAUSE stops the run; its entry stays pending in the group.
-    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    pause_and_wait(&mut c, &running);
     let b = xadd(&mut c, "pq", &[("n", "b")]);
     let d = xadd(&mut c, "pq", &[("n", "c")]);
-    wait_gone("stopped run", &[get_int(&running, "pid").unwrap() as u32]);
-    wait_until("no job while paused", WAIT, || jobs(&mut c).is_empty());
     assert!(lines(&dir.path().join("done")).is_empty());
     let g = group_info(&mut c, "pq", "streamwatch");
     assert_eq!(g.get("pending").map(String::as_str), Some("1"), "{g:?}");
@@ -400,14 +405,9 @@ fn entries_added_while_paused_run_after_resume() {
 #[test]
 fn entries_read_ahead_are_claimed_back_after_pause() {
     let dir = TempDir::new();
-    let toml = handler(
-        "rec",
-        dir.path(),
-        r#"sleep 0.5; echo "$1" >> "$D/done""#,
-        &[],
-        "",
-    );
-    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let s = Server::builder(&slow_recorder(dir.path()))
+        .dir(dir.clone())
+        .start();
     let mut c = s.conn();
     let ids: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -422,9 +422,7 @@ fn entries_read_ahead_are_claimed_back_after_pause() {
     let g = group_info(&mut c, "ra", "streamwatch");
     assert_eq!(g.get("pending").map(String::as_str), Some("2"), "{g:?}");
     assert_eq!(jobs(&mut c).len(), 1);
-    ok(&mut c, &["STREAMWATCH.PAUSE"]);
-    wait_gone("stopped run", &[get_int(&running, "pid").unwrap() as u32]);
-    wait_until("no job while paused", WAIT, || jobs(&mut c).is_empty());
+    pause_and_wait(&mut c, &running);
     ok(&mut c, &["STREAMWATCH.RESUME"]);
     wait_drained(&mut c, "ra");
     assert_eq!(lines(&dir.path().join("done")), ids);
