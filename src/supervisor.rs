@@ -246,7 +246,7 @@ fn take_pending(db: i32, key: &[u8]) -> Look {
 }
 
 /// Main thread, from the keyspace callback: O(1) apart from copying the key name (and
-/// the fields the command wrote, when the command filter named them).
+/// the fields and values the command wrote, when the command filter named them).
 pub fn hint(db: i32, key: &[u8], written: Option<Written>) {
     stats::bump(&stats::EVENTS);
     if let Some(look) = pending().get_mut(&db).and_then(|keys| keys.get_mut(key)) {
