@@ -41,6 +41,9 @@ pub enum Report {
     Started {
         run: u64,
         pid: i32,
+        /// The process's start time as `/proc/PID/stat` gives it (clock ticks since
+        /// boot): with the pid, what identifies the process later (see `runner`).
+        start_ticks: u64,
     },
     SpawnFailed {
         run: u64,
@@ -218,10 +221,15 @@ impl Request {
 impl Report {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Report::Started { run, pid } => {
+            Report::Started {
+                run,
+                pid,
+                start_ticks,
+            } => {
                 let mut e = Enc::new(T_STARTED);
                 e.u64(*run);
                 e.i32(*pid);
+                e.u64(*start_ticks);
                 e.finish()
             }
             Report::SpawnFailed { run, error } => {
@@ -252,6 +260,7 @@ impl Report {
             T_STARTED => Ok(Report::Started {
                 run: d.u64()?,
                 pid: d.i32()?,
+                start_ticks: d.u64()?,
             }),
             T_SPAWN_FAILED => Ok(Report::SpawnFailed {
                 run: d.u64()?,
@@ -325,7 +334,11 @@ mod tests {
     #[test]
     fn reports_round_trip() {
         for r in [
-            Report::Started { run: 1, pid: 42 },
+            Report::Started {
+                run: 1,
+                pid: 42,
+                start_ticks: 123_456,
+            },
             Report::SpawnFailed {
                 run: 2,
                 error: "No such file".into(),

@@ -1507,8 +1507,12 @@ impl Supervisor {
 
     fn on_report(&mut self, r: Report) {
         match r {
-            Report::Started { run, pid } => {
-                let start_time = runner::proc_identity(pid).map(|(_, t)| t);
+            Report::Started {
+                run,
+                pid,
+                start_ticks,
+            } => {
+                let start_time = (start_ticks != 0).then_some(start_ticks);
                 match self.runs.get(&run).cloned() {
                     Some(RunOf::Job(jk)) => {
                         let Some(job) = self.jobs.get_mut(&jk) else {
