@@ -17,7 +17,7 @@ mod common;
 mod peer;
 mod plot;
 
-use common::{free_port, now_ns};
+use common::{fill_stream, free_port, group_done, now_ns, watch_stream};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -367,36 +367,6 @@ fn raw_spawn_rate(n: usize, threads: usize) -> f64 {
         let _ = h.join();
     }
     (n / threads * threads) as f64 / t0.elapsed().as_secs_f64()
-}
-
-fn fill_stream(c: &mut redis::Connection, key: &str, n: usize) -> String {
-    let mut last = String::new();
-    for chunk in 0..n.div_ceil(1000) {
-        let mut p = redis::pipe();
-        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
-            p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
-        }
-        let ids: Vec<String> = p.query(c).expect("XADD");
-        last = ids.last().cloned().unwrap_or(last);
-    }
-    last
-}
-
-fn group_done(c: &mut redis::Connection, key: &str, group: &str, last: &str) -> bool {
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(key)
-        .query(c)
-        .unwrap_or_default();
-    groups.iter().any(|g| {
-        let s = |k: &str| {
-            g.get(k)
-                .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
-        };
-        s("name").as_deref() == Some(group)
-            && s("last-delivered-id").as_deref() == Some(last)
-            && s("pending").as_deref() == Some("0")
-    })
 }
 
 /// One line of the table.
@@ -806,16 +776,7 @@ fn main() {
             let key = format!("q{round}");
             let last = fill_stream(&mut sc, &key, entries);
             let t0 = Instant::now();
-            let _: () = redis::cmd("STREAMWATCH.WATCH")
-                .arg(&key)
-                .arg("HANDLER")
-                .arg("true")
-                .arg("TYPE")
-                .arg("stream")
-                .arg("CONCURRENCY")
-                .arg(8)
-                .query(&mut sc)
-                .expect("WATCH");
+            watch_stream(&mut sc, &key, "true", 8);
             wait_until("stream drained", Duration::from_secs(300), || {
                 group_done(&mut sc, &key, "streamwatch", &last)
             });

@@ -7,26 +7,8 @@
 
 mod common;
 
-use common::StampServer;
+use common::{fill_stream, group_done, watch_stream, StampServer};
 use std::time::{Duration, Instant};
-
-fn group_done(c: &mut redis::Connection, key: &str, last: &str) -> bool {
-    let groups: Vec<redis::Value> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(key)
-        .query(c)
-        .unwrap_or_default();
-    groups.iter().any(|g| {
-        let m: std::collections::HashMap<String, redis::Value> =
-            redis::FromRedisValue::from_redis_value(g).unwrap_or_default();
-        let s = |k: &str| match m.get(k) {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(redis::Value::Int(i)) => i.to_string(),
-            _ => String::new(),
-        };
-        s("last-delivered-id") == last && s("pending") == "0"
-    })
-}
 
 fn main() {
     let n: usize = std::env::args()
@@ -44,27 +26,10 @@ fn main() {
     let mut con = server.connect();
     for conc in [1, 4, 8] {
         let key = format!("rate:{conc}");
-        let mut last = String::new();
-        for chunk in 0..n.div_ceil(1000) {
-            let mut p = redis::pipe();
-            for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
-                p.cmd("XADD").arg(&key).arg("*").arg("n").arg(i);
-            }
-            let ids: Vec<String> = p.query(&mut con).expect("XADD");
-            last = ids.last().cloned().unwrap_or(last);
-        }
+        let last = fill_stream(&mut con, &key, n);
         let t0 = Instant::now();
-        let _: () = redis::cmd("STREAMWATCH.WATCH")
-            .arg(&key)
-            .arg("HANDLER")
-            .arg("true")
-            .arg("TYPE")
-            .arg("stream")
-            .arg("CONCURRENCY")
-            .arg(conc)
-            .query(&mut con)
-            .expect("WATCH");
-        while !group_done(&mut con, &key, &last) {
+        watch_stream(&mut con, &key, "true", conc);
+        while !group_done(&mut con, &key, "streamwatch", &last) {
             assert!(t0.elapsed() < Duration::from_secs(600), "too slow");
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -105,3 +105,49 @@ impl Drop for StampServer {
         self.kill();
     }
 }
+
+/// Adds `n` entries (`n` = 0, 1, ...) to the stream `key`; the last entry's id.
+pub fn fill_stream(c: &mut redis::Connection, key: &str, n: usize) -> String {
+    let mut last = String::new();
+    for chunk in 0..n.div_ceil(1000) {
+        let mut p = redis::pipe();
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
+        }
+        let ids: Vec<String> = p.query(c).expect("XADD");
+        last = ids.last().cloned().unwrap_or(last);
+    }
+    last
+}
+
+/// STREAMWATCH.WATCH `key` as a stream with `handler`, `concurrency` runs at once.
+pub fn watch_stream(c: &mut redis::Connection, key: &str, handler: &str, concurrency: u32) {
+    let _: () = redis::cmd("STREAMWATCH.WATCH")
+        .arg(key)
+        .arg("HANDLER")
+        .arg(handler)
+        .arg("TYPE")
+        .arg("stream")
+        .arg("CONCURRENCY")
+        .arg(concurrency)
+        .query(c)
+        .expect("STREAMWATCH.WATCH");
+}
+
+/// Has `group` of `key` delivered up to `last` and acknowledged everything?
+pub fn group_done(c: &mut redis::Connection, key: &str, group: &str, last: &str) -> bool {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query(c)
+        .unwrap_or_default();
+    groups.iter().any(|g| {
+        let s = |k: &str| {
+            g.get(k)
+                .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+        };
+        s("name").as_deref() == Some(group)
+            && s("last-delivered-id").as_deref() == Some(last)
+            && s("pending").as_deref() == Some("0")
+    })
+}
