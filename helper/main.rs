@@ -214,20 +214,32 @@ mod spawn {
     //! ignored signal stays ignored across exec); stdin `/dev/null` or the input pipe,
     //! stdout and stderr on `out`; `cwd` if given; the helper's environment plus `env`.
     //!
-    //! How: a vfork-like `clone` (CLONE_VM|CLONE_VFORK, cheap whatever the helper's
-    //! size) that also shares the descriptor table (CLONE_FILES), and whose child first
-    //! calls `close_range(SLOTS_END, ~0, CLOSE_RANGE_UNSHARE)`: it gets a private table
+    //! How: a `clone` that shares the helper's memory (CLONE_VM: cheap whatever the
+    //! helper's size) and descriptor table (CLONE_FILES), and whose child first calls
+    //! `close_range(SLOTS_END, ~0, CLOSE_RANGE_UNSHARE)`: it gets a private table
     //! holding only the descriptors below `SLOTS_END`. The helper holds one output pipe
     //! per run, so with 10,000 runs a plain `posix_spawn` copied 10,000 descriptors at
     //! the clone and walked them again at the exec (`dup_fd`, `do_close_on_exec`: most
     //! of the helper's time when starting many runs). The run's pipe ends are dup2'ed
-    //! onto two slots reserved at start, below `SLOTS_END`, just before the clone.
+    //! onto a pair of slots reserved at start, below `SLOTS_END`, just before the clone.
+    //!
+    //! The helper does not wait for the exec (no CLONE_VFORK). With more runs than
+    //! cores, a new child waits its turn behind the running ones, and a vfork-style
+    //! helper waited with it: spawning was serialized behind the scheduler (a clone took
+    //! 0.2 ms at the median and 1 ms at p90 with 8 stream jobs on 2 cores). Instead each
+    //! launch keeps what its child reads (stack, argv, slots) in a `Launch` until the
+    //! kernel clears the launch's `tid` word (CLONE_CHILD_CLEARTID): the child has
+    //! exec'ed or exited and no longer uses the helper's memory. `settled` then says
+    //! whether the exec happened. The child makes raw system calls only: it shares the
+    //! helper's thread-local `errno`, which libc's wrappers would write.
+    //!
     //! Kernels before 5.9 (no close_range) get glibc's `posix_spawn` instead.
+    use std::cell::RefCell;
     use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CString};
     use std::io;
     use std::os::fd::RawFd;
     use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicI32, Ordering};
 
     /// glibc x86_64 sizes of the opaque types (`posix_spawnattr_t` 336 bytes,
     /// `posix_spawn_file_actions_t` 80, `sigset_t` 128), over-allocated for safety.
@@ -285,40 +297,85 @@ mod spawn {
             ...
         ) -> c_int;
         fn syscall(n: c_long, ...) -> c_long;
-        fn dup2(fd: c_int, new: c_int) -> c_int;
         fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int;
-        fn close(fd: c_int) -> c_int;
         fn open(path: *const c_char, flags: c_int, ...) -> c_int;
         fn setpgid(pid: c_int, pgid: c_int) -> c_int;
-        fn chdir(path: *const c_char) -> c_int;
-        fn execve(
-            path: *const c_char,
-            argv: *const *const c_char,
-            envp: *const *const c_char,
-        ) -> c_int;
-        fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
         fn access(path: *const c_char, mode: c_int) -> c_int;
-        fn __errno_location() -> *mut c_int;
-        fn _exit(status: c_int) -> !;
     }
 
+    /// System call numbers, for the raw calls of the child (and the helper's few).
     #[cfg(target_arch = "x86_64")]
-    const SYS_RT_SIGACTION: c_long = 13;
+    mod nr {
+        pub const CLOSE_RANGE: usize = 436;
+        pub const DUP3: usize = 292;
+        pub const RT_SIGACTION: usize = 13;
+        pub const RT_SIGPROCMASK: usize = 14;
+        pub const SETPGID: usize = 109;
+        pub const CHDIR: usize = 80;
+        pub const EXECVE: usize = 59;
+        pub const EXIT: usize = 60;
+        pub const FUTEX: usize = 202;
+    }
+    #[cfg(target_arch = "aarch64")]
+    mod nr {
+        pub const CLOSE_RANGE: usize = 436;
+        pub const DUP3: usize = 24;
+        pub const RT_SIGACTION: usize = 134;
+        pub const RT_SIGPROCMASK: usize = 135;
+        pub const SETPGID: usize = 154;
+        pub const CHDIR: usize = 49;
+        pub const EXECVE: usize = 221;
+        pub const EXIT: usize = 93;
+        pub const FUTEX: usize = 98;
+    }
+
+    /// A system call without libc: the result, or `-errno`. Touches no thread-local.
     #[cfg(target_arch = "x86_64")]
-    const SYS_RT_SIGPROCMASK: c_long = 14;
+    unsafe fn raw(n: usize, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            in("r10") d,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+        ret
+    }
     #[cfg(target_arch = "aarch64")]
-    const SYS_RT_SIGACTION: c_long = 134;
-    #[cfg(target_arch = "aarch64")]
-    const SYS_RT_SIGPROCMASK: c_long = 135;
-    const SYS_CLOSE_RANGE: c_long = 436; // the same number on every architecture
+    unsafe fn raw(n: usize, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        std::arch::asm!(
+            "svc 0",
+            in("x8") n,
+            inlateout("x0") a as isize => ret,
+            in("x1") b,
+            in("x2") c,
+            in("x3") d,
+            options(nostack)
+        );
+        ret
+    }
+
     const CLOSE_RANGE_UNSHARE: c_uint = 1 << 1;
     const CLONE_VM: c_int = 0x100;
     const CLONE_FILES: c_int = 0x400;
-    const CLONE_VFORK: c_int = 0x4000;
+    const CLONE_CHILD_CLEARTID: c_int = 0x0020_0000;
     const SIGCHLD: c_int = 17;
     const SIG_SETMASK: c_int = 2;
     const O_CLOEXEC: c_int = 0o2000000;
     const X_OK: c_int = 1;
+    const FUTEX_WAIT: usize = 0;
+
+    /// How many runs may be between their clone and their exec at once; one more waits
+    /// for the oldest (each holds a stack and a pair of slots until then).
+    const LAUNCHES: usize = 16;
+    /// A child's stack, in 16-byte words (64 KiB).
+    const STACK_WORDS: usize = 4096;
 
     /// The kernel's `struct sigaction` (what rt_sigaction takes), handler SIG_DFL.
     #[repr(C)]
@@ -329,32 +386,8 @@ mod spawn {
         mask: u64,
     }
 
-    /// /dev/null, and the two slots a run's stdout and stdin are dup2'ed onto for the
-    /// clone (parked on /dev/null, close-on-exec, in between).
-    static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
-    static SLOT_OUT: AtomicI32 = AtomicI32::new(-1);
-    static SLOT_IN: AtomicI32 = AtomicI32::new(-1);
-    static STACK: std::sync::Mutex<Option<Box<[u128]>>> = std::sync::Mutex::new(None);
-    /// Whether the clone path works here (false after the kernel said ENOSYS).
-    static FAST: AtomicBool = AtomicBool::new(false);
-
-    fn open_null() -> c_int {
-        unsafe { open(c"/dev/null".as_ptr(), O_CLOEXEC) }
-    }
-
-    /// Reserves the slots; called at start, when the lowest descriptors are free.
-    pub fn reserve() {
-        let (null, out, inp) = (open_null(), open_null(), open_null());
-        if null >= 0 && out >= 0 && inp >= 0 {
-            DEV_NULL.store(null, Ordering::Relaxed);
-            SLOT_OUT.store(out, Ordering::Relaxed);
-            SLOT_IN.store(inp, Ordering::Relaxed);
-            FAST.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// What the clone child needs, prepared before the clone (the child allocates
-    /// nothing), and where it says why it failed.
+    /// What the child reads, prepared before the clone (the child allocates nothing),
+    /// and where it says why it failed.
     #[repr(C)]
     struct Child {
         path: *const c_char,
@@ -367,36 +400,129 @@ mod spawn {
         keep_below: c_uint,
         /// The signals to set to their defaults (bit `n - 1` for signal `n`).
         reset: u64,
-        errno: c_int,
-        /// 0: close_range failed (the kernel lacks it); 1: a later step failed.
-        stage: c_int,
+        /// Written by the child when a step fails: the errno, and 1.
+        errno: AtomicI32,
+        failed: AtomicI32,
     }
 
-    /// Runs in the clone child, on its own stack, sharing the helper's memory (the
-    /// helper is suspended until this execs or exits): syscalls only.
+    /// One run between its clone and its exec: everything its child reads, kept at a
+    /// fixed address (boxed) until the kernel clears `tid`.
+    struct Launch {
+        pid: i32,
+        /// 1 from before the clone; the kernel writes 0 (and wakes futex waiters) when
+        /// the child leaves this memory: at its exec, or at its exit.
+        tid: AtomicI32,
+        child: Child,
+        pair: usize,
+        stack: Vec<u128>,
+        _strings: Vec<CString>,
+        _pointers: [Vec<*const c_char>; 2],
+    }
+
+    /// The clone path's state (the helper is single-threaded).
+    struct Launcher {
+        /// Whether the clone path works here (close_range with UNSHARE exists).
+        fast: bool,
+        null: c_int,
+        /// Descriptor pairs (out, in) a child's stdout and stdin are dup2'ed onto for
+        /// its clone; parked on /dev/null, close-on-exec, while free.
+        pairs: Vec<(c_int, c_int)>,
+        free_pairs: Vec<usize>,
+        keep_below: c_uint,
+        /// Boxed: a child reads its launch at a fixed address while the list changes.
+        #[allow(clippy::vec_box)]
+        launches: Vec<Box<Launch>>,
+        stacks: Vec<Vec<u128>>,
+        /// Launches over: (pid, the error if the exec did not happen).
+        settled: Vec<(i32, Option<io::Error>)>,
+    }
+
+    thread_local! {
+        static LAUNCHER: RefCell<Launcher> = const {
+            RefCell::new(Launcher {
+                fast: false,
+                null: -1,
+                pairs: Vec::new(),
+                free_pairs: Vec::new(),
+                keep_below: 0,
+                launches: Vec::new(),
+                stacks: Vec::new(),
+                settled: Vec::new(),
+            })
+        };
+    }
+
+    fn open_null() -> c_int {
+        unsafe { open(c"/dev/null".as_ptr(), O_CLOEXEC) }
+    }
+
+    /// Reserves the slots; called at start, when the lowest descriptors are free.
+    pub fn reserve() {
+        // close_range with UNSHARE on a descriptor nobody has: 0 if the kernel has both.
+        let probe = u32::MAX as usize - 1;
+        let has_close_range = unsafe {
+            raw(
+                nr::CLOSE_RANGE,
+                probe,
+                probe,
+                CLOSE_RANGE_UNSHARE as usize,
+                0,
+            )
+        } == 0;
+        let null = open_null();
+        let mut pairs = Vec::new();
+        for _ in 0..LAUNCHES {
+            let (out, inp) = (open_null(), open_null());
+            if out < 0 || inp < 0 {
+                return;
+            }
+            pairs.push((out, inp));
+        }
+        if null < 0 || !has_close_range {
+            return;
+        }
+        let top = pairs.iter().map(|&(o, i)| o.max(i)).max().unwrap_or(null);
+        LAUNCHER.with_borrow_mut(|l| {
+            l.keep_below = (top.max(null) + 1) as c_uint;
+            l.null = null;
+            l.free_pairs = (0..pairs.len()).rev().collect();
+            l.pairs = pairs;
+            l.fast = true;
+        });
+    }
+
+    /// Runs in the clone child, on its own stack, sharing the helper's memory while the
+    /// helper goes on: raw system calls only.
     extern "C" fn child(arg: *mut c_void) -> c_int {
         unsafe {
-            let c = &mut *arg.cast::<Child>();
-            let fail = |c: &mut Child, stage: c_int| -> ! {
-                c.errno = *__errno_location();
-                c.stage = stage;
-                _exit(127)
+            let c = &*arg.cast::<Child>();
+            let fail = |r: isize| -> ! {
+                c.errno.store(-r as i32, Ordering::Relaxed);
+                c.failed.store(1, Ordering::Release);
+                raw(nr::EXIT, 127, 0, 0, 0);
+                #[allow(clippy::empty_loop)]
+                loop {}
             };
-            if syscall(
-                SYS_CLOSE_RANGE,
-                c.keep_below,
-                c_uint::MAX,
-                CLOSE_RANGE_UNSHARE,
-            ) != 0
-            {
-                fail(c, 0);
+            let r = raw(
+                nr::CLOSE_RANGE,
+                c.keep_below as usize,
+                c_uint::MAX as usize,
+                CLOSE_RANGE_UNSHARE as usize,
+                0,
+            );
+            if r < 0 {
+                fail(r);
             }
             // From here on the descriptor table is the child's own.
-            if dup2(c.slot_in, 0) < 0 || dup2(c.slot_out, 1) < 0 || dup2(c.slot_out, 2) < 0 {
-                fail(c, 1);
+            for (from, to) in [(c.slot_in, 0), (c.slot_out, 1), (c.slot_out, 2)] {
+                let r = raw(nr::DUP3, from as usize, to, 0, 0);
+                if r < 0 {
+                    fail(r);
+                }
             }
-            close(c.slot_out);
-            close(c.slot_in);
+            // Every other slot (its own, other launches', the helper's close-on-exec
+            // descriptors below `keep_below`): the worker gets 0, 1 and 2 only.
+            raw(nr::CLOSE_RANGE, 3, c.keep_below as usize - 1, 0, 0);
             let dfl = KernelSigaction {
                 handler: 0,
                 flags: 0,
@@ -405,43 +531,52 @@ mod spawn {
             };
             // Only the signals the helper handles or ignores: the rest are at their
             // defaults already (see `non_default_signals`).
-            for sig in 1..=64 as c_long {
+            for sig in 1..=64usize {
                 if c.reset & (1u64 << (sig - 1)) != 0 {
-                    syscall(
-                        SYS_RT_SIGACTION,
+                    raw(
+                        nr::RT_SIGACTION,
                         sig,
-                        &dfl as *const KernelSigaction,
-                        std::ptr::null_mut::<KernelSigaction>(),
-                        8usize,
+                        &dfl as *const KernelSigaction as usize,
+                        0,
+                        8,
                     );
                 }
             }
-            setpgid(0, 0);
-            if !c.dir.is_null() && chdir(c.dir) != 0 {
-                fail(c, 1);
+            raw(nr::SETPGID, 0, 0, 0, 0);
+            if !c.dir.is_null() {
+                let r = raw(nr::CHDIR, c.dir as usize, 0, 0, 0);
+                if r < 0 {
+                    fail(r);
+                }
             }
             // The helper blocked every signal around the clone: unblock them last.
             let empty: u64 = 0;
-            syscall(
-                SYS_RT_SIGPROCMASK,
-                SIG_SETMASK,
-                &empty as *const u64,
-                std::ptr::null_mut::<u64>(),
-                8usize,
+            raw(
+                nr::RT_SIGPROCMASK,
+                SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
             );
-            execve(c.path, c.argv, c.envp);
-            fail(c, 1)
+            let r = raw(
+                nr::EXECVE,
+                c.path as usize,
+                c.argv as usize,
+                c.envp as usize,
+                0,
+            );
+            fail(r)
         }
     }
 
     /// The signals whose disposition is not the default in the helper (SIGCHLD, SIGPIPE):
-    /// a child resets only these, not all 64 (it runs while the helper is suspended).
+    /// a child resets only these, not all 64.
     /// Read once: the helper sets its handlers at start and never changes them.
     fn non_default_signals() -> u64 {
         static MASK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
         *MASK.get_or_init(|| {
             let mut mask = 0u64;
-            for sig in 1..=64 as c_long {
+            for sig in 1..=64usize {
                 if sig == 9 || sig == 19 {
                     continue; // SIGKILL and SIGSTOP cannot be changed
                 }
@@ -452,12 +587,12 @@ mod spawn {
                     mask: 0,
                 };
                 let r = unsafe {
-                    syscall(
-                        SYS_RT_SIGACTION,
+                    raw(
+                        nr::RT_SIGACTION,
                         sig,
-                        std::ptr::null::<KernelSigaction>(),
-                        &mut old as *mut KernelSigaction,
-                        8usize,
+                        0,
+                        &mut old as *mut KernelSigaction as usize,
+                        8,
                     )
                 };
                 // Unknown (or unreadable): reset it, as before.
@@ -491,86 +626,142 @@ mod spawn {
         Err(io::Error::from_raw_os_error(2)) // ENOENT, as posix_spawnp says
     }
 
-    /// The clone path; `Ok(None)` if the kernel lacks close_range (then never again).
-    fn run_clone(
-        program: &[u8],
-        argp: &[*const c_char],
-        envp: &[*const c_char],
-        dir: Option<&CString>,
-        stdin: Option<RawFd>,
-        out: RawFd,
-    ) -> io::Result<Option<i32>> {
-        let path = resolve(program)?;
-        let (null, slot_out, slot_in) = (
-            DEV_NULL.load(Ordering::Relaxed),
-            SLOT_OUT.load(Ordering::Relaxed),
-            SLOT_IN.load(Ordering::Relaxed),
-        );
-        let mut c = Child {
-            path: path.as_ptr(),
-            argv: argp.as_ptr(),
-            envp: envp.as_ptr(),
-            dir: dir.map_or(std::ptr::null(), |d| d.as_ptr()),
-            slot_out,
-            slot_in,
-            keep_below: (null.max(slot_out).max(slot_in) + 1) as c_uint,
-            reset: non_default_signals(),
-            errno: 0,
-            stage: -1,
-        };
-        // The child's stack (64 KiB, 16-byte aligned), reused: the helper is suspended
-        // while a child runs on it.
-        let mut stack = STACK.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = stack.get_or_insert_with(|| vec![0u128; 4096].into_boxed_slice());
-        let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<c_void>();
-        let all: u64 = !0;
-        let mut old: u64 = 0;
-        let pid = unsafe {
-            if dup2(stdin.unwrap_or(null), slot_in) < 0 || dup2(out, slot_out) < 0 {
-                let e = io::Error::last_os_error();
-                dup3(null, slot_in, O_CLOEXEC);
-                dup3(null, slot_out, O_CLOEXEC);
-                return Err(e);
+    impl Launcher {
+        /// Collects the launches whose child has left the helper's memory: their slots
+        /// are parked again, their stacks kept for the next ones.
+        fn collect(&mut self) {
+            let mut i = 0;
+            while i < self.launches.len() {
+                if self.launches[i].tid.load(Ordering::Acquire) != 0 {
+                    i += 1;
+                    continue;
+                }
+                let l = self.launches.swap_remove(i);
+                self.finish(*l);
             }
-            syscall(
-                SYS_RT_SIGPROCMASK,
-                SIG_SETMASK,
-                &all as *const u64,
-                &mut old as *mut u64,
-                8usize,
-            );
-            let pid = clone(
-                child,
-                top,
-                CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD,
-                (&mut c as *mut Child).cast(),
-            );
-            let clone_error = io::Error::last_os_error();
-            syscall(
-                SYS_RT_SIGPROCMASK,
-                SIG_SETMASK,
-                &old as *const u64,
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            );
-            // Park the slots again, so the pipe ends are only where they belong.
-            dup3(null, slot_in, O_CLOEXEC);
-            dup3(null, slot_out, O_CLOEXEC);
-            if pid < 0 {
-                return Err(clone_error);
-            }
-            pid
-        };
-        if c.stage >= 0 {
-            let mut status = 0;
-            unsafe { waitpid(pid, &mut status, 0) };
-            if c.stage == 0 {
-                FAST.store(false, Ordering::Relaxed);
-                return Ok(None);
-            }
-            return Err(io::Error::from_raw_os_error(c.errno));
         }
-        Ok(Some(pid))
+
+        fn finish(&mut self, mut l: Launch) {
+            let (out, inp) = self.pairs[l.pair];
+            unsafe {
+                dup3(self.null, inp, O_CLOEXEC);
+                dup3(self.null, out, O_CLOEXEC);
+            }
+            self.free_pairs.push(l.pair);
+            let error = (l.child.failed.load(Ordering::Acquire) != 0)
+                .then(|| io::Error::from_raw_os_error(l.child.errno.load(Ordering::Relaxed)));
+            self.stacks.push(std::mem::take(&mut l.stack));
+            self.settled.push((l.pid, error));
+        }
+
+        /// Waits until the oldest launch is over (all slots taken).
+        fn wait_oldest(&mut self) {
+            let Some(oldest) = self.launches.first() else {
+                return;
+            };
+            while oldest.tid.load(Ordering::Acquire) != 0 {
+                // The kernel's wake at the clear is a shared (not private) futex wake.
+                unsafe { raw(nr::FUTEX, oldest.tid.as_ptr() as usize, FUTEX_WAIT, 1, 0) };
+            }
+            let l = self.launches.remove(0);
+            self.finish(*l);
+        }
+
+        fn launch(
+            &mut self,
+            path: CString,
+            strings: Vec<CString>,
+            pointers: [Vec<*const c_char>; 2],
+            dir: Option<CString>,
+            stdin: Option<RawFd>,
+            out: RawFd,
+        ) -> io::Result<i32> {
+            self.collect();
+            if self.free_pairs.is_empty() {
+                self.wait_oldest();
+            }
+            let pair = self.free_pairs.pop().expect("a pair is free");
+            let (slot_out, slot_in) = self.pairs[pair];
+            let stack = self
+                .stacks
+                .pop()
+                .unwrap_or_else(|| vec![0u128; STACK_WORDS]);
+            let mut l = Box::new(Launch {
+                pid: 0,
+                tid: AtomicI32::new(1),
+                child: Child {
+                    path: path.as_ptr(),
+                    argv: pointers[0].as_ptr(),
+                    envp: pointers[1].as_ptr(),
+                    dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                    slot_out,
+                    slot_in,
+                    keep_below: self.keep_below,
+                    reset: non_default_signals(),
+                    errno: AtomicI32::new(0),
+                    failed: AtomicI32::new(0),
+                },
+                pair,
+                stack,
+                _strings: strings.into_iter().chain([path]).chain(dir).collect(),
+                _pointers: pointers,
+            });
+            let null = self.null;
+            let park = |e: io::Error, free: &mut Vec<usize>| {
+                unsafe {
+                    dup3(null, slot_in, O_CLOEXEC);
+                    dup3(null, slot_out, O_CLOEXEC);
+                }
+                free.push(pair);
+                Err(e)
+            };
+            if unsafe { dup3(stdin.unwrap_or(null), slot_in, 0) } < 0
+                || unsafe { dup3(out, slot_out, 0) } < 0
+            {
+                return park(io::Error::last_os_error(), &mut self.free_pairs);
+            }
+            let top = unsafe { l.stack.as_mut_ptr().add(STACK_WORDS) }.cast::<c_void>();
+            let all: u64 = !0;
+            let mut old: u64 = 0;
+            let pid = unsafe {
+                syscall(
+                    nr::RT_SIGPROCMASK as c_long,
+                    SIG_SETMASK,
+                    &all as *const u64,
+                    &mut old as *mut u64,
+                    8usize,
+                );
+                let arg: *mut Child = &mut l.child;
+                let pid = clone(
+                    child,
+                    top,
+                    CLONE_VM | CLONE_FILES | CLONE_CHILD_CLEARTID | SIGCHLD,
+                    arg.cast(),
+                    std::ptr::null_mut::<c_int>(),
+                    std::ptr::null_mut::<c_void>(),
+                    l.tid.as_ptr(),
+                );
+                let clone_error = io::Error::last_os_error();
+                syscall(
+                    nr::RT_SIGPROCMASK as c_long,
+                    SIG_SETMASK,
+                    &old as *const u64,
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+                if pid < 0 {
+                    self.stacks.push(std::mem::take(&mut l.stack));
+                    return park(clone_error, &mut self.free_pairs);
+                }
+                // Its own group from now on, whether or not the child got there yet
+                // (a stop sent before then reaches it); fails harmlessly after its exec.
+                setpgid(pid, pid);
+                pid
+            };
+            l.pid = pid;
+            self.launches.push(l);
+            Ok(pid)
+        }
     }
 
     fn check(r: c_int) -> io::Result<()> {
@@ -585,6 +776,7 @@ mod spawn {
         CString::new(b).map_err(|_| io::Error::other("argument contains a NUL byte"))
     }
 
+    /// Starts a run; its outcome (exec'ed, or why not) comes later from `settled`.
     pub fn run(
         argv: &[Vec<u8>],
         env: &[(Vec<u8>, Vec<u8>)],
@@ -595,33 +787,61 @@ mod spawn {
         let program = argv
             .first()
             .ok_or_else(|| io::Error::other("empty command"))?;
-        let args: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-        let mut envs: Vec<CString> = Vec::new();
+        let mut strings: Vec<CString> =
+            argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+        let nargs = strings.len();
         for (k, v) in std::env::vars_os() {
             let k = k.as_bytes();
             if !env.iter().any(|(ek, _)| ek.as_slice() == k) {
-                envs.push(cstring(&[k, b"=", v.as_bytes()].concat())?);
+                strings.push(cstring(&[k, b"=", v.as_bytes()].concat())?);
             }
         }
         for (k, v) in env {
-            envs.push(cstring(&[k.as_slice(), b"=", v.as_slice()].concat())?);
+            strings.push(cstring(&[k.as_slice(), b"=", v.as_slice()].concat())?);
         }
-        let argp: Vec<*const c_char> = args
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const c_char> = envs
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        let list = |s: &[CString]| -> Vec<*const c_char> {
+            s.iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let argp = list(&strings[..nargs]);
+        let envp = list(&strings[nargs..]);
         let dir = cwd.map(cstring).transpose()?;
-        if FAST.load(Ordering::Relaxed) {
-            if let Some(pid) = run_clone(program, &argp, &envp, dir.as_ref(), stdin, out)? {
-                return Ok(pid);
-            }
+        if LAUNCHER.with_borrow(|l| l.fast) {
+            let path = resolve(program)?;
+            return LAUNCHER
+                .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, stdin, out));
         }
+        let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), stdin, out)?;
+        LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
+        Ok(pid)
+    }
+
+    /// The launches over since the last call: (pid, why the exec did not happen).
+    pub fn settled() -> Vec<(i32, Option<io::Error>)> {
+        LAUNCHER.with_borrow_mut(|l| {
+            l.collect();
+            std::mem::take(&mut l.settled)
+        })
+    }
+
+    /// Whether some launch is not over yet.
+    pub fn launching() -> bool {
+        LAUNCHER.with_borrow(|l| !l.launches.is_empty())
+    }
+
+    /// glibc's `posix_spawn`, where the clone path is not available (it returns once
+    /// the child has exec'ed, or with why it could not).
+    fn posix_spawn_run(
+        program: &[u8],
+        arg0: &CString,
+        argp: &[*const c_char],
+        envp: &[*const c_char],
+        dir: Option<&CString>,
+        stdin: Option<RawFd>,
+        out: RawFd,
+    ) -> io::Result<i32> {
         let mut defaults = SigSet([0; 16]);
         for sig in 1..=64u32 {
             if sig != 9 && sig != 19 {
@@ -657,7 +877,7 @@ mod spawn {
                 }
                 check(posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
                 check(posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
-                if let Some(dir) = &dir {
+                if let Some(dir) = dir {
                     check(posix_spawn_file_actions_addchdir_np(
                         &mut actions,
                         dir.as_ptr(),
@@ -670,7 +890,7 @@ mod spawn {
                 };
                 check(f(
                     &mut pid,
-                    args[0].as_ptr(),
+                    arg0.as_ptr(),
                     &actions,
                     &attr,
                     argp.as_ptr(),
@@ -756,6 +976,8 @@ struct Helper {
     shutting_down: bool,
     /// Stop deadlines: (SIGKILL time, run).
     kills: std::collections::BTreeSet<(Instant, u64)>,
+    /// Runs launched but not yet reported started: their start time (see `settle`).
+    starting: HashMap<i32, u64>,
     /// When children were last reaped without a SIGCHLD (see `run`).
     reaped: Instant,
     /// When adopted processes were last looked for (`kill_adopted`).
@@ -819,6 +1041,7 @@ fn main() {
         shutting_down: false,
         adopted_checked: Instant::now(),
         kills: std::collections::BTreeSet::new(),
+        starting: HashMap::new(),
         reaped: Instant::now(),
     };
     helper.run();
@@ -910,6 +1133,7 @@ impl Helper {
             if control_ready && !self.shutting_down {
                 self.read_request();
             }
+            self.settle();
             if !self.shutting_down && unsafe { sys::getppid() } != self.parent {
                 log("redis-server is gone; stopping every run");
                 self.shutdown();
@@ -922,6 +1146,10 @@ impl Helper {
         let mut t = Duration::from_millis(500);
         if let Some((at, _)) = self.kills.first() {
             t = t.min(at.saturating_duration_since(now));
+        }
+        if spawn::launching() {
+            // A launch's end wakes no one: look again soon.
+            t = t.min(Duration::from_millis(1));
         }
         t.as_millis().min(500) as i32
     }
@@ -1044,16 +1272,44 @@ impl Helper {
                     },
                 );
                 self.by_pid.insert(pid, id);
-                self.send(Report::Started {
-                    run: id,
-                    pid,
-                    start_ticks,
-                });
+                self.starting.insert(pid, start_ticks);
             }
             Err(e) => self.send(Report::SpawnFailed {
                 run: id,
                 error: e.to_string(),
             }),
+        }
+    }
+
+    /// Reports the runs whose launch is over: started (exec'ed), or failed to start
+    /// (then the child has exited, and is reaped as no run's).
+    fn settle(&mut self) {
+        for (pid, error) in spawn::settled() {
+            let Some(start_ticks) = self.starting.remove(&pid) else {
+                continue;
+            };
+            let Some(&id) = self.by_pid.get(&pid) else {
+                continue;
+            };
+            match error {
+                None => self.send(Report::Started {
+                    run: id,
+                    pid,
+                    start_ticks,
+                }),
+                Some(e) => {
+                    self.by_pid.remove(&pid);
+                    if let Some(run) = self.runs.remove(&id) {
+                        if let Some(at) = run.kill_at {
+                            self.kills.remove(&(at, id));
+                        }
+                    }
+                    self.send(Report::SpawnFailed {
+                        run: id,
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
     }
 
@@ -1149,6 +1405,8 @@ impl Helper {
     /// Reaps every exited child. A run's leader is first only peeked at (WNOWAIT) so that
     /// its process group can be killed while the pid still cannot be reused.
     fn reap(&mut self) {
+        // A run is reported started before it is reported exited.
+        self.settle();
         while let Some(pid) = sys::peek_exited_child() {
             if self.by_pid.contains_key(&pid) {
                 // The leader is a zombie: -pid still names only its own group.

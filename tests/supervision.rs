@@ -681,6 +681,31 @@ fn unexecutable_handler_gives_spawn_error() {
     ok(&mut c, &["PING"]);
 }
 
+/// The exec happens after the helper has moved on (it does not wait for it): a step
+/// that fails in the child (here its working directory) is still a spawn-error naming
+/// the reason, and no `started` event comes before it.
+#[test]
+fn missing_working_directory_gives_spawn_error_and_no_started_event() {
+    let toml = format!(
+        "[handler.nodir]\ncommand = [\"/bin/sleep\", \"30\"]\ncwd = \"/nonexistent/{}\"\n{}",
+        unique("dir"),
+        watch_toml("nd:*", "nodir", None)
+    );
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "nd:k", "f", "v"]);
+    let ev = wait_for("spawn-error event", WAIT, || {
+        events_of(&mut c, "spawn-error", "nd:k", Some("f"))
+            .into_iter()
+            .next()
+    });
+    let error = ev.get("error").cloned().unwrap_or_default();
+    assert!(error.contains("No such file"), "{ev:?}");
+    assert!(events_of(&mut c, "started", "nd:k", Some("f")).is_empty());
+    assert!(s.tagged_procs().is_empty());
+    ok(&mut c, &["PING"]);
+}
+
 #[test]
 fn workers_stop_on_shutdown() {
     let mut s = Server::start(&simple_config("sd:*"));
