@@ -18,7 +18,7 @@
 #[allow(dead_code)]
 mod protocol;
 
-use protocol::{read_frame, write_frame, Report, Request};
+use protocol::{Report, Request};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -67,7 +67,6 @@ mod sys {
     pub const WEXITED: c_int = 4;
     pub const WNOWAIT: c_int = 0x0100_0000;
     pub const P_ALL: c_int = 0;
-    pub const F_GETFL: c_int = 3;
     pub const F_SETFL: c_int = 4;
     pub const F_GETFD: c_int = 1;
     pub const F_SETFD: c_int = 2;
@@ -131,13 +130,9 @@ mod sys {
         unsafe { epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &mut ev) };
     }
 
+    /// For a fresh pipe end: it has no other status flag to keep, so one call does.
     pub fn set_nonblocking(fd: c_int) {
-        unsafe {
-            let fl = fcntl(fd, F_GETFL);
-            if fl >= 0 {
-                fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-            }
-        }
+        unsafe { fcntl(fd, F_SETFL, O_NONBLOCK) };
     }
 
     pub fn set_cloexec(fd: c_int) {
@@ -372,8 +367,10 @@ mod spawn {
     const FUTEX_WAIT: usize = 0;
 
     /// How many runs may be between their clone and their exec at once; one more waits
-    /// for the oldest (each holds a stack and a pair of slots until then).
-    const LAUNCHES: usize = 16;
+    /// for the oldest (each holds a stack and a pair of slots until then). A few are
+    /// enough to keep the helper from waiting on the scheduler; more would only let a
+    /// burst of starts crowd the cores (and Redis) harder.
+    const LAUNCHES: usize = 8;
     /// A child's stack, in 16-byte words (64 KiB).
     const STACK_WORDS: usize = 4096;
 
@@ -978,6 +975,12 @@ struct Helper {
     kills: std::collections::BTreeSet<(Instant, u64)>,
     /// Runs launched but not yet reported started: their start time (see `settle`).
     starting: HashMap<i32, u64>,
+    /// Bytes read from the control socket that do not make a whole request yet.
+    inbox: Vec<u8>,
+    /// Reports not written yet: one write per turn of the loop, not one per report.
+    outbox: Vec<u8>,
+    /// Where a run's output is read into.
+    scratch: Vec<u8>,
     /// When children were last reaped without a SIGCHLD (see `run`).
     reaped: Instant,
     /// When adopted processes were last looked for (`kill_adopted`).
@@ -1042,6 +1045,9 @@ fn main() {
         adopted_checked: Instant::now(),
         kills: std::collections::BTreeSet::new(),
         starting: HashMap::new(),
+        inbox: Vec::new(),
+        outbox: Vec::new(),
+        scratch: vec![0; 64 * 1024],
         reaped: Instant::now(),
     };
     helper.run();
@@ -1084,6 +1090,7 @@ fn raise_fd_limit() {
 impl Helper {
     fn run(&mut self) {
         loop {
+            self.flush_reports();
             if self.shutting_down && self.runs.is_empty() {
                 return;
             }
@@ -1131,7 +1138,7 @@ impl Helper {
             }
             self.kill_adopted();
             if control_ready && !self.shutting_down {
-                self.read_request();
+                self.read_requests();
             }
             self.settle();
             if !self.shutting_down && unsafe { sys::getppid() } != self.parent {
@@ -1171,8 +1178,18 @@ impl Helper {
         }
     }
 
+    /// Queues a report; `flush_reports` writes the turn's reports at once.
     fn send(&mut self, report: Report) {
-        if let Err(e) = write_frame(&mut self.control, &report.encode()) {
+        self.outbox.extend_from_slice(&report.encode());
+    }
+
+    fn flush_reports(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let result = self.control.write_all(&self.outbox);
+        self.outbox.clear();
+        if let Err(e) = result {
             if !self.shutting_down {
                 log(&format!(
                     "control socket write failed ({e}); stopping every run"
@@ -1182,20 +1199,40 @@ impl Helper {
         }
     }
 
-    fn read_request(&mut self) {
-        match read_frame(&mut self.control) {
-            Ok(Some(frame)) => match Request::decode(&frame) {
-                Ok(req) => self.handle(req),
-                Err(e) => log(&format!("bad request: {e}")),
-            },
-            Ok(None) => self.shutdown(),
+    /// Reads what the control socket has (it is readable) and handles every whole
+    /// request in it; a partial one waits for the rest.
+    fn read_requests(&mut self) {
+        let n = match self.control.read(&mut self.scratch) {
+            Ok(0) => return self.shutdown(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(e) => {
                 log(&format!(
                     "control socket read failed ({e}); stopping every run"
                 ));
-                self.shutdown();
+                return self.shutdown();
             }
+        };
+        let mut inbox = std::mem::take(&mut self.inbox);
+        inbox.extend_from_slice(&self.scratch[..n]);
+        let mut at = 0;
+        while inbox.len() - at >= 4 && !self.shutting_down {
+            let len = u32::from_le_bytes(inbox[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if len == 0 || len > protocol::MAX_FRAME {
+                log(&format!("bad frame length {len}; stopping every run"));
+                return self.shutdown();
+            }
+            if inbox.len() - at - 4 < len {
+                break;
+            }
+            match Request::decode(&inbox[at + 4..at + 4 + len]) {
+                Ok(req) => self.handle(req),
+                Err(e) => log(&format!("bad request: {e}")),
+            }
+            at += 4 + len;
         }
+        inbox.drain(..at);
+        self.inbox = inbox;
     }
 
     fn handle(&mut self, req: Request) {
@@ -1343,11 +1380,11 @@ impl Helper {
         let Some(out) = run.output.as_mut() else {
             return;
         };
-        let mut buf = vec![0u8; 64 * 1024];
+        let buf = &mut self.scratch;
         let mut chunks = Vec::new();
         let mut eof = false;
         loop {
-            match out.read(&mut buf) {
+            match out.read(buf) {
                 Ok(0) => {
                     eof = true;
                     break;

@@ -166,18 +166,22 @@ impl RunRecord {
     }
 
     /// How long until a pending write is due (`None`: nothing pending).
-    pub fn due_in(&self) -> Option<std::time::Duration> {
+    pub fn due_in(&self, now: std::time::Instant) -> Option<std::time::Duration> {
         self.dirty
-            .then(|| RECORD_EVERY.saturating_sub(self.last_write.elapsed()))
+            .then(|| RECORD_EVERY.saturating_sub(now.saturating_duration_since(self.last_write)))
     }
 
     /// Writes the record if a write is pending and due.
-    pub fn write_if_due(&mut self, runs: impl Iterator<Item = (i32, u64)>) {
-        if self.due_in() != Some(std::time::Duration::ZERO) {
+    pub fn write_if_due(
+        &mut self,
+        now: std::time::Instant,
+        runs: impl Iterator<Item = (i32, u64)>,
+    ) {
+        if self.due_in(now) != Some(std::time::Duration::ZERO) {
             return;
         }
         self.dirty = false;
-        self.last_write = std::time::Instant::now();
+        self.last_write = now;
         let Some(path) = &self.path else { return };
         let mut text = String::new();
         for (pid, start) in runs {

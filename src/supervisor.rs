@@ -14,6 +14,7 @@
 //! Stream watches (one queue per watched stream, entries as jobs) live in the child
 //! module `queue`; they share the runs, the timers and the helper with hash jobs.
 
+mod gil;
 mod queue;
 
 use crate::cluster;
@@ -578,14 +579,18 @@ impl Supervisor {
         });
         let mut dirty: BTreeSet<(i32, Vec<u8>)> = BTreeSet::new();
         loop {
+            // One clock reading per turn: a turn per job is the common case, and a
+            // dozen readings were a seventh of this thread's time on short stream jobs.
+            let now = Instant::now();
+            let until = |t: Instant| t.saturating_duration_since(now);
             let timeout = self
                 .timers
                 .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+                .map(|Reverse((at, _))| until(*at))
                 .unwrap_or(Duration::from_secs(3600))
-                .min(self.record.due_in().unwrap_or(Duration::MAX))
+                .min(self.record.due_in(now).unwrap_or(Duration::MAX))
                 .min(match self.owned {
-                    Some(_) => self.next_poll.saturating_duration_since(Instant::now()),
+                    Some(_) => until(self.next_poll),
                     None => Duration::MAX,
                 })
                 .min(if self.dirty_queues.is_empty() && self.events.is_empty() {
@@ -593,14 +598,10 @@ impl Supervisor {
                 } else {
                     Duration::ZERO
                 })
-                .min(self.stats_due.map_or(Duration::MAX, |t| {
-                    t.saturating_duration_since(Instant::now())
-                }))
-                .min(self.next_deferred.map_or(Duration::MAX, |t| {
-                    t.saturating_duration_since(Instant::now())
-                }))
+                .min(self.stats_due.map_or(Duration::MAX, until))
+                .min(self.next_deferred.map_or(Duration::MAX, until))
                 .min(if self.stats_stale {
-                    STATS_EVERY.saturating_sub(self.stats_published.elapsed())
+                    STATS_EVERY.saturating_sub(now.saturating_duration_since(self.stats_published))
                 } else {
                     Duration::MAX
                 });
@@ -645,10 +646,12 @@ impl Supervisor {
             self.guarded("events", |s| s.flush_events());
             // Counts for STATUS/INFO: O(jobs), so at most every STATS_EVERY while hints
             // stream in, and at once after a command (which may be followed by STATUS).
-            if self.stats_now || self.stats_published.elapsed() >= STATS_EVERY {
+            let done = Instant::now();
+            if self.stats_now || done.saturating_duration_since(self.stats_published) >= STATS_EVERY
+            {
                 self.publish_stats();
                 self.stats_now = false;
-                self.stats_published = Instant::now();
+                self.stats_published = done;
                 self.stats_stale = false;
             } else {
                 self.stats_stale = true;
@@ -659,7 +662,7 @@ impl Supervisor {
                     .flat_map(|q| q.entries.values().filter_map(|e| e.run.as_ref())),
             );
             self.record
-                .write_if_due(runs.filter_map(|r| Some((r.pid?, r.start_time?))));
+                .write_if_due(done, runs.filter_map(|r| Some((r.pid?, r.start_time?))));
         }
     }
 
@@ -729,6 +732,9 @@ impl Supervisor {
 
     /// Deferred keys whose time has come, back into `dirty`; the next wake-up otherwise.
     fn due_deferred(&mut self, dirty: &mut BTreeSet<(i32, Vec<u8>)>) -> Option<Instant> {
+        if self.deferred.is_empty() && self.pace.len() <= 1024 {
+            return None; // nothing waits, nothing to trim (the check below)
+        }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let pace = &self.pace;
@@ -760,7 +766,7 @@ impl Supervisor {
     fn poll_slots(&mut self) {
         self.next_poll = Instant::now() + cluster::POLL;
         let now = {
-            let ctx = self.tsc.lock();
+            let ctx = gil::lock(&self.tsc);
             store::ensure(&ctx);
             cluster::owned(&ctx)
         };
@@ -771,7 +777,7 @@ impl Supervisor {
 
     /// Reads the role and `databases`; returns the server's `dir`.
     fn read_server_facts(&mut self) -> Option<String> {
-        let ctx = self.tsc.lock();
+        let ctx = gil::lock(&self.tsc);
         self.primary = ctx.get_flags().contains(ContextFlags::MASTER);
         stats::PRIMARY.store(self.primary, Ordering::Relaxed);
         let config = |name: &str| match ctx.call("CONFIG", &["GET", name]) {
@@ -961,7 +967,7 @@ impl Supervisor {
         let mut fields = Vec::new();
         let mut slices = 0;
         loop {
-            let ctx = self.tsc.lock();
+            let ctx = gil::lock(&self.tsc);
             let held = Instant::now();
             let step = match self.check_locked(&ctx, db, key) {
                 Err(observed) => Err(observed),
@@ -1197,7 +1203,7 @@ impl Supervisor {
                 })
                 .collect()
         } else {
-            let ctx = self.tsc.lock();
+            let ctx = gil::lock(&self.tsc);
             let held = Instant::now();
             let values = match self.check_locked(&ctx, db, key) {
                 Err(observed) => Err(Some(observed)),
@@ -1303,7 +1309,7 @@ impl Supervisor {
         // and data together (DEBUG RELOAD, FLUSHALL) has finished, so the watches and
         // the keys read below agree.
         {
-            let ctx = self.tsc.lock();
+            let ctx = gil::lock(&self.tsc);
             self.watches = watch::snapshot();
             self.owned = cluster::enabled(&ctx).then(|| cluster::owned(&ctx));
             self.next_poll = Instant::now() + cluster::POLL;
@@ -1351,7 +1357,7 @@ impl Supervisor {
         let cursor = redis_module::KeysCursor::new();
         let mut found = Vec::new();
         loop {
-            let ctx = self.tsc.lock();
+            let ctx = gil::lock(&self.tsc);
             if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, db) {
                 return found;
             }
@@ -1651,6 +1657,9 @@ impl Supervisor {
     }
 
     fn fire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
         let now = Instant::now();
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
@@ -1806,7 +1815,7 @@ impl Supervisor {
             return;
         }
         let maxlen = config::events_maxlen().to_string();
-        let ctx = self.tsc.lock();
+        let ctx = gil::lock(&self.tsc);
         if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, 0) {
             return;
         }

@@ -328,7 +328,7 @@ impl Supervisor {
         }
         let mut to_start: Vec<(QueueKey, Sid)> = Vec::new();
         let demoted = {
-            let ctx = self.tsc.lock();
+            let ctx = super::gil::lock(&self.tsc);
             let flags = ctx.get_flags();
             if !flags.contains(ContextFlags::MASTER) {
                 true
