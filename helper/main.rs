@@ -1158,7 +1158,9 @@ impl Helper {
             // A launch's end wakes no one: look again soon.
             t = t.min(Duration::from_millis(1));
         }
-        t.as_millis().min(500) as i32
+        // Rounded up: a deadline 0.3 ms away is not a timeout of 0, which made the
+        // helper spin on epoll_wait until it passed, taking a core from everyone.
+        t.as_micros().div_ceil(1000).min(500) as i32
     }
 
     /// SIGKILL for the groups whose stop grace is over (only runs being stopped are
@@ -1457,7 +1459,11 @@ impl Helper {
             if let Some(id) = self.by_pid.remove(&pid) {
                 // Whatever the run wrote before it exited goes out first.
                 self.pump_output(id);
-                self.runs.remove(&id);
+                if let Some(at) = self.runs.remove(&id).and_then(|r| r.kill_at) {
+                    // Stopped in time: its SIGKILL deadline goes too (else the helper
+                    // wakes for nothing when it comes).
+                    self.kills.remove(&(at, id));
+                }
                 self.send(Report::Exited { run: id, status });
             }
             // Otherwise it was an orphaned grandchild we adopted as subreaper.

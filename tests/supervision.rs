@@ -706,6 +706,46 @@ fn missing_working_directory_gives_spawn_error_and_no_started_event() {
     ok(&mut c, &["PING"]);
 }
 
+/// A worker that exits before its stop grace is over leaves nothing for the helper to
+/// do at the end of that grace: the helper stays idle afterwards. (It used to keep each
+/// SIGKILL deadline and spin through the last millisecond before it: with every worker
+/// stopped, it still took a millisecond of CPU per stop, from everyone else.)
+#[test]
+fn stopped_workers_leave_the_helper_idle() {
+    let s = Server::start(&cfg("w", LONG_SCRIPT, "stop-grace-ms = 6000", "idle:*"));
+    let mut c = s.conn();
+    let helper = wait_for("the helper process", WAIT, || {
+        s.descendants()
+            .into_iter()
+            .find(|p| p.cmdline.first().map(String::as_str) == Some("streamwatch-helper"))
+    })
+    .pid;
+    for i in 0..100 {
+        let f = format!("f{i}");
+        ok(&mut c, &["HSET", "idle:k", &f, "v"]);
+        wait_until("worker running", WAIT, || {
+            state(&mut c, "idle:k", &f).as_deref() == Some("running")
+        });
+        ok(&mut c, &["HDEL", "idle:k", &f]);
+        wait_until("worker gone", WAIT, || {
+            state(&mut c, "idle:k", &f).is_none()
+        });
+    }
+    assert!(s.tagged_procs().is_empty());
+    // The helper's time on a CPU (ns, /proc/PID/schedstat) while every grace runs out.
+    let on_cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{helper}/schedstat")).unwrap();
+        stat.split(' ').next().unwrap().parse().unwrap()
+    };
+    let before = on_cpu();
+    std::thread::sleep(Duration::from_millis(6500));
+    let used_ms = (on_cpu() - before) as f64 / 1e6;
+    assert!(
+        used_ms < 8.0,
+        "the idle helper was on a CPU for {used_ms:.1} ms"
+    );
+}
+
 #[test]
 fn workers_stop_on_shutdown() {
     let mut s = Server::start(&simple_config("sd:*"));
