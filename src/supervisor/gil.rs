@@ -5,21 +5,24 @@
 //! the main thread, just woken, usually has no CPU yet and loses it again. With 10,000
 //! workers starting on two cores, back-to-back holds kept the main thread waiting
 //! 8–16 ms (`LATENCY` event `module-acquire-GIL`) although no single hold lasted more
-//! than 3 ms. So a turn that follows the last one closely first waits as long as the
-//! last one lasted (at most `MAX_GAP`): the GIL is free at least as long as the
-//! supervisor holds it, and the main thread waits for about one hold at most.
-//! Turns that are not back to back (the usual case) do not wait at all.
+//! than 3 ms. So the supervisor keeps a debt: the time it held the GIL, less the time
+//! it left it free. Past `ALLOWANCE` of debt, a turn first waits until the GIL has been
+//! free as long as it was held: the main thread then waits for about one hold at most.
+//! Turns with room between them (stream jobs: a few short holds per job, far apart)
+//! run up no debt and never wait.
 
 use redis_module::{Context, ContextGuard, DetachedFromClient, ThreadSafeContext};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// The longest pause between two turns (a hold that long was the thread descheduled
-/// while holding; making the next turn wait longer would only slow the supervisor).
-const MAX_GAP: Duration = Duration::from_millis(5);
+/// Held time the supervisor may run ahead of free time before a turn waits.
+const ALLOWANCE: Duration = Duration::from_micros(250);
+/// The longest wait before a turn (a hold that long was the thread descheduled while
+/// holding; waiting longer would only slow the supervisor).
+const MAX_WAIT: Duration = Duration::from_millis(5);
 
 thread_local! {
-    /// When the last turn ended, and how long it was.
+    /// When the last turn ended, and the debt then.
     static LAST: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
 }
 
@@ -32,25 +35,31 @@ pub struct Gil {
 
 struct Turn {
     started: Instant,
+    /// The debt when the turn started.
+    debt: Duration,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        LAST.set(Some((Instant::now(), self.started.elapsed())));
+        let now = Instant::now();
+        LAST.set(Some((now, self.debt + (now - self.started))));
     }
 }
 
-/// Takes the GIL, first leaving the main thread room after a turn that just ended.
+/// Takes the GIL, first leaving the main thread room if this thread is in debt.
 pub fn lock(tsc: &ThreadSafeContext<DetachedFromClient>) -> Gil {
-    if let Some((ended, held)) = LAST.get() {
-        let wait = held.min(MAX_GAP).saturating_sub(ended.elapsed());
-        if !wait.is_zero() {
+    let mut now = Instant::now();
+    let mut debt = Duration::ZERO;
+    if let Some((ended, owed)) = LAST.get() {
+        debt = owed.saturating_sub(now - ended);
+        if debt > ALLOWANCE {
+            let wait = (debt - ALLOWANCE).min(MAX_WAIT);
             std::thread::sleep(wait);
+            debt = debt.saturating_sub(wait);
+            now = Instant::now();
         }
     }
-    let turn = Turn {
-        started: Instant::now(),
-    };
+    let turn = Turn { started: now, debt };
     Gil {
         ctx: tsc.lock(),
         _turn: turn,
