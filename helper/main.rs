@@ -633,7 +633,7 @@ mod spawn {
                     i += 1;
                     continue;
                 }
-                let l = self.launches.swap_remove(i);
+                let l = self.launches.remove(i); // in order: the first is the oldest
                 self.finish(*l);
             }
         }
