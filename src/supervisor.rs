@@ -968,13 +968,12 @@ impl Supervisor {
         let mut slices = 0;
         loop {
             let ctx = gil::lock(&self.tsc);
-            let held = Instant::now();
             let step = match self.check_locked(&ctx, db, key) {
                 Err(observed) => Err(observed),
                 Ok(()) => Ok(scan.step(&ctx, key, HASH_SLICE, &mut fields)),
             };
+            self.look_hold += ctx.held();
             drop(ctx);
-            self.look_hold += held.elapsed();
             slices += 1;
             match step {
                 Err(observed) => return observed,
@@ -1204,15 +1203,14 @@ impl Supervisor {
                 .collect()
         } else {
             let ctx = gil::lock(&self.tsc);
-            let held = Instant::now();
             let values = match self.check_locked(&ctx, db, key) {
                 Err(observed) => Err(Some(observed)),
                 Ok(()) => {
                     ffi::hash_get_fields(&ctx, key, names.keys().map(|f| f.as_slice())).ok_or(None)
                 }
             };
+            self.look_hold += ctx.held();
             drop(ctx);
-            self.look_hold += held.elapsed();
             values?
         };
         let mut plan = Plan::default();

@@ -30,7 +30,7 @@ thread_local! {
 pub struct Gil {
     // Dropped in this order: the lock, then the turn (which notes the time).
     ctx: ContextGuard,
-    _turn: Turn,
+    turn: Turn,
 }
 
 struct Turn {
@@ -48,21 +48,28 @@ impl Drop for Turn {
 
 /// Takes the GIL, first leaving the main thread room if this thread is in debt.
 pub fn lock(tsc: &ThreadSafeContext<DetachedFromClient>) -> Gil {
-    let mut now = Instant::now();
     let mut debt = Duration::ZERO;
     if let Some((ended, owed)) = LAST.get() {
-        debt = owed.saturating_sub(now - ended);
+        debt = owed.saturating_sub(ended.elapsed());
         if debt > ALLOWANCE {
             let wait = (debt - ALLOWANCE).min(MAX_WAIT);
             std::thread::sleep(wait);
             debt = debt.saturating_sub(wait);
-            now = Instant::now();
         }
     }
-    let turn = Turn { started: now, debt };
-    Gil {
-        ctx: tsc.lock(),
-        _turn: turn,
+    let ctx = tsc.lock();
+    // From when it is ours: time spent waiting for the main thread is not a debt.
+    let turn = Turn {
+        started: Instant::now(),
+        debt,
+    };
+    Gil { ctx, turn }
+}
+
+impl Gil {
+    /// How long this turn has held the GIL so far.
+    pub fn held(&self) -> Duration {
+        self.turn.started.elapsed()
     }
 }
 
