@@ -11,7 +11,7 @@
 //! (HINCRBY). Any other event (DEL, RENAME, EXPIRE, a command inside MULTI/EXEC, ...)
 //! makes it re-read the whole key: it stays level-triggered.
 
-use crate::ffi::{self, CommandArgs};
+use crate::ffi::{self, CommandArgs, EventName};
 use crate::store;
 use crate::supervisor::{self, FieldList, Msg, Written, Wrote, MAX_LOOK_FIELDS};
 use crate::watch;
@@ -24,18 +24,29 @@ use std::sync::{Mutex, MutexGuard};
 /// Any change to any key: HSET, HDEL, DEL, EXPIRE firing, eviction, RENAME/MOVE/COPY/
 /// RESTORE (both sides), SET over the key, hash field expiry, and the same inside
 /// MULTI/EXEC or scripts.
-pub fn on_keyspace(ctx: &Context, _class: NotifyEvent, event: &str, key: &[u8]) {
-    ffi::callback("keyspace event", || {
-        let db = ffi::selected_db(ctx);
-        if store::is_store(db, key) {
-            store::on_change(ctx);
-        } else if watch::any_covers(db, key) {
-            // While an AOF loads, commands skip the filter: any note is not theirs.
-            let noted = take_noted(event, key).filter(|_| !LOADING.load(Ordering::Relaxed));
-            supervisor::hint(db, key, noted);
-        }
-    });
+/// (Subscribed through `ffi`, which runs it under the panic guard.)
+pub fn on_keyspace(ctx: &Context, event: EventName, key: &[u8]) {
+    let db = ffi::selected_db(ctx);
+    if store::is_store(db, key) {
+        store::on_change(ctx);
+    } else if watch::any_covers(db, key) {
+        // While an AOF loads, commands skip the filter: any note is not theirs.
+        let noted = take_noted(event, key).filter(|_| !LOADING.load(Ordering::Relaxed));
+        supervisor::hint(db, key, noted);
+    }
 }
+
+/// The events `on_keyspace` is subscribed to: every class of change to a key.
+pub const KEYSPACE_EVENTS: NotifyEvent = NotifyEvent::GENERIC
+    .union(NotifyEvent::STRING)
+    .union(NotifyEvent::LIST)
+    .union(NotifyEvent::SET)
+    .union(NotifyEvent::HASH)
+    .union(NotifyEvent::ZSET)
+    .union(NotifyEvent::EXPIRED)
+    .union(NotifyEvent::EVICTED)
+    .union(NotifyEvent::STREAM)
+    .union(NotifyEvent::MODULE);
 
 /// The fields the command now running writes, as the command filter saw them, until
 /// that command's event takes them. Only touched by whoever holds the GIL.
@@ -70,6 +81,9 @@ fn noted() -> MutexGuard<'static, Noted> {
 /// where its fields are (`first`, then every `step`-th argument up to the end), and
 /// what it leaves in them.
 fn hash_writer(name: &[u8], argc: usize) -> Option<(&'static str, usize, usize, Wrote)> {
+    if !name.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'h')) {
+        return None;
+    }
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     let pairs = argc >= 4 && argc.is_multiple_of(2);
     if ((is("HSET") || is("HMSET")) && pairs) || (is("HSETNX") && argc == 4) {
@@ -94,7 +108,8 @@ pub fn on_command(args: &CommandArgs) {
         .filter(|&(_, first, step, _)| (argc - first).div_ceil(step) <= MAX_LOOK_FIELDS)
         .filter(|_| watch::any_hash_watch_may_cover(args.get(1)));
     let Some((event, first, step, what)) = writer else {
-        if IS_NOTED.swap(false, Ordering::Relaxed) {
+        if IS_NOTED.load(Ordering::Relaxed) {
+            IS_NOTED.store(false, Ordering::Relaxed);
             noted().event = "";
         }
         return;
@@ -128,12 +143,12 @@ pub fn on_command(args: &CommandArgs) {
 /// What the noted command wrote, if this event is the one it fires on the noted key
 /// (taken, so a second event of the same command, such as the `del` after an HDEL that
 /// empties the hash, means a look at the whole key).
-fn take_noted(event: &str, key: &[u8]) -> Option<Written> {
+fn take_noted(event: EventName, key: &[u8]) -> Option<Written> {
     if !IS_NOTED.load(Ordering::Relaxed) {
         return None;
     }
     let mut n = noted();
-    if n.event != event || n.key != key {
+    if !event.is(n.event) || n.key != key {
         return None;
     }
     n.event = "";

@@ -4,11 +4,11 @@
 //! the panic guard for every entry point from Redis, replies (ordered RESP3 maps that
 //! RESP2 clients see as flat arrays), blocked clients answered from the supervisor
 //! thread, the selected database, the server events the `redis-module` crate does not
-//! wrap (SWAPDB), the command filter that names the fields a hash command writes,
-//! reading a hash (whole, in slices, or some fields), and launching the embedded helper
-//! binary from a memfd.
+//! wrap (SWAPDB), keyspace events without the crate's per-event UTF-8 check, the command
+//! filter that names the fields a hash command writes, reading a hash (whole, in
+//! slices, or some fields), and launching the embedded helper binary from a memfd.
 
-use redis_module::{raw, Context, RedisError, RedisResult, RedisValue};
+use redis_module::{raw, Context, NotifyEvent, RedisError, RedisResult, RedisValue};
 use std::ffi::{c_char, c_int, c_long, c_void, CString};
 use std::fs::File;
 use std::io::Write;
@@ -270,6 +270,54 @@ pub fn subscribe_swapdb(ctx: &Context, on_swap: fn(&Context)) -> bool {
             },
             Some(cb),
         )
+    };
+    status == raw::REDISMODULE_OK as c_int
+}
+
+/// The name of a keyspace event ("hset", "del", ...), read only when asked.
+#[derive(Clone, Copy)]
+pub struct EventName(*const c_char);
+
+impl EventName {
+    pub fn is(self, name: &str) -> bool {
+        !self.0.is_null()
+            && name.bytes().chain([0]).enumerate().all(|(i, b)| {
+                // SAFETY: Redis passes a NUL-terminated name that lives for the callback;
+                // the comparison stops at the first difference, so at its NUL at the latest.
+                unsafe { *self.0.cast::<u8>().add(i) == b }
+            })
+    }
+}
+
+/// Subscribes `on_event` to the keyspace events of `types` this server has. The crate's
+/// own wrapper would check every event name as UTF-8 (and unwrap that outside any panic
+/// guard); this one hands the name on unread, since few events concern a watch.
+pub fn subscribe_keyspace(
+    ctx: &Context,
+    types: NotifyEvent,
+    on_event: fn(&Context, EventName, &[u8]),
+) -> bool {
+    static HANDLER: std::sync::OnceLock<fn(&Context, EventName, &[u8])> =
+        std::sync::OnceLock::new();
+    let _ = HANDLER.set(on_event);
+    extern "C" fn cb(
+        ctx: *mut raw::RedisModuleCtx,
+        _type: c_int,
+        event: *const c_char,
+        key: *mut raw::RedisModuleString,
+    ) -> c_int {
+        if let Some(f) = HANDLER.get() {
+            let ctx = Context::new(ctx);
+            // SAFETY: Redis keeps the key alive for the callback.
+            callback("keyspace event", || {
+                f(&ctx, EventName(event), unsafe { string_bytes(key) })
+            });
+        }
+        raw::REDISMODULE_OK as c_int
+    }
+    let types = types.intersection(raw::get_keyspace_notification_flags_all());
+    let status = unsafe {
+        raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx.ctx, types.bits(), Some(cb))
     };
     status == raw::REDISMODULE_OK as c_int
 }

@@ -97,6 +97,65 @@ fn match_from(mut p: &[u8], mut s: &[u8], depth: u32) -> bool {
     s.is_empty()
 }
 
+/// Patterns, each with a tag, indexed for the question the main thread asks of every
+/// command and keyspace event: which tags' patterns match this key? The answer is almost
+/// always "none", so a literal pattern costs one binary search (not a pass over its
+/// bytes) and any other one a prefix comparison before it is matched.
+#[derive(Debug, Default)]
+pub struct Set {
+    /// Literal patterns, sorted by length and then bytes (`by_length`: most keys are
+    /// told apart without reading them), with the tags of all watches that have them.
+    literals: Vec<(Box<[u8]>, u8)>,
+    /// Other patterns, with the length of their literal prefix.
+    globs: Vec<(Box<[u8]>, usize, u8)>,
+}
+
+impl Set {
+    /// `patterns`: each with a tag bit (or bits).
+    pub fn new<'a>(patterns: impl IntoIterator<Item = (&'a [u8], u8)>) -> Set {
+        let mut set = Set::default();
+        for (pattern, tag) in patterns {
+            if is_literal(pattern) {
+                match set
+                    .literals
+                    .binary_search_by(|(p, _)| by_length(p, pattern))
+                {
+                    Ok(i) => set.literals[i].1 |= tag,
+                    Err(i) => set.literals.insert(i, (pattern.into(), tag)),
+                }
+            } else {
+                let prefix = pattern
+                    .iter()
+                    .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+                    .unwrap_or(pattern.len());
+                set.globs.push((pattern.into(), prefix, tag));
+            }
+        }
+        set
+    }
+
+    /// The tags of the patterns `key` matches, OR-ed (0: none).
+    pub fn tags(&self, key: &[u8]) -> u8 {
+        let mut tags = match self.literals.binary_search_by(|(p, _)| by_length(p, key)) {
+            Ok(i) => self.literals[i].1,
+            Err(_) => 0,
+        };
+        for (pattern, prefix, tag) in &self.globs {
+            if tags & tag != *tag
+                && key.starts_with(&pattern[..*prefix])
+                && match_from(&pattern[*prefix..], &key[*prefix..], 0)
+            {
+                tags |= tag;
+            }
+        }
+        tags
+    }
+}
+
+fn by_length(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +180,31 @@ mod tests {
         assert!(t("user:*:cams", "user:42:cams"));
         assert!(!t("user:*:cams", "user:42:cam"));
         assert!(t("**a", "bba"));
+    }
+
+    #[test]
+    fn set_answers_as_matching_each_pattern_would() {
+        let patterns: [&[u8]; 9] = [
+            b"cams", b"cam*", b"c?ms", b"*s", b"a\\*b", b"[^c]*", b"cams", b"", b"x",
+        ];
+        let set = Set::new(
+            patterns
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (*p, 1u8 << (i % 8))),
+        );
+        let keys: [&[u8]; 12] = [
+            b"cams", b"cam", b"cms", b"cxms", b"s", b"a*b", b"axb", b"", b"x", b"y", b"ca", b"zzs",
+        ];
+        for key in keys {
+            let want = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| matches(p, key))
+                .fold(0u8, |t, (i, _)| t | 1 << (i % 8));
+            assert_eq!(set.tags(key), want, "{}", String::from_utf8_lossy(key));
+        }
+        assert_eq!(Set::default().tags(b"cams"), 0);
     }
 
     #[test]

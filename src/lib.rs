@@ -83,6 +83,10 @@ fn load(ctx: &Context) -> Result<(), ()> {
         ctx.log_warning("streamwatch: cannot register its command filter");
         return Err(());
     }
+    if !ffi::subscribe_keyspace(ctx, events::KEYSPACE_EVENTS, events::on_keyspace) {
+        ctx.log_warning("streamwatch: cannot subscribe to keyspace events");
+        return Err(());
+    }
     if !ffi::subscribe_swapdb(ctx, events::on_swapdb) {
         ctx.log_warning("streamwatch: cannot subscribe to SWAPDB events");
         return Err(());
@@ -156,9 +160,6 @@ redis_module! {
         ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
-    ],
-    event_handlers: [
-        [@GENERIC @STRING @LIST @SET @HASH @ZSET @EXPIRED @EVICTED @STREAM @MODULE: events::on_keyspace],
     ],
     configurations: [
         i64: [

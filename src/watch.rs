@@ -1,14 +1,16 @@
 //! Watches: bindings of a key pattern to a handler, and their registry.
 //!
 //! The registry is owned by Redis's main thread: `STREAMWATCH.WATCH`/`UNWATCH` change it
-//! and the keyspace callback reads it to decide, in O(watches), whether a key is
-//! watched. The supervisor thread never touches it; it receives an immutable snapshot
+//! and the command filter and keyspace callback read it to decide whether a key is
+//! watched: without a lock, one binary search over the literal patterns and a prefix
+//! check per other pattern for a key no watch covers. The supervisor thread never touches it; it receives an immutable snapshot
 //! over its channel after every change. Command watches are persisted and replicated
 //! as data (see `store`); the registry follows that data.
 
 use crate::config::{self, Handler};
 use crate::glob;
 use crate::store;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -177,6 +179,8 @@ pub type Snapshot = Arc<Vec<Arc<Watch>>>;
 
 struct Registry {
     watches: Snapshot,
+    /// The watches' patterns, tagged with their kinds (see `patterns_of`).
+    patterns: Arc<glob::Set>,
     next_id: u64,
     /// Recently removed command watches: one that comes back unchanged (the store is
     /// flushed and reloaded by DEBUG RELOAD or a full resync) keeps its identity, so
@@ -189,6 +193,7 @@ const RETIRED_MAX: usize = 1024;
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     Mutex::new(Registry {
         watches: Snapshot::default(),
+        patterns: Arc::default(),
         next_id: 1,
         retired: Vec::new(),
     })
@@ -206,17 +211,57 @@ pub fn snapshot() -> Snapshot {
 
 /// Is `key` in `db` covered by any watch? Called for every keyspace event.
 pub fn any_covers(db: i32, key: &[u8]) -> bool {
-    with(|r| r.watches.iter().any(|w| w.covers(db, key)))
+    pattern_tags(key) != 0 && with(|r| r.watches.iter().any(|w| w.covers(db, key)))
 }
 
 /// Could a hash watch cover `key` in some database? The command filter's check, before
 /// it copies anything (it does not know the database).
 pub fn any_hash_watch_may_cover(key: &[u8]) -> bool {
-    with(|r| {
-        r.watches
-            .iter()
-            .any(|w| w.spec.kind == Kind::Hash && glob::matches(&w.spec.pattern, key))
+    pattern_tags(key) & HASH != 0
+}
+
+/// Tags in `Registry::patterns`.
+const HASH: u8 = 1;
+const STREAM: u8 = 2;
+
+fn patterns_of(watches: &[Arc<Watch>]) -> glob::Set {
+    glob::Set::new(watches.iter().map(|w| {
+        let tag = match w.spec.kind {
+            Kind::Hash => HASH,
+            Kind::Stream => STREAM,
+        };
+        (&w.spec.pattern[..], tag)
+    }))
+}
+
+/// Bumped after every change of `Registry::patterns`.
+static PATTERNS_VERSION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's copy of `Registry::patterns` and its version: the questions every
+    /// command and keyspace event asks take no lock while the watches stay the same.
+    static PATTERNS: RefCell<(u64, Arc<glob::Set>)> = RefCell::new((u64::MAX, Arc::default()));
+}
+
+/// The kinds of the watches whose pattern `key` matches, as `HASH | STREAM` bits.
+fn pattern_tags(key: &[u8]) -> u8 {
+    let version = PATTERNS_VERSION.load(Ordering::Acquire);
+    PATTERNS.with(|cell| {
+        let mut seen = cell.borrow_mut();
+        if seen.0 != version {
+            *seen = (version, with(|r| r.patterns.clone()));
+        }
+        seen.1.tags(key)
     })
+}
+
+impl Registry {
+    /// Makes `list` the watches.
+    fn publish(&mut self, list: Vec<Arc<Watch>>) {
+        self.patterns = Arc::new(patterns_of(&list));
+        self.watches = Arc::new(list);
+        PATTERNS_VERSION.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// Adds a config-file watch at load.
@@ -231,7 +276,7 @@ pub fn add_config(spec: WatchSpec) -> Result<Snapshot, String> {
         }
         let mut list: Vec<Arc<Watch>> = r.watches.as_ref().clone();
         list.push(r.new_watch(spec, handler));
-        r.watches = Arc::new(list);
+        r.publish(list);
         Ok(r.watches.clone())
     })
 }
@@ -347,7 +392,7 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
             }
             let excess = r.retired.len().saturating_sub(RETIRED_MAX);
             r.retired.drain(..excess);
-            r.watches = Arc::new(list);
+            r.publish(list);
             Some(r.watches.clone())
         } else {
             None
