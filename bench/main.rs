@@ -932,7 +932,7 @@ fn json_str(s: &str) -> String {
 
 fn report(rows: &[Row], version: &str, n: usize) {
     let machine = machine();
-    println!("\nmachine: {machine}\nserver:  {version}\nsamples: {n} per latency figure; throughput: medians of 7 alternating runs; ratios: medians of the ratios within pairs (throughput) or rounds (stream)\n");
+    println!("\nmachine: {machine}\nserver:  {version}\nsamples: {n} per latency figure; throughput: medians of 21 alternating runs, server on CPU 0 and redis-benchmark on CPU 1; ratios: medians of the ratios within pairs (throughput) or rounds (stream)\n");
     println!("| figure | streamwatch | compared with | value | ratio | target | met |");
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
