@@ -1,7 +1,8 @@
 //! Callbacks Redis calls on its main thread: keyspace events and server events.
 //!
-//! Each does O(1) work (plus one pattern check per watch) and never blocks: it notes
-//! what changed and wakes the supervisor thread, which does the real work.
+//! Each does O(1) work and never blocks: it asks the watches' pattern index whether a
+//! key could be watched (`watch::any_covers`, no lock), notes what changed and wakes
+//! the supervisor thread, which does the real work.
 //!
 //! A keyspace event names the key, never the field. For the commands that write hash
 //! fields by name (HSET, HMSET, HSETNX, HDEL, HINCRBY, HINCRBYFLOAT) on a watched key,
@@ -101,7 +102,7 @@ fn hash_writer(name: &[u8], argc: usize) -> Option<(&'static str, usize, usize, 
 
 /// The command filter: before every command, note the fields a write to a watched hash
 /// names (or forget the last note). O(arguments), no I/O; for a key no watch could
-/// cover, one pattern check per hash watch and nothing copied.
+/// cover, one look-up in the watches' pattern index and nothing copied.
 pub fn on_command(args: &CommandArgs) {
     let argc = args.len();
     let writer = hash_writer(args.get(0), argc)
