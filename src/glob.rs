@@ -4,9 +4,12 @@
 
 /// True when `pattern` has no special characters, so it names exactly one key.
 pub fn is_literal(pattern: &[u8]) -> bool {
-    !pattern
-        .iter()
-        .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+    !pattern.iter().copied().any(is_special)
+}
+
+/// Does `b` mean more than itself in a pattern?
+fn is_special(b: u8) -> bool {
+    matches!(b, b'*' | b'?' | b'[' | b'\\')
 }
 
 /// Does `key` match `pattern`?
@@ -98,8 +101,8 @@ fn match_from(mut p: &[u8], mut s: &[u8], depth: u32) -> bool {
 }
 
 /// Patterns, each with a tag, indexed for the question the main thread asks of every
-/// command and keyspace event: which tags' patterns match this key? The answer is almost
-/// always "none", so a literal pattern costs one binary search (not a pass over its
+/// command and keyspace event (and a full reconcile of every key it scans): which tags'
+/// patterns match this key? The answer is almost always "none", so a literal pattern costs one binary search (not a pass over its
 /// bytes) and any other one a prefix comparison before it is matched.
 #[derive(Debug, Default)]
 pub struct Set {
@@ -126,7 +129,7 @@ impl Set {
             } else {
                 let prefix = pattern
                     .iter()
-                    .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+                    .position(|&b| is_special(b))
                     .unwrap_or(pattern.len());
                 set.globs.push((pattern.into(), prefix, tag));
             }

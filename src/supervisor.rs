@@ -1335,8 +1335,7 @@ impl Supervisor {
                     keys.insert((db, w.spec.pattern.clone()));
                 }
                 if !globs.is_empty() {
-                    let patterns: Vec<Vec<u8>> =
-                        globs.iter().map(|w| w.spec.pattern.clone()).collect();
+                    let patterns = glob::Set::new(globs.iter().map(|w| (&w.spec.pattern[..], 1)));
                     for k in self.scan_db(db, &patterns) {
                         keys.insert((db, k));
                     }
@@ -1351,7 +1350,7 @@ impl Supervisor {
 
     /// Names of the keys in `db` matching any pattern; the GIL is released every few
     /// hundred keys so a large keyspace never stalls the server.
-    fn scan_db(&mut self, db: i32, patterns: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    fn scan_db(&mut self, db: i32, patterns: &glob::Set) -> Vec<Vec<u8>> {
         let cursor = redis_module::KeysCursor::new();
         let mut found = Vec::new();
         loop {
@@ -1363,7 +1362,7 @@ impl Supervisor {
             for _ in 0..64 {
                 more = cursor.scan(&ctx, &|_ctx, name, _key| {
                     let n = name.as_slice();
-                    if patterns.iter().any(|p| glob::matches(p, n)) {
+                    if patterns.tags(n) != 0 {
                         found.push(n.to_vec());
                     }
                 });
