@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 /// Held time the supervisor may run ahead of free time before a turn waits.
 const ALLOWANCE: Duration = Duration::from_micros(250);
 /// Once a turn must wait, the least time the GIL is then left free. The main thread,
-/// woken when the GIL is freed, must get a CPU before the next turn locks it again;
-/// while 10,000 workers started on two cores that took it up to 3 ms (0.07 ms on
-/// average, `perf sched latency`), while a look at a 10,000-field hash took its 40
-/// slices in 4-5 ms, with less than 0.1 ms between two of them.
+/// woken when the GIL is freed, must get a CPU before the next turn locks it again.
+/// With 10,000 workers starting on two cores that took it up to 3 ms (0.07 ms on
+/// average, `perf sched latency`), and a look at a 10,000-field hash took its 40
+/// slices in 4-5 ms with under 0.1 ms between two of them.
 const ROOM: Duration = Duration::from_millis(1);
 /// The longest wait before a turn (a hold that long was the thread descheduled while
 /// holding; waiting longer would only slow the supervisor).
