@@ -4,8 +4,9 @@
 //! and the command filter and keyspace callback read it to decide whether a key is
 //! watched: without a lock, one binary search over the literal patterns and a prefix
 //! check per other pattern for a key no watch covers. The supervisor thread never
-//! touches it; it receives an immutable snapshot over its channel after every change. Command watches are persisted and replicated
-//! as data (see `store`); the registry follows that data.
+//! touches it; it receives an immutable snapshot over its channel after every change.
+//! Command watches are persisted and replicated as data (see `store`); the registry
+//! follows that data.
 
 use crate::config::{self, Handler};
 use crate::glob;
