@@ -9,7 +9,12 @@
 //!
 //! When the module goes away (the socket closes: SHUTDOWN, a crash, `kill -9` of
 //! redis-server) or the helper is reparented, it stops every run (stop signal, then
-//! SIGKILL after the grace) and exits, so no worker outlives the server.
+//! SIGKILL after the grace) and exits, so no worker outlives the server. When the
+//! helper itself is killed, every run it started dies with it (`PR_SET_PDEATHSIG`), and
+//! the module kills what is left in the helper's session (the runs' own children).
+//!
+//! A run's output is forwarded at a bounded rate (see `Budget`): a worker that writes
+//! faster waits on its pipe, so no amount of output is ever buffered on either side.
 //!
 //! The module embeds this binary (build.rs compiles it with plain `rustc`), so it uses
 //! only `std` plus a few libc functions declared below.
@@ -76,6 +81,11 @@ mod sys {
     pub const PR_SET_NAME: c_int = 15;
     pub const RLIMIT_NOFILE: c_int = 7;
     pub const SIG_DFL: usize = 0;
+    pub const SIG_IGN: usize = 1;
+    pub const SIGHUP: c_int = 1;
+    pub const SIGINT: c_int = 2;
+    pub const SIGQUIT: c_int = 3;
+    pub const SIGTERM: c_int = 15;
 
     extern "C" {
         pub fn epoll_create1(flags: c_int) -> c_int;
@@ -94,6 +104,7 @@ mod sys {
         pub fn close(fd: c_int) -> c_int;
         pub fn write(fd: c_int, buf: *const c_void, n: usize) -> isize;
         pub fn getppid() -> c_int;
+        pub fn setsid() -> c_int;
         pub fn prctl(option: c_int, arg2: c_ulong, ...) -> c_int;
         pub fn getrlimit(resource: c_int, rlim: *mut RLimit) -> c_int;
         pub fn setrlimit(resource: c_int, rlim: *const RLimit) -> c_int;
@@ -310,6 +321,8 @@ mod spawn {
         pub const EXECVE: usize = 59;
         pub const EXIT: usize = 60;
         pub const FUTEX: usize = 202;
+        pub const PRCTL: usize = 157;
+        pub const GETPPID: usize = 110;
     }
     #[cfg(target_arch = "aarch64")]
     mod nr {
@@ -322,6 +335,8 @@ mod spawn {
         pub const EXECVE: usize = 221;
         pub const EXIT: usize = 93;
         pub const FUTEX: usize = 98;
+        pub const PRCTL: usize = 167;
+        pub const GETPPID: usize = 173;
     }
 
     /// A system call without libc: the result, or `-errno`. Touches no thread-local.
@@ -361,6 +376,8 @@ mod spawn {
     const CLONE_FILES: c_int = 0x400;
     const CLONE_CHILD_CLEARTID: c_int = 0x0020_0000;
     const SIGCHLD: c_int = 17;
+    const SIGKILL: c_int = 9;
+    const PR_SET_PDEATHSIG: usize = 1;
     const SIG_SETMASK: c_int = 2;
     const O_CLOEXEC: c_int = 0o2000000;
     const X_OK: c_int = 1;
@@ -397,6 +414,8 @@ mod spawn {
         keep_below: c_uint,
         /// The signals to set to their defaults (bit `n - 1` for signal `n`).
         reset: u64,
+        /// The helper's pid: the child dies with it (see `child`).
+        parent: c_int,
         /// Written by the child when a step fails: the errno, and 1.
         errno: AtomicI32,
         failed: AtomicI32,
@@ -540,6 +559,13 @@ mod spawn {
                 }
             }
             raw(nr::SETPGID, 0, 0, 0, 0);
+            // SIGKILL when the helper dies (it is killed, say): a run the module has
+            // not heard of yet would otherwise outlive it and nobody would stop it.
+            // Kept across the exec. If the helper died before this, do not start.
+            raw(nr::PRCTL, PR_SET_PDEATHSIG, SIGKILL as usize, 0, 0);
+            if raw(nr::GETPPID, 0, 0, 0, 0) != c.parent as isize {
+                raw(nr::EXIT, 127, 0, 0, 0);
+            }
             if !c.dir.is_null() {
                 let r = raw(nr::CHDIR, c.dir as usize, 0, 0, 0);
                 if r < 0 {
@@ -695,6 +721,7 @@ mod spawn {
                     slot_in,
                     keep_below: self.keep_below,
                     reset: non_default_signals(),
+                    parent: std::process::id() as c_int,
                     errno: AtomicI32::new(0),
                     failed: AtomicI32::new(0),
                 },
@@ -925,6 +952,11 @@ fn log(msg: &str) {
 struct Run {
     pid: i32,
     output: Option<File>,
+    /// What the run may still forward now (see `Budget`).
+    budget: Budget,
+    /// The output pipe is out of the epoll set until then: the run wrote faster than
+    /// its budget, so it waits (blocked on a full pipe, as on a slow terminal).
+    paused_until: Option<Instant>,
     /// What is still to be written to the run's stdin (stream jobs: the entry).
     input: Option<Input>,
     stop_signal: i32,
@@ -932,6 +964,46 @@ struct Run {
     /// Set when a stop was asked: SIGKILL the group at this time.
     kill_at: Option<Instant>,
 }
+
+/// How much output may be forwarded to the module, refilled with time (a token
+/// bucket): a worker that writes without pause (`yes`) is read only at this rate, so its
+/// output costs neither the helper, the module nor Redis's memory more than that.
+struct Budget {
+    bytes: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn full(burst: usize, now: Instant) -> Budget {
+        Budget {
+            bytes: burst as f64,
+            at: now,
+        }
+    }
+
+    /// Bytes available now.
+    fn refill(&mut self, now: Instant, rate: usize, burst: usize) -> usize {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.bytes = (self.bytes + dt * rate as f64).min(burst as f64);
+        self.at = now;
+        self.bytes as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.bytes = (self.bytes - n as f64).max(0.0);
+    }
+}
+
+/// Output one run may forward: this many bytes a second, in bursts of `RUN_BURST`.
+const RUN_RATE: usize = 1 << 20;
+const RUN_BURST: usize = 1 << 20;
+/// Output all runs together may forward.
+const TOTAL_RATE: usize = 16 << 20;
+const TOTAL_BURST: usize = 4 << 20;
+/// How long a run over its budget (or all runs, over theirs) is not read.
+const OUTPUT_PAUSE: Duration = Duration::from_millis(50);
+/// At most this much of one run's output is read per wake-up.
+const READ_PER_TURN: usize = 64 * 1024;
 
 struct Input {
     pipe: File,
@@ -981,6 +1053,10 @@ struct Helper {
     outbox: Vec<u8>,
     /// Where a run's output is read into.
     scratch: Vec<u8>,
+    /// What all runs together may still forward (see `Budget`).
+    total_budget: Budget,
+    /// Runs whose output pipe is paused, by when it is read again.
+    paused: std::collections::BTreeSet<(Instant, u64)>,
     /// When children were last reaped without a SIGCHLD (see `run`).
     reaped: Instant,
     /// When adopted processes were last looked for (`kill_adopted`).
@@ -1009,6 +1085,7 @@ fn main() {
     close_inherited_fds(&[0, 1, 2, control.as_raw_fd()]);
     spawn::reserve();
     reset_signals();
+    detach_from_terminal();
     raise_fd_limit();
     unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1) };
     // Executed from a memfd its name would be the fd number; `ps`/`top` show this.
@@ -1047,7 +1124,9 @@ fn main() {
         starting: HashMap::new(),
         inbox: Vec::new(),
         outbox: Vec::new(),
-        scratch: vec![0; 64 * 1024],
+        scratch: vec![0; READ_PER_TURN],
+        total_budget: Budget::full(TOTAL_BURST, Instant::now()),
+        paused: std::collections::BTreeSet::new(),
         reaped: Instant::now(),
     };
     helper.run();
@@ -1077,6 +1156,23 @@ fn reset_signals() {
     }
 }
 
+/// The helper follows its control socket, not signals meant for the server: Ctrl-C in
+/// the terminal of `make run` (SIGINT to the terminal's process group) or a service
+/// manager's stop (SIGTERM to every process of the unit) would otherwise end the helper
+/// and its runs while redis-server is still shutting down, and the module would start
+/// a new helper. In a session of its own, no terminal signal reaches it or its runs;
+/// the signals a service manager sends everyone are ignored (runs get the defaults
+/// back, see `spawn`). The session also names every run for the module: after the
+/// helper dies, whatever is left in its session is a leftover of its runs.
+fn detach_from_terminal() {
+    unsafe {
+        sys::setsid();
+        for sig in [sys::SIGHUP, sys::SIGINT, sys::SIGQUIT, sys::SIGTERM] {
+            sys::signal(sig, sys::SIG_IGN);
+        }
+    }
+}
+
 fn raise_fd_limit() {
     let mut l = sys::RLimit { cur: 0, max: 0 };
     unsafe {
@@ -1096,6 +1192,7 @@ impl Helper {
             }
             let now = Instant::now();
             self.kill_overdue(now);
+            self.resume_output(now);
             let timeout = self.poll_timeout(now);
             let mut events = [sys::EpollEvent { events: 0, data: 0 }; 256];
             let n = unsafe {
@@ -1120,7 +1217,7 @@ impl Helper {
                         let mut buf = [0u8; 256];
                         while matches!(self.sigchld_rx.read(&mut buf), Ok(n) if n > 0) {}
                     }
-                    t if t & 1 == 0 => self.pump_output(t >> 1),
+                    t if t & 1 == 0 => self.pump_output(t >> 1, false),
                     t => {
                         if let Some(run) = self.runs.get_mut(&(t >> 1)) {
                             if run.input.as_mut().is_some_and(Input::pump) {
@@ -1152,6 +1249,9 @@ impl Helper {
         // Wake at least every 500 ms to notice reparenting.
         let mut t = Duration::from_millis(500);
         if let Some((at, _)) = self.kills.first() {
+            t = t.min(at.saturating_duration_since(now));
+        }
+        if let Some((at, _)) = self.paused.first() {
             t = t.min(at.saturating_duration_since(now));
         }
         if spawn::launching() {
@@ -1304,6 +1404,8 @@ impl Helper {
                     Run {
                         pid,
                         output: Some(out),
+                        budget: Budget::full(RUN_BURST, Instant::now()),
+                        paused_until: None,
                         input,
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
@@ -1374,42 +1476,76 @@ impl Helper {
         }
     }
 
-    /// Forwards whatever the run has written; closes the pipe at end of file.
-    fn pump_output(&mut self, id: u64) {
+    /// Forwards what the run has written, within its budget and everyone's; a run over
+    /// budget is paused (its pipe taken out of the epoll set, so the worker waits on
+    /// it). Closes the pipe at end of file. `last`: the run has exited; what its pipe
+    /// still holds (its last words, at most one read) is forwarded whatever the budget.
+    fn pump_output(&mut self, id: u64, last: bool) {
+        let now = Instant::now();
+        let total = self.total_budget.refill(now, TOTAL_RATE, TOTAL_BURST);
         let Some(run) = self.runs.get_mut(&id) else {
             return;
         };
         let Some(out) = run.output.as_mut() else {
             return;
         };
-        let buf = &mut self.scratch;
-        let mut chunks = Vec::new();
+        let own = run.budget.refill(now, RUN_RATE, RUN_BURST);
+        let allowed = if last {
+            READ_PER_TURN
+        } else {
+            own.min(total).min(READ_PER_TURN)
+        };
         let mut eof = false;
-        loop {
-            match out.read(buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+        let mut data = None;
+        if allowed > 0 {
+            loop {
+                match out.read(&mut self.scratch[..allowed]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => data = Some(self.scratch[..n].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => eof = true,
                 }
-                Ok(n) => {
-                    chunks.push(buf[..n].to_vec());
-                    if chunks.len() >= 16 {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+                break;
             }
         }
+        let n = data.as_ref().map_or(0, Vec::len);
+        run.budget.spend(n);
+        self.total_budget.spend(n);
         if eof {
-            run.output = None;
+            if let Some(out) = run.output.take() {
+                if run.paused_until.take().is_none() {
+                    sys::unwatch(self.epfd, out.as_raw_fd());
+                }
+            }
+        } else if !last && n >= allowed && allowed < READ_PER_TURN && run.paused_until.is_none() {
+            // Used up what it may send now: pause it (a full read within budget is
+            // simply read again on the next wake-up, after the other runs).
+            let at = now + OUTPUT_PAUSE;
+            run.paused_until = Some(at);
+            sys::unwatch(self.epfd, out.as_raw_fd());
+            self.paused.insert((at, id));
         }
-        for data in chunks {
+        if let Some(data) = data {
             self.send(Report::Output { run: id, data });
+        }
+    }
+
+    /// Puts paused output pipes whose pause is over back into the epoll set.
+    fn resume_output(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.paused.first() {
+            if at > now {
+                break;
+            }
+            self.paused.remove(&(at, id));
+            if let Some(run) = self.runs.get_mut(&id) {
+                if run.paused_until == Some(at) {
+                    run.paused_until = None;
+                    if let Some(out) = &run.output {
+                        sys::watch(self.epfd, out.as_raw_fd(), sys::EPOLLIN, id << 1);
+                    }
+                }
+            }
         }
     }
 
@@ -1458,7 +1594,7 @@ impl Helper {
             }
             if let Some(id) = self.by_pid.remove(&pid) {
                 // Whatever the run wrote before it exited goes out first.
-                self.pump_output(id);
+                self.pump_output(id, true);
                 if let Some(at) = self.runs.remove(&id).and_then(|r| r.kill_at) {
                     // Stopped in time: its SIGKILL deadline goes too (else the helper
                     // wakes for nothing when it comes).

@@ -534,6 +534,7 @@ pub fn status(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                 ("exits".into(), n(&stats::EXITS)),
                 ("failures".into(), n(&stats::FAILURES)),
                 ("events_dropped".into(), n(&stats::EVENTS_DROPPED)),
+                ("output_dropped".into(), n(&stats::OUTPUT_DROPPED)),
             ]),
         ),
     ]))
@@ -547,7 +548,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
     let _ = ctx.add_info_section(None);
     let _ = ctx.add_info_field_str("role", if primary { "primary" } else { "replica" });
     let n = |c| stats::get(c) as i64;
-    let fields: [(&str, i64); 10] = [
+    let fields: [(&str, i64); 11] = [
         ("paused", stats::PAUSED.load(Ordering::Relaxed) as i64),
         ("watches", watch::snapshot().len() as i64),
         ("jobs", stats::total_jobs() as i64),
@@ -558,6 +559,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
         ("failures", n(&stats::FAILURES)),
         ("events", n(&stats::EVENTS)),
         ("events_dropped", n(&stats::EVENTS_DROPPED)),
+        ("output_dropped", n(&stats::OUTPUT_DROPPED)),
     ];
     for (name, v) in fields {
         let _ = ctx.add_info_field_long_long(name, v);

@@ -7,6 +7,8 @@
 //! rejected with one message naming the file, the line and the problem.
 
 use crate::watch::{DbSel, Kind, OnChange, Source, StreamOpts, WatchSpec};
+use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
+use redis_module::{RedisError, RedisString};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,23 +18,56 @@ use toml::Spanned;
 
 // ---- module configs (registered in lib.rs) ----
 
-pub static CONFIG_PATH: Mutex<String> = Mutex::new(String::new());
-pub static EVENTS_KEY: Mutex<String> = Mutex::new(String::new());
+pub static CONFIG_PATH: StringConfig = StringConfig::new();
+pub static EVENTS_KEY: StringConfig = StringConfig::new();
 pub static EVENTS_MAXLEN: AtomicI64 = AtomicI64::new(10_000);
 pub static MAX_JOBS: AtomicI64 = AtomicI64::new(10_000);
 pub static LOG_LINES: AtomicI64 = AtomicI64::new(100);
 
+/// A string module config. The crate's own `Mutex<String>` config hands its value to
+/// Redis through a C string, which panics (and so aborts the server) on a NUL byte that
+/// `CONFIG SET` accepted; this one refuses such a value at `CONFIG SET` and never
+/// builds a C string.
+pub struct StringConfig(Mutex<String>);
+
+impl StringConfig {
+    pub const fn new() -> StringConfig {
+        StringConfig(Mutex::new(String::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ConfigurationValue<RedisString> for StringConfig {
+    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
+        RedisString::create_from_slice(std::ptr::null_mut(), self.lock().as_bytes())
+    }
+
+    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
+        *self.lock() = checked_config_value(val.as_slice())?.to_string();
+        Ok(())
+    }
+}
+
+/// A string config's new value, if it can be one: UTF-8 without NUL bytes.
+fn checked_config_value(bytes: &[u8]) -> Result<&str, RedisError> {
+    if bytes.contains(&0) {
+        return Err(RedisError::Str("the value contains a NUL byte"));
+    }
+    std::str::from_utf8(bytes).map_err(|_| RedisError::Str("the value is not UTF-8"))
+}
+
 /// The current value of a string module config.
-pub fn get(cell: &Mutex<String>) -> String {
-    cell.lock().map(|s| s.clone()).unwrap_or_default()
+pub fn get(cell: &StringConfig) -> String {
+    cell.lock().clone()
 }
 
 /// Is `key` the events stream (or, in cluster mode, a node's copy `events-key{swN}`)?
 /// Stream watches never treat it as a queue.
 pub fn is_events_key(key: &[u8]) -> bool {
-    let Ok(base) = EVENTS_KEY.lock() else {
-        return false;
-    };
+    let base = EVENTS_KEY.lock();
     let base = base.as_bytes();
     !base.is_empty()
         && key.starts_with(base)
@@ -152,6 +187,9 @@ struct HandlerToml {
     #[serde(default)]
     timeout_ms: u64,
     log_lines: Option<usize>,
+    /// Lets a placeholder choose the program (see `program_placeholder`).
+    #[serde(default)]
+    allow_program_placeholder: bool,
 }
 
 fn always() -> Restart {
@@ -248,6 +286,16 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             return Err(at(
                 span.start,
                 format!("handler '{name}' has an empty command"),
+            ));
+        }
+        if let Some(p) = program_placeholder(&command[0]).filter(|_| !h.allow_program_placeholder) {
+            return Err(at(
+                span.start,
+                format!(
+                    "handler '{name}' has the placeholder {p} in its program (the command's \
+                     first element), so whoever writes the key would choose what runs; set \
+                     allow-program-placeholder = true if that is meant"
+                ),
             ));
         }
         // Relative paths are relative to the config file, not to the server's --dir.
@@ -395,7 +443,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 format!("watch pattern '{}' appears twice", w.pattern),
             ));
         }
-        watches.push(WatchSpec {
+        let spec = WatchSpec {
             pattern: w.pattern.into_bytes(),
             handler,
             kind,
@@ -403,9 +451,32 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             onchange,
             source: Source::Config,
             stream,
-        });
+        };
+        if let Some(problem) = crate::watch::deadletter_problem(&spec) {
+            let offset = w
+                .deadletter
+                .as_ref()
+                .map_or(wspan.start, |d| d.span().start);
+            return Err(at(offset, problem));
+        }
+        watches.push(spec);
     }
     Ok(Config { handlers, watches })
+}
+
+/// The first placeholder in a program name (`{value}`, `{field:url}`, ...), if any.
+fn program_placeholder(program: &str) -> Option<&str> {
+    const NAMES: [&str; 6] = ["{key}", "{field}", "{value}", "{db}", "{id}", "{field:"];
+    let (at, name) = NAMES
+        .iter()
+        .filter_map(|n| program.find(n).map(|i| (i, *n)))
+        .min()?;
+    Some(match name {
+        "{field:" => program[at..]
+            .find('}')
+            .map_or(&program[at..], |e| &program[at..=at + e]),
+        n => n,
+    })
 }
 
 /// Reads and parses the file named by the `config` module config (none: empty config).
@@ -448,6 +519,50 @@ db = 0
         assert_eq!(c.handlers["transcode"].stop_signal, libc::SIGTERM);
         assert_eq!(c.watches.len(), 1);
         assert_eq!(c.watches[0].db, DbSel::One(0));
+    }
+
+    #[test]
+    fn a_placeholder_may_pick_the_program_only_when_allowed() {
+        for (program, found) in [
+            ("{value}", Some("{value}")),
+            ("/bin/{key}-run", Some("{key}")),
+            ("/opt/{field:tool}/run", Some("{field:tool}")),
+            ("/usr/bin/env", None),
+            ("/bin/{x}", None),
+        ] {
+            assert_eq!(program_placeholder(program), found, "{program}");
+        }
+        let text = "[handler.a]\ncommand = [\"{value}\", \"x\"]\n";
+        let e = parse("f.toml", text).unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 2: handler 'a' has the placeholder {value}"),
+            "{e}"
+        );
+        let allowed = format!("{text}allow-program-placeholder = true\n");
+        assert!(parse("f.toml", &allowed).is_ok());
+    }
+
+    #[test]
+    fn a_dead_letter_stream_cannot_be_the_queue_itself() {
+        let text = "[handler.a]\ncommand = [\"x\"]\n[[watch]]\npattern = \"q\"\nhandler = \"a\"\n\
+                    type = \"stream\"\ndeadletter = \"q\"\n";
+        let e = parse("f.toml", text).unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 7: the dead-letter stream 'q'"),
+            "{e}"
+        );
+        let glob = text.replace("pattern = \"q\"", "pattern = \"q*\"");
+        assert!(
+            parse("f.toml", &glob).is_ok(),
+            "a glob's dead letters are excluded"
+        );
+    }
+
+    #[test]
+    fn string_configs_refuse_nul_bytes() {
+        assert!(checked_config_value(b"a\0b").is_err());
+        assert!(checked_config_value(&[0xff]).is_err());
+        assert_eq!(checked_config_value(b"events").ok(), Some("events"));
     }
 
     #[test]

@@ -128,9 +128,7 @@ pub fn command(
         }
         Err(panic) => {
             let what = panic_text(&panic);
-            redis_module::logging::log_warning(format!(
-                "streamwatch: internal error in {name}: {what}"
-            ));
+            log_warning(format!("streamwatch: internal error in {name}: {what}"));
             Reply::Error(format!("ERR streamwatch internal error in {name}: {what}")).emit(ctx.ctx);
             Ok(RedisValue::NoReply)
         }
@@ -140,11 +138,23 @@ pub fn command(
 /// Runs an event callback with panics caught; a panic becomes a log line.
 pub fn callback(name: &str, f: impl FnOnce()) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-        redis_module::logging::log_warning(format!(
+        log_warning(format!(
             "streamwatch: internal error in {name}: {}",
             panic_text(&panic)
         ));
     }
+}
+
+/// Writes a warning to the server's log. The crate's own logging goes through a C
+/// string and panics on a NUL byte, which a key or field name quoted in the message may
+/// hold (and a panic while reporting a panic is not caught): NULs are written as `\0`.
+pub fn log_warning(message: impl Into<String>) {
+    redis_module::logging::log_warning(message.into().replace('\0', "\\0"));
+}
+
+/// Writes a notice to the server's log (as `log_warning`).
+pub fn log_notice(message: impl Into<String>) {
+    redis_module::logging::log_notice(message.into().replace('\0', "\\0"));
 }
 
 pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -390,7 +400,7 @@ pub fn hash_get_fields<'f>(
         let k = k.0;
         let mut values = Vec::new();
         for field in fields {
-            let f = ctx.create_string(field.to_vec());
+            let f = string(ctx, field);
             let mut v: *mut raw::RedisModuleString = ptr::null_mut();
             raw::RedisModule_HashGet.unwrap()(
                 k,
@@ -410,13 +420,20 @@ pub fn hash_get_fields<'f>(
     }
 }
 
+/// A Redis string holding exactly `bytes`. The crate's `Context::create_string` goes
+/// through a C string and panics on a NUL byte, which any client can put in a key or a
+/// field name; this never does.
+pub fn string(ctx: &Context, bytes: &[u8]) -> redis_module::RedisString {
+    redis_module::RedisString::create_from_slice(ctx.ctx, bytes)
+}
+
 /// Hash `key` of the selected database, open for reading (closed on drop).
 struct HashKey(*mut raw::RedisModuleKey);
 
 impl HashKey {
     /// `None` if the key does not exist or is not a hash.
     fn open(ctx: &Context, key: &[u8]) -> Option<HashKey> {
-        let name = ctx.create_string(key.to_vec());
+        let name = string(ctx, key);
         let mode = raw::KeyMode::READ.bits() | redis_module::key::KeyFlags::NOTOUCH.bits();
         let k = unsafe {
             raw::RedisModule_OpenKey.unwrap()(ctx.ctx, name.inner, mode)
@@ -459,6 +476,24 @@ pub fn fd_path(file: &File) -> String {
 pub fn reap_nohang(pid: i32) {
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}
+
+/// Reaps a child whose connection closed (module threads only: it may wait). It exits
+/// right after closing its end, so it is waited for a little; one still alive after
+/// that is killed (unreaped, its pid is still its own) and then reaped. Done when
+/// reaped, or when Redis reaped it first (ECHILD).
+pub fn reap_child(pid: i32) {
+    let mut status = 0;
+    for _ in 0..100 {
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
 }
 
 /// SIGKILL to a process group (`-pgid`) or a process; errors (ESRCH) are ignored.

@@ -4,15 +4,26 @@
 //! from a memfd with `posix_spawn` (std's `Command` with no pre-exec hook, so the large
 //! redis-server heap is never forked), hands it one end of a Unix socket as its stdin,
 //! and starts a reader thread that forwards every report to the supervisor's channel.
+//!
+//! Output reports are the only ones whose volume a worker decides: the reader forwards
+//! at most `MAX_QUEUED_OUTPUT` bytes of them not yet taken by the supervisor and drops
+//! (and counts) the rest, so a worker's output can never grow the server's memory (the
+//! helper already limits how fast each run's output comes, see `helper/main.rs`).
+//!
+//! When the helper is gone, everything left in its session (the runs it started, their
+//! children) is killed (`kill_session`), and the record of live runs on disk names the
+//! helper's session too, for a module that loads after a crash of both.
 
 use crate::ffi;
 use crate::protocol::{read_frame, write_frame, Report, Request};
+use crate::stats;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The helper binary, compiled by build.rs.
 static HELPER_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streamwatch-helper"));
@@ -20,7 +31,30 @@ static HELPER_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streamwa
 pub struct Runner {
     socket: UnixStream,
     pid: i32,
+    /// The helper's start time (`ProcStat::start_time`), to know its pid again.
+    start_time: Option<u64>,
     _memfd: File,
+}
+
+/// Bytes of output reports forwarded to the supervisor and not yet taken by it.
+static QUEUED_OUTPUT: AtomicUsize = AtomicUsize::new(0);
+/// Past this many queued bytes, output reports are dropped (and counted).
+const MAX_QUEUED_OUTPUT: usize = 4 << 20;
+
+/// The supervisor took an output report of `len` bytes off its channel.
+pub fn output_taken(len: usize) {
+    QUEUED_OUTPUT.fetch_sub(len, Ordering::Relaxed);
+}
+
+/// Whether an output report of `len` bytes may be queued (and counted as queued).
+fn queue_output(len: usize) -> bool {
+    let queued = QUEUED_OUTPUT.fetch_add(len, Ordering::Relaxed);
+    if queued + len <= MAX_QUEUED_OUTPUT {
+        return true;
+    }
+    QUEUED_OUTPUT.fetch_sub(len, Ordering::Relaxed);
+    stats::OUTPUT_DROPPED.fetch_add(len as u64, Ordering::Relaxed);
+    false
 }
 
 impl Runner {
@@ -37,6 +71,7 @@ impl Runner {
         let pid = child.id() as i32;
         // The helper is reaped by us when it is gone (or by Redis during a fork child).
         drop(child);
+        let start_time = proc_stat(pid).map(|s| s.start_time);
         let reader = ours.try_clone()?;
         std::thread::Builder::new()
             .name("streamwatch-reports".into())
@@ -47,28 +82,33 @@ impl Runner {
                         Some(frame) => Report::decode(&frame).map(Some),
                         None => Ok(None),
                     }) {
+                        Ok(Some(Report::Output { data, .. })) if !queue_output(data.len()) => {}
                         Ok(Some(report)) => on_report(Some(report)),
                         Ok(None) => break,
                         Err(e) => {
-                            redis_module::logging::log_warning(format!(
-                                "streamwatch: helper connection failed: {e}"
-                            ));
+                            ffi::log_warning(format!("streamwatch: helper connection failed: {e}"));
                             break;
                         }
                     }
                 }
-                ffi::reap_nohang(pid);
+                ffi::reap_child(pid);
                 on_report(None);
             })?;
         Ok(Runner {
             socket: ours,
             pid,
+            start_time,
             _memfd: memfd,
         })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The helper's session: its pid and start time (see `kill_session`).
+    pub fn session(&self) -> (i32, Option<u64>) {
+        (self.pid, self.start_time)
     }
 
     pub fn send(&mut self, req: &Request) -> io::Result<()> {
@@ -84,15 +124,72 @@ impl Drop for Runner {
     }
 }
 
-/// `(process group, start time in clock ticks since boot)` of a live process, from
-/// `/proc/PID/stat`; `None` if there is no such process.
-pub fn proc_identity(pid: i32) -> Option<(i32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// What `/proc/PID/stat` says of a live process that the module needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, ... `Z` for a zombie.
+    pub state: char,
+    pub pgrp: i32,
+    pub session: i32,
+    /// Start time in clock ticks since boot: with the pid, what identifies a process.
+    pub start_time: u64,
+}
+
+/// `None` if there is no such process.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<ProcStat> {
     // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split(' ').collect();
-    // rest starts at field 3 (state); pgrp is field 5, starttime field 22.
-    Some((f.get(2)?.parse().ok()?, f.get(19)?.parse().ok()?))
+    // rest starts at field 3 (state); pgrp is field 5, session 6, starttime 22.
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start_time: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Kills every process in the session of a helper that is gone (`sid` is its pid,
+/// `start_time` its start time): the runs it started and whatever they started, which
+/// would otherwise outlive it (reparented to init, unknown to anyone). Returns how many.
+///
+/// Safe against a recycled pid: while any process is in the session, the kernel does
+/// not give its id to a new process; if a process with pid `sid` exists with another
+/// start time, the number was recycled, so the session is empty and nothing is killed.
+pub fn kill_session(sid: i32, start_time: Option<u64>) -> usize {
+    if sid <= 1 {
+        return 0;
+    }
+    if let Some(leader) = proc_stat(sid) {
+        if start_time.is_some_and(|t| t != leader.start_time) {
+            return 0;
+        }
+    }
+    let me = std::process::id() as i32;
+    let mut killed = std::collections::BTreeSet::new();
+    // Again while a pass finds someone new: a member may have forked during the pass.
+    for _ in 0..5 {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        let members: Vec<i32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me && !killed.contains(&pid))
+            .filter(|&pid| proc_stat(pid).is_some_and(|s| s.session == sid && s.state != 'Z'))
+            .collect();
+        if members.is_empty() {
+            break;
+        }
+        for pid in members {
+            ffi::kill_hard(pid, false);
+            killed.insert(pid);
+        }
+    }
+    killed.len()
 }
 
 /// Kills what is left of a run whose helper died (so nothing reports on it any more):
@@ -102,8 +199,8 @@ pub fn proc_identity(pid: i32) -> Option<(i32, u64)> {
 /// been reused by a new group (that needs a new leader with that pid), so the
 /// remaining members are the run's own children.
 pub fn kill_orphaned_run(pid: i32, start_time: Option<u64>) {
-    match proc_identity(pid) {
-        Some((_, started)) if Some(started) == start_time => {
+    match proc_stat(pid) {
+        Some(s) if Some(s.start_time) == start_time => {
             ffi::kill_hard(pid, true);
             ffi::kill_hard(pid, false);
         }
@@ -118,6 +215,8 @@ pub fn kill_orphaned_run(pid: i32, start_time: Option<u64>) {
 /// the supervisor thread; written at most every `RECORD_EVERY` while runs change.
 pub struct RunRecord {
     path: Option<std::path::PathBuf>,
+    /// The live helper's session (pid, start time), written as `session PID START`.
+    helper: Option<(i32, u64)>,
     dirty: bool,
     last_write: std::time::Instant,
 }
@@ -128,13 +227,15 @@ impl RunRecord {
     pub fn new(dir: Option<&str>) -> RunRecord {
         RunRecord {
             path: dir.map(|d| std::path::Path::new(d).join("streamwatch.runs")),
+            helper: None,
             dirty: false,
             last_write: std::time::Instant::now() - RECORD_EVERY,
         }
     }
 
     /// Kills the runs a previous instance recorded that are still alive (same pid and
-    /// same start time, so a recycled pid is never hit). Returns how many.
+    /// same start time, so a recycled pid is never hit), and what is left in its
+    /// helper's session. Returns how many.
     pub fn kill_leftovers(&self) -> usize {
         let Some(text) = self
             .path
@@ -145,6 +246,15 @@ impl RunRecord {
         };
         let mut killed = 0;
         for line in text.lines() {
+            if let Some(session) = line.strip_prefix("session ") {
+                let mut it = session.split_whitespace().map(str::parse::<u64>);
+                if let (Some(Ok(sid)), Some(Ok(start))) = (it.next(), it.next()) {
+                    if let Ok(sid) = i32::try_from(sid) {
+                        killed += kill_session(sid, Some(start));
+                    }
+                }
+                continue;
+            }
             let mut it = line.split_whitespace().map(str::parse::<u64>);
             let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) else {
                 continue;
@@ -152,7 +262,7 @@ impl RunRecord {
             let Ok(pid) = i32::try_from(pid) else {
                 continue;
             };
-            if proc_identity(pid).is_some_and(|(_, t)| t == start) {
+            if proc_stat(pid).is_some_and(|s| s.start_time == start && s.state != 'Z') {
                 ffi::kill_hard(pid, true);
                 ffi::kill_hard(pid, false);
                 killed += 1;
@@ -162,6 +272,12 @@ impl RunRecord {
     }
 
     pub fn mark(&mut self) {
+        self.dirty = true;
+    }
+
+    /// The helper now running (its session), if any.
+    pub fn set_helper(&mut self, helper: Option<(i32, Option<u64>)>) {
+        self.helper = helper.and_then(|(pid, start)| Some((pid, start?)));
         self.dirty = true;
     }
 
@@ -184,15 +300,43 @@ impl RunRecord {
         self.last_write = now;
         let Some(path) = &self.path else { return };
         let mut text = String::new();
+        if let Some((sid, start)) = self.helper {
+            text.push_str(&format!("session {sid} {start}\n"));
+        }
         for (pid, start) in runs {
             text.push_str(&format!("{pid} {start}\n"));
         }
         let tmp = path.with_extension("runs.tmp");
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
-            redis_module::logging::log_warning(format!(
-                "streamwatch: cannot write {}: {e}",
-                path.display()
-            ));
+            ffi::log_warning(format!("streamwatch: cannot write {}: {e}", path.display()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_are_read_past_the_command_name() {
+        let line = "42 (a) b (c)) S 1 40 39 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 10 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                state: 'S',
+                pgrp: 40,
+                session: 39,
+                start_time: 123456
+            })
+        );
+        assert_eq!(parse_stat("42 (x"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn this_process_is_found_in_its_own_session() {
+        let me = proc_stat(std::process::id() as i32).expect("our own stat");
+        assert!(me.session > 0 && me.start_time > 0);
     }
 }

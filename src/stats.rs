@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub static EVENTS: AtomicU64 = AtomicU64::new(0);
 pub static EVENTS_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Bytes of worker output dropped because the supervisor was behind (see `runner`).
+pub static OUTPUT_DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static RECONCILES: AtomicU64 = AtomicU64::new(0);
 pub static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
 pub static EXITS: AtomicU64 = AtomicU64::new(0);

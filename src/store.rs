@@ -236,7 +236,7 @@ pub fn sync(ctx: &Context) {
 fn read(ctx: &Context, name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     in_store_db(ctx, || {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let name = ctx.create_string(name);
+        let name = ffi::string(ctx, name);
         let key = ctx.open_key_with_flags(&name, KeyFlags::NOTOUCH);
         if key.key_type() == KeyType::Hash {
             ScanKeyCursor::new(key).for_each(|_, f, v| {
@@ -304,7 +304,7 @@ fn reload(ctx: &Context) -> Option<Snapshot> {
     specs.sort_by(|a, b| a.pattern.cmp(&b.pattern));
     let (snapshot, more) = watch::set_command_watches(specs);
     for p in problems.iter().chain(more.iter()) {
-        ctx.log_warning(&format!("streamwatch: {p}"));
+        ffi::log_warning(format!("streamwatch: {p}"));
     }
     snapshot
 }

@@ -107,6 +107,18 @@ const STATS_EVERY: Duration = Duration::from_millis(20);
 const HASH_SLICE: usize = 256;
 /// Lifecycle events appended per GIL hold.
 const EVENTS_PER_HOLD: usize = 32;
+/// A helper that lived this long was not failing: its death starts the count again.
+const HELPER_STABLE: Duration = Duration::from_secs(30);
+
+/// How long to wait before starting a helper after `failures` in a row: at once after
+/// the first, then 100 ms more per failure, at most 5 s.
+fn helper_delay(failures: u32) -> Duration {
+    if failures <= 1 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(100 * u64::from(failures)).min(Duration::from_secs(5))
+    }
+}
 
 /// Sends a message to the supervisor; false if it is not running.
 pub fn send(msg: Msg) -> bool {
@@ -359,6 +371,8 @@ enum Timer {
     Entry(QueueKey, Sid),
     /// A stream entry's run reached the handler's `timeout-ms`.
     Timeout(u64),
+    /// Time to start a helper again (see `on_helper_gone`).
+    Helper,
 }
 
 /// The last lines a run wrote (stdout and stderr merged).
@@ -369,22 +383,40 @@ struct Log {
 }
 
 impl Log {
-    fn push(&mut self, data: &[u8], cap: usize) {
-        const MAX_LINE: usize = 4096;
-        for &b in data {
-            if b == b'\n' || self.partial.len() >= MAX_LINE {
-                let mut line = std::mem::take(&mut self.partial);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+    /// Longer lines are cut into pieces of this many bytes.
+    const MAX_LINE: usize = 4096;
+
+    fn push(&mut self, mut data: &[u8], cap: usize) {
+        while let Some(&first) = data.first() {
+            if self.partial.len() >= Log::MAX_LINE {
+                // A full line: a newline here ends it, anything else starts the next.
+                if first == b'\n' {
+                    data = &data[1..];
                 }
-                self.lines.push_back(line);
-                if b != b'\n' {
-                    self.partial.push(b);
+                self.end_line(cap);
+                continue;
+            }
+            let window = &data[..data.len().min(Log::MAX_LINE - self.partial.len())];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.partial.extend_from_slice(&window[..i]);
+                    data = &data[i + 1..];
+                    self.end_line(cap);
                 }
-            } else {
-                self.partial.push(b);
+                None => {
+                    self.partial.extend_from_slice(window);
+                    data = &data[window.len()..];
+                }
             }
         }
+    }
+
+    fn end_line(&mut self, cap: usize) {
+        let mut line = std::mem::take(&mut self.partial);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        self.lines.push_back(line);
         self.trim(cap);
     }
 
@@ -502,7 +534,12 @@ struct Supervisor {
     events: Vec<Vec<(&'static str, Vec<u8>)>>,
     /// Keys with fields not started because of `max-jobs`, and how many each.
     over_limit: BTreeMap<(i32, Vec<u8>), usize>,
+    /// Helpers in a row that died (or could not start) soon after they started.
     helper_failures: u32,
+    /// When the current helper started.
+    helper_started: Instant,
+    /// Appending to the events stream failed (and was logged) the last time.
+    events_failing: bool,
     /// Live runs on disk, for the next load if the helper dies with the server.
     record: runner::RunRecord,
     /// In cluster mode, the slots this node owns (only their keys have jobs).
@@ -557,6 +594,8 @@ impl Supervisor {
             events: Vec::new(),
             over_limit: BTreeMap::new(),
             helper_failures: 0,
+            helper_started: Instant::now(),
+            events_failing: false,
             record: runner::RunRecord::new(None),
             owned: None,
             next_poll: Instant::now(),
@@ -569,7 +608,7 @@ impl Supervisor {
         self.record = runner::RunRecord::new(dir.as_deref());
         let killed = self.record.kill_leftovers();
         if killed > 0 {
-            redis_module::logging::log_warning(format!(
+            ffi::log_warning(format!(
                 "streamwatch: killed {killed} workers left running by a previous instance"
             ));
         }
@@ -670,7 +709,7 @@ impl Supervisor {
     fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Supervisor)) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
         if let Err(p) = r {
-            redis_module::logging::log_warning(format!(
+            ffi::log_warning(format!(
                 "streamwatch: internal error in supervisor ({what}): {}",
                 ffi::panic_text(&p)
             ));
@@ -802,6 +841,7 @@ impl Supervisor {
 
     fn start_helper(&mut self) {
         let tx = self.tx.clone();
+        self.helper_started = Instant::now();
         match Runner::start(move |r| {
             let _ = tx.send(match r {
                 Some(report) => Msg::Report(report),
@@ -809,19 +849,41 @@ impl Supervisor {
             });
         }) {
             Ok(r) => {
-                redis_module::logging::log_notice(format!(
+                ffi::log_notice(format!(
                     "streamwatch: helper process started, pid {}",
                     r.pid()
                 ));
+                self.record.set_helper(Some(r.session()));
                 self.runner = Some(r);
             }
             Err(e) => {
-                redis_module::logging::log_warning(format!(
-                    "streamwatch: cannot start the helper process: {e}"
-                ));
+                ffi::log_warning(format!("streamwatch: cannot start the helper process: {e}"));
+                self.record.set_helper(None);
                 self.runner = None;
+                self.helper_failed();
             }
         }
+    }
+
+    /// Starts a helper in place of one that is gone, and puts the jobs back.
+    fn restart_helper(&mut self) {
+        self.start_helper();
+        if self.runner.is_some() {
+            self.reconcile_all();
+        }
+    }
+
+    /// A helper died, or could not start: try again after a delay that grows with the
+    /// failures in a row (never by sleeping: commands are still answered meanwhile).
+    /// A helper that ran for `HELPER_STABLE` clears the count.
+    fn helper_failed(&mut self) {
+        if self.helper_started.elapsed() >= HELPER_STABLE {
+            self.helper_failures = 0;
+        }
+        self.helper_failures += 1;
+        let delay = helper_delay(self.helper_failures);
+        self.timers
+            .push(Reverse((Instant::now() + delay, Timer::Helper)));
     }
 
     fn active(&self) -> bool {
@@ -1038,7 +1100,7 @@ impl Supervisor {
             self.reconcile_key(db, key, look, tally)
         }));
         if let Err(p) = r {
-            redis_module::logging::log_warning(format!(
+            ffi::log_warning(format!(
                 "streamwatch: internal error in supervisor (reconcile of '{}' in db {db}): {}",
                 String::from_utf8_lossy(key),
                 ffi::panic_text(&p)
@@ -1550,24 +1612,32 @@ impl Supervisor {
                 }
             }
             Report::SpawnFailed { run, error } => self.run_ended(run, End::SpawnError(error)),
-            Report::Output { run, data } => match self.runs.get(&run) {
-                Some(RunOf::Job(jk)) => {
-                    if let Some(job) = self.jobs.get_mut(jk) {
-                        let cap = job.watch.handler.log_lines();
-                        job.log.push(&data, cap);
-                    }
-                }
-                Some(RunOf::Entry(qk, sid)) => {
-                    if let Some(q) = self.queues.get_mut(qk) {
-                        let cap = q.watch.handler.log_lines();
-                        if let Some(e) = q.entries.get_mut(sid) {
-                            e.log.push(&data, cap);
-                        }
-                    }
-                }
-                None => {}
-            },
+            Report::Output { run, data } => {
+                runner::output_taken(data.len());
+                self.on_output(run, &data);
+            }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
+        }
+    }
+
+    /// Output from a run: into its job's (or entry's) log.
+    fn on_output(&mut self, run: u64, data: &[u8]) {
+        match self.runs.get(&run) {
+            Some(RunOf::Job(jk)) => {
+                if let Some(job) = self.jobs.get_mut(jk) {
+                    let cap = job.watch.handler.log_lines();
+                    job.log.push(data, cap);
+                }
+            }
+            Some(RunOf::Entry(qk, sid)) => {
+                if let Some(q) = self.queues.get_mut(qk) {
+                    let cap = q.watch.handler.log_lines();
+                    if let Some(e) = q.entries.get_mut(sid) {
+                        e.log.push(data, cap);
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -1676,17 +1746,22 @@ impl Supervisor {
                 }
                 Timer::Entry(qk, sid) => self.entry_due(&qk, sid, at),
                 Timer::Timeout(run) => self.time_out(run),
+                Timer::Helper => {
+                    if self.runner.is_none() {
+                        self.restart_helper();
+                    }
+                }
             }
         }
     }
 
     fn on_helper_gone(&mut self) {
-        redis_module::logging::log_warning(
-            "streamwatch: the helper process is gone; its runs are counted as failed",
-        );
-        self.runner = None;
+        ffi::log_warning("streamwatch: the helper process is gone; its runs are counted as failed");
+        let helper = self.runner.take().map(|r| r.session());
         // Its workers were not stopped by it: kill them before starting new ones, or
-        // every job would run twice.
+        // every job would run twice. The runs it reported are known by pid; those it
+        // started and had not reported yet, and the runs' own children, are found in
+        // its session.
         let entries = self.queues.values().flat_map(|q| q.entries.values());
         let runs = self
             .jobs
@@ -1698,20 +1773,15 @@ impl Supervisor {
                 runner::kill_orphaned_run(pid, run.start_time);
             }
         }
+        if let Some((sid, start)) = helper {
+            runner::kill_session(sid, start);
+        }
+        self.record.set_helper(None);
         let lost: Vec<u64> = self.runs.keys().copied().collect();
         for id in lost {
             self.run_ended(id, End::SpawnError("the helper process exited".into()));
         }
-        self.helper_failures += 1;
-        if self.helper_failures > 1 {
-            std::thread::sleep(Duration::from_millis(
-                (100 * self.helper_failures as u64).min(5000),
-            ));
-        }
-        self.start_helper();
-        if self.runner.is_some() {
-            self.reconcile_all();
-        }
+        self.helper_failed();
     }
 
     // ---- replies ----
@@ -1844,7 +1914,8 @@ impl Supervisor {
             let rest = events.split_off(EVENTS_PER_HOLD);
             self.events = rest;
         }
-        for fields in events {
+        let total = events.len();
+        for (written, fields) in events.into_iter().enumerate() {
             let mut args: Vec<&[u8]> = vec![key.as_bytes()];
             if config::events_maxlen() > 0 {
                 args.extend([b"MAXLEN".as_slice(), b"~", maxlen.as_bytes()]);
@@ -1856,12 +1927,24 @@ impl Supervisor {
             }
             let r: CallResult = ctx.call_ext("XADD", &opts, args.as_slice());
             if let Err(e) = r {
-                redis_module::logging::log_warning(format!(
-                    "streamwatch: cannot append to the events stream '{key}': {}",
-                    e.to_utf8_string().unwrap_or_default()
-                ));
-                break;
+                // Counted, and said once until appending works again (a key of the
+                // wrong type would otherwise log a line per event).
+                stats::EVENTS_DROPPED.fetch_add((total - written) as u64, Ordering::Relaxed);
+                if !self.events_failing {
+                    self.events_failing = true;
+                    ffi::log_warning(format!(
+                        "streamwatch: cannot append to the events stream '{key}': {}; \
+                         events are dropped (counted in events_dropped) until it works again",
+                        e.to_utf8_string().unwrap_or_default()
+                    ));
+                }
+                return;
             }
+        }
+        if std::mem::take(&mut self.events_failing) {
+            ffi::log_notice(format!(
+                "streamwatch: the events stream '{key}' is written again"
+            ));
         }
     }
 }
@@ -1920,6 +2003,31 @@ mod tests {
             Look::of(written(Wrote::Deleted, &many)),
             Look::Key
         ));
+    }
+
+    #[test]
+    fn output_is_cut_into_lines_and_only_the_last_are_kept() {
+        let lines = |chunks: &[&[u8]], cap: usize| {
+            let mut log = Log::default();
+            chunks.iter().for_each(|c| log.push(c, cap));
+            log.finish(cap);
+            log.lines
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&[b"a\nb\r\nc"], 10), ["a", "b", "c"]);
+        assert_eq!(lines(&[b"a", b"b\n", b"\n", b"c\n"], 10), ["ab", "", "c"]);
+        assert_eq!(lines(&[b"1\n2\n3\n4\n"], 2), ["3", "4"]);
+        assert_eq!(lines(&[b"x\n"], 0), Vec::<String>::new());
+        let long = vec![b'x'; Log::MAX_LINE];
+        let got = lines(&[&long, b"\n", &long, b"yz\n"], 10);
+        let sizes: Vec<usize> = got.iter().map(String::len).collect();
+        assert_eq!(
+            sizes,
+            [Log::MAX_LINE, Log::MAX_LINE, 2],
+            "a full line ends at its newline"
+        );
     }
 
     #[test]

@@ -314,9 +314,26 @@ pub fn find(pattern: &[u8]) -> Option<Arc<Watch>> {
     })
 }
 
+/// Why a stream watch's dead-letter stream cannot be what it says: the one stream its
+/// literal pattern names (that stream would be no queue at all, see `Watch::covers`).
+pub fn deadletter_problem(spec: &WatchSpec) -> Option<String> {
+    let dl = spec.stream.deadletter.as_ref()?;
+    (spec.kind == Kind::Stream && glob::is_literal(&spec.pattern) && *dl == spec.pattern).then(
+        || {
+            format!(
+                "the dead-letter stream '{}' is the stream the watch consumes; give another (DEADLETTER)",
+                String::from_utf8_lossy(dl)
+            )
+        },
+    )
+}
+
 /// Can `STREAMWATCH.WATCH` add this command watch? (`replace`: may replace one.)
 pub fn check_add(spec: &WatchSpec, replace: bool) -> Result<(), String> {
     handler_of(spec)?;
+    if let Some(problem) = deadletter_problem(spec) {
+        return Err(format!("ERR {problem}"));
+    }
     match find(&spec.pattern) {
         Some(w) if w.spec.source == Source::Config => Err(from_config(&spec.pattern)),
         Some(_) if !replace => Err(format!(
@@ -365,6 +382,10 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
                 problems.push(format!(
                     "stored watch '{pattern}' is ignored: the config file has that pattern"
                 ));
+                continue;
+            }
+            if let Some(problem) = deadletter_problem(&spec) {
+                problems.push(format!("stored watch '{pattern}' is ignored: {problem}"));
                 continue;
             }
             if let Some(same) = old.iter().find(|w| w.spec == spec) {

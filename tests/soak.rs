@@ -7,6 +7,10 @@
 //! field of every watched hash, with the field's current value, no other worker, no
 //! zombie.
 //!
+//! A second run does the same while SIGKILLing the helper process now and then (as an
+//! OOM killer would): it too must end in exactly the right workers, with no worker left
+//! over from a dead helper.
+//!
 //! `SOAK_OPS` (default 1,500 here; `make soak` runs 100,000) and `SOAK_SEED` (default:
 //! from the clock) size and replay a run; a failure names its seed and operation.
 
@@ -202,6 +206,27 @@ fn converge(s: &Server, c: &mut redis::Connection, seed: u64, op: usize, paused:
 
 #[test]
 fn random_changes_always_end_in_the_right_workers() {
+    soak(false);
+}
+
+#[test]
+fn killing_the_helper_during_random_changes_still_ends_in_the_right_workers() {
+    soak(true);
+}
+
+/// The live helper's pid, if there is one now.
+fn helper_pid(s: &Server) -> Option<u32> {
+    s.descendants()
+        .into_iter()
+        .find(|p| {
+            p.ppid == s.pid()
+                && p.state != 'Z'
+                && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
+        })
+        .map(|p| p.pid)
+}
+
+fn soak(kill_helper: bool) {
     let ops: usize = std::env::var("SOAK_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -215,7 +240,8 @@ fn random_changes_always_end_in_the_right_workers() {
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1
         });
-    eprintln!("soak: seed {seed}, {ops} operations");
+    let what = if kill_helper { " and helper kills" } else { "" };
+    eprintln!("soak: seed {seed}, {ops} operations{what}");
     let script = r#"trap 'exit 0' TERM; while :; do sleep 1; done"#;
     let toml = format!(
         "[handler.w]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\", \"{{key}}\", \"{{field}}\", \"{{value}}\", \"{{db}}\"]\nstop-grace-ms = 2000\nbackoff-initial-ms = 10\n\n[[watch]]\npattern = \"s:*\"\nhandler = \"w\"\ndb = \"all\"\n"
@@ -223,15 +249,25 @@ fn random_changes_always_end_in_the_right_workers() {
     let s = Server::builder(&toml).start();
     let mut c = s.conn();
     let mut r = Rng(seed);
+    // Helper kills come from a stream of their own: the operations stay those of the
+    // seed without kills.
+    let mut kills = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut killed = 0;
     let mut paused = false;
     // Checked often, and without a RESUME or any other full reconcile first, so a
     // change the module failed to notice shows up as a mismatch.
     let every = 40;
     for op in 1..=ops {
         step(&mut c, &mut r, &mut paused);
+        if kill_helper && kills.below(100) == 0 {
+            if let Some(pid) = helper_pid(&s) {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                killed += 1;
+            }
+        }
         if op % every == 0 || op == ops {
             converge(&s, &mut c, seed, op, paused);
         }
     }
-    eprintln!("soak: seed {seed}, {ops} operations, 0 mismatches");
+    eprintln!("soak: seed {seed}, {ops} operations{what} ({killed} kills), 0 mismatches");
 }

@@ -836,23 +836,38 @@ fn killed_helper_leaves_no_orphans_and_jobs_run_once() {
 }
 
 /// redis-server and the helper die at the same moment (nobody is left to stop the
-/// workers): the next load in the same --dir kills the recorded workers, checked by
-/// start time.
+/// workers): the workers die with the helper, and what they started themselves (left
+/// in the helper's session) is killed by the next load in the same --dir, checked by
+/// the session leader's start time.
 #[test]
 fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
-    let config = simple_config("lo:*");
+    let config = cfg(
+        "parent",
+        "sleep 1000 & echo \"child $!\"; trap 'exit 0' TERM; wait",
+        "",
+        "lo:*",
+    );
     let mut s = Server::start(&config);
     let mut c = s.conn();
     ok(&mut c, &["HSET", "lo:k", "a", "1", "b", "2"]);
-    assert_workers(&s, &mut c, &[("lo:k", "a", "1"), ("lo:k", "b", "2")]);
-    let pids: Vec<u32> = job_pids(&mut c).into_iter().collect();
+    let pids: Vec<u32> = wait_for("two workers running", WAIT, || {
+        let p = job_pids(&mut c);
+        (p.len() == 2).then(|| p.into_iter().collect())
+    });
     let mut reap = Reap::new();
+    let mut children = Vec::new();
+    for f in ["a", "b"] {
+        let child = logged_child(&mut c, "lo:k", f);
+        reap.add(child);
+        children.push(child);
+    }
     for &p in &pids {
         reap.add(p);
     }
     let record = s.dir().path().join("streamwatch.runs");
-    wait_until("runs recorded", WAIT, || {
-        std::fs::read_to_string(&record).is_ok_and(|t| t.lines().count() == 2)
+    wait_until("runs and the helper's session recorded", WAIT, || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|t| t.lines().count() == 3 && t.lines().any(|l| l.starts_with("session ")))
     });
     let helper = helper_of(&s);
     // Stop the server first (and wait until it is stopped: kill() does not wait), so
@@ -873,13 +888,14 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
     });
     unsafe { libc::kill(helper.pid as i32, libc::SIGKILL) };
     s.kill9();
+    wait_gone("the workers died with their helper", &pids);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        pids.iter().all(|&p| pid_alive(p)),
-        "the workers should have been orphaned"
+        children.iter().all(|&p| pid_alive(p)),
+        "the workers' children should have been orphaned"
     );
     let s2 = Server::builder(&config).dir(s.dir()).start();
-    wait_gone("orphaned workers killed on next load", &pids);
+    wait_gone("orphaned children killed on next load", &children);
     assert!(
         s2.log()
             .contains("killed 2 workers left running by a previous instance"),

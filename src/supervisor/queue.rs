@@ -423,7 +423,7 @@ impl Supervisor {
                         }
                         Err(e) => {
                             // Not acknowledged: it stays pending for the next recovery.
-                            redis_module::logging::log_warning(format!(
+                            ffi::log_warning(format!(
                                 "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {}",
                                 String::from_utf8_lossy(key),
                                 String::from_utf8_lossy(&dl),
@@ -441,7 +441,7 @@ impl Supervisor {
             return;
         }
         let exists = {
-            let name = ctx.create_string(key.to_vec());
+            let name = ffi::string(ctx, key);
             let k = ctx.open_key_with_flags(&name, redis_module::key::KeyFlags::NOTOUCH);
             k.key_type() == KeyType::Stream
         };
@@ -594,7 +594,7 @@ impl Supervisor {
                         let _ = call(ctx, "XGROUP", &[b"CREATE", key, group, b"0"]);
                         continue;
                     }
-                    redis_module::logging::log_warning(format!(
+                    ffi::log_warning(format!(
                         "streamwatch: cannot read '{}' through group '{}': {}",
                         String::from_utf8_lossy(key),
                         String::from_utf8_lossy(group),

@@ -103,6 +103,7 @@ pub struct ServerBuilder {
     save: String,
     module: bool,
     module_path: Option<PathBuf>,
+    own_group: bool,
 }
 
 impl ServerBuilder {
@@ -134,6 +135,13 @@ impl ServerBuilder {
     /// Start a plain redis-server, without the module.
     pub fn without_module(mut self) -> Self {
         self.module = false;
+        self
+    }
+
+    /// Start the server as the leader of its own process group, as a shell starts a
+    /// foreground job (so a test can signal the whole group, as Ctrl-C would).
+    pub fn own_process_group(mut self) -> Self {
+        self.own_group = true;
         self
     }
 
@@ -258,6 +266,9 @@ impl ServerBuilder {
         cmd.stdin(Stdio::null())
             .stdout(stdio.try_clone().unwrap())
             .stderr(stdio);
+        if self.own_group {
+            cmd.process_group(0);
+        }
         // If the test process dies without running destructors, the server goes too.
         unsafe {
             cmd.pre_exec(|| {
@@ -311,6 +322,7 @@ impl Server {
             save: String::new(),
             module: true,
             module_path: None,
+            own_group: false,
         }
     }
 

@@ -1,0 +1,322 @@
+//! What any client that can write a key (or set a config), a worker, or the machine
+//! can do to the server, and what must hold anyway: the breaks an adversarial probe
+//! found, one test each. A worker's output flood, NUL bytes where Redis allows them,
+//! the helper killed during writes, the signals a terminal or a service manager sends
+//! to every process, a program chosen by a key's value, a queue dead-lettering into
+//! itself, an events key of the wrong type.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn is_helper(p: &ProcInfo) -> bool {
+    p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
+}
+
+/// The pid of the server's live helper (waits for one other than `not`).
+fn helper_pid(s: &Server, not: Option<u32>) -> u32 {
+    wait_for("a live helper", WAIT, || {
+        s.descendants()
+            .into_iter()
+            .find(|p| p.ppid == s.pid() && p.state != 'Z' && is_helper(p) && Some(p.pid) != not)
+            .map(|p| p.pid)
+    })
+}
+
+fn used_memory(c: &mut redis::Connection) -> u64 {
+    info(c, "memory")["used_memory"]
+        .parse()
+        .expect("used_memory")
+}
+
+fn status_counter(c: &mut redis::Connection, name: &str) -> i64 {
+    let status = to_map(&ok(c, &["STREAMWATCH.STATUS"]));
+    get_int(&to_map(&status["counters"]), name).unwrap_or(-1)
+}
+
+/// Workers writing as fast as they can (`yes`) next to a dataset near `maxmemory`:
+/// their output is read at a bounded rate and never queued without bound, so the
+/// server's memory stays flat, no user key is evicted, and other jobs still start.
+#[test]
+fn a_worker_flooding_its_output_costs_the_server_neither_memory_nor_keys() {
+    let config = format!(
+        "{}\n{}\n{}",
+        sh_handler("flood", "exec yes \"$3\"", ""),
+        long_handler("w", ""),
+        watch_toml("fine:*", "w", None)
+    );
+    let s = Server::builder(&config)
+        .redis_args(&["--maxmemory", "128mb", "--maxmemory-policy", "allkeys-lru"])
+        .start();
+    let mut c = s.conn();
+    ok(&mut c, &["DEBUG", "POPULATE", "20000", "user", "1000"]);
+    ok(
+        &mut c,
+        &["STREAMWATCH.WATCH", "flood:*", "HANDLER", "flood"],
+    );
+    let before = used_memory(&mut c);
+    ok(&mut c, &["HSET", "flood:k", "a", "y", "b", "y"]);
+    let pids = [
+        running_pid(&mut c, "flood:k", "a"),
+        running_pid(&mut c, "flood:k", "b"),
+    ];
+    // Let them write: the module used to queue hundreds of MB a second of it.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = used_memory(&mut c);
+    assert!(
+        after < before + (32 << 20),
+        "used_memory grew from {before} to {after} bytes"
+    );
+    assert_eq!(info(&mut c, "stats")["evicted_keys"], "0");
+    assert_eq!(
+        vint(&ok(&mut c, &["EXISTS", "streamwatch:watches"])),
+        Some(1)
+    );
+    // Other jobs start, and the flooding jobs' logs hold their last lines.
+    ok(&mut c, &["HSET", "fine:k", "f", "v"]);
+    running_pid(&mut c, "fine:k", "f");
+    assert_eq!(
+        job_log(&mut c, "flood:k", "a").last().map(String::as_str),
+        Some("y")
+    );
+    ok(&mut c, &["HDEL", "flood:k", "a", "b"]);
+    wait_gone("flooding workers stopped", &pids);
+    assert!(used_memory(&mut c) < before + (32 << 20));
+}
+
+/// `CONFIG SET` of a string config to a value with a NUL byte is refused; the next
+/// `CONFIG GET *` (what any monitoring tool runs) used to abort the server.
+#[test]
+fn a_nul_byte_in_a_string_config_is_refused() {
+    let s = Server::start(&simple_config("nc:*"));
+    let mut c = s.conn();
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("streamwatch.events-key")
+        .arg(&b"a\0b"[..])
+        .query::<Value>(&mut c)
+        .expect_err("a NUL byte is refused");
+    assert!(e.to_string().contains("events-key"), "{e}");
+    let all = to_array(&ok(&mut c, &["CONFIG", "GET", "*"]));
+    assert!(!all.is_empty());
+    let got = to_array(&ok(&mut c, &["CONFIG", "GET", "streamwatch.events-key"]));
+    assert_eq!(vstr(&got[1]), "streamwatch:events");
+    assert_eq!(vstr(&ok(&mut c, &["PING"])), "PONG");
+}
+
+/// A field (or key) name with a NUL byte, written in the same burst as other fields:
+/// those fields get their jobs at once, and nothing fails inside the module.
+#[test]
+fn a_nul_byte_in_a_field_name_costs_no_other_field_its_job() {
+    let s = Server::start(&simple_config("nf:*"));
+    let mut c = s.conn();
+    redis::pipe()
+        .cmd("HINCRBY")
+        .arg("nf:k")
+        .arg(&b"x\0y"[..])
+        .arg(1)
+        .cmd("HSET")
+        .arg("nf:k")
+        .arg("a")
+        .arg("1")
+        .cmd("HSET")
+        .arg("nf:k")
+        .arg("b")
+        .arg("2")
+        .arg("c")
+        .arg("3")
+        .cmd("HSET")
+        .arg(&b"nf:\0k"[..])
+        .arg("f")
+        .arg("v")
+        .query::<()>(&mut c)
+        .expect("pipeline");
+    wait_until("jobs of a, b and c running", WAIT, || {
+        let set = running_set(&mut c);
+        ["a", "b", "c"]
+            .iter()
+            .zip(["1", "2", "3"])
+            .all(|(f, v)| set.contains(&("nf:k".into(), f.to_string(), v.into())))
+    });
+    // The NUL field's own job cannot be spawned (no argv carries a NUL): it says so.
+    wait_until("spawn error for the NUL field", WAIT, || {
+        events_of(&mut c, "spawn-error", "nf:k", None)
+            .iter()
+            .any(|e| e.get("error").is_some_and(|m| m.contains("NUL")))
+    });
+    assert!(!s.log().contains("internal error"), "{}", s.log());
+}
+
+/// The helper SIGKILLed ten times while fields are written every millisecond: in
+/// the end exactly one worker runs per field, with its latest value, no worker is left
+/// over from a dead helper (not even one it had started and not reported yet), no dead
+/// helper stays a zombie, and nothing outlives a `kill -9` of the server.
+#[test]
+fn killing_the_helper_during_writes_leaves_exactly_one_worker_per_field() {
+    let mut s = Server::start(&simple_config("hw:*"));
+    let mut c = s.conn();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut w = s.conn();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let f = format!("f{}", i % 5);
+                let _ = run(&mut w, &["HSET", "hw:k", &f, &i.to_string()]);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mut helper = helper_pid(&s, None);
+    for _ in 0..10 {
+        unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+        helper = helper_pid(&s, Some(helper));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let fields = ["f0", "f1", "f2", "f3", "f4"];
+    for f in fields {
+        ok(&mut c, &["HSET", "hw:k", f, "last"]);
+    }
+    let expected: Vec<(&str, &str, &str)> = fields.iter().map(|f| ("hw:k", *f, "last")).collect();
+    assert_workers(&s, &mut c, &expected);
+    wait_until("no dead helper left a zombie", WAIT, || {
+        s.zombies().is_empty()
+    });
+    s.kill9();
+    wait_until("no worker outlives the server", WAIT, || {
+        s.tagged_procs().is_empty()
+    });
+}
+
+/// Ctrl-C in the terminal of `make run` signals the whole foreground process group, a
+/// service manager's stop every process of the unit: the helper leaves shutdown to the
+/// server (it follows its socket), so it is neither counted as dead nor started again.
+#[test]
+fn ctrl_c_and_a_service_stop_leave_shutdown_to_the_server() {
+    for how in ["SIGINT to the process group", "SIGTERM to every process"] {
+        let mut s = Server::builder(&simple_config("sg:*"))
+            .own_process_group()
+            .start();
+        let mut c = s.conn();
+        ok(&mut c, &["HSET", "sg:k", "a", "1"]);
+        running_pid(&mut c, "sg:k", "a");
+        let everyone: Vec<u32> = std::iter::once(s.pid())
+            .chain(s.descendants().iter().map(|p| p.pid))
+            .collect();
+        unsafe {
+            if how.starts_with("SIGINT") {
+                libc::kill(-(s.pid() as i32), libc::SIGINT);
+            } else {
+                for p in &everyone {
+                    libc::kill(*p as i32, libc::SIGTERM);
+                }
+            }
+        }
+        s.wait_exit();
+        let log = s.log();
+        assert!(!log.contains("helper process is gone"), "{how}:\n{log}");
+        assert_eq!(
+            log.matches("helper process started").count(),
+            1,
+            "{how}:\n{log}"
+        );
+        wait_until("no worker left", WAIT, || s.tagged_procs().is_empty());
+    }
+}
+
+/// A placeholder in the program itself would let whoever writes the key choose what
+/// runs: refused at load unless the handler says it is meant.
+#[test]
+fn a_placeholder_cannot_choose_the_program_unless_allowed() {
+    let refused = Server::start_expect_failure(&format!(
+        "[handler.any]\ncommand = [\"{{value}}\"]\n\n{}",
+        watch_toml("pp:*", "any", None)
+    ));
+    assert!(
+        refused.contains("handler 'any' has the placeholder {value} in its program"),
+        "{refused}"
+    );
+    let s = Server::start(&format!(
+        "[handler.any]\ncommand = [\"{{value}}\"]\nallow-program-placeholder = true\n\n{}",
+        watch_toml("pp:*", "any", None)
+    ));
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "pp:k", "f", "/bin/true"]);
+    wait_until("the value's program ran", WAIT, || {
+        !events_of(&mut c, "exited", "pp:k", None).is_empty()
+    });
+}
+
+/// A dead-letter stream that is the watched stream itself would silently stop the
+/// queue: refused, naming the option.
+#[test]
+fn a_queue_cannot_dead_letter_into_itself() {
+    let s = Server::start(&simple_config("dq:*"));
+    let mut c = s.conn();
+    let e = err(
+        &mut c,
+        &[
+            "STREAMWATCH.WATCH",
+            "jobs",
+            "HANDLER",
+            "w",
+            "TYPE",
+            "stream",
+            "DEADLETTER",
+            "jobs",
+        ],
+    );
+    assert!(e.contains("(DEADLETTER)"), "{e}");
+    ok(
+        &mut c,
+        &[
+            "STREAMWATCH.WATCH",
+            "jobs:*",
+            "HANDLER",
+            "w",
+            "TYPE",
+            "stream",
+            "DEADLETTER",
+            "jobs:dead",
+        ],
+    );
+}
+
+/// An events key of the wrong type: events are counted as dropped and the log says so
+/// once (not once per event) until appending works again.
+#[test]
+fn an_events_key_of_the_wrong_type_is_counted_and_logged_once() {
+    let s = Server::start(&simple_config("we:*"));
+    let mut c = s.conn();
+    ok(&mut c, &["SET", "streamwatch:events", "not a stream"]);
+    ok(&mut c, &["HSET", "we:k", "a", "1", "b", "2", "c", "3"]);
+    wait_until("three started events dropped", WAIT, || {
+        status_counter(&mut c, "events_dropped") >= 3
+    });
+    ok(&mut c, &["HSET", "we:k", "d", "4"]);
+    running_pid(&mut c, "we:k", "d");
+    wait_until("four events dropped", WAIT, || {
+        status_counter(&mut c, "events_dropped") >= 4
+    });
+    assert_eq!(
+        s.log()
+            .matches("cannot append to the events stream")
+            .count(),
+        1,
+        "{}",
+        s.log()
+    );
+    ok(&mut c, &["DEL", "streamwatch:events"]);
+    ok(&mut c, &["HSET", "we:k", "e", "5"]);
+    wait_until("events written again", WAIT, || {
+        vint(&ok(&mut c, &["XLEN", "streamwatch:events"])).is_some_and(|n| n > 0)
+    });
+    assert!(s.log().contains("is written again"), "{}", s.log());
+}
