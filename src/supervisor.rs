@@ -868,8 +868,21 @@ impl Supervisor {
     /// Starts a helper in place of one that is gone, and puts the jobs back.
     fn restart_helper(&mut self) {
         self.start_helper();
-        if self.runner.is_some() {
-            self.reconcile_all();
+        if !self.active() {
+            return;
+        }
+        self.reconcile_all();
+        // Backoffs that ended while there was no helper found nothing to start then.
+        let now = Instant::now();
+        let due: Vec<JobKey> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.wanted && j.run.is_none())
+            .filter(|(_, j)| j.backoff_until.is_some_and(|at| at <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.start_run(&k);
         }
     }
 
