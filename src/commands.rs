@@ -8,6 +8,7 @@
 //! channel as key hints, a client that writes a key and then asks about jobs sees the
 //! effect of its write.
 
+use crate::acl::{self, Caller};
 use crate::config;
 use crate::ffi::{CmdError, Outcome, Replier, Reply};
 use crate::stats;
@@ -307,8 +308,22 @@ fn ask(msg: Msg) -> CmdResult {
     }
 }
 
+/// The checks of a command that changes what runs (see `acl`): may the caller run it,
+/// and (WATCH, UNWATCH) write the watches store?
+fn admin(ctx: &Context, command: &str, writes_store: bool) -> Result<(), CmdError> {
+    let caller = Caller::current(ctx);
+    acl::check_admin(ctx, &caller, command)?;
+    if writes_store {
+        if let Some(key) = store::name(ctx) {
+            caller.check_write(ctx, &key, "the watches key")?;
+        }
+    }
+    Ok(())
+}
+
 pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let w = parse_watch(&argv(&args))?;
+    admin(ctx, "streamwatch.watch", true)?;
     let spec = WatchSpec {
         pattern: w.pattern,
         handler: w.handler,
@@ -327,6 +342,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 
 pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let pattern = parse_unwatch(&argv(&args))?;
+    admin(ctx, "streamwatch.unwatch", true)?;
     let removed = watch::check_remove(&pattern)?;
     let watches = store::write(ctx, &pattern, None)?.unwrap_or_else(watch::snapshot);
     match Replier::block(ctx) {
@@ -448,9 +464,42 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 }
 
 pub fn jobs(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    let filter = parse_jobs(&argv(&args))?;
-    let r = block(ctx, "STREAMWATCH.JOBS")?;
+    let mut filter = parse_jobs(&argv(&args))?;
+    let caller = Caller::current(ctx);
+    if let Some(key) = &filter.key {
+        caller.check_read(ctx, key, "key")?;
+    }
+    let mut r = block(ctx, "STREAMWATCH.JOBS")?;
+    // Without KEY, the caller sees the jobs of the keys it may read, and COUNT counts
+    // those: the list is filtered on the main thread, where Redis can be asked.
+    if let (None, Some(user)) = (&filter.key, caller.name()) {
+        let count = filter.count.take();
+        r = r.filtered(
+            user.to_vec(),
+            Box::new(move |may_read, list| readable_jobs(may_read, list, count)),
+        );
+    }
     ask(Msg::Jobs { filter, reply: r })
+}
+
+/// The entries of a `JOBS` reply whose key passes `may_read`, at most `count`.
+fn readable_jobs(may_read: &dyn Fn(&[u8]) -> bool, list: Reply, count: Option<usize>) -> Reply {
+    let Reply::Array(items) = list else {
+        return list; // an error
+    };
+    let readable = |item: &Reply| match item {
+        Reply::Map(m) => m
+            .iter()
+            .any(|(k, v)| k == "key" && matches!(v, Reply::Bulk(key) if may_read(key))),
+        _ => false,
+    };
+    Reply::Array(
+        items
+            .into_iter()
+            .filter(readable)
+            .take(count.unwrap_or(usize::MAX))
+            .collect(),
+    )
 }
 
 pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
@@ -466,6 +515,7 @@ pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 
 pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_key_field(&argv(&args))?;
+    admin(ctx, "streamwatch.restart", false)?;
     let r = block(ctx, "STREAMWATCH.RESTART")?;
     ask(Msg::Restart {
         db: a.db.unwrap_or_else(|| current_db(ctx)),
@@ -475,15 +525,17 @@ pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     })
 }
 
-pub fn pause(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+pub fn pause(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     parse_no_args(&argv(&args))?;
+    admin(ctx, "streamwatch.pause", false)?;
     supervisor::send(Msg::Pause);
     stats::PAUSED.store(true, Ordering::Relaxed);
     reply(Reply::Ok)
 }
 
-pub fn resume(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+pub fn resume(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     parse_no_args(&argv(&args))?;
+    admin(ctx, "streamwatch.resume", false)?;
     supervisor::send(Msg::Resume);
     stats::PAUSED.store(false, Ordering::Relaxed);
     reply(Reply::Ok)
@@ -491,6 +543,7 @@ pub fn resume(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 
 pub fn reconcile(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     parse_no_args(&argv(&args))?;
+    admin(ctx, "streamwatch.reconcile", false)?;
     let r = block(ctx, "STREAMWATCH.RECONCILE")?;
     ask(Msg::ReconcileAll { reply: Some(r) })
 }

@@ -168,6 +168,24 @@ pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// A blocked client that the supervisor thread answers exactly once.
 pub struct Replier {
     bc: *mut raw::RedisModuleBlockedClient,
+    filter: Option<ReplyFilter>,
+}
+
+/// Applied to a blocked client's reply on the main thread before it is sent, with a
+/// test of whether the ACL user who asked may read a key (see [`Replier::filtered`]).
+pub type FilterFn = Box<dyn FnOnce(&dyn Fn(&[u8]) -> bool, Reply) -> Reply + Send>;
+
+struct ReplyFilter {
+    /// The ACL user, by name: it is looked up again when the reply is sent, since
+    /// `ACL DELUSER` may have removed it meanwhile (then no key is readable).
+    user: Vec<u8>,
+    apply: FilterFn,
+}
+
+/// What a blocked client's reply callback receives.
+struct Unblocked {
+    reply: Reply,
+    filter: Option<ReplyFilter>,
 }
 
 // The blocked-client handle is meant to be passed to another thread.
@@ -195,23 +213,39 @@ impl Replier {
                 BLOCK_TIMEOUT_MS,
             )
         };
-        (!bc.is_null()).then_some(Replier { bc })
+        (!bc.is_null()).then_some(Replier { bc, filter: None })
+    }
+
+    /// The reply will pass through `apply` on the main thread, which is told whether
+    /// ACL user `user` may read a key (the supervisor thread cannot ask Redis).
+    pub fn filtered(mut self, user: Vec<u8>, apply: FilterFn) -> Replier {
+        self.filter = Some(ReplyFilter { user, apply });
+        self
     }
 
     pub fn reply(mut self, reply: Reply) {
         let bc = std::mem::replace(&mut self.bc, ptr::null_mut());
-        let data = Box::into_raw(Box::new(reply));
-        unsafe { raw::RedisModule_UnblockClient.unwrap()(bc, data.cast::<c_void>()) };
+        let filter = self.filter.take();
+        unblock(bc, Unblocked { reply, filter });
     }
+}
+
+fn unblock(bc: *mut raw::RedisModuleBlockedClient, data: Unblocked) {
+    let data = Box::into_raw(Box::new(data));
+    unsafe { raw::RedisModule_UnblockClient.unwrap()(bc, data.cast::<c_void>()) };
 }
 
 impl Drop for Replier {
     fn drop(&mut self) {
         if !self.bc.is_null() {
-            let data = Box::into_raw(Box::new(Reply::Error(
-                "ERR streamwatch could not complete the request".into(),
-            )));
-            unsafe { raw::RedisModule_UnblockClient.unwrap()(self.bc, data.cast::<c_void>()) };
+            let reply = Reply::Error("ERR streamwatch could not complete the request".into());
+            unblock(
+                self.bc,
+                Unblocked {
+                    reply,
+                    filter: None,
+                },
+            );
         }
     }
 }
@@ -222,9 +256,21 @@ extern "C" fn blocked_reply(
     _argc: c_int,
 ) -> c_int {
     callback("reply", || unsafe {
-        let data = raw::RedisModule_GetBlockedClientPrivateData.unwrap()(ctx) as *const Reply;
-        match data.as_ref() {
-            Some(reply) => reply.emit(ctx),
+        let data = raw::RedisModule_GetBlockedClientPrivateData.unwrap()(ctx) as *mut Unblocked;
+        match data.as_mut() {
+            Some(u) => {
+                // Taken out here; `blocked_free` then drops what is left.
+                let reply = std::mem::replace(&mut u.reply, Reply::Nil);
+                match u.filter.take() {
+                    Some(f) => {
+                        let user = AclUser::by_name(&f.user);
+                        let may_read =
+                            |key: &[u8]| user.as_ref().is_some_and(|u| u.may(key, false));
+                        (f.apply)(&may_read, reply).emit(ctx);
+                    }
+                    None => reply.emit(ctx),
+                }
+            }
             None => Reply::Nil.emit(ctx),
         }
     });
@@ -242,7 +288,142 @@ extern "C" fn blocked_timeout(
 
 extern "C" fn blocked_free(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     if !data.is_null() {
-        drop(unsafe { Box::from_raw(data.cast::<Reply>()) });
+        drop(unsafe { Box::from_raw(data.cast::<Unblocked>()) });
+    }
+}
+
+// ---- ACL ----
+
+/// The name of the ACL user the calling client is authenticated as; `None` when the
+/// context has no user (the server's own clients: AOF loading, a primary's stream),
+/// which no ACL restricts.
+pub fn current_user(ctx: &Context) -> Option<Vec<u8>> {
+    unsafe {
+        let s = raw::RedisModule_GetCurrentUserName.unwrap()(ctx.ctx);
+        if s.is_null() {
+            return None;
+        }
+        let name = string_bytes(s).to_vec();
+        raw::RedisModule_FreeString.unwrap()(ctx.ctx, s);
+        Some(name)
+    }
+}
+
+/// An ACL user looked up by name, for key permission checks; main thread only, and
+/// only for the duration of one command or reply (freed on drop).
+pub struct AclUser(*mut raw::RedisModuleUser);
+
+impl AclUser {
+    /// `None`: no such user (deleted).
+    pub fn by_name(name: &[u8]) -> Option<AclUser> {
+        unsafe {
+            let s = new_string(name);
+            let u = raw::RedisModule_GetModuleUserFromUserName.unwrap()(s);
+            raw::RedisModule_FreeString.unwrap()(ptr::null_mut(), s);
+            (!u.is_null()).then_some(AclUser(u))
+        }
+    }
+
+    /// May the user read (`write == false`: the key's value is returned) or write
+    /// (insert, update and delete) `key`? Key patterns, `%R~`/`%W~` and selectors apply.
+    pub fn may(&self, key: &[u8], write: bool) -> bool {
+        let flags = if write {
+            raw::REDISMODULE_CMD_KEY_INSERT
+                | raw::REDISMODULE_CMD_KEY_UPDATE
+                | raw::REDISMODULE_CMD_KEY_DELETE
+        } else {
+            raw::REDISMODULE_CMD_KEY_ACCESS
+        };
+        unsafe {
+            let s = new_string(key);
+            let r = raw::RedisModule_ACLCheckKeyPermissions.unwrap()(self.0, s, flags as c_int);
+            raw::RedisModule_FreeString.unwrap()(ptr::null_mut(), s);
+            r == raw::REDISMODULE_OK as c_int
+        }
+    }
+}
+
+impl AclUser {
+    /// Adds an entry to `ACL LOG` for a refusal the module decided itself: `object` is
+    /// the key (`key`) or the command refused.
+    pub fn log_refusal(&self, ctx: &Context, object: &[u8], key: bool) {
+        let reason = if key {
+            raw::RedisModuleACLLogEntryReason_REDISMODULE_ACL_LOG_KEY
+        } else {
+            raw::RedisModuleACLLogEntryReason_REDISMODULE_ACL_LOG_CMD
+        };
+        let add = unsafe { raw::RedisModule_ACLAddLogEntry };
+        if let Some(add) = add {
+            unsafe {
+                let s = new_string(object);
+                add(ctx.ctx, self.0, s, reason);
+                raw::RedisModule_FreeString.unwrap()(ptr::null_mut(), s);
+            }
+        }
+    }
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        unsafe { raw::RedisModule_FreeModuleUser.unwrap()(self.0) };
+    }
+}
+
+/// A Redis string outside any context (the caller frees it).
+unsafe fn new_string(bytes: &[u8]) -> *mut raw::RedisModuleString {
+    raw::RedisModule_CreateString.unwrap()(ptr::null_mut(), bytes.as_ptr().cast(), bytes.len())
+}
+
+/// Can modules put commands into ACL categories on this server (Redis 7.2+, Valkey)?
+/// On Redis 7.0 they cannot, and `+@all` gives a user every module command.
+pub fn module_acl_categories() -> bool {
+    let f = unsafe { raw::RedisModule_SetCommandACLCategories };
+    f.is_some()
+}
+
+/// Declares the key argument of command `name` (registered with first, last and step
+/// key 1, which Redis 7 turns into a key spec with full access): argument 1 is one key,
+/// read (`write == false`: RO ACCESS, the reply returns its data, so ACL read permission
+/// is needed) or updated (RW UPDATE: ACL write permission). Load time only.
+pub fn declare_key_arg(ctx: &Context, name: &str, write: bool) -> bool {
+    let flags = if write {
+        raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE
+    } else {
+        raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS
+    };
+    let Ok(cname) = CString::new(name) else {
+        return false;
+    };
+    unsafe {
+        let (get, set) = (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandInfo);
+        let (Some(get), Some(set)) = (get, set) else {
+            return false;
+        };
+        let cmd = get(ctx.ctx, cname.as_ptr());
+        if cmd.is_null() {
+            return false;
+        }
+        let mut specs: [raw::RedisModuleCommandKeySpec; 2] = std::mem::zeroed();
+        specs[0].flags = u64::from(flags);
+        specs[0].begin_search_type =
+            raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+        specs[0].bs.index.pos = 1;
+        specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+        specs[0].fk.range = raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+            lastkey: 0,
+            keystep: 1,
+            limit: 0,
+        };
+        let version = raw::RedisModuleCommandInfoVersion {
+            version: 1,
+            sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+            sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+            sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+        };
+        let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
+        info.version = &version;
+        info.key_specs = specs.as_mut_ptr();
+        set(cmd, &info) == raw::REDISMODULE_OK as c_int
     }
 }
 

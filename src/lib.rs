@@ -4,7 +4,8 @@
 //!
 //! This file only declares the module: its configs, commands and event callbacks.
 //! Each command is a one-line delegation to the file that owns it:
-//! * `commands` — parsing and replies (main thread);
+//! * `commands` — parsing and replies (main thread); `acl` — the ACL checks they make
+//!   themselves, beyond the server's;
 //! * `events` — keyspace and server event callbacks (main thread, O(1));
 //! * `supervisor` — the module thread that owns every job (`supervisor/queue` for the
 //!   stream jobs);
@@ -14,6 +15,7 @@
 //! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
+mod acl;
 mod cluster;
 mod commands;
 mod config;
@@ -71,6 +73,14 @@ fn load(ctx: &Context) -> Result<(), ()> {
             _ => "x".parse::<i32>(),
         }) {
             commands::DATABASES.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    for (name, write) in [("streamwatch.job", false), ("streamwatch.restart", true)] {
+        if !ffi::declare_key_arg(ctx, name, write) {
+            // The spec Redis derived from the command table stays: full access.
+            ctx.log_warning(&format!(
+                "streamwatch: cannot declare the key spec of {name}"
+            ));
         }
     }
     let mut snapshot = watch::snapshot();
@@ -141,21 +151,25 @@ redis_module! {
     allocator: (Allocator, ALLOCATOR),
     data_types: [],
     // Where the server supports module ACL categories (not Redis 7.0): `@streamwatch`.
-    // Flags: the commands that control jobs are `admin` (so `@admin` and `@dangerous`
-    // on every server); WATCH and UNWATCH also write the watches store (`write`), and
+    // Flags: the commands that control jobs are `admin`, in `@admin` and `@dangerous`
+    // (not `@write`: a `+@write` user may not change what runs); on Redis 7.0, where
+    // modules get no categories, `acl::check_admin` judges them as if they were. WATCH
+    // and UNWATCH also write the watches store (`write`: a replica refuses them), and
     // WATCH adds data (`deny-oom`); the rest only read (`readonly`).
+    // Keys: JOB and RESTART name one key, argument 1 (`load` refines the key specs:
+    // JOB reads the key, RESTART updates it), so Redis checks key ACLs and slots.
     acl_categories: ["streamwatch",],
     init: init,
     deinit: deinit,
     info: info,
     commands: [
-        ["streamwatch.watch", cmd_watch, "admin write deny-oom", 0, 0, 0, "", "admin dangerous write streamwatch"],
-        ["streamwatch.unwatch", cmd_unwatch, "admin write", 0, 0, 0, "", "admin dangerous write streamwatch"],
+        ["streamwatch.watch", cmd_watch, "admin write deny-oom", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.unwatch", cmd_unwatch, "admin write", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.watches", cmd_watches, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.handlers", cmd_handlers, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, "", "read streamwatch"],
-        ["streamwatch.job", cmd_job, "readonly", 0, 0, 0, "", "read streamwatch"],
-        ["streamwatch.restart", cmd_restart, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.job", cmd_job, "readonly", 1, 1, 1, "", "read streamwatch"],
+        ["streamwatch.restart", cmd_restart, "admin", 1, 1, 1, "", "admin dangerous streamwatch"],
         ["streamwatch.pause", cmd_pause, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],

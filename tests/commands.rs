@@ -654,7 +654,8 @@ fn events_go_to_db_0_whatever_db_the_job_is_in() {
 }
 
 /// An ACL user that may read job status but not change watches. Every server: by
-/// command; where modules can add ACL categories (Valkey): `+@streamwatch -@write`.
+/// command; where modules can add ACL categories (Valkey): `+@streamwatch -@admin`.
+/// (tests/acl.rs has the rest: keys, the watches key, Redis 7.0's missing categories.)
 #[test]
 fn acl_user_can_read_status_but_not_change_watches() {
     let s = Server::start(&simple_config("acl:*"));

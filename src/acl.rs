@@ -1,0 +1,197 @@
+//! What the commands check themselves, beyond the server's own ACL checks (command
+//! permissions, and the key arguments declared in `lib.rs`: JOB reads its key, RESTART
+//! updates it):
+//! * a key given by option (`JOBS KEY k`) must be readable, and `JOBS` leaves out the
+//!   jobs of keys the caller may not read;
+//! * `WATCH` and `UNWATCH` write the watches store, so the caller must be allowed to
+//!   write that key (the pattern is not a key: the commands are `@admin`, and every
+//!   job's data is still guarded by JOB and JOBS);
+//! * on servers where modules cannot put commands into ACL categories (Redis 7.0), the
+//!   commands that change what runs are judged as if they were in `@admin` and
+//!   `@dangerous`, as they are elsewhere: a user given `+@all -@dangerous` or `-@admin`
+//!   may not run them (see [`grants`]).
+//!
+//! A context without a user (the server's own clients) is not restricted.
+
+use crate::ffi::{self, AclUser, CmdError};
+use redis_module::{Context, RedisValue};
+
+/// The ACL user a command runs as; `None` for the server's own clients.
+pub struct Caller(Option<Vec<u8>>);
+
+impl Caller {
+    pub fn current(ctx: &Context) -> Caller {
+        Caller(ffi::current_user(ctx))
+    }
+
+    /// The user's name, if a user restricts this caller.
+    pub fn name(&self) -> Option<&[u8]> {
+        self.0.as_deref()
+    }
+
+    fn may(&self, key: &[u8], write: bool) -> bool {
+        match &self.0 {
+            None => true,
+            Some(name) => AclUser::by_name(name).is_some_and(|u| u.may(key, write)),
+        }
+    }
+
+    /// Puts a refusal into `ACL LOG`, as the server does for its own.
+    fn log(&self, ctx: &Context, object: &[u8], key: bool) {
+        if let Some(u) = self.0.as_deref().and_then(AclUser::by_name) {
+            u.log_refusal(ctx, object, key);
+        }
+    }
+
+    /// `NOPERM` naming the key unless the caller may read it.
+    pub fn check_read(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
+        self.check_key(ctx, key, false, what)
+    }
+
+    /// `NOPERM` naming the key unless the caller may write it.
+    pub fn check_write(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
+        self.check_key(ctx, key, true, what)
+    }
+
+    fn check_key(
+        &self,
+        ctx: &Context,
+        key: &[u8],
+        write: bool,
+        what: &str,
+    ) -> Result<(), CmdError> {
+        if self.may(key, write) {
+            return Ok(());
+        }
+        self.log(ctx, key, true);
+        Err(CmdError::Msg(format!(
+            "NOPERM this user has no permissions to {} {what} '{}'",
+            if write { "write" } else { "read" },
+            String::from_utf8_lossy(key)
+        )))
+    }
+}
+
+/// The categories the commands that change what runs are in, where modules can say so.
+const ADMIN_CATEGORIES: [&str; 2] = ["admin", "dangerous"];
+
+/// For the commands that change what runs (`command`: the name, lower case): where the
+/// server could not put them into `@admin` and `@dangerous`, refuses the callers whose
+/// ACL rules would refuse them if it had. The server has already checked the command
+/// itself by name.
+pub fn check_admin(ctx: &Context, caller: &Caller, command: &str) -> Result<(), CmdError> {
+    if ffi::module_acl_categories() {
+        return Ok(()); // the server enforces the categories itself
+    }
+    let Some(user) = caller.name() else {
+        return Ok(());
+    };
+    let rules = command_rules(ctx, user);
+    if rules.iter().any(|r| grants(r, command)) {
+        return Ok(());
+    }
+    caller.log(ctx, command.as_bytes(), false);
+    Err(CmdError::Msg(format!(
+        "NOPERM this user has no permissions to run the '{command}' command \
+         (it is treated as @admin and @dangerous)"
+    )))
+}
+
+/// The command rules of `user` (`ACL GETUSER`): its own, then each selector's. Empty if
+/// they cannot be read, which refuses.
+fn command_rules(ctx: &Context, user: &[u8]) -> Vec<String> {
+    let Ok(RedisValue::Array(fields)) = ctx.call("ACL", &[b"GETUSER".as_slice(), user][..]) else {
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for pair in fields.chunks(2) {
+        match pair {
+            [name, value] if text(name).as_deref() == Some("commands") => {
+                rules.extend(text(value));
+            }
+            [name, RedisValue::Array(selectors)] if text(name).as_deref() == Some("selectors") => {
+                for s in selectors {
+                    if let RedisValue::Array(f) = s {
+                        for p in f.chunks(2) {
+                            if let [n, v] = p {
+                                if text(n).as_deref() == Some("commands") {
+                                    rules.extend(text(v));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    rules
+}
+
+fn text(v: &RedisValue) -> Option<String> {
+    match v {
+        RedisValue::SimpleString(s) | RedisValue::BulkString(s) => Some(s.clone()),
+        RedisValue::SimpleStringStatic(s) => Some(s.to_string()),
+        RedisValue::StringBuffer(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        RedisValue::BulkRedisString(s) => Some(String::from_utf8_lossy(s.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Would the command rules `rules` (as `ACL GETUSER` shows them: `+@all -@dangerous`)
+/// allow `command` if it were in `@admin` and `@dangerous`? As the server does, the last
+/// rule that concerns it decides: `+@all`/`-@all`, a rule on either category, or one
+/// on the command's name. Rules on a first argument (`+cmd|arg`) grant nothing here.
+pub fn grants(rules: &str, command: &str) -> bool {
+    let mut allowed = false;
+    for rule in rules.split_ascii_whitespace() {
+        let rule = rule.to_ascii_lowercase();
+        let (allow, what) = match rule.as_str() {
+            "allcommands" => (true, "@all"),
+            "nocommands" => (false, "@all"),
+            r => match (r.strip_prefix('+'), r.strip_prefix('-')) {
+                (Some(w), _) => (true, w),
+                (_, Some(w)) => (false, w),
+                _ => continue,
+            },
+        };
+        let concerns = what == "@all"
+            || what == command
+            || what
+                .strip_prefix('@')
+                .is_some_and(|c| ADMIN_CATEGORIES.contains(&c));
+        if concerns {
+            allowed = allow;
+        }
+    }
+    allowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grants;
+
+    #[test]
+    fn the_last_rule_that_concerns_the_command_decides() {
+        let c = "streamwatch.pause";
+        for (rules, want) in [
+            ("+@all", true),
+            ("allcommands", true),
+            ("+@all -@dangerous", false),
+            ("+@all -@admin", false),
+            ("+@all -@admin +@dangerous", true),
+            ("-@all +@read +@write", false),
+            ("-@all +streamwatch.pause", true),
+            ("-@all +STREAMWATCH.PAUSE", true),
+            ("+@all -streamwatch.pause", false),
+            ("-@all +streamwatch.pause -@admin", false),
+            ("-@all +@admin", true),
+            ("-@all +streamwatch.pause|x", false),
+            ("-@all +streamwatch.watch", false),
+            ("+@all -@dangerous +streamwatch.pause", true),
+            ("", false),
+        ] {
+            assert_eq!(grants(rules, c), want, "{rules:?}");
+        }
+    }
+}
