@@ -275,6 +275,36 @@ fn non_hash_keys_are_ignored() {
     probe(&s, &mut c, &[]);
 }
 
+/// Watch patterns are matched on Redis's main thread against every key written, and
+/// by the reconcile's key scan under the GIL: patterns that make a backtracking
+/// matcher take hours on a long key must not stall the server. The read timeout turns
+/// a stall into a failure.
+#[test]
+fn hostile_patterns_do_not_stall_the_server() {
+    let s = Server::start(&simple_config("cam:*"));
+    let mut c = s.conn();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let stars = format!("{}b", "*a".repeat(28));
+    ok(&mut c, &["STREAMWATCH.WATCH", &stars, "HANDLER", "w"]);
+    ok(
+        &mut c,
+        &["STREAMWATCH.WATCH", "job:*:*:*:*:x", "HANDLER", "w"],
+    );
+    let a100 = "a".repeat(100);
+    let job404 = format!("job:{}", ":".repeat(400));
+    ok(&mut c, &["SET", &a100, "1"]);
+    ok(&mut c, &["SET", &job404, "1"]);
+    ok(&mut c, &["HSET", &a100.repeat(2), "f", "1"]);
+    ok(&mut c, &["HSET", &format!("{job404}:"), "f", "1"]);
+    ok(&mut c, &["STREAMWATCH.RECONCILE"]);
+    assert_eq!(vstr(&ok(&mut c, &["PING"])), "PONG");
+    // The patterns still match what they should.
+    let hit = format!("{a100}b");
+    ok(&mut c, &["HSET", &hit, "f", "1"]);
+    ok(&mut c, &["HSET", "job:1:2:3:4:x", "g", "2"]);
+    probe(&s, &mut c, &[(&hit, "f", "1"), ("job:1:2:3:4:x", "g", "2")]);
+}
+
 #[test]
 fn rename_watched_key_to_unwatched_name_stops() {
     let s = Server::start(&simple_config("cam:*"));
