@@ -63,12 +63,13 @@ soak: build
 	SOAK_OPS=$${SOAK_OPS:-100000} REDIS_SERVER=$(REDIS_SERVER) cargo test --release --test soak -- --nocapture
 
 # The fuzz targets of fuzz/ (command arguments, the config file, placeholder
-# substitution), FUZZ_RUNS executions each from the seeds in fuzz/corpus/<target>/.
+# substitution, key patterns), FUZZ_RUNS executions each from the seeds in
+# fuzz/corpus/<target>/.
 # Needs nightly Rust; installs cargo-fuzz if missing. What a run discovers goes to
 # fuzz/target/corpus/<target>/ (not checked in), a crash to fuzz/artifacts/<target>/:
 # fix it, then keep the input in fuzz/regressions/<target>/, which `make test` replays.
 FUZZ_RUNS ?= 1000000
-FUZZ_TARGETS ?= commands config template
+FUZZ_TARGETS ?= commands config template glob
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

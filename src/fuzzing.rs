@@ -5,7 +5,8 @@
 //! through the same functions, so `make test` (stable Rust) replays them all.
 //!
 //! Inputs are text where that helps the seeds stay readable: for `commands` and
-//! `template` one line is one argument (a final newline is ignored).
+//! `template` one line is one argument (a final newline is ignored); for `glob` the
+//! first line is a pattern and the rest, as it is, a key.
 //!
 //! Compiled only for tests and for cargo-fuzz (which builds every crate with
 //! `--cfg fuzzing`); never part of the module.
@@ -14,6 +15,7 @@
 use crate::commands::{self, KeyFieldArgs, WatchArgs};
 use crate::config;
 use crate::ffi::CmdError;
+use crate::glob;
 use crate::stats;
 use crate::template::{self, MAX_ARG_STRLEN};
 use crate::watch::{DbSel, Kind, OnChange, Source, StreamOpts};
@@ -23,10 +25,11 @@ use std::sync::atomic::Ordering;
 pub type Harness = fn(&[u8]);
 
 /// The targets, by name: fuzz/fuzz_targets/<name>.rs, fuzz/corpus/<name>/.
-pub const TARGETS: [(&str, Harness); 3] = [
+pub const TARGETS: [(&str, Harness); 4] = [
     ("commands", commands),
     ("config", config),
     ("template", template),
+    ("glob", glob),
 ];
 
 /// One argument per line.
@@ -232,6 +235,51 @@ pub fn config(data: &[u8]) {
     }
 }
 
+// ---- glob ----
+
+/// How long one match may take when fuzzing, by input length: far more than a
+/// pattern × key matcher needs, far less than one that backtracks exponentially takes
+/// (which it does on inputs of a few dozen bytes already). The fuzz build, with its
+/// sanitizer and coverage, is many times slower than a release build, and the worst
+/// inputs of 4 KB (libFuzzer's default largest) take a pattern × key matcher a few
+/// million steps: near the tight bound there, so they get a looser one.
+const GLOB_BOUNDS: [(usize, std::time::Duration); 2] = [
+    (1024, std::time::Duration::from_millis(50)),
+    (4096, std::time::Duration::from_millis(500)),
+];
+
+/// The input is a pattern, a newline, then the key (the rest, newlines and all).
+/// `glob::matches` must say what the reference (Redis's own algorithm) says, `glob::Set`
+/// the same, and, when fuzzing (not in the tests, which assert no timing), a match must
+/// not take longer than `GLOB_BOUNDS` allow: it runs on Redis's main thread for every
+/// write.
+pub fn glob(data: &[u8]) {
+    let (pattern, key) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let show = || format!("{} against {}", pattern.escape_ascii(), key.escape_ascii());
+    let timed = || {
+        let start = std::time::Instant::now();
+        let hit = glob::matches(std::hint::black_box(pattern), std::hint::black_box(key));
+        (hit, start.elapsed())
+    };
+    let (got, took) = timed();
+    if let Some(want) = glob::reference(pattern, key) {
+        assert_eq!(got, want, "{}", show());
+    }
+    let set = glob::Set::new([(pattern, 1)]);
+    assert_eq!(set.tags(key) == 1, got, "Set: {}", show());
+    let bound = GLOB_BOUNDS.iter().find(|(len, _)| data.len() <= *len);
+    if let (true, Some(&(_, bound))) = (cfg!(fuzzing), bound) {
+        if took > bound {
+            // Once more, so that being descheduled once is no failure.
+            let (_, again) = timed();
+            assert!(again <= bound, "{took:?}, then {again:?}, for {}", show());
+        }
+    }
+}
+
 // ---- template ----
 
 /// Placeholders a hash job's command has; more come in pairs as `{field:<name>}`.
@@ -373,6 +421,6 @@ mod tests {
                 }
             }
         }
-        assert!(ran >= 3 * 3, "only {ran} inputs under {}", root.display());
+        assert!(ran >= 4 * 3, "only {ran} inputs under {}", root.display());
     }
 }
