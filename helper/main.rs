@@ -203,7 +203,7 @@ mod start_time {
     }
 
     /// Field 22 of `/proc/PID/stat` (the run is our child, not reaped: it is there).
-    fn from_proc(pid: i32) -> Option<u64> {
+    pub fn from_proc(pid: i32) -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) may hold spaces and parentheses: skip past it.
         stat[stat.rfind(')')? + 2..]
@@ -1086,6 +1086,7 @@ fn main() {
     spawn::reserve();
     reset_signals();
     detach_from_terminal();
+    mark_runs();
     raise_fd_limit();
     unsafe { sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1) };
     // Executed from a memfd its name would be the fd number; `ps`/`top` show this.
@@ -1173,6 +1174,16 @@ fn detach_from_terminal() {
     }
 }
 
+/// Every run inherits `STREAMWATCH_HELPER=<pid>.<start time>` naming this helper, and
+/// so, usually, does whatever a run starts: a daemon that left the helper's session
+/// (`setsid`) is still found by it when the helper is killed (see the module's
+/// `runner::kill_session`). Set before any thread or run exists.
+fn mark_runs() {
+    let me = std::process::id() as i32;
+    let start = start_time::from_proc(me).unwrap_or(0);
+    std::env::set_var("STREAMWATCH_HELPER", format!("{me}.{start}"));
+}
+
 fn raise_fd_limit() {
     let mut l = sys::RLimit { cur: 0, max: 0 };
     unsafe {
@@ -1188,7 +1199,12 @@ impl Helper {
         loop {
             self.flush_reports();
             if self.shutting_down && self.runs.is_empty() {
-                return;
+                // A daemon a run started (adopted by us when the run ended) goes too,
+                // before we do: after us it would belong to no one.
+                self.reap();
+                if self.sweep_adopted() == 0 {
+                    return;
+                }
             }
             let now = Instant::now();
             self.kill_overdue(now);
@@ -1559,15 +1575,23 @@ impl Helper {
             return;
         }
         self.adopted_checked = Instant::now();
+        self.sweep_adopted();
+    }
+
+    /// Kills every child that is not a run's leader (and its group); returns how many
+    /// there were (zombies not reaped yet included).
+    fn sweep_adopted(&mut self) -> usize {
         let me = std::process::id();
         let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
-            return;
+            return 0;
         };
+        let mut found = 0;
         for pid in list
             .split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
         {
             if !self.by_pid.contains_key(&pid) {
+                found += 1;
                 // A live process with this pid: no other group can have this id.
                 unsafe {
                     sys::kill(-pid, sys::SIGKILL);
@@ -1575,6 +1599,7 @@ impl Helper {
                 }
             }
         }
+        found
     }
 
     /// Reaps every exited child. A run's leader is first only peeked at (WNOWAIT) so that

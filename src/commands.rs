@@ -601,7 +601,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
     let _ = ctx.add_info_section(None);
     let _ = ctx.add_info_field_str("role", if primary { "primary" } else { "replica" });
     let n = |c| stats::get(c) as i64;
-    let fields: [(&str, i64); 11] = [
+    let fields: [(&str, i64); 12] = [
         ("paused", stats::PAUSED.load(Ordering::Relaxed) as i64),
         ("watches", watch::snapshot().len() as i64),
         ("jobs", stats::total_jobs() as i64),
@@ -613,6 +613,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
         ("events", n(&stats::EVENTS)),
         ("events_dropped", n(&stats::EVENTS_DROPPED)),
         ("output_dropped", n(&stats::OUTPUT_DROPPED)),
+        ("memory", crate::ffi::system_allocated() as i64),
     ];
     for (name, v) in fields {
         let _ = ctx.add_info_field_long_long(name, v);

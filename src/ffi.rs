@@ -677,6 +677,13 @@ pub fn reap_child(pid: i32) {
     }
 }
 
+/// Bytes the process holds from the system allocator: the module's memory (Redis
+/// allocates its own through jemalloc), from glibc's statistics.
+pub fn system_allocated() -> u64 {
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
+}
+
 /// SIGKILL to a process group (`-pgid`) or a process; errors (ESRCH) are ignored.
 pub fn kill_hard(pid: i32, group: bool) {
     if pid > 0 {

@@ -37,15 +37,10 @@ use redis_module::{
     redis_module, AclCategory, Context, InfoContext, RedisResult, RedisString, Status,
 };
 
-// Redis's allocator inside Redis; the system's in unit tests and fuzz binaries, where
-// nothing loads the module to set Redis's up.
-#[cfg(not(any(test, fuzzing)))]
-type Allocator = redis_module::alloc::RedisAlloc;
-#[cfg(not(any(test, fuzzing)))]
-const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
-#[cfg(any(test, fuzzing))]
+// The system's allocator, not Redis's: what the module holds (jobs, the output it
+// keeps) is not data, so it must never count against `maxmemory` and evict user keys
+// or refuse writes. It is bounded instead, and reported as `streamwatch_memory`.
 type Allocator = std::alloc::System;
-#[cfg(any(test, fuzzing))]
 const ALLOCATOR: Allocator = std::alloc::System;
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {

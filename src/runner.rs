@@ -153,13 +153,17 @@ fn parse_stat(stat: &str) -> Option<ProcStat> {
     })
 }
 
-/// Kills every process in the session of a helper that is gone (`sid` is its pid,
-/// `start_time` its start time): the runs it started and whatever they started, which
-/// would otherwise outlive it (reparented to init, unknown to anyone). Returns how many.
+/// Kills what is left of a helper that is gone (`sid` is its pid, `start_time` its
+/// start time): every process in its session (the runs it started and whatever they
+/// started), and every process whose environment names it (`STREAMWATCH_HELPER`, set
+/// by the helper for its runs: a daemon a run started in a session of its own), which
+/// would otherwise outlive it, reparented to init and unknown to anyone. Returns how
+/// many.
 ///
 /// Safe against a recycled pid: while any process is in the session, the kernel does
 /// not give its id to a new process; if a process with pid `sid` exists with another
 /// start time, the number was recycled, so the session is empty and nothing is killed.
+/// The environment mark holds the start time too, so it names no other helper.
 pub fn kill_session(sid: i32, start_time: Option<u64>) -> usize {
     if sid <= 1 {
         return 0;
@@ -170,6 +174,17 @@ pub fn kill_session(sid: i32, start_time: Option<u64>) -> usize {
         }
     }
     let me = std::process::id() as i32;
+    let mark = start_time.map(|t| format!("STREAMWATCH_HELPER={sid}.{t}\0").into_bytes());
+    let left_behind = |pid: i32| {
+        let Some(s) = proc_stat(pid).filter(|s| s.state != 'Z') else {
+            return false;
+        };
+        s.session == sid
+            || mark.as_ref().is_some_and(|m| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.windows(m.len()).any(|w| w == m.as_slice()))
+            })
+    };
     let mut killed = std::collections::BTreeSet::new();
     // Again while a pass finds someone new: a member may have forked during the pass.
     for _ in 0..5 {
@@ -178,8 +193,7 @@ pub fn kill_session(sid: i32, start_time: Option<u64>) -> usize {
         };
         let members: Vec<i32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| pid != me && !killed.contains(&pid))
-            .filter(|&pid| proc_stat(pid).is_some_and(|s| s.session == sid && s.state != 'Z'))
+            .filter(|&pid| pid != me && !killed.contains(&pid) && left_behind(pid))
             .collect();
         if members.is_empty() {
             break;

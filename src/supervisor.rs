@@ -380,6 +380,20 @@ enum Timer {
 struct Log {
     lines: VecDeque<Vec<u8>>,
     partial: Vec<u8>,
+    /// Bytes in `lines` (counted in `KEPT_OUTPUT`).
+    bytes: usize,
+}
+
+/// Bytes of output kept in all logs together, and the most there may be: past it, a
+/// log that gets a line gives up its own oldest lines (keeping at least the newest),
+/// so however many jobs write however much, what the module keeps stays bounded.
+static KEPT_OUTPUT: AtomicUsize = AtomicUsize::new(0);
+const MAX_KEPT_OUTPUT: usize = 32 << 20;
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        KEPT_OUTPUT.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Log {
@@ -416,22 +430,32 @@ impl Log {
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+        self.bytes += line.len();
+        KEPT_OUTPUT.fetch_add(line.len(), Ordering::Relaxed);
         self.lines.push_back(line);
         self.trim(cap);
+        while self.lines.len() > 1 && KEPT_OUTPUT.load(Ordering::Relaxed) > MAX_KEPT_OUTPUT {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.lines.pop_front() {
+            self.bytes -= old.len();
+            KEPT_OUTPUT.fetch_sub(old.len(), Ordering::Relaxed);
+        }
     }
 
     /// The run has ended: an unterminated last line counts.
     fn finish(&mut self, cap: usize) {
         if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.lines.push_back(line);
+            self.end_line(cap);
         }
-        self.trim(cap);
     }
 
     fn trim(&mut self, cap: usize) {
         while self.lines.len() > cap {
-            self.lines.pop_front();
+            self.pop_oldest();
         }
     }
 
@@ -1934,7 +1958,9 @@ impl Supervisor {
                 args.extend([b"MAXLEN".as_slice(), b"~", maxlen.as_bytes()]);
             }
             args.push(b"*");
-            for (k, v) in &fields {
+            let values: Vec<std::borrow::Cow<[u8]>> =
+                fields.iter().map(|(_, v)| event_value(v)).collect();
+            for ((k, _), v) in fields.iter().zip(&values) {
                 args.push(k.as_bytes());
                 args.push(v);
             }
@@ -1960,6 +1986,21 @@ impl Supervisor {
             ));
         }
     }
+}
+
+/// Longest value of an event's field (a key, a field name, an error): the events stream
+/// keeps up to `events-maxlen` entries, and a client's 500 KB key name must not be
+/// copied into each of them.
+const MAX_EVENT_VALUE: usize = 1024;
+
+/// An event's field value as written: longer ones are cut, saying how long they were.
+fn event_value(v: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if v.len() <= MAX_EVENT_VALUE {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut cut = v[..MAX_EVENT_VALUE].to_vec();
+    cut.extend_from_slice(format!("... ({} bytes)", v.len()).as_bytes());
+    std::borrow::Cow::Owned(cut)
 }
 
 /// Queues one lifecycle event about a job.
@@ -2041,6 +2082,31 @@ mod tests {
             [Log::MAX_LINE, Log::MAX_LINE, 2],
             "a full line ends at its newline"
         );
+    }
+
+    #[test]
+    fn long_event_values_are_cut_saying_how_long() {
+        assert_eq!(&*event_value(b"k"), b"k");
+        let long = vec![b'k'; MAX_EVENT_VALUE + 1];
+        let cut = event_value(&long);
+        assert!(cut.starts_with(&long[..MAX_EVENT_VALUE]));
+        assert!(cut.ends_with(format!("... ({} bytes)", MAX_EVENT_VALUE + 1).as_bytes()));
+    }
+
+    #[test]
+    fn helper_restarts_wait_longer_after_each_failure_in_a_row() {
+        let ms = |n| helper_delay(n).as_millis();
+        let table = [
+            (1, 0),
+            (2, 200),
+            (3, 300),
+            (10, 1000),
+            (50, 5000),
+            (1000, 5000),
+        ];
+        for (failures, want) in table {
+            assert_eq!(ms(failures), want, "after {failures} failures");
+        }
     }
 
     #[test]

@@ -26,10 +26,18 @@ fn helper_pid(s: &Server, not: Option<u32>) -> u32 {
     })
 }
 
+/// Redis's `used_memory` (what `maxmemory` is compared with).
 fn used_memory(c: &mut redis::Connection) -> u64 {
     info(c, "memory")["used_memory"]
         .parse()
         .expect("used_memory")
+}
+
+/// The module's own memory (outside `used_memory`).
+fn module_memory(c: &mut redis::Connection) -> u64 {
+    info(c, "streamwatch")
+        .get("streamwatch_memory")
+        .map_or(0, |m| m.parse().expect("streamwatch_memory"))
 }
 
 fn status_counter(c: &mut redis::Connection, name: &str) -> i64 {
@@ -58,6 +66,7 @@ fn a_worker_flooding_its_output_costs_the_server_neither_memory_nor_keys() {
         &["STREAMWATCH.WATCH", "flood:*", "HANDLER", "flood"],
     );
     let before = used_memory(&mut c);
+    let module_before = module_memory(&mut c);
     ok(&mut c, &["HSET", "flood:k", "a", "y", "b", "y"]);
     let pids = [
         running_pid(&mut c, "flood:k", "a"),
@@ -69,6 +78,11 @@ fn a_worker_flooding_its_output_costs_the_server_neither_memory_nor_keys() {
     assert!(
         after < before + (32 << 20),
         "used_memory grew from {before} to {after} bytes"
+    );
+    let module_after = module_memory(&mut c);
+    assert!(
+        module_after < module_before + (32 << 20),
+        "the module's memory grew from {module_before} to {module_after} bytes"
     );
     assert_eq!(info(&mut c, "stats")["evicted_keys"], "0");
     assert_eq!(
@@ -319,4 +333,61 @@ fn an_events_key_of_the_wrong_type_is_counted_and_logged_once() {
         vint(&ok(&mut c, &["XLEN", "streamwatch:events"])).is_some_and(|n| n > 0)
     });
     assert!(s.log().contains("is written again"), "{}", s.log());
+}
+
+/// A worker's child that leaves the worker's session (`setsid`, Python's
+/// `start_new_session=True`) is not in the helper's session: it is still killed when
+/// the helper is killed, and when the server shuts down.
+#[test]
+fn a_daemon_started_by_a_worker_dies_with_the_helper_and_with_the_server() {
+    let config = format!(
+        "{}\n{}",
+        sh_handler(
+            "daemonizer",
+            "setsid sleep 1000 & echo \"child $!\"; exec sleep 1000",
+            ""
+        ),
+        watch_toml("dz:*", "daemonizer", None)
+    );
+    let mut s = Server::start(&config);
+    let mut c = s.conn();
+    let mut reap = Reap::new();
+    let daemon = |c: &mut redis::Connection, field: &str, not: Option<u32>| -> u32 {
+        wait_for("the worker's daemon", WAIT, || {
+            job_log(c, "dz:k", field)
+                .iter()
+                .filter_map(|l| l.strip_prefix("child ")?.trim().parse().ok())
+                .find(|&p| Some(p) != not)
+        })
+    };
+    ok(&mut c, &["HSET", "dz:k", "f", "v"]);
+    let first = daemon(&mut c, "f", None);
+    reap.add(first);
+    let helper = helper_pid(&s, None);
+    unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+    wait_gone("the daemon of a run of the killed helper", &[first]);
+    // The job runs again under a new helper; its new daemon goes with the server.
+    let second = daemon(&mut c, "f", Some(first));
+    reap.add(second);
+    let _ = run(&mut c, &["SHUTDOWN", "NOSAVE"]);
+    s.wait_exit();
+    wait_gone("the daemon, after SHUTDOWN", &[second]);
+}
+
+/// A client's huge key name is not copied whole into every lifecycle event (the
+/// events stream keeps thousands of them): long values are cut, saying how long.
+#[test]
+fn events_cut_long_values() {
+    let s = Server::start(&simple_config("lk:*"));
+    let mut c = s.conn();
+    let key = format!("lk:{}", "k".repeat(200_000));
+    ok(&mut c, &["HSET", &key, "f", "v"]);
+    let event = wait_for("an event about the long key", WAIT, || {
+        events(&mut c)
+            .into_iter()
+            .find(|e| e.get("key").is_some_and(|k| k.starts_with("lk:kkk")))
+    });
+    let k = &event["key"];
+    assert!(k.len() < 2048, "a {}-byte key in an event", k.len());
+    assert!(k.ends_with(&format!("... ({} bytes)", key.len())), "{k}");
 }
