@@ -12,17 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn is_helper(p: &ProcInfo) -> bool {
-    p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
-}
-
 /// The pid of the server's live helper (waits for one other than `not`).
 fn helper_pid(s: &Server, not: Option<u32>) -> u32 {
     wait_for("a live helper", WAIT, || {
-        s.descendants()
-            .into_iter()
-            .find(|p| p.ppid == s.pid() && p.state != 'Z' && is_helper(p) && Some(p.pid) != not)
-            .map(|p| p.pid)
+        s.helper().filter(|&p| Some(p) != not)
     })
 }
 

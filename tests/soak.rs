@@ -214,18 +214,6 @@ fn killing_the_helper_during_random_changes_still_ends_in_the_right_workers() {
     soak(true);
 }
 
-/// The live helper's pid, if there is one now.
-fn helper_pid(s: &Server) -> Option<u32> {
-    s.descendants()
-        .into_iter()
-        .find(|p| {
-            p.ppid == s.pid()
-                && p.state != 'Z'
-                && p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
-        })
-        .map(|p| p.pid)
-}
-
 fn soak(kill_helper: bool) {
     let ops: usize = std::env::var("SOAK_OPS")
         .ok()
@@ -260,7 +248,7 @@ fn soak(kill_helper: bool) {
     for op in 1..=ops {
         step(&mut c, &mut r, &mut paused);
         if kill_helper && kills.below(100) == 0 {
-            if let Some(pid) = helper_pid(&s) {
+            if let Some(pid) = s.helper() {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 killed += 1;
             }

@@ -906,10 +906,6 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
     assert_workers(&s2, &mut s2.conn(), &[]);
 }
 
-fn is_helper(p: &ProcInfo) -> bool {
-    p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
-}
-
 /// The server's helper process.
 fn helper_of(s: &Server) -> ProcInfo {
     s.descendants()

@@ -437,6 +437,14 @@ impl Server {
         }
     }
 
+    /// The pid of the server's live helper process, if it has one now.
+    pub fn helper(&self) -> Option<u32> {
+        self.descendants()
+            .into_iter()
+            .find(|p| p.ppid == self.pid() && p.state != 'Z' && is_helper(p))
+            .map(|p| p.pid)
+    }
+
     /// Descendants of the server in zombie state.
     pub fn zombies(&self) -> Vec<ProcInfo> {
         self.descendants()
@@ -834,6 +842,11 @@ pub fn all_procs() -> Vec<ProcInfo> {
         }
     }
     out
+}
+
+/// Is this the module's helper process (its argv[0])?
+pub fn is_helper(p: &ProcInfo) -> bool {
+    p.cmdline.first().map(String::as_str) == Some("streamwatch-helper")
 }
 
 /// All descendants of `root` (children, grandchildren, ...), with their state.
