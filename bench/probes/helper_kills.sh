@@ -3,7 +3,6 @@
 # every ms on 5 fields while the helper is SIGKILLed 10 times; counts workers,
 # orphans and zombies, and what outlives kill -9 of the server.
 # Usage: bench/probes/helper_kills.sh MODULE.so PORT
-# 10 times; then count workers, orphans (ppid 1) and zombies, and what outlives kill -9.
 set -u
 mod=$1; port=$2; dir=$(mktemp -d /tmp/hk.XXXX); tag=hk$port
 cat > $dir/c.toml <<T
