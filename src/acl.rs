@@ -1,8 +1,14 @@
 //! What the commands check themselves, beyond the server's own ACL checks (command
 //! permissions, and the key arguments declared in `lib.rs`: JOB reads its key, RESTART
-//! updates it):
-//! * a key given by option (`JOBS KEY k`) must be readable, and `JOBS` leaves out the
-//!   jobs of keys the caller may not read;
+//! updates it, both in the connection's database):
+//! * `DB n` for a database other than the connection's needs the right to `SELECT` it
+//!   (`ACL DRYRUN user SELECT n`: on Valkey 9 that includes its `db=` rules), and the
+//!   command must be allowed on its key in that database (`ACL DRYRUN` of the command,
+//!   run in database `n`: the server judges command, key and database within one
+//!   selector, as it does for the command itself);
+//! * `JOBS KEY k` needs the right to run `STREAMWATCH.JOB k`, and `JOBS` lists the jobs
+//!   of a key only where the caller could run `STREAMWATCH.JOB` on it, in the job's
+//!   database (see [`JobJudge`]);
 //! * `WATCH` and `UNWATCH` write the watches store, so the caller must be allowed to
 //!   write that key (the pattern is not a key: the commands are `@admin`, and every
 //!   job's data is still guarded by JOB and JOBS);
@@ -15,8 +21,10 @@
 
 use crate::ffi::{self, AclUser, CmdError};
 use redis_module::{Context, RedisValue};
+use std::collections::HashMap;
 
 /// The ACL user a command runs as; `None` for the server's own clients.
+#[derive(Clone)]
 pub struct Caller(Option<Vec<u8>>);
 
 impl Caller {
@@ -43,11 +51,6 @@ impl Caller {
         }
     }
 
-    /// `NOPERM` naming the key unless the caller may read it.
-    pub fn check_read(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
-        self.check_key(ctx, key, false, what)
-    }
-
     /// `NOPERM` naming the key unless the caller may write it.
     pub fn check_write(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
         self.check_key(ctx, key, true, what)
@@ -69,6 +72,124 @@ impl Caller {
             if write { "write" } else { "read" },
             String::from_utf8_lossy(key)
         )))
+    }
+}
+
+impl Caller {
+    /// May the caller use database `db` by option, from a connection in `current`? Its
+    /// own database, or one it may `SELECT`.
+    pub fn may_use_db(&self, ctx: &Context, db: i32, current: i32) -> bool {
+        match &self.0 {
+            None => true,
+            Some(_) if db == current => true,
+            Some(user) => dry_run(ctx, user, &[b"SELECT", db.to_string().as_bytes()]),
+        }
+    }
+
+    /// May the caller run `args` (a command and its arguments) in database `db`, as the
+    /// server would judge it there (command, keys and, on Valkey 9, database, within one
+    /// selector)?
+    pub fn may_run_in(&self, ctx: &Context, db: i32, args: &[&[u8]]) -> bool {
+        let Some(user) = &self.0 else {
+            return true;
+        };
+        let selected = ffi::selected_db(ctx);
+        if selected != db && !ffi::select_db(ctx, db) {
+            return false;
+        }
+        let may = dry_run(ctx, user, args);
+        if selected != db {
+            ffi::select_db(ctx, selected);
+        }
+        may
+    }
+
+    /// `NOPERM` naming the database unless the caller may use it (see [`may_use_db`]).
+    ///
+    /// [`may_use_db`]: Caller::may_use_db
+    pub fn check_db(&self, ctx: &Context, db: i32, current: i32) -> Result<(), CmdError> {
+        if self.may_use_db(ctx, db, current) {
+            return Ok(());
+        }
+        self.log(ctx, b"select", false);
+        Err(CmdError::Msg(format!(
+            "NOPERM this user has no permissions to access database {db}"
+        )))
+    }
+
+    /// `NOPERM` naming the key and the database unless the caller may run `args`, whose
+    /// key is `key`, in database `db` (see [`may_run_in`]).
+    ///
+    /// [`may_run_in`]: Caller::may_run_in
+    pub fn check_run_in(
+        &self,
+        ctx: &Context,
+        db: i32,
+        args: &[&[u8]],
+        key: &[u8],
+    ) -> Result<(), CmdError> {
+        if self.may_run_in(ctx, db, args) {
+            return Ok(());
+        }
+        self.log(ctx, key, true);
+        Err(CmdError::Msg(format!(
+            "NOPERM this user has no permissions to run '{}' on key '{}' in database {db}",
+            String::from_utf8_lossy(args[0]).to_lowercase(),
+            String::from_utf8_lossy(key)
+        )))
+    }
+}
+
+/// `ACL DRYRUN user args...` in the context's database: `OK`, or a sentence saying why
+/// not (any error, such as a deleted user, refuses too).
+fn dry_run(ctx: &Context, user: &[u8], args: &[&[u8]]) -> bool {
+    let mut argv: Vec<&[u8]> = Vec::with_capacity(args.len() + 2);
+    argv.extend([b"DRYRUN".as_slice(), user]);
+    argv.extend_from_slice(args);
+    match ctx.call("ACL", &argv[..]) {
+        Ok(RedisValue::SimpleStringStatic(s)) => s == "OK",
+        Ok(RedisValue::SimpleString(s)) => s == "OK",
+        _ => false,
+    }
+}
+
+/// Whether the caller could run `STREAMWATCH.JOB` on a job's key in the job's database,
+/// for the `JOBS` list: asked once per database and once per key and database, however
+/// many jobs share them.
+pub struct JobJudge {
+    caller: Caller,
+    current: i32,
+    dbs: HashMap<i32, bool>,
+    keys: HashMap<i32, HashMap<Vec<u8>, bool>>,
+}
+
+impl JobJudge {
+    /// For `caller`, whose connection is in database `current`.
+    pub fn new(caller: Caller, current: i32) -> JobJudge {
+        JobJudge {
+            caller,
+            current,
+            dbs: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    pub fn may_see(&mut self, ctx: &Context, db: i32, key: &[u8]) -> bool {
+        let (caller, current) = (&self.caller, self.current);
+        let db_ok = *self
+            .dbs
+            .entry(db)
+            .or_insert_with(|| caller.may_use_db(ctx, db, current));
+        if !db_ok {
+            return false;
+        }
+        let keys = self.keys.entry(db).or_default();
+        if let Some(&may) = keys.get(key) {
+            return may;
+        }
+        let may = caller.may_run_in(ctx, db, &[b"STREAMWATCH.JOB", key, b"x"]);
+        keys.insert(key.to_vec(), may);
+        may
     }
 }
 

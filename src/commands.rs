@@ -324,11 +324,23 @@ fn admin(ctx: &Context, command: &str, writes_store: bool) -> Result<(), CmdErro
 pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let w = parse_watch(&argv(&args))?;
     admin(ctx, "streamwatch.watch", true)?;
+    // A watch on databases the caller may not use would run handlers on their data.
+    let current = current_db(ctx);
+    let caller = Caller::current(ctx);
+    match w.db {
+        Some(DbSel::One(db)) => caller.check_db(ctx, db, current)?,
+        Some(DbSel::All) => {
+            for db in 0..DATABASES.load(Ordering::Relaxed) {
+                caller.check_db(ctx, db, current)?;
+            }
+        }
+        None => {}
+    }
     let spec = WatchSpec {
         pattern: w.pattern,
         handler: w.handler,
         kind: w.kind,
-        db: w.db.unwrap_or_else(|| DbSel::One(current_db(ctx))),
+        db: w.db.unwrap_or(DbSel::One(current)),
         onchange: w.onchange,
         source: Source::Command,
         stream: w.stream,
@@ -466,47 +478,73 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 pub fn jobs(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let mut filter = parse_jobs(&argv(&args))?;
     let caller = Caller::current(ctx);
+    let current = current_db(ctx);
     if let Some(key) = &filter.key {
-        caller.check_read(ctx, key, "key")?;
+        caller.check_run_in(ctx, current, &[b"STREAMWATCH.JOB", key, b"x"], key)?;
     }
     let mut r = block(ctx, "STREAMWATCH.JOBS")?;
-    // Without KEY, the caller sees the jobs of the keys it may read, and COUNT counts
-    // those: the list is filtered on the main thread, where Redis can be asked.
-    if let (None, Some(user)) = (&filter.key, caller.name()) {
+    // The caller sees the jobs it could ask `JOB` about, and COUNT counts those: the
+    // list is filtered on the main thread, where Redis can be asked.
+    if caller.name().is_some() {
         let count = filter.count.take();
-        r = r.filtered(
-            user.to_vec(),
-            Box::new(move |may_read, list| readable_jobs(may_read, list, count)),
-        );
+        let mut judge = acl::JobJudge::new(caller, current);
+        r = r.filtered(Box::new(move |ctx, list| {
+            visible_jobs(&mut |db, key| judge.may_see(ctx, db, key), list, count)
+        }));
     }
     ask(Msg::Jobs { filter, reply: r })
 }
 
-/// The entries of a `JOBS` reply whose key passes `may_read`, at most `count`.
-fn readable_jobs(may_read: &dyn Fn(&[u8]) -> bool, list: Reply, count: Option<usize>) -> Reply {
+/// The entries of a `JOBS` reply whose database and key pass `may_see`, at most `count`.
+fn visible_jobs(
+    may_see: &mut dyn FnMut(i32, &[u8]) -> bool,
+    list: Reply,
+    count: Option<usize>,
+) -> Reply {
     let Reply::Array(items) = list else {
         return list; // an error
     };
-    let readable = |item: &Reply| match item {
-        Reply::Map(m) => m
-            .iter()
-            .any(|(k, v)| k == "key" && matches!(v, Reply::Bulk(key) if may_read(key))),
-        _ => false,
+    let mut visible = |item: &Reply| {
+        let Reply::Map(m) = item else {
+            return false;
+        };
+        let field = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        match (field("db"), field("key")) {
+            (Some(Reply::Int(db)), Some(Reply::Bulk(key))) => {
+                i32::try_from(*db).is_ok_and(|db| may_see(db, key))
+            }
+            _ => false,
+        }
     };
     Reply::Array(
         items
             .into_iter()
-            .filter(readable)
+            .filter(|item| visible(item))
             .take(count.unwrap_or(usize::MAX))
             .collect(),
     )
 }
 
+/// `DB n` of JOB and RESTART, for a database other than the connection's (in its own,
+/// the server has checked the command and its key): the caller must be allowed to use
+/// the database and to run the command on the key there.
+fn check_other_db(ctx: &Context, command: &[u8], a: &KeyFieldArgs) -> Result<i32, CmdError> {
+    let current = current_db(ctx);
+    let db = a.db.unwrap_or(current);
+    if db != current {
+        let caller = Caller::current(ctx);
+        caller.check_db(ctx, db, current)?;
+        caller.check_run_in(ctx, db, &[command, &a.key, &a.field], &a.key)?;
+    }
+    Ok(db)
+}
+
 pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_key_field(&argv(&args))?;
+    let db = check_other_db(ctx, b"STREAMWATCH.JOB", &a)?;
     let r = block(ctx, "STREAMWATCH.JOB")?;
     ask(Msg::Job {
-        db: a.db.unwrap_or_else(|| current_db(ctx)),
+        db,
         key: a.key,
         field: a.field,
         reply: r,
@@ -516,9 +554,10 @@ pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_key_field(&argv(&args))?;
     admin(ctx, "streamwatch.restart", false)?;
+    let db = check_other_db(ctx, b"STREAMWATCH.RESTART", &a)?;
     let r = block(ctx, "STREAMWATCH.RESTART")?;
     ask(Msg::Restart {
-        db: a.db.unwrap_or_else(|| current_db(ctx)),
+        db,
         key: a.key,
         field: a.field,
         reply: r,

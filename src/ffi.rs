@@ -168,24 +168,17 @@ pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// A blocked client that the supervisor thread answers exactly once.
 pub struct Replier {
     bc: *mut raw::RedisModuleBlockedClient,
-    filter: Option<ReplyFilter>,
+    filter: Option<FilterFn>,
 }
 
-/// Applied to a blocked client's reply on the main thread before it is sent, with a
-/// test of whether the ACL user who asked may read a key (see [`Replier::filtered`]).
-pub type FilterFn = Box<dyn FnOnce(&dyn Fn(&[u8]) -> bool, Reply) -> Reply + Send>;
-
-struct ReplyFilter {
-    /// The ACL user, by name: it is looked up again when the reply is sent, since
-    /// `ACL DELUSER` may have removed it meanwhile (then no key is readable).
-    user: Vec<u8>,
-    apply: FilterFn,
-}
+/// Applied to a blocked client's reply on the main thread before it is sent, with the
+/// reply callback's context, where the server can be asked (see [`Replier::filtered`]).
+pub type FilterFn = Box<dyn FnOnce(&Context, Reply) -> Reply + Send>;
 
 /// What a blocked client's reply callback receives.
 struct Unblocked {
     reply: Reply,
-    filter: Option<ReplyFilter>,
+    filter: Option<FilterFn>,
 }
 
 // The blocked-client handle is meant to be passed to another thread.
@@ -216,10 +209,10 @@ impl Replier {
         (!bc.is_null()).then_some(Replier { bc, filter: None })
     }
 
-    /// The reply will pass through `apply` on the main thread, which is told whether
-    /// ACL user `user` may read a key (the supervisor thread cannot ask Redis).
-    pub fn filtered(mut self, user: Vec<u8>, apply: FilterFn) -> Replier {
-        self.filter = Some(ReplyFilter { user, apply });
+    /// The reply will pass through `apply` on the main thread, which can ask the server
+    /// (about ACL users, for instance: the supervisor thread cannot).
+    pub fn filtered(mut self, apply: FilterFn) -> Replier {
+        self.filter = Some(apply);
         self
     }
 
@@ -262,12 +255,7 @@ extern "C" fn blocked_reply(
                 // Taken out here; `blocked_free` then drops what is left.
                 let reply = std::mem::replace(&mut u.reply, Reply::Nil);
                 match u.filter.take() {
-                    Some(f) => {
-                        let user = AclUser::by_name(&f.user);
-                        let may_read =
-                            |key: &[u8]| user.as_ref().is_some_and(|u| u.may(key, false));
-                        (f.apply)(&may_read, reply).emit(ctx);
-                    }
+                    Some(apply) => apply(&Context::new(ctx), reply).emit(ctx),
                     None => reply.emit(ctx),
                 }
             }

@@ -312,3 +312,164 @@ fn the_documented_users_read_what_they_may_and_change_nothing() {
         assert_eq!(patterns(&mut admin), ["*:tokens", "cmd:*"]);
     }
 }
+
+/// A hash watch on `h:*` in every database, with `h:db0 f1` in db 0 and
+/// `h:db5secret f1` in db 5, both running.
+fn server_with_db5_secret() -> Server {
+    let s = Server::start(&format!(
+        "{}\n{}",
+        long_handler("w", ""),
+        watch_toml("h:*", "w", Some("\"all\""))
+    ));
+    let mut admin = s.conn();
+    ok(&mut admin, &["HSET", "h:db0", "f1", "v0"]);
+    let mut db5 = s.conn_db(5);
+    ok(&mut db5, &["HSET", "h:db5secret", "f1", "topsecretvalue"]);
+    for (c, key) in [(&mut admin, "h:db0"), (&mut db5, "h:db5secret")] {
+        running_pid(c, key, "f1");
+    }
+    s
+}
+
+/// `(db, key)` of every job listed.
+fn db_keys(list: &[Map]) -> Vec<(i64, String)> {
+    let mut k: Vec<(i64, String)> = list
+        .iter()
+        .map(|j| (get_int(j, "db").expect("db"), get_str(j, "key")))
+        .collect();
+    k.sort();
+    k
+}
+
+/// Found by an adversarial review: `DB n` reached databases the user may not use
+/// (Valkey 9's `db=` rules), and `JOBS` listed their jobs. `DB n` for a database other
+/// than the connection's needs the right to `SELECT` it, on every server.
+#[test]
+fn db_option_needs_permission_on_the_database() {
+    let s = server_with_db5_secret();
+    let mut admin = s.conn();
+    let db_rules = run(&mut admin, &["ACL", "SETUSER", "probe", "resetdbs", "db=0"]).is_ok();
+    let mut users = Vec::new();
+    if db_rules {
+        users.push(("d0", vec!["~*", "+@all", "resetdbs", "db=0"]));
+        // db 5 through a selector that grants other keys only.
+        users.push((
+            "d0sel",
+            vec!["~*", "+@all", "resetdbs", "db=0", "(~other:* +@all db=5)"],
+        ));
+    }
+    // Redis and Valkey: no SELECT, so only the connection's own database.
+    users.push(("nosel", vec!["~*", "+@all", "-select"]));
+    for (name, rules) in users {
+        let mut c = user(&s, name, &rules);
+        for args in [
+            &["STREAMWATCH.JOB", "h:db5secret", "f1", "DB", "5"][..],
+            &["STREAMWATCH.RESTART", "h:db5secret", "f1", "DB", "5"],
+        ] {
+            let e = noperm(&mut c, args, "database 5");
+            assert!(!e.contains("topsecret"), "{name}: {e}");
+        }
+        // Nor may it watch the keys of a database it may not use (d0sel may use db 5,
+        // for other keys).
+        if name != "d0sel" {
+            noperm(
+                &mut c,
+                &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w", "DB", "5"],
+                "database 5",
+            );
+            noperm(
+                &mut c,
+                &["STREAMWATCH.WATCH", "x:*", "HANDLER", "w", "DB", "ALL"],
+                "database",
+            );
+        }
+        assert_eq!(db_keys(&jobs(&mut c)), [(0, "h:db0".to_string())], "{name}");
+        // Its own database, named or not.
+        for args in [
+            &["STREAMWATCH.JOB", "h:db0", "f1"][..],
+            &["STREAMWATCH.JOB", "h:db0", "f1", "DB", "0"],
+        ] {
+            let j = to_map(&ok(&mut c, args));
+            assert_eq!(get_str(&j, "value"), "v0", "{name}");
+        }
+        assert_eq!(
+            vint(&ok(
+                &mut c,
+                &["STREAMWATCH.RESTART", "h:db0", "f1", "DB", "0"]
+            )),
+            Some(1),
+            "{name}"
+        );
+    }
+    // A user who may use db 5 sees it.
+    let mut c = user(&s, "all", &["~*", "+@all"]);
+    let j = to_map(&ok(
+        &mut c,
+        &["STREAMWATCH.JOB", "h:db5secret", "f1", "DB", "5"],
+    ));
+    assert_eq!(get_str(&j, "value"), "topsecretvalue");
+    assert_eq!(db_keys(&jobs(&mut c)).len(), 2);
+    if db_rules {
+        // On Valkey a user limited to db 5 sees db 5 only (the server refuses its
+        // commands in db 0).
+        let mut c = user(&s, "d5", &["~*", "+@all", "resetdbs", "db=5"]);
+        ok(&mut c, &["SELECT", "5"]);
+        assert_eq!(
+            db_keys(&jobs(&mut c)),
+            [(5, "h:db5secret".to_string())],
+            "d5"
+        );
+    }
+}
+
+/// Found by an adversarial review: the key check accepted a key that any selector
+/// grants, whatever commands that selector allows, so `JOBS` listed the jobs of a key
+/// whose selector allows only `TYPE`. `JOBS` now lists a key's jobs only if the user
+/// could run `STREAMWATCH.JOB` on it.
+#[test]
+fn jobs_lists_a_key_only_if_the_user_may_run_job_on_it() {
+    let s = server_with_secret();
+    let mut c = user(
+        &s,
+        "s1",
+        &["~app:*", "+@all", "-@dangerous", "(~secret:tokens +type)"],
+    );
+    ok(&mut c, &["TYPE", "secret:tokens"]);
+    noperm(&mut c, &["STREAMWATCH.JOB", "secret:tokens", "api"], "");
+    noperm(
+        &mut c,
+        &["STREAMWATCH.JOBS", "KEY", "secret:tokens"],
+        "secret:tokens",
+    );
+    assert_eq!(keys_of(&jobs(&mut c)), ["app:tokens"]);
+    assert_eq!(
+        keys_of(&jobs_filtered(&mut c, &["WATCH", "*:tokens"])),
+        ["app:tokens"]
+    );
+    // A selector that grants JOB on the key grants its jobs.
+    let mut c = user(
+        &s,
+        "s2",
+        &[
+            "~app:*",
+            "+@all",
+            "-@dangerous",
+            "(~secret:tokens +streamwatch.job)",
+        ],
+    );
+    let j = job(&mut c, "secret:tokens", "api").expect("a readable job");
+    assert_eq!(get_str(&j, "value"), "s3cr3t");
+    assert_eq!(keys_of(&jobs(&mut c)), ["app:tokens", "secret:tokens"]);
+    assert_eq!(
+        keys_of(&jobs_filtered(&mut c, &["KEY", "secret:tokens"])),
+        ["secret:tokens"]
+    );
+    // Without JOB, no job is listed, even of readable keys.
+    let mut c = user(&s, "nojob", &["~*", "+@all", "-streamwatch.job"]);
+    assert!(jobs(&mut c).is_empty());
+    noperm(
+        &mut c,
+        &["STREAMWATCH.JOBS", "KEY", "app:tokens"],
+        "app:tokens",
+    );
+}
