@@ -57,10 +57,11 @@ bench: build
 	@[ -d .deps/py/redis ] || python3 -m pip install -q --target .deps/py redis
 	REDIS_SERVER=$(REDIS_SERVER) cargo bench --bench bench
 
-# The randomized soak at full size (make test runs 1,500 operations of it); the seed is
-# printed, and SOAK_SEED=<seed> replays a run.
+# The randomized soak at full size (make test runs 1,500 operations of it), and its
+# variant that SIGKILLs the helper (10,000 operations); the seed is printed, and
+# SOAK_SEED=<seed> replays a run.
 soak: build
-	SOAK_OPS=$${SOAK_OPS:-100000} REDIS_SERVER=$(REDIS_SERVER) cargo test --release --test soak -- --nocapture
+	SOAK_OPS=$${SOAK_OPS:-100000} SOAK_KILL_OPS=$${SOAK_KILL_OPS:-10000} REDIS_SERVER=$(REDIS_SERVER) cargo test --release --test soak -- --nocapture
 
 # The fuzz targets of fuzz/ (command arguments, the config file, placeholder
 # substitution, key patterns), FUZZ_RUNS executions each from the seeds in

@@ -11,8 +11,10 @@
 //! OOM killer would): it too must end in exactly the right workers, with no worker left
 //! over from a dead helper.
 //!
-//! `SOAK_OPS` (default 1,500 here; `make soak` runs 100,000) and `SOAK_SEED` (default:
-//! from the clock) size and replay a run; a failure names its seed and operation.
+//! `SOAK_OPS` (default 1,500 here; `make soak` runs 100,000), `SOAK_KILL_OPS` for the
+//! run with helper kills (default 1,500; `make soak` runs 10,000: each kill in a row
+//! makes the next helper start later, up to 5 s) and `SOAK_SEED` (default: from the
+//! clock) size and replay a run; a failure names its seed and operation.
 
 mod common;
 
@@ -215,7 +217,12 @@ fn killing_the_helper_during_random_changes_still_ends_in_the_right_workers() {
 }
 
 fn soak(kill_helper: bool) {
-    let ops: usize = std::env::var("SOAK_OPS")
+    let ops_var = if kill_helper {
+        "SOAK_KILL_OPS"
+    } else {
+        "SOAK_OPS"
+    };
+    let ops: usize = std::env::var(ops_var)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
