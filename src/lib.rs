@@ -12,7 +12,7 @@
 //! * `watch` + `store` — the watch registry and where command watches persist;
 //! * `cluster` — slot ownership in Redis Cluster;
 //! * `template` — a handler's command template turned into one run's argv;
-//! * `runner` + `helper/main.rs` — the helper process that is the workers' parent;
+//! * `runner` + `helper/` (crate `streamwatch-helper`) — the helper process that is the workers' parent;
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
 mod acl;

@@ -1,4 +1,4 @@
-//! The module's end of the helper process (see `helper/main.rs` for why it exists).
+//! The module's end of the helper process (see `helper/src/main.rs` for why it exists).
 //!
 //! Runs on module threads only. `Runner::start` launches the embedded helper binary
 //! from a memfd with `posix_spawn` (std's `Command` with no pre-exec hook, so the large
@@ -8,7 +8,7 @@
 //! Output reports are the only ones whose volume a worker decides: the reader forwards
 //! at most `MAX_QUEUED_OUTPUT` bytes of them not yet taken by the supervisor and drops
 //! (and counts) the rest, so a worker's output can never grow the server's memory (the
-//! helper already limits how fast each run's output comes, see `helper/main.rs`).
+//! helper already limits how fast each run's output comes, see `helper/src/budget.rs`).
 //!
 //! When the helper is gone, everything left in its session (the runs it started, their
 //! children) is killed (`kill_session`), and the record of live runs on disk names the

@@ -1,0 +1,443 @@
+//! One run, started with these attributes: its own process group; an empty signal
+//! mask; every signal at its default, glibc's internal 32 and 33 included (an
+//! ignored signal stays ignored across exec); stdin `/dev/null` or the input pipe,
+//! stdout and stderr on `out`; `cwd` if given; the helper's environment plus `env`.
+//!
+//! How: a `clone` that shares the helper's memory (CLONE_VM: cheap whatever the
+//! helper's size) and descriptor table (CLONE_FILES), and whose child first calls
+//! `close_range(SLOTS_END, ~0, CLOSE_RANGE_UNSHARE)`: it gets a private table
+//! holding only the descriptors below `SLOTS_END`. The helper holds one output pipe
+//! per run, so with 10,000 runs a plain `posix_spawn` copied 10,000 descriptors at
+//! the clone and walked them again at the exec (`dup_fd`, `do_close_on_exec`: most
+//! of the helper's time when starting many runs). The run's pipe ends are dup2'ed
+//! onto a pair of slots reserved at start, below `SLOTS_END`, just before the clone.
+//!
+//! The helper does not wait for the exec (no CLONE_VFORK). With more runs than
+//! cores, a new child waits its turn behind the running ones, and a vfork-style
+//! helper waited with it: spawning was serialized behind the scheduler (a clone took
+//! 0.2 ms at the median and 1 ms at p90 with 8 stream jobs on 2 cores). Instead each
+//! launch keeps what its child reads (stack, argv, slots) in a `Launch` until the
+//! kernel clears the launch's `tid` word (CLONE_CHILD_CLEARTID): the child has
+//! exec'ed or exited and no longer uses the helper's memory. `settled` then says
+//! whether the exec happened. The child makes raw system calls only (see `child`).
+//!
+//! Kernels before 5.9 (no close_range) get glibc's `posix_spawn` instead.
+
+mod child;
+
+use child::Child;
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// How many runs may be between their clone and their exec at once; one more waits
+/// for the oldest (each holds a stack and a pair of slots until then). A few are
+/// enough to keep the helper from waiting on the scheduler; more would only let a
+/// burst of starts crowd the cores (and Redis) harder.
+const LAUNCHES: usize = 8;
+/// A child's stack, in 16-byte words (64 KiB).
+const STACK_WORDS: usize = 4096;
+
+/// One run between its clone and its exec: everything its child reads, kept at a
+/// fixed address (boxed) until the kernel clears `tid`.
+struct Launch {
+    pid: i32,
+    /// 1 from before the clone; the kernel writes 0 (and wakes futex waiters) when
+    /// the child leaves this memory: at its exec, or at its exit.
+    tid: AtomicI32,
+    child: Child,
+    pair: usize,
+    stack: Vec<u128>,
+    _strings: Vec<CString>,
+    _pointers: [Vec<*const c_char>; 2],
+}
+
+/// The clone path's state (the helper is single-threaded).
+struct Launcher {
+    /// Whether the clone path works here (close_range with UNSHARE exists).
+    fast: bool,
+    null: c_int,
+    /// Descriptor pairs (out, in) a child's stdout and stdin are dup2'ed onto for
+    /// its clone; parked on /dev/null, close-on-exec, while free.
+    pairs: Vec<(c_int, c_int)>,
+    free_pairs: Vec<usize>,
+    keep_below: c_uint,
+    /// Boxed: a child reads its launch at a fixed address while the list changes.
+    #[allow(clippy::vec_box)]
+    launches: Vec<Box<Launch>>,
+    stacks: Vec<Vec<u128>>,
+    /// Launches over: (pid, the error if the exec did not happen).
+    settled: Vec<(i32, Option<io::Error>)>,
+}
+
+thread_local! {
+    static LAUNCHER: RefCell<Launcher> = const {
+        RefCell::new(Launcher {
+            fast: false,
+            null: -1,
+            pairs: Vec::new(),
+            free_pairs: Vec::new(),
+            keep_below: 0,
+            launches: Vec::new(),
+            stacks: Vec::new(),
+            settled: Vec::new(),
+        })
+    };
+}
+
+fn open_null() -> c_int {
+    // SAFETY: a NUL-terminated path; no mode is needed without O_CREAT.
+    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_CLOEXEC) }
+}
+
+/// `dup3(2)`: -1 on error (errno set).
+fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: no pointer arguments; `new` is always one of the launcher's slots,
+    // which no Rust object owns.
+    unsafe { libc::dup3(fd, new, flags) }
+}
+
+/// Reserves the slots; called at start, when the lowest descriptors are free.
+pub fn reserve() {
+    let has_close_range = child::has_close_range();
+    let null = open_null();
+    let mut pairs = Vec::new();
+    for _ in 0..LAUNCHES {
+        let (out, inp) = (open_null(), open_null());
+        if out < 0 || inp < 0 {
+            return;
+        }
+        pairs.push((out, inp));
+    }
+    if null < 0 || !has_close_range {
+        return;
+    }
+    let top = pairs.iter().map(|&(o, i)| o.max(i)).max().unwrap_or(null);
+    LAUNCHER.with_borrow_mut(|l| {
+        l.keep_below = (top.max(null) + 1) as c_uint;
+        l.null = null;
+        l.free_pairs = (0..pairs.len()).rev().collect();
+        l.pairs = pairs;
+        l.fast = true;
+    });
+}
+
+/// `program` as execve needs it: as given if it has a slash, else the first
+/// executable `dir/program` along the helper's PATH (what posix_spawnp does).
+fn resolve(program: &[u8]) -> io::Result<CString> {
+    resolve_in(program, std::env::var_os("PATH").as_deref())
+}
+
+/// `resolve` along `path` (`None`: no PATH set, then `/bin:/usr/bin`).
+fn resolve_in(program: &[u8], path: Option<&OsStr>) -> io::Result<CString> {
+    if program.contains(&b'/') {
+        return cstring(program);
+    }
+    let dirs = path.map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
+    for dir in dirs.split(|&b| b == b':') {
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let full = cstring(&[dir, b"/", program].concat())?;
+        let is_file =
+            std::fs::metadata(OsStr::from_bytes(full.as_bytes())).is_ok_and(|m| m.is_file());
+        if is_file && executable(&full) {
+            return Ok(full);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT)) // as posix_spawnp says
+}
+
+fn executable(path: &CStr) -> bool {
+    // SAFETY: a NUL-terminated path the call only reads.
+    unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
+}
+
+impl Launcher {
+    /// Collects the launches whose child has left the helper's memory: their slots
+    /// are parked again, their stacks kept for the next ones.
+    fn collect(&mut self) {
+        let mut i = 0;
+        while i < self.launches.len() {
+            if self.launches[i].tid.load(Ordering::Acquire) != 0 {
+                i += 1;
+                continue;
+            }
+            let l = self.launches.remove(i); // in order: the first is the oldest
+            self.finish(*l);
+        }
+    }
+
+    fn finish(&mut self, mut l: Launch) {
+        let (out, inp) = self.pairs[l.pair];
+        dup3(self.null, inp, libc::O_CLOEXEC);
+        dup3(self.null, out, libc::O_CLOEXEC);
+        self.free_pairs.push(l.pair);
+        let error = (l.child.failed.load(Ordering::Acquire) != 0)
+            .then(|| io::Error::from_raw_os_error(l.child.errno.load(Ordering::Relaxed)));
+        self.stacks.push(std::mem::take(&mut l.stack));
+        self.settled.push((l.pid, error));
+    }
+
+    /// Waits until the oldest launch is over (all slots taken).
+    fn wait_oldest(&mut self) {
+        let Some(oldest) = self.launches.first() else {
+            return;
+        };
+        while oldest.tid.load(Ordering::Acquire) != 0 {
+            child::futex_wait_while_one(&oldest.tid);
+        }
+        let l = self.launches.remove(0);
+        self.finish(*l);
+    }
+
+    fn launch(
+        &mut self,
+        path: CString,
+        strings: Vec<CString>,
+        pointers: [Vec<*const c_char>; 2],
+        dir: Option<CString>,
+        stdin: Option<RawFd>,
+        out: RawFd,
+    ) -> io::Result<i32> {
+        self.collect();
+        if self.free_pairs.is_empty() {
+            self.wait_oldest();
+        }
+        let pair = self.free_pairs.pop().expect("a pair is free");
+        let (slot_out, slot_in) = self.pairs[pair];
+        let stack = self
+            .stacks
+            .pop()
+            .unwrap_or_else(|| vec![0u128; STACK_WORDS]);
+        let mut l = Box::new(Launch {
+            pid: 0,
+            tid: AtomicI32::new(1),
+            child: Child {
+                path: path.as_ptr(),
+                argv: pointers[0].as_ptr(),
+                envp: pointers[1].as_ptr(),
+                dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                slot_out,
+                slot_in,
+                keep_below: self.keep_below,
+                reset: child::non_default_signals(),
+                parent: std::process::id() as c_int,
+                errno: AtomicI32::new(0),
+                failed: AtomicI32::new(0),
+            },
+            pair,
+            stack,
+            _strings: strings.into_iter().chain([path]).chain(dir).collect(),
+            _pointers: pointers,
+        });
+        let null = self.null;
+        let park = |e: io::Error, free: &mut Vec<usize>| {
+            dup3(null, slot_in, libc::O_CLOEXEC);
+            dup3(null, slot_out, libc::O_CLOEXEC);
+            free.push(pair);
+            Err(e)
+        };
+        if dup3(stdin.unwrap_or(null), slot_in, 0) < 0 || dup3(out, slot_out, 0) < 0 {
+            return park(io::Error::last_os_error(), &mut self.free_pairs);
+        }
+        let top = l.stack.as_mut_ptr_range().end.cast::<c_void>();
+        let old_mask = child::block_all_signals();
+        let arg: *mut Child = &mut l.child;
+        // SAFETY: `child` runs on the launch's own stack (`top` is its end, 16-byte
+        // aligned) and reads only `*arg`, which with the strings, pointer arrays and
+        // stack it points into stays alive and in place (boxed, kept in `launches`)
+        // until the kernel clears `tid` (CLONE_CHILD_CLEARTID, the 7th argument) at
+        // the child's exec or exit. The parent and tls arguments are unused.
+        let pid = unsafe {
+            libc::clone(
+                child::child,
+                top,
+                libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                arg.cast(),
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<c_void>(),
+                l.tid.as_ptr(),
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        child::restore_signal_mask(old_mask);
+        if pid < 0 {
+            self.stacks.push(std::mem::take(&mut l.stack));
+            return park(clone_error, &mut self.free_pairs);
+        }
+        // Its own group from now on, whether or not the child got there yet
+        // (a stop sent before then reaches it); fails harmlessly after its exec.
+        // SAFETY: no pointer arguments.
+        unsafe { libc::setpgid(pid, pid) };
+        l.pid = pid;
+        self.launches.push(l);
+        Ok(pid)
+    }
+}
+
+fn check(r: c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+fn cstring(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::other("argument contains a NUL byte"))
+}
+
+/// Starts a run; its outcome (exec'ed, or why not) comes later from `settled`.
+pub fn run(
+    argv: &[Vec<u8>],
+    env: &[(Vec<u8>, Vec<u8>)],
+    cwd: Option<&[u8]>,
+    stdin: Option<RawFd>,
+    out: RawFd,
+) -> io::Result<i32> {
+    let program = argv
+        .first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
+    let mut strings: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    let nargs = strings.len();
+    for (k, v) in std::env::vars_os() {
+        let k = k.as_bytes();
+        if !env.iter().any(|(ek, _)| ek.as_slice() == k) {
+            strings.push(cstring(&[k, b"=", v.as_bytes()].concat())?);
+        }
+    }
+    for (k, v) in env {
+        strings.push(cstring(&[k.as_slice(), b"=", v.as_slice()].concat())?);
+    }
+    let list = |s: &[CString]| -> Vec<*const c_char> {
+        s.iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let argp = list(&strings[..nargs]);
+    let envp = list(&strings[nargs..]);
+    let dir = cwd.map(cstring).transpose()?;
+    if LAUNCHER.with_borrow(|l| l.fast) {
+        let path = resolve(program)?;
+        return LAUNCHER
+            .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, stdin, out));
+    }
+    let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), stdin, out)?;
+    LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
+    Ok(pid)
+}
+
+/// The launches over since the last call: (pid, why the exec did not happen).
+pub fn settled() -> Vec<(i32, Option<io::Error>)> {
+    LAUNCHER.with_borrow_mut(|l| {
+        l.collect();
+        std::mem::take(&mut l.settled)
+    })
+}
+
+/// Whether some launch is not over yet.
+pub fn launching() -> bool {
+    LAUNCHER.with_borrow(|l| !l.launches.is_empty())
+}
+
+/// A `sigset_t` holding the signals of `mask` (bit `n - 1` for signal `n`, 1 to 64).
+///
+/// Not with `sigaddset`: glibc's refuses its internal signals 32 and 33, which a run
+/// must get at their defaults too (glibc's posix_spawn resets whatever the set holds).
+fn sigset_of(mask: u64) -> libc::sigset_t {
+    const _: () = assert!(std::mem::size_of::<libc::sigset_t>() >= 8);
+    // SAFETY: sigset_t is plain data (an array of unsigned longs), all zeroes is the
+    // empty set; glibc keeps signal `n` at bit `n - 1` of its first 64 bits on 64-bit
+    // Linux, which is within the type (asserted above) and aligned for a u64.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        (&mut set as *mut libc::sigset_t).cast::<u64>().write(mask);
+        set
+    }
+}
+
+/// glibc's `posix_spawn`, where the clone path is not available (it returns once
+/// the child has exec'ed, or with why it could not).
+fn posix_spawn_run(
+    program: &[u8],
+    arg0: &CString,
+    argp: &[*const c_char],
+    envp: &[*const c_char],
+    dir: Option<&CString>,
+    stdin: Option<RawFd>,
+    out: RawFd,
+) -> io::Result<i32> {
+    let mut all = 0u64;
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            all |= 1 << (sig - 1);
+        }
+    }
+    let defaults = sigset_of(all);
+    let empty = sigset_of(0);
+    let flags =
+        libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: both are plain data that the init calls below set up before any use.
+    let (mut attr, mut actions): (libc::posix_spawnattr_t, libc::posix_spawn_file_actions_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: `attr` and `actions` are initialized before use and destroyed once on
+    // every path after a successful init; every pointer passed is to a live local or
+    // to NUL-terminated strings and NULL-terminated arrays the caller keeps alive.
+    unsafe {
+        check(libc::posix_spawnattr_init(&mut attr))?;
+        check(libc::posix_spawn_file_actions_init(&mut actions)).inspect_err(|_| {
+            libc::posix_spawnattr_destroy(&mut attr);
+        })?;
+        let result = (|| {
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                flags as libc::c_short,
+            ))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            match stdin {
+                Some(fd) => check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, 0))?,
+                None => check(libc::posix_spawn_file_actions_addopen(
+                    &mut actions,
+                    0,
+                    c"/dev/null".as_ptr(),
+                    libc::O_RDONLY,
+                    0,
+                ))?,
+            }
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
+            if let Some(dir) = dir {
+                check(libc::posix_spawn_file_actions_addchdir_np(
+                    &mut actions,
+                    dir.as_ptr(),
+                ))?;
+            }
+            let f = if program.contains(&b'/') {
+                libc::posix_spawn
+            } else {
+                libc::posix_spawnp
+            };
+            check(f(
+                &mut pid,
+                arg0.as_ptr(),
+                &actions,
+                &attr,
+                argp.as_ptr().cast(),
+                envp.as_ptr().cast(),
+            ))
+        })();
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        result?;
+    }
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests;

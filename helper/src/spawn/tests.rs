@@ -1,0 +1,277 @@
+//! Real runs through both spawn paths (the clone path needs Linux 5.9; where it is
+//! missing, its tests check the fallback twice).
+
+use super::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn strings(v: &[&str]) -> Vec<Vec<u8>> {
+    v.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+/// Sets this thread's launcher up for the clone path (`fast`) or the posix_spawn
+/// fallback (each test runs on a thread of its own).
+fn launcher(fast: bool) {
+    if fast && !LAUNCHER.with_borrow(|l| l.fast) {
+        reserve();
+    }
+    if !fast {
+        LAUNCHER.with_borrow_mut(|l| l.fast = false);
+    }
+    assert!(LAUNCHER.with_borrow(|l| l.fast) == (fast && child::has_close_range()));
+}
+
+thread_local! {
+    /// Launches over that the test has not asked about yet.
+    static SETTLED: std::cell::RefCell<Vec<(i32, Option<io::Error>)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Waits until the launch of `pid` is over: why its exec did not happen, if it did not.
+fn settle(pid: i32) -> Option<io::Error> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = SETTLED.with_borrow_mut(|s| {
+            s.extend(settled());
+            let i = s.iter().position(|(p, _)| *p == pid)?;
+            Some(s.remove(i).1)
+        });
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "launch of {pid} never settled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn wait(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: `status` is a live local the kernel writes.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+struct Outcome {
+    /// Why the run did not start: from `run` itself, or from its launch.
+    error: Option<io::Error>,
+    output: Vec<u8>,
+    status: Option<i32>,
+}
+
+fn start(
+    fast: bool,
+    argv: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&str>,
+    input: Option<&[u8]>,
+) -> Outcome {
+    launcher(fast);
+    let env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    let (mut reader, writer) = io::pipe().unwrap();
+    let input = input.map(|data| {
+        let (r, mut w) = io::pipe().unwrap();
+        w.write_all(data).unwrap();
+        r
+    });
+    let pid = run(
+        &strings(argv),
+        &env,
+        cwd.map(str::as_bytes),
+        input.as_ref().map(|r| r.as_raw_fd()),
+        writer.as_raw_fd(),
+    );
+    drop((writer, input));
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            return Outcome {
+                error: Some(e),
+                output: Vec::new(),
+                status: None,
+            }
+        }
+    };
+    let error = settle(pid);
+    // The launch's slots are parked again: the run holds the last write end.
+    let mut output = Vec::new();
+    reader.read_to_end(&mut output).unwrap();
+    Outcome {
+        error,
+        output,
+        status: Some(wait(pid)),
+    }
+}
+
+use std::os::fd::AsRawFd;
+
+fn exit_code(status: Option<i32>) -> Option<i32> {
+    let s = status?;
+    libc::WIFEXITED(s).then(|| libc::WEXITSTATUS(s))
+}
+
+#[test]
+fn true_and_false_report_their_exit_status() {
+    for fast in [true, false] {
+        let ok = start(fast, &["/bin/true"], &[], None, None);
+        assert!(ok.error.is_none() && ok.output.is_empty());
+        assert_eq!(exit_code(ok.status), Some(0), "fast: {fast}");
+        let fails = start(fast, &["false"], &[], None, None);
+        assert!(fails.error.is_none());
+        assert_eq!(exit_code(fails.status), Some(1), "fast: {fast}");
+    }
+}
+
+#[test]
+fn a_run_gets_its_env_cwd_input_and_merged_output() {
+    let script = r#"printf '%s|%s|' "$SW_TEST" "$(pwd)"; cat; echo err >&2"#;
+    for fast in [true, false] {
+        let o = start(
+            fast,
+            &["sh", "-c", script],
+            &[("SW_TEST", "yes")],
+            Some("/"),
+            Some(b"entry"),
+        );
+        assert!(o.error.is_none());
+        assert_eq!(o.output, b"yes|/|entryerr\n", "fast: {fast}");
+        assert_eq!(exit_code(o.status), Some(0));
+        // No input: /dev/null.
+        let o = start(fast, &["cat"], &[], None, None);
+        assert_eq!((o.output.len(), exit_code(o.status)), (0, Some(0)));
+    }
+}
+
+#[test]
+fn a_failing_exec_or_chdir_reports_why() {
+    for fast in [true, false] {
+        let o = start(fast, &["/nonexistent/program"], &[], None, None);
+        let e = o.error.expect("the exec fails");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "fast: {fast}");
+        if fast && child::has_close_range() {
+            // The child tells why, then exits 127 (reaped as no run's by the helper).
+            assert_eq!(exit_code(o.status), Some(127));
+        }
+        let o = start(fast, &["no-such-program-anywhere"], &[], None, None);
+        assert_eq!(o.error.unwrap().raw_os_error(), Some(libc::ENOENT));
+        let o = start(fast, &["true"], &[], Some("/nonexistent/dir"), None);
+        assert_eq!(o.error.unwrap().raw_os_error(), Some(libc::ENOENT));
+    }
+    assert!(run(&[], &[], None, None, 1).is_err());
+    assert!(run(&strings(&["a\0b"]), &[], None, None, 1).is_err());
+}
+
+#[test]
+fn a_run_leads_its_own_group_with_default_signals_unblocked() {
+    for fast in [true, false] {
+        launcher(fast);
+        let (reader, writer) = io::pipe().unwrap();
+        let pid = run(
+            &strings(&["sleep", "30"]),
+            &[],
+            None,
+            None,
+            writer.as_raw_fd(),
+        )
+        .unwrap();
+        drop(writer);
+        assert!(settle(pid).is_none());
+        // SAFETY: no pointer arguments.
+        assert_eq!(unsafe { libc::getpgid(pid) }, pid);
+        // The test harness ignores SIGPIPE (Rust's runtime does); the run must not.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for field in ["SigIgn:", "SigBlk:"] {
+            let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+            assert!(line.ends_with("0000000000000000"), "fast: {fast}: {line}");
+        }
+        // None of the test's descriptors: the pipes it holds are only the run's 1 and 2.
+        // (Only the clone path closes what it is not to pass; posix_spawn relies on
+        // close-on-exec, as the helper closes what it inherited at start, and a test
+        // inherits descriptors without it. What the worker opens itself, as `sleep`
+        // its locale, may show up too.)
+        if fast {
+            let mut pipes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    link.to_str()?
+                        .starts_with("pipe:")
+                        .then(|| e.file_name().into_string().unwrap())
+                })
+                .collect();
+            pipes.sort();
+            assert_eq!(pipes, ["1", "2"]);
+        }
+        // SAFETY: no pointer arguments.
+        assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
+        let status = wait(pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+        drop(reader);
+    }
+}
+
+#[test]
+fn more_runs_than_launch_slots() {
+    launcher(true);
+    let (mut reader, writer) = io::pipe().unwrap();
+    let pids: Vec<i32> = (0..3 * LAUNCHES)
+        .map(|i| {
+            let argv = strings(&["sh", "-c", &format!("echo {i}")]);
+            run(&argv, &[], None, None, writer.as_raw_fd()).unwrap()
+        })
+        .collect();
+    drop(writer);
+    for &pid in &pids {
+        assert!(settle(pid).is_none());
+    }
+    assert!(!launching());
+    let mut output = String::new();
+    reader.read_to_string(&mut output).unwrap();
+    let mut lines: Vec<usize> = output.lines().map(|l| l.parse().unwrap()).collect();
+    lines.sort();
+    assert_eq!(lines, (0..3 * LAUNCHES).collect::<Vec<_>>());
+    for pid in pids {
+        assert_eq!(exit_code(Some(wait(pid))), Some(0));
+    }
+}
+
+#[test]
+fn resolve_follows_path_like_posix_spawnp() {
+    let path = Some(OsStr::new("/nonexistent:/usr/bin:/bin"));
+    let sh = resolve_in(b"sh", path).unwrap();
+    assert!(sh.as_bytes().ends_with(b"/sh") && sh.as_bytes().starts_with(b"/"));
+    // With a slash: as given, even if it does not exist (the exec says why).
+    assert_eq!(resolve_in(b"./x/y", path).unwrap().as_bytes(), b"./x/y");
+    let missing = resolve_in(b"no-such-program-anywhere", path).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+    // A directory named like the program is not it.
+    let dirs = Some(OsStr::new("/"));
+    assert!(resolve_in(b"tmp", dirs).is_err());
+    // No PATH: /bin:/usr/bin. An empty entry: the current directory.
+    assert!(resolve_in(b"sh", None)
+        .unwrap()
+        .as_bytes()
+        .ends_with(b"/sh"));
+    assert_eq!(
+        resolve_in(b"sh", Some(OsStr::new(":/nonexistent"))).is_ok(),
+        std::path::Path::new("sh").is_file()
+    );
+    assert!(resolve_in(b"a\0b", path).is_err());
+}
+
+#[test]
+fn sigsets_hold_what_the_mask_says() {
+    let set = sigset_of(1 << (libc::SIGTERM - 1) | 1 << (libc::SIGCHLD - 1));
+    // SAFETY: `set` is a valid sigset_t.
+    let member = |sig| unsafe { libc::sigismember(&set, sig) };
+    assert_eq!(member(libc::SIGTERM), 1);
+    assert_eq!(member(libc::SIGCHLD), 1);
+    assert_eq!(member(libc::SIGINT), 0);
+    let empty = sigset_of(0);
+    // SAFETY: `empty` is a valid sigset_t.
+    assert_eq!(unsafe { libc::sigismember(&empty, libc::SIGTERM) }, 0);
+}
