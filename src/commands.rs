@@ -652,7 +652,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
         ("events", n(&stats::EVENTS)),
         ("events_dropped", n(&stats::EVENTS_DROPPED)),
         ("output_dropped", n(&stats::OUTPUT_DROPPED)),
-        ("memory", crate::ffi::system_allocated() as i64),
+        ("memory", crate::ffi::allocated() as i64),
     ];
     for (name, v) in fields {
         let _ = ctx.add_info_field_long_long(name, v);

@@ -665,11 +665,52 @@ pub fn reap_child(pid: i32) {
     }
 }
 
-/// Bytes the process holds from the system allocator: the module's memory (Redis
-/// allocates its own through jemalloc), from glibc's statistics.
-pub fn system_allocated() -> u64 {
-    let m = unsafe { libc::mallinfo2() };
-    (m.uordblks + m.hblkhd) as u64
+/// The module's allocator: the system's (not Redis's: what the module holds is not
+/// data and must not count against `maxmemory`), counting the bytes it holds, which
+/// `INFO streamwatch` reports as `streamwatch_memory`. (The allocator's own statistics
+/// will not do: a redis-server linked with jemalloc, as Debian's is, takes over
+/// `malloc` for the whole process.)
+pub struct ModuleAlloc;
+
+static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call goes to `System` with the caller's arguments unchanged; only a
+// counter is kept besides.
+unsafe impl std::alloc::GlobalAlloc for ModuleAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc(layout);
+        if !p.is_null() {
+            ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc_zeroed(layout);
+        if !p.is_null() {
+            ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout);
+        ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        let p = std::alloc::System.realloc(ptr, layout, size);
+        if !p.is_null() {
+            ALLOCATED.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+/// Bytes the module holds (see `ModuleAlloc`).
+pub fn allocated() -> u64 {
+    ALLOCATED.load(std::sync::atomic::Ordering::Relaxed) as u64
 }
 
 /// SIGKILL to a process group (`-pgid`) or a process; errors (ESRCH) are ignored.

@@ -39,9 +39,9 @@ use redis_module::{
 
 // The system's allocator, not Redis's: what the module holds (jobs, the output it
 // keeps) is not data, so it must never count against `maxmemory` and evict user keys
-// or refuse writes. It is bounded instead, and reported as `streamwatch_memory`.
-type Allocator = std::alloc::System;
-const ALLOCATOR: Allocator = std::alloc::System;
+// or refuse writes. It is bounded instead, and counted (`streamwatch_memory`).
+type Allocator = ffi::ModuleAlloc;
+const ALLOCATOR: Allocator = ffi::ModuleAlloc;
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     let mut ok = true;

@@ -896,12 +896,11 @@ fn workers_left_by_a_dead_server_and_helper_are_killed_on_next_load() {
     );
     let s2 = Server::builder(&config).dir(s.dir()).start();
     wait_gone("orphaned children killed on next load", &children);
-    assert!(
+    // Logged just after the kill.
+    wait_until("the kill logged", WAIT, || {
         s2.log()
-            .contains("killed 2 workers left running by a previous instance"),
-        "{}",
-        s2.log()
-    );
+            .contains("killed 2 workers left running by a previous instance")
+    });
     // The new instance runs the jobs itself.
     assert_workers(&s2, &mut s2.conn(), &[]);
 }
