@@ -1,4 +1,4 @@
-//! The benchmark's latency distribution plot for the README: one cumulative
+//! The benchmark's latency distribution plot for docs/performance.md: one cumulative
 //! distribution line per series, written as a PNG. It is drawn pixel by pixel with
 //! a small embedded bitmap font so the benchmark needs no plotting library (only the
 //! `png` encoder, already a dev-dependency).

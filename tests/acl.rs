@@ -6,8 +6,8 @@
 //! `JOBS`; `WATCH`/`UNWATCH` rewrote the watches key the user could not write; on
 //! Redis 7.0 `+@all -@dangerous` and `-@admin` users could still run the commands that
 //! change what runs; and the documented viewer could edit the watches key by hand.
-//! Every test here failed before the fix. The last one runs the recipe as README.md
-//! documents it ("Access control").
+//! Every test here failed before the fix. The last one runs the recipe as
+//! docs/commands.md documents it ("Access control").
 
 mod common;
 
@@ -235,15 +235,15 @@ fn users_without_admin_or_dangerous_cannot_change_what_runs() {
     }
 }
 
-/// The `ACL SETUSER` lines of README.md's "Access control" section that this server
-/// can run (`@streamwatch` needs module ACL categories).
+/// The `ACL SETUSER` lines of docs/commands.md's "Access control" section that this
+/// server can run (`@streamwatch` needs module ACL categories).
 fn documented_recipes(admin: &mut redis::Connection) -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("### Access control")
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md"))
+        .expect("docs/commands.md");
+    let section = doc
+        .split("\n## Access control")
         .nth(1)
-        .and_then(|s| s.split("\n### ").next())
+        .and_then(|s| s.split("\n## ").next())
         .expect("an Access control section");
     let categories = run(admin, &["ACL", "CAT", "streamwatch"]).is_ok();
     let recipes: Vec<Vec<String>> = section
