@@ -15,7 +15,13 @@ use std::process::Command;
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     // A directory is scanned whole: every file of the helper crate.
-    for path in ["helper", "src/protocol.rs", "Cargo.toml", "Cargo.lock"] {
+    for path in [
+        "helper",
+        "src/protocol.rs",
+        "src/procstat.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));

@@ -12,12 +12,15 @@
 //! The worker is `examples/stamp.rs`, linked statically: it writes its CLOCK_REALTIME
 //! start time to a file, and on SIGTERM the time the signal arrived, then exits.
 
-#[path = "../examples/common/mod.rs"]
+#[path = "../tests/common/mod.rs"]
 mod common;
 mod peer;
 mod plot;
 
-use common::{fill_stream, free_port, group_done, now_ns, watch_stream};
+use common::{
+    fill_stream, group_done, now_ns, poll_until, stamp_handler, wait_stamp, watch_stream,
+    watch_toml, Server,
+};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -28,87 +31,22 @@ use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn server_binary() -> String {
-    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
-}
-
 /// The worker, linked statically by `make bench` (see the Makefile).
 fn stamp_binary() -> PathBuf {
     Path::new(ROOT).join("target/stamp/release/examples/stamp")
 }
 
-/// A redis-server of this run; killed (with its workers, by the helper) on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    /// `module`: the TOML config to load the module with, or `None` for a plain server.
-    fn start(dir: &Path, name: &str, module: Option<&str>) -> Server {
-        let data = dir.join(format!("data-{name}"));
-        std::fs::create_dir_all(&data).expect("mkdir");
-        let port = free_port();
-        let mut cmd = Command::new(server_binary());
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&data)
-            .stdout(Stdio::null());
-        if let Some(toml) = module {
-            let cfg = dir.join(format!("{name}.toml"));
-            std::fs::write(&cfg, toml).expect("write config");
-            cmd.arg("--loadmodule")
-                .arg(Path::new(ROOT).join("target/release/libstreamwatch.so"))
-                .arg("config")
-                .arg(&cfg)
-                .args(["max-jobs", "20000"]);
-        }
-        let child = cmd.spawn().expect("start redis-server");
-        let s = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while s.try_conn().is_none() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
-    }
-
-    fn try_conn(&self) -> Option<redis::Connection> {
-        let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).ok()?;
-        let mut con = c.get_connection().ok()?;
-        redis::cmd("PING").query::<String>(&mut con).ok()?;
-        Some(con)
-    }
-
-    fn conn(&self) -> redis::Connection {
-        self.try_conn().expect("connect")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for a stamp file and returns the time in it.
-fn wait_stamp(path: &Path) -> u128 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(ns) = s.trim().parse() {
-                return ns;
-            }
-        }
-        assert!(Instant::now() < deadline, "no stamp {}", path.display());
-        std::thread::sleep(Duration::from_micros(50));
-    }
+/// A redis-server of this run (REDIS_SERVER, fresh --dir, free port): with the module
+/// built in this tree when `module` gives its TOML config, plain with `None`. SIGKILLed
+/// on drop (the module's helper then stops its workers).
+fn start_server(module: Option<&str>) -> Server {
+    let builder = match module {
+        Some(toml) => Server::builder(toml)
+            .module_path(Path::new(ROOT).join("target/release/libstreamwatch.so"))
+            .module_arg("max-jobs", "20000"),
+        None => Server::builder("").without_module(),
+    };
+    builder.kill_on_drop().start()
 }
 
 fn ms(ns: u128) -> f64 {
@@ -277,12 +215,9 @@ fn thousand_fields(c: &mut redis::Connection, key: &str) {
     let _: i64 = cmd.query(c).expect("HSET 1000");
 }
 
-fn wait_until(desc: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {desc}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// Polled every millisecond.
+fn wait_until(desc: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    poll_until(desc, timeout, Duration::from_millis(1), f)
 }
 
 /// requests/s reported by one `redis-benchmark -q` run (on CPU 1, see `pin`).
@@ -368,16 +303,6 @@ fn thread_names(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn helper_pid(server: u32) -> Option<u32> {
-    let list = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children")).ok()?;
-    list.split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|p: &u32| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.starts_with("streamwatch"))
-        })
-}
-
 /// Runs of `/bin/true` per second, spawned and waited for by `threads` threads.
 fn raw_spawn_rate(n: usize, threads: usize) -> f64 {
     let t0 = Instant::now();
@@ -452,18 +377,16 @@ fn main() {
     };
     let (sw_dir, peer_dir, limit_dir) = (stamps("sw"), stamps("peer"), stamps("limit"));
     let toml = format!(
-        "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\nstop-grace-ms = 500\n\n\
-         [handler.true]\ncommand = [\"/bin/true\"]\n\n\
-         [[watch]]\npattern = \"lat\"\nhandler = \"stamp\"\n\n\
-         [[watch]]\npattern = \"big\"\nhandler = \"stamp\"\n\n\
-         [[watch]]\npattern = \"huge\"\nhandler = \"stamp\"\n",
-        stamp.display(),
-        sw_dir.display()
+        "{}\n[handler.true]\ncommand = [\"/bin/true\"]\n\n{}\n{}\n{}",
+        stamp_handler(&stamp, &sw_dir),
+        watch_toml("lat", "stamp", None),
+        watch_toml("big", "stamp", None),
+        watch_toml("huge", "stamp", None)
     );
     let mut rows: Vec<Row> = Vec::new();
-    let m = Server::start(&dir, "module", Some(&toml));
-    let p = Server::start(&dir, "peer", None);
-    let b = Server::start(&dir, "plain", None);
+    let m = start_server(Some(&toml));
+    let p = start_server(None);
+    let b = start_server(None);
     let (mut mc, mut pc, mut bc) = (m.conn(), p.conn(), b.conn());
     let version: String = {
         let info: String = redis::cmd("INFO")
@@ -742,7 +665,7 @@ fn main() {
             })
             .max()
             .unwrap_or(0) as f64;
-        let helper_rss = helper_pid(m.pid()).map_or(0, vm_rss_kb);
+        let helper_rss = m.helper().map_or(0, vm_rss_kb);
         let module_rss_mb =
             (vm_rss_kb(m.pid()).saturating_sub(rss_before) + helper_rss) as f64 / 1024.0;
         let module_threads = thread_names(m.pid())
@@ -796,7 +719,7 @@ fn main() {
         });
     }
     // The module's server goes, and its workers with it, before the stream figures.
-    let helper = helper_pid(m.pid());
+    let helper = m.helper();
     drop(mc);
     drop(m);
     if let Some(h) = helper {
@@ -809,7 +732,7 @@ fn main() {
     if want('5') {
         // 5. Stream jobs per second, `/bin/true` handler.
         let entries = 5000;
-        let s = Server::start(&dir, "stream", Some(&toml));
+        let s = start_server(Some(&toml));
         let mut sc = s.conn();
         // Three rounds, each side once per round (a fresh stream each time): the
         // medians, so that one slow spell of the machine does not decide a row.

@@ -6,9 +6,10 @@
 //!
 //! cargo build --release --examples && target/release/examples/failover_times [N]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{now_ns, StampServer};
+use common::{now_ns, stamp_server};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -65,17 +66,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
     let dir = std::env::temp_dir().join(format!("sw-failover-{}", std::process::id()));
-    let mut primary = StampServer::start(&dir, "primary", "ft", &[]);
-    let mut pc = primary.connect();
-    let pstamps = primary.stamps.clone();
-    let replicaof = [
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        primary.port.to_string(),
-    ];
-    let mut replica = StampServer::start(&dir, "replica", "ft", &replicaof);
-    let mut rc = replica.connect();
-    let rstamps = replica.stamps.clone();
+    let (mut primary, pstamps) = stamp_server(&dir, "primary", "ft", &[], "");
+    let mut pc = primary.conn();
+    let port = primary.port.to_string();
+    let replicaof = ["--replicaof", "127.0.0.1", &port];
+    let (mut replica, rstamps) = stamp_server(&dir, "replica", "ft", &replicaof, "");
+    let mut rc = replica.conn();
     let mut hset = redis::cmd("HSET");
     hset.arg("ft");
     for i in 0..n {
@@ -99,7 +95,7 @@ fn main() {
     let pids = job_pids(&mut pc);
     assert_eq!(pids.len(), n);
     let t = Instant::now();
-    primary.kill();
+    primary.kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
     while pids
         .iter()
@@ -126,7 +122,7 @@ fn main() {
         last.saturating_sub(t0) as f64 / 1e6,
         orphan.as_secs_f64() * 1e3
     );
-    replica.kill();
+    replica.kill9();
     std::thread::sleep(Duration::from_millis(200));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,10 +5,10 @@
 //!
 //! cargo build --release --examples && target/release/examples/latency [N]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{now_ns, StampServer};
-use std::time::{Duration, Instant};
+use common::{now_ns, stamp_server, wait_stamp};
 
 fn main() {
     let n: usize = std::env::args()
@@ -16,9 +16,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let dir = std::env::temp_dir().join(format!("sw-latency-{}", std::process::id()));
-    let server = StampServer::start(&dir, "latency", "lat", &[]);
-    let stamps = server.stamps.clone();
-    let mut con = server.connect();
+    let (server, stamps) = stamp_server(&dir, "latency", "lat", &[], "");
+    let mut con = server.conn();
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let field = format!("f{i}");
@@ -30,14 +29,7 @@ fn main() {
             .arg("v")
             .query(&mut con)
             .expect("HSET");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let started: u128 = loop {
-            if let Ok(s) = std::fs::read_to_string(&path) {
-                break s.trim().parse().expect("stamp");
-            }
-            assert!(Instant::now() < deadline, "worker {field} did not start");
-            std::thread::sleep(Duration::from_micros(50));
-        };
+        let started = wait_stamp(&path);
         lat.push((started.saturating_sub(t0)) as f64 / 1e6);
     }
     lat.sort_by(|a, b| a.total_cmp(b));

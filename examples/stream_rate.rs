@@ -5,9 +5,10 @@
 //!
 //! cargo build --release --examples && target/release/examples/stream_rate [N]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{fill_stream, group_done, watch_stream, StampServer};
+use common::{fill_stream, group_done, stamp_server, watch_stream};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -16,14 +17,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let dir = std::env::temp_dir().join(format!("sw-stream-rate-{}", std::process::id()));
-    let server = StampServer::start_with(
+    let (server, _) = stamp_server(
         &dir,
         "rate",
         "unused",
         &[],
         "[handler.true]\ncommand = [\"/bin/true\"]\n",
     );
-    let mut con = server.connect();
+    let mut con = server.conn();
     for conc in [1, 4, 8] {
         let key = format!("rate:{conc}");
         let last = fill_stream(&mut con, &key, n);

@@ -25,6 +25,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// `/proc/PID/stat`, shared with the helper and the test harness.
+#[path = "procstat.rs"]
+mod procstat;
+
 /// The helper binary, compiled by build.rs.
 static HELPER_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streamwatch-helper"));
 
@@ -137,14 +141,12 @@ pub struct ProcStat {
 
 /// `None` if there is no such process.
 pub fn proc_stat(pid: i32) -> Option<ProcStat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&procstat::read(pid)?)
 }
 
 fn parse_stat(stat: &str) -> Option<ProcStat> {
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let f: Vec<&str> = rest.split(' ').collect();
-    // rest starts at field 3 (state); pgrp is field 5, session 6, starttime 22.
+    let f: Vec<&str> = procstat::fields(stat)?.collect();
+    // f starts at field 3 (state); pgrp is field 5, session 6, starttime 22.
     Some(ProcStat {
         state: f.first()?.chars().next()?,
         pgrp: f.get(2)?.parse().ok()?,

@@ -959,11 +959,9 @@ fn workers_start_with_clean_fds_signals_and_own_group() {
         "worker starts with ignored signals: {:#x}",
         mask("SigIgn:")
     );
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let pgrp: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
     assert_eq!(
-        pgrp, pid,
+        process_group(pid).expect("worker's /proc/PID/stat"),
+        pid,
         "worker is not the leader of its own process group"
     );
 }

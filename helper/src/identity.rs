@@ -5,6 +5,10 @@
 //! (an open per run was a tenth of the CPU the module spends on a short stream job).
 //! The first run checks this against `/proc`; if they disagree, `/proc` it is.
 
+/// `/proc/PID/stat`, shared with the module and the test harness.
+#[path = "../../src/procstat.rs"]
+mod procstat;
+
 use crate::sys;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -40,17 +44,12 @@ pub fn of(pid: i32, before: u64, after: u64) -> u64 {
 
 /// Field 22 of `/proc/PID/stat` (the run is our child, not reaped: it is there).
 pub fn from_proc(pid: i32) -> Option<u64> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&procstat::read(pid)?)
 }
 
 /// The start time (field 22) of a `/proc/PID/stat` line.
 fn parse_stat(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and parentheses: skip past it.
-    stat.get(stat.rfind(')')? + 2..)?
-        .split(' ')
-        .nth(19)?
-        .parse()
-        .ok()
+    procstat::fields(stat)?.nth(19)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
-//! Shared harness for the streamwatch integration tests.
+//! The one harness of the integration tests (`tests/`), the benchmark (`bench/`,
+//! `#[path]`) and the measuring examples (`examples/`, `#[path]`).
 //!
 //! Every test starts its own private `redis-server` (or `valkey-server`, via
 //! `$REDIS_SERVER`) with the module loaded from `$STREAMWATCH_MODULE` (default
 //! `target/release/libstreamwatch.so`), in a fresh temporary directory, on a free
 //! loopback port. The helpers here read the module's replies (JOBS, JOB, events)
 //! and inspect real processes through `/proc`, so that tests assert what a user
-//! can observe, never timing.
-#![allow(dead_code)]
+//! can observe, never timing. The measuring programs start their servers the same
+//! way (see "Measuring programs" at the end) and do the timing themselves.
+#![allow(dead_code)] // each test, the bench and each example use part of it
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -19,6 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use redis::Value;
+
+/// `/proc/PID/stat`: the module's and the helper's reader, shared through `#[path]`.
+#[path = "../../src/procstat.rs"]
+mod procstat;
 
 /// Generous deadline for every condition a test waits on.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -89,7 +95,7 @@ pub fn module_path() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().unwrap().port()
 }
@@ -104,6 +110,7 @@ pub struct ServerBuilder {
     module: bool,
     module_path: Option<PathBuf>,
     own_group: bool,
+    kill_on_drop: bool,
 }
 
 impl ServerBuilder {
@@ -142,6 +149,13 @@ impl ServerBuilder {
     /// foreground job (so a test can signal the whole group, as Ctrl-C would).
     pub fn own_process_group(mut self) -> Self {
         self.own_group = true;
+        self
+    }
+
+    /// SIGKILL the server on drop instead of stopping it gracefully (the measuring
+    /// programs: its helper then stops its workers at once).
+    pub fn kill_on_drop(mut self) -> Self {
+        self.kill_on_drop = true;
         self
     }
 
@@ -188,6 +202,7 @@ impl ServerBuilder {
                         log_path,
                         stdio_path,
                         tag,
+                        kill_on_drop: self.kill_on_drop,
                     };
                 }
                 if Instant::now() > deadline {
@@ -310,6 +325,7 @@ pub struct Server {
     log_path: PathBuf,
     stdio_path: PathBuf,
     tag: String,
+    kill_on_drop: bool,
 }
 
 impl Server {
@@ -323,6 +339,7 @@ impl Server {
             module: true,
             module_path: None,
             own_group: false,
+            kill_on_drop: false,
         }
     }
 
@@ -458,7 +475,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
         let leftovers = self.tagged_procs();
-        self.stop();
+        if self.kill_on_drop {
+            self.kill9();
+        } else {
+            self.stop();
+        }
         // Never leave this server's workers behind, whatever the test found.
         for pid in leftovers.union(&self.tagged_procs()) {
             if pid_alive(*pid) && cmdline(*pid).iter().any(|a| a == self.tag.as_bytes()) {
@@ -720,7 +741,12 @@ pub fn info(c: &mut redis::Connection, section: &str) -> HashMap<String, String>
 // ---------------------------------------------------------------------------
 
 /// Poll `f` every 20 ms until it returns true; panic with `desc` after `timeout`.
-pub fn wait_until(desc: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(desc: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    poll_until(desc, timeout, Duration::from_millis(20), f)
+}
+
+/// `wait_until`, polling every `every`.
+pub fn poll_until(desc: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
         if f() {
@@ -729,7 +755,7 @@ pub fn wait_until(desc: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting until: {desc}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
@@ -781,15 +807,21 @@ pub struct ProcInfo {
     pub cmdline: Vec<String>,
 }
 
-/// `(state, ppid)` from `/proc/PID/stat`.
+/// `(state, ppid)` from `/proc/PID/stat` (fields 3 and 4).
 pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ppid ..." where comm may contain spaces and parentheses.
-    let rest = &s[s.rfind(')')? + 1..];
-    let mut it = rest.split_whitespace();
+    let s = procstat::read(pid)?;
+    let mut it = procstat::fields(&s)?;
     let state = it.next()?.chars().next()?;
     let ppid = it.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`).
+pub fn process_group(pid: u32) -> Option<u32> {
+    procstat::fields(&procstat::read(pid)?)?
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// The process exists and is not a zombie.
@@ -987,4 +1019,114 @@ impl Drop for Reap {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Measuring programs (bench/, examples/): the stamp worker and streams
+// ---------------------------------------------------------------------------
+
+/// CLOCK_REALTIME in nanoseconds, the clock the stamp worker writes.
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Handler `stamp` running `binary` (`examples/stamp.rs`), whose workers write when
+/// they started to `<stamps>/<field>` (created here) and when they got SIGTERM to
+/// `<stamps>/<field>.exit`.
+pub fn stamp_handler(binary: &Path, stamps: &Path) -> String {
+    fs::create_dir_all(stamps).expect("mkdir");
+    format!(
+        "[handler.stamp]\ncommand = [\"{}\"]\nenv = {{ STAMP_DIR = \"{}\" }}\nstop-grace-ms = 500\n",
+        binary.display(),
+        stamps.display()
+    )
+}
+
+/// `examples/`: a server with the module, the `stamp` handler (its workers stamp into
+/// `<dir>/stamps-<name>`, returned too), a watch on the key `watched`, and `toml`
+/// (more handlers); SIGKILLed on drop. Both the module and the stamp worker are taken
+/// from `target/release` of the current directory: run from the repository root after
+/// `cargo build --release --examples`.
+pub fn stamp_server(
+    dir: &Path,
+    name: &str,
+    watched: &str,
+    redis_args: &[&str],
+    toml: &str,
+) -> (Server, PathBuf) {
+    let root = std::env::current_dir().expect("cwd");
+    let stamps = dir.join(format!("stamps-{name}"));
+    let config = format!(
+        "{}\n{}{toml}",
+        stamp_handler(&root.join("target/release/examples/stamp"), &stamps),
+        watch_toml(watched, "stamp", None)
+    );
+    let server = Server::builder(&config)
+        .module_path(root.join("target/release/libstreamwatch.so"))
+        .redis_args(redis_args)
+        .kill_on_drop()
+        .start();
+    (server, stamps)
+}
+
+/// Waits (up to 20 s) for a stamp file and returns the time in it.
+pub fn wait_stamp(path: &Path) -> u128 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = fs::read_to_string(path) {
+            if let Ok(ns) = s.trim().parse() {
+                return ns;
+            }
+        }
+        assert!(Instant::now() < deadline, "no stamp {}", path.display());
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Adds `n` entries (`n` = 0, 1, ...) to the stream `key`; the last entry's id.
+pub fn fill_stream(c: &mut redis::Connection, key: &str, n: usize) -> String {
+    let mut last = String::new();
+    for chunk in 0..n.div_ceil(1000) {
+        let mut p = redis::pipe();
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
+        }
+        let ids: Vec<String> = p.query(c).expect("XADD");
+        last = ids.last().cloned().unwrap_or(last);
+    }
+    last
+}
+
+/// STREAMWATCH.WATCH `key` as a stream with `handler`, `concurrency` runs at once.
+pub fn watch_stream(c: &mut redis::Connection, key: &str, handler: &str, concurrency: u32) {
+    let _: () = redis::cmd("STREAMWATCH.WATCH")
+        .arg(key)
+        .arg("HANDLER")
+        .arg(handler)
+        .arg("TYPE")
+        .arg("stream")
+        .arg("CONCURRENCY")
+        .arg(concurrency)
+        .query(c)
+        .expect("STREAMWATCH.WATCH");
+}
+
+/// Has `group` of `key` delivered up to `last` and acknowledged everything?
+pub fn group_done(c: &mut redis::Connection, key: &str, group: &str, last: &str) -> bool {
+    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query(c)
+        .unwrap_or_default();
+    groups.iter().any(|g| {
+        let s = |k: &str| {
+            g.get(k)
+                .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+        };
+        s("name").as_deref() == Some(group)
+            && s("last-delivered-id").as_deref() == Some(last)
+            && s("pending").as_deref() == Some("0")
+    })
 }
