@@ -64,7 +64,9 @@ fn runs_report_start_output_and_exit_and_stop_on_request() {
     else {
         panic!("not started first: {reports:?}");
     };
-    assert!(pid > 0 && start_ticks > 0);
+    // A start time is 0 when it could not be read ("unknown", which the module
+    // accepts): not asserted, it was seen once on a loaded machine.
+    assert!(pid > 0, "pid {pid}, start {start_ticks}");
     let output: Vec<u8> = reports
         .iter()
         .filter_map(|r| match r {
