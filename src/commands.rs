@@ -11,10 +11,11 @@
 use crate::acl::{self, Caller};
 use crate::config;
 use crate::ffi::{CmdError, Outcome, Replier, Reply};
+use crate::spec::{self, DbSel, Kind, OnChange, Opt, Options, Source, StreamOpts, Syntax, Value};
 use crate::stats;
 use crate::store;
 use crate::supervisor::{self, JobFilter, Msg};
-use crate::watch::{self, DbSel, Kind, OnChange, Source, StreamOpts, WatchSpec};
+use crate::watch;
 use redis_module::{Context, ContextFlags, RedisString};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -75,29 +76,9 @@ impl<'a> Opts<'a> {
         }
     }
 
-    fn positive_u32(&mut self, name: &str) -> Result<u32, CmdError> {
-        let v = text(self.value(name)?);
-        match v.parse::<u32>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => err(format!(
-                "ERR {name} must be a positive integer up to {}, got '{v}'",
-                u32::MAX
-            )),
-        }
-    }
-
     fn db(&mut self) -> Result<i32, CmdError> {
         let v = text(self.value("DB")?);
         parse_db(&v)
-    }
-}
-
-/// A group or dead-letter stream name: non-empty UTF-8 (it is stored as TOML text).
-fn stream_name(v: &[u8], name: &str) -> Result<Vec<u8>, CmdError> {
-    match std::str::from_utf8(v) {
-        Ok("") => err(format!("ERR {name} must not be empty")),
-        Ok(s) => Ok(s.as_bytes().to_vec()),
-        Err(_) => err(format!("ERR {name} must be valid UTF-8")),
     }
 }
 
@@ -144,81 +125,33 @@ pub fn parse_watch(args: &[&[u8]]) -> Result<WatchArgs, CmdError> {
         [_, pattern, _, _, ..] => pattern.to_vec(),
         _ => return Err(CmdError::Arity),
     };
-    if pattern.is_empty() {
-        return err("ERR pattern must not be empty");
+    let syntax = Syntax::Command {
+        databases: DATABASES.load(Ordering::Relaxed),
+    };
+    if let Some(problem) = spec::pattern_problem(syntax, &pattern) {
+        return err(format!("ERR {problem}"));
     }
-    let mut handler = None;
-    let mut db = None;
-    let mut onchange = OnChange::Restart;
+    let with_err = |e: String| CmdError::Msg(format!("ERR {e}"));
+    let mut options = Options::new(syntax);
     let mut replace = false;
-    let mut kind = Kind::Hash;
-    let mut stream = StreamOpts::default();
-    // The first stream-only option given, to refuse it on a hash watch.
-    let mut stream_only: Option<&'static str> = None;
     let mut o = Opts::new(args, 2);
     while let Some(name) = o.next_name() {
-        match name.as_str() {
-            "HANDLER" => handler = Some(text(o.value("HANDLER")?)),
-            "TYPE" => {
-                let v = text(o.value("TYPE")?);
-                kind = match v.to_ascii_lowercase().as_str() {
-                    "hash" => Kind::Hash,
-                    "stream" => Kind::Stream,
-                    _ => return err(format!("ERR TYPE must be hash or stream, got '{v}'")),
-                }
-            }
-            "DB" => {
-                let v = text(o.value("DB")?);
-                db = Some(if v.eq_ignore_ascii_case("all") {
-                    DbSel::All
-                } else {
-                    DbSel::One(parse_db(&v).map_err(|_| {
-                        CmdError::Msg(format!(
-                            "ERR DB must be a database number or ALL, got '{v}'"
-                        ))
-                    })?)
-                });
-            }
-            "ONCHANGE" => {
-                let v = text(o.value("ONCHANGE")?);
-                onchange = OnChange::parse(&v).ok_or_else(|| {
-                    CmdError::Msg(format!("ERR ONCHANGE must be restart or ignore, got '{v}'"))
-                })?;
-            }
-            "GROUP" => {
-                stream.group = stream_name(o.value("GROUP")?, "GROUP")?;
-                stream_only.get_or_insert("GROUP");
-            }
-            "DEADLETTER" => {
-                stream.deadletter = Some(stream_name(o.value("DEADLETTER")?, "DEADLETTER")?);
-                stream_only.get_or_insert("DEADLETTER");
-            }
-            "CONCURRENCY" => {
-                stream.concurrency = o.positive_u32("CONCURRENCY")?;
-                stream_only.get_or_insert("CONCURRENCY");
-            }
-            "MAX-ATTEMPTS" => {
-                stream.max_attempts = o.positive_u32("MAX-ATTEMPTS")?;
-                stream_only.get_or_insert("MAX-ATTEMPTS");
-            }
-            "REPLACE" => replace = true,
-            _ => return err(format!("ERR unknown option '{name}'")),
+        match Opt::from_word(&name) {
+            Some(opt) => options
+                .set(opt, Value::Text(o.value(&name)?))
+                .map_err(with_err)?,
+            None if name == "REPLACE" => replace = true,
+            None => return err(format!("ERR unknown option '{name}'")),
         }
     }
-    if let (Kind::Hash, Some(opt)) = (kind, stream_only) {
-        return err(format!("ERR {opt} applies only to TYPE stream watches"));
-    }
-    if kind == Kind::Stream && onchange != OnChange::Restart {
-        return err("ERR ONCHANGE applies only to TYPE hash watches");
-    }
-    let handler = handler.ok_or_else(|| CmdError::Msg("ERR HANDLER is required".into()))?;
+    let p = options.finish().map_err(with_err)?;
     Ok(WatchArgs {
         pattern,
-        handler,
-        kind,
-        db,
-        onchange,
-        stream,
+        handler: p.handler,
+        kind: p.kind,
+        db: p.db,
+        onchange: p.onchange,
+        stream: p.stream,
         replace,
     })
 }
@@ -336,15 +269,14 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         }
         None => {}
     }
-    let spec = WatchSpec {
-        pattern: w.pattern,
+    let spec = spec::Parsed {
         handler: w.handler,
         kind: w.kind,
-        db: w.db.unwrap_or(DbSel::One(current)),
+        db: w.db,
         onchange: w.onchange,
-        source: Source::Command,
         stream: w.stream,
-    };
+    }
+    .into_spec(w.pattern, Source::Command, DbSel::One(current));
     watch::check_add(&spec, w.replace)?;
     if let Some(snapshot) = store::write(ctx, &spec.pattern, Some(&spec))? {
         supervisor::send(Msg::Watches(snapshot));

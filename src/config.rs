@@ -6,7 +6,7 @@
 //! not parse, names an unknown handler, has an empty `command` or an unknown key is
 //! rejected with one message naming the file, the line and the problem.
 
-use crate::watch::{DbSel, Kind, OnChange, Source, StreamOpts, WatchSpec};
+use crate::spec::{self, DbSel, Opt, Options, Source, Syntax, Value, WatchSpec};
 use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
 use redis_module::{RedisError, RedisString};
 use serde::Deserialize;
@@ -348,92 +348,48 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 format!("watch '{}' names an unknown handler '{handler}'", w.pattern),
             ));
         }
-        if w.pattern.is_empty() {
-            return Err(at(wspan.start, "watch has an empty pattern".into()));
+        if let Some(problem) = spec::pattern_problem(Syntax::File, w.pattern.as_bytes()) {
+            return Err(at(wspan.start, problem.into()));
         }
-        let kind = match &w.kind {
-            None => Kind::Hash,
-            Some(k) => match k.get_ref().as_str() {
-                "hash" => Kind::Hash,
-                "stream" => Kind::Stream,
-                other => {
-                    return Err(at(
-                        k.span().start,
-                        format!("type must be \"hash\" or \"stream\", got \"{other}\""),
-                    ))
-                }
-            },
+        // The table's options for the shared parser, each with where it is.
+        fn string(v: &Spanned<String>) -> (Value<'_>, usize) {
+            (Value::Text(v.get_ref().as_bytes()), v.span().start)
+        }
+        fn int(v: &Spanned<i64>) -> (Value<'_>, usize) {
+            (Value::Int(*v.get_ref()), v.span().start)
+        }
+        let db = w.db.as_ref().map(|d| match d.get_ref() {
+            DbToml::Num(n) => (Value::Int(*n), d.span().start),
+            DbToml::Word(s) => (Value::Text(s.as_bytes()), d.span().start),
+        });
+        let mut o = Options::new(Syntax::File);
+        let set = |o: &mut Options, opt: Opt, v: Option<(Value, usize)>| match v {
+            Some((value, offset)) => o.set(opt, value).map_err(|e| at(offset, e)),
+            None => Ok(()),
         };
-        let db = match &w.db {
-            None => DbSel::One(0),
-            Some(d) => match d.get_ref() {
-                DbToml::Num(n) if (0..=i32::MAX as i64).contains(n) => DbSel::One(*n as i32),
-                DbToml::Word(s) if s.eq_ignore_ascii_case("all") => DbSel::All,
-                _ => {
-                    return Err(at(
-                        d.span().start,
-                        "db must be a database number or \"all\"".into(),
-                    ))
-                }
-            },
-        };
-        let onchange = match &w.onchange {
-            None => OnChange::Restart,
-            Some(o) => OnChange::parse(o.get_ref()).ok_or_else(|| {
-                at(
-                    o.span().start,
-                    format!(
-                        "onchange must be \"restart\" or \"ignore\", got \"{}\"",
-                        o.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let mut stream = StreamOpts::default();
-        let positive = |v: &Spanned<i64>, name: &str| -> Result<u32, String> {
-            u32::try_from(*v.get_ref())
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| at(v.span().start, format!("{name} must be a positive integer")))
-        };
+        let handler_value = (Value::Text(handler.as_bytes()), hspan.start);
+        set(&mut o, Opt::Handler, Some(handler_value))?;
+        set(&mut o, Opt::Type, w.kind.as_ref().map(string))?;
+        set(&mut o, Opt::Db, db)?;
+        set(&mut o, Opt::OnChange, w.onchange.as_ref().map(string))?;
+        // A stream-only option on a hash watch is named before any value is checked.
         let stream_opts = [
-            w.group.as_ref().map(|g| ("group", g.span().start)),
-            w.concurrency
-                .as_ref()
-                .map(|c| ("concurrency", c.span().start)),
-            w.max_attempts
-                .as_ref()
-                .map(|c| ("max-attempts", c.span().start)),
-            w.deadletter
-                .as_ref()
-                .map(|d| ("deadletter", d.span().start)),
+            (Opt::Group, w.group.as_ref().map(string)),
+            (Opt::Concurrency, w.concurrency.as_ref().map(int)),
+            (Opt::MaxAttempts, w.max_attempts.as_ref().map(int)),
+            (Opt::Deadletter, w.deadletter.as_ref().map(string)),
         ];
-        if kind == Kind::Hash {
-            if let Some((name, offset)) = stream_opts.into_iter().flatten().next() {
-                return Err(at(
-                    offset,
-                    format!("{name} applies only to type \"stream\" watches"),
-                ));
+        for (opt, v) in &stream_opts {
+            if let Some((_, offset)) = v {
+                o.applies(*opt).map_err(|e| at(*offset, e))?;
             }
         }
-        let nonempty = |v: &Spanned<String>, name: &str| -> Result<Vec<u8>, String> {
-            match v.get_ref().as_bytes() {
-                [] => Err(at(v.span().start, format!("{name} must not be empty"))),
-                b => Ok(b.to_vec()),
-            }
-        };
-        if let Some(g) = &w.group {
-            stream.group = nonempty(g, "group")?;
-        }
-        if let Some(d) = &w.deadletter {
-            stream.deadletter = Some(nonempty(d, "deadletter")?);
-        }
-        if let Some(c) = &w.concurrency {
-            stream.concurrency = positive(c, "concurrency")?;
-        }
-        if let Some(c) = &w.max_attempts {
-            stream.max_attempts = positive(c, "max-attempts")?;
-        }
+        let [group, concurrency, max_attempts, deadletter] = stream_opts.map(|(_, v)| v);
+        set(&mut o, Opt::Group, group)?;
+        set(&mut o, Opt::Deadletter, deadletter)?;
+        set(&mut o, Opt::Concurrency, concurrency)?;
+        set(&mut o, Opt::MaxAttempts, max_attempts)?;
+        let parsed = o.finish().map_err(|e| at(wspan.start, e))?;
         if watches
             .iter()
             .any(|x: &WatchSpec| x.pattern == w.pattern.as_bytes())
@@ -443,16 +399,8 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 format!("watch pattern '{}' appears twice", w.pattern),
             ));
         }
-        let spec = WatchSpec {
-            pattern: w.pattern.into_bytes(),
-            handler,
-            kind,
-            db,
-            onchange,
-            source: Source::Config,
-            stream,
-        };
-        if let Some(problem) = crate::watch::deadletter_problem(&spec) {
+        let spec = parsed.into_spec(w.pattern.into_bytes(), Source::Config, DbSel::One(0));
+        if let Some(problem) = spec::deadletter_problem(&spec) {
             let offset = w
                 .deadletter
                 .as_ref()
@@ -491,6 +439,7 @@ pub fn load(path: &str) -> Result<Config, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{Kind, OnChange};
 
     #[test]
     fn parses_the_spec_example() {
@@ -556,6 +505,52 @@ db = 0
             parse("f.toml", &glob).is_ok(),
             "a glob's dead letters are excluded"
         );
+    }
+
+    #[test]
+    fn watch_option_errors_name_their_line() {
+        let head = "[handler.a]\ncommand = [\"x\"]\n[[watch]]\npattern = \"p\"\nhandler = \"a\"\n";
+        for (rest, want) in [
+            (
+                "type = \"list\"\n",
+                "line 6: type must be \"hash\" or \"stream\", got \"list\"",
+            ),
+            (
+                "db = -1\n",
+                "line 6: db must be a database number or \"all\"",
+            ),
+            (
+                "onchange = \"x\"\n",
+                "line 6: onchange must be \"restart\" or \"ignore\"",
+            ),
+            (
+                "group = \"\"\ndeadletter = \"d\"\n",
+                "line 6: group applies only to type \"stream\" watches",
+            ),
+            (
+                "deadletter = \"\"\nconcurrency = 0\n",
+                "line 7: concurrency applies only to type \"stream\" watches",
+            ),
+            (
+                "type = \"stream\"\nconcurrency = 0\ndeadletter = \"\"\n",
+                "line 8: deadletter must not be empty",
+            ),
+            (
+                "type = \"stream\"\nmax-attempts = 4294967296\n",
+                "line 7: max-attempts must be a positive integer",
+            ),
+        ] {
+            let text = format!("{head}{rest}");
+            let e = parse("f.toml", &text).unwrap_err();
+            assert!(e.starts_with(&format!("f.toml: {want}")), "{rest:?}: {e}");
+        }
+        let text = format!("{head}type = \"stream\"\ndb = \"ALL\"\nonchange = \"ignore\"\n");
+        let w = &parse("f.toml", &text).unwrap().watches[0];
+        assert_eq!(
+            (w.kind, w.db, w.onchange),
+            (Kind::Stream, DbSel::All, OnChange::Ignore)
+        );
+        assert_eq!(w.source, Source::Config);
     }
 
     #[test]

@@ -16,9 +16,9 @@ use crate::commands::{self, KeyFieldArgs, WatchArgs};
 use crate::config;
 use crate::ffi::CmdError;
 use crate::glob;
+use crate::spec::{DbSel, Kind, OnChange, Source, StreamOpts};
 use crate::stats;
 use crate::template::{self, MAX_ARG_STRLEN};
-use crate::watch::{DbSel, Kind, OnChange, Source, StreamOpts};
 use std::sync::atomic::Ordering;
 
 /// A harness: one input, checked.
@@ -366,7 +366,7 @@ fn check_unspawnable(argv: &[Vec<u8>], env: &[(Vec<u8>, Vec<u8>)]) {
 mod tests {
     use super::{lines, TARGETS};
     use crate::commands;
-    use crate::watch::{DbSel, Kind};
+    use crate::spec::{DbSel, Kind};
     use std::path::{Path, PathBuf};
 
     fn fuzz_dir() -> PathBuf {

@@ -9,7 +9,8 @@
 //! * `events` — keyspace and server event callbacks (main thread, O(1));
 //! * `supervisor` — the module thread that owns every job (`supervisor/queue` for the
 //!   stream jobs);
-//! * `watch` + `store` — the watch registry and where command watches persist;
+//! * `spec` — what a watch is and the one parser of its options; `watch` + `store` —
+//!   the watch registry and where command watches persist;
 //! * `cluster` — slot ownership in Redis Cluster;
 //! * `template` — a handler's command template turned into one run's argv;
 //! * `runner` + `helper/` (crate `streamwatch-helper`) — the helper process that is the workers' parent;
@@ -26,6 +27,7 @@ mod glob;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;
 mod runner;
+mod spec;
 mod stats;
 mod store;
 mod supervisor;
@@ -78,6 +80,10 @@ fn load(ctx: &Context) -> Result<(), ()> {
             ));
         }
     }
+    watch::set_reserved(watch::Reserved {
+        store: store::is_store,
+        events: config::is_events_key,
+    });
     let mut snapshot = watch::snapshot();
     for spec in &config::file().watches {
         snapshot = watch::add_config(spec.clone()).map_err(|e| {
@@ -98,7 +104,9 @@ fn load(ctx: &Context) -> Result<(), ()> {
     }
     supervisor::start(snapshot).map_err(|e| ctx.log_warning(&format!("streamwatch: {e}")))?;
     // Watches made by command, when the module is loaded into a server that has data.
-    store::sync(ctx);
+    if let Some(snapshot) = store::sync(ctx) {
+        supervisor::send(supervisor::Msg::Watches(snapshot));
+    }
     ctx.log_notice(&format!(
         "streamwatch {} loaded: {} handlers, {} watches",
         env!("CARGO_PKG_VERSION"),

@@ -20,8 +20,8 @@
 
 use crate::cluster;
 use crate::ffi;
-use crate::supervisor::{self, Msg};
-use crate::watch::{self, DbSel, Kind, OnChange, Snapshot, Source, StreamOpts, WatchSpec};
+use crate::spec::{self, DbSel, Kind, Opt, Options, Source, Syntax, Value, WatchSpec};
+use crate::watch::{self, Snapshot};
 use redis_module::key::KeyFlags;
 use redis_module::{CallOptionsBuilder, CallResult, Context, ContextFlags, KeyType, ScanKeyCursor};
 use serde::{Deserialize, Serialize};
@@ -129,37 +129,34 @@ fn encode(spec: &WatchSpec) -> String {
 fn decode(pattern: &[u8], value: &[u8]) -> Result<WatchSpec, String> {
     let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
     let s: Stored = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    let kind = match s.kind.as_str() {
-        "hash" => Kind::Hash,
-        "stream" => Kind::Stream,
-        other => return Err(format!("unsupported type '{other}'")),
+    let db = match &s.db {
+        StoredDb::One(d) => Value::Int(*d),
+        StoredDb::All(a) => Value::Text(a.as_bytes()),
     };
-    let mut stream = StreamOpts::default();
-    if let Some(g) = s.group {
-        stream.group = g.into_bytes();
+    fn string(v: &String) -> Value<'_> {
+        Value::Text(v.as_bytes())
     }
-    stream.concurrency = s.concurrency.unwrap_or(1).max(1);
-    stream.max_attempts = s.max_attempts.unwrap_or(5).max(1);
-    stream.deadletter = s.deadletter.map(String::into_bytes);
-    let db = match s.db {
-        StoredDb::One(d) => DbSel::One(i32::try_from(d).map_err(|_| format!("bad db {d}"))?),
-        StoredDb::All(a) if a == "all" => DbSel::All,
-        StoredDb::All(a) => return Err(format!("bad db '{a}'")),
-    };
-    let onchange =
-        OnChange::parse(&s.onchange).ok_or_else(|| format!("bad onchange '{}'", s.onchange))?;
-    if pattern.is_empty() {
-        return Err("empty pattern".into());
+    let int = |n: u32| Value::Int(n.into());
+    let mut o = Options::new(Syntax::Stored);
+    for (opt, value) in [
+        (Opt::Handler, Some(string(&s.handler))),
+        (Opt::Type, Some(string(&s.kind))),
+        (Opt::Db, Some(db)),
+        (Opt::OnChange, Some(string(&s.onchange))),
+        (Opt::Group, s.group.as_ref().map(string)),
+        (Opt::Concurrency, s.concurrency.map(int)),
+        (Opt::MaxAttempts, s.max_attempts.map(int)),
+        (Opt::Deadletter, s.deadletter.as_ref().map(string)),
+    ] {
+        if let Some(value) = value {
+            o.set(opt, value)?;
+        }
     }
-    Ok(WatchSpec {
-        pattern: pattern.to_vec(),
-        handler: s.handler,
-        kind,
-        db,
-        onchange,
-        source: Source::Command,
-        stream,
-    })
+    let parsed = o.finish()?;
+    if let Some(problem) = spec::pattern_problem(Syntax::Stored, pattern) {
+        return Err(problem.into());
+    }
+    Ok(parsed.into_spec(pattern.to_vec(), Source::Command, DbSel::One(DB)))
 }
 
 /// Runs `f` with db 0 selected on `ctx`, then selects the caller's database again.
@@ -210,26 +207,32 @@ pub fn write(
 }
 
 /// The keyspace callback saw a change to the store (a replicated write, a user's own
-/// HSET, DEL, RENAME, expiry...).
-pub fn on_change(ctx: &Context) {
+/// HSET, DEL, RENAME, expiry...). Returns the new watches if they changed.
+#[must_use = "the supervisor must be sent a changed snapshot"]
+pub fn on_change(ctx: &Context) -> Option<Snapshot> {
     if !WRITING.load(Ordering::SeqCst) && follows_store(ctx) {
-        sync(ctx);
+        sync(ctx)
+    } else {
+        None
     }
 }
 
-/// After a flush or SWAPDB: the store may be gone with the data.
-pub fn on_flush(ctx: &Context) {
+/// After a flush or SWAPDB: the store may be gone with the data. Returns the new
+/// watches if they changed.
+#[must_use = "the supervisor must be sent a changed snapshot"]
+pub fn on_flush(ctx: &Context) -> Option<Snapshot> {
     if follows_store(ctx) {
-        sync(ctx);
+        sync(ctx)
+    } else {
+        None
     }
 }
 
-/// Re-reads the store and makes the registry's command watches match it; tells the
-/// supervisor when anything changed.
-pub fn sync(ctx: &Context) {
-    if let Some(snapshot) = reload(ctx) {
-        supervisor::send(Msg::Watches(snapshot));
-    }
+/// Re-reads the store and makes the registry's command watches match it. Returns the
+/// new watches if they changed; telling the supervisor is the caller's part.
+#[must_use = "the supervisor must be sent a changed snapshot"]
+pub fn sync(ctx: &Context) -> Option<Snapshot> {
+    reload(ctx)
 }
 
 /// The entries of the store key `name`.
@@ -312,6 +315,7 @@ fn reload(ctx: &Context) -> Option<Snapshot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{OnChange, StreamOpts};
 
     #[test]
     fn round_trip() {

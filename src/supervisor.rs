@@ -23,10 +23,11 @@ use crate::ffi::{self, Replier, Reply};
 use crate::glob;
 use crate::protocol::{Report, Request};
 use crate::runner::{self, Runner};
+use crate::spec::{Kind, OnChange};
 use crate::stats;
 use crate::store;
 use crate::template::{substitute, unspawnable};
-use crate::watch::{self, Kind, OnChange, Snapshot, Watch};
+use crate::watch::{self, Snapshot, Watch};
 use queue::{Queue, QueueKey, Sid};
 use redis_module::{CallOptionsBuilder, CallResult, ContextFlags, ThreadSafeContext};
 use std::cmp::Reverse;
@@ -2117,7 +2118,7 @@ mod tests {
 
     #[test]
     fn dbsel_covers() {
-        use crate::watch::DbSel;
+        use crate::spec::DbSel;
         assert!(DbSel::All.covers(5));
         assert!(!DbSel::One(1).covers(0));
     }

@@ -10,133 +10,10 @@
 
 use crate::config::{self, Handler};
 use crate::glob;
-use crate::store;
+use crate::spec::{deadletter_problem, Kind, Source, WatchSpec};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Hash,
-    Stream,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Hash => "hash",
-            Kind::Stream => "stream",
-        }
-    }
-}
-
-/// Options of a stream watch (ignored by hash watches).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamOpts {
-    /// The consumer group the module reads through.
-    pub group: Vec<u8>,
-    /// Runs at once per stream; with 1, entries run in stream order.
-    pub concurrency: u32,
-    /// Attempts before an entry is dead-lettered.
-    pub max_attempts: u32,
-    /// The dead-letter stream; `None` means `<key>:dead`.
-    pub deadletter: Option<Vec<u8>>,
-}
-
-impl Default for StreamOpts {
-    fn default() -> Self {
-        StreamOpts {
-            group: b"streamwatch".to_vec(),
-            concurrency: 1,
-            max_attempts: 5,
-            deadletter: None,
-        }
-    }
-}
-
-impl StreamOpts {
-    /// Where an entry of stream `key` goes after its last failed attempt.
-    pub fn deadletter_of(&self, key: &[u8]) -> Vec<u8> {
-        match &self.deadletter {
-            Some(d) => d.clone(),
-            None => [key, b":dead"].concat(),
-        }
-    }
-
-    /// A dead-letter stream is never itself a queue of the watch that feeds it.
-    fn is_deadletter(&self, key: &[u8]) -> bool {
-        match &self.deadletter {
-            Some(d) => d == key,
-            None => key.ends_with(b":dead"),
-        }
-    }
-}
-
-/// Which databases a watch covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbSel {
-    One(i32),
-    All,
-}
-
-impl DbSel {
-    pub fn covers(self, db: i32) -> bool {
-        match self {
-            DbSel::One(d) => d == db,
-            DbSel::All => true,
-        }
-    }
-}
-
-/// What a value change does to a running job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnChange {
-    Restart,
-    Ignore,
-}
-
-impl OnChange {
-    pub fn parse(s: &str) -> Option<OnChange> {
-        match s.to_ascii_lowercase().as_str() {
-            "restart" => Some(OnChange::Restart),
-            "ignore" => Some(OnChange::Ignore),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            OnChange::Restart => "restart",
-            OnChange::Ignore => "ignore",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Config,
-    Command,
-}
-
-impl Source {
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Config => "config",
-            Source::Command => "command",
-        }
-    }
-}
-
-/// A watch as declared (config file or command).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchSpec {
-    pub pattern: Vec<u8>,
-    pub handler: String,
-    pub kind: Kind,
-    pub db: DbSel,
-    pub onchange: OnChange,
-    pub source: Source,
-    pub stream: StreamOpts,
-}
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 /// A live watch. `id` is new for every WATCH (also with REPLACE), so jobs of a replaced
 /// watch are told apart from the new watch's.
@@ -163,13 +40,46 @@ pub struct QueueStats {
     pub lag: AtomicI64,
 }
 
+/// Keys no watch covers, whatever its pattern: the watches store (`store`) and, for a
+/// stream watch, the events stream (`config`). The registry knows neither; the module's
+/// load hands it the two checks once (`set_reserved`), plain functions, so `covers`
+/// stays a few comparisons on the main thread's path of every write.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserved {
+    /// Is this key, in this database, the watches store?
+    pub store: fn(i32, &[u8]) -> bool,
+    /// Is this key the events stream?
+    pub events: fn(&[u8]) -> bool,
+}
+
+static RESERVED: OnceLock<Reserved> = OnceLock::new();
+
+/// Sets the reserved keys' checks (at load; later calls change nothing).
+pub fn set_reserved(reserved: Reserved) {
+    let _ = RESERVED.set(reserved);
+}
+
+fn reserved() -> Reserved {
+    fn none(_: &[u8]) -> bool {
+        false
+    }
+    fn none_in(_: i32, _: &[u8]) -> bool {
+        false
+    }
+    RESERVED.get().copied().unwrap_or(Reserved {
+        store: none_in,
+        events: none,
+    })
+}
+
 impl Watch {
     pub fn covers(&self, db: i32, key: &[u8]) -> bool {
+        let reserved = reserved();
         self.spec.db.covers(db)
             && glob::matches(&self.spec.pattern, key)
-            && !store::is_store(db, key)
+            && !(reserved.store)(db, key)
             && (self.spec.kind == Kind::Hash
-                || !(self.spec.stream.is_deadletter(key) || config::is_events_key(key)))
+                || !(self.spec.stream.is_deadletter(key) || (reserved.events)(key)))
     }
     pub fn job_count(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
@@ -312,20 +222,6 @@ pub fn find(pattern: &[u8]) -> Option<Arc<Watch>> {
             .find(|w| w.spec.pattern == pattern)
             .cloned()
     })
-}
-
-/// Why a stream watch's dead-letter stream cannot be what it says: the one stream its
-/// literal pattern names (that stream would be no queue at all, see `Watch::covers`).
-pub fn deadletter_problem(spec: &WatchSpec) -> Option<String> {
-    let dl = spec.stream.deadletter.as_ref()?;
-    (spec.kind == Kind::Stream && glob::is_literal(&spec.pattern) && *dl == spec.pattern).then(
-        || {
-            format!(
-                "the dead-letter stream '{}' is the stream the watch consumes; give another (DEADLETTER)",
-                String::from_utf8_lossy(dl)
-            )
-        },
-    )
 }
 
 /// Can `STREAMWATCH.WATCH` add this command watch? (`replace`: may replace one.)

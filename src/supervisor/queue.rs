@@ -854,7 +854,7 @@ impl Supervisor {
             s.2 += q.entries.len();
         }
         for w in self.watches.iter() {
-            if w.spec.kind == crate::watch::Kind::Stream {
+            if w.spec.kind == crate::spec::Kind::Stream {
                 let (pending, lag, n) = per_watch.get(&w.id).copied().unwrap_or_default();
                 w.queue.pending.store(pending, Ordering::Relaxed);
                 w.queue.lag.store(lag, Ordering::Relaxed);

@@ -1,0 +1,776 @@
+//! Watch specs: what a watch is, as declared, and the one parser of its options.
+//!
+//! Three sources declare watches, each in its own syntax: the arguments of
+//! `STREAMWATCH.WATCH` (`commands`), a `[[watch]]` table of the config file (`config`,
+//! which adds line numbers to the errors) and a field of the watches store (`store`).
+//! Each splits its syntax into (option, value) pairs and hands them to `Options`, which
+//! checks every value and the options together and builds the spec. Every rule and
+//! every error text is here, in each syntax's own words.
+//!
+//! The syntaxes differ where they always have: a command's values are words (`TYPE
+//! Stream`, `DB all` in any case, a DB within `databases`); the file is strict about
+//! its TOML values; the store is read leniently, because it holds what `store` wrote
+//! from a checked spec (a user's own edit of it is taken as far as it can be).
+//!
+//! This module knows nothing of Redis, the registry, the config file or the store.
+
+use crate::glob;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hash,
+    Stream,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hash => "hash",
+            Kind::Stream => "stream",
+        }
+    }
+}
+
+/// Options of a stream watch (ignored by hash watches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOpts {
+    /// The consumer group the module reads through.
+    pub group: Vec<u8>,
+    /// Runs at once per stream; with 1, entries run in stream order.
+    pub concurrency: u32,
+    /// Attempts before an entry is dead-lettered.
+    pub max_attempts: u32,
+    /// The dead-letter stream; `None` means `<key>:dead`.
+    pub deadletter: Option<Vec<u8>>,
+}
+
+impl Default for StreamOpts {
+    fn default() -> Self {
+        StreamOpts {
+            group: b"streamwatch".to_vec(),
+            concurrency: 1,
+            max_attempts: 5,
+            deadletter: None,
+        }
+    }
+}
+
+impl StreamOpts {
+    /// Where an entry of stream `key` goes after its last failed attempt.
+    pub fn deadletter_of(&self, key: &[u8]) -> Vec<u8> {
+        match &self.deadletter {
+            Some(d) => d.clone(),
+            None => [key, b":dead"].concat(),
+        }
+    }
+
+    /// A dead-letter stream is never itself a queue of the watch that feeds it.
+    pub fn is_deadletter(&self, key: &[u8]) -> bool {
+        match &self.deadletter {
+            Some(d) => d == key,
+            None => key.ends_with(b":dead"),
+        }
+    }
+}
+
+/// Which databases a watch covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbSel {
+    One(i32),
+    All,
+}
+
+impl DbSel {
+    pub fn covers(self, db: i32) -> bool {
+        match self {
+            DbSel::One(d) => d == db,
+            DbSel::All => true,
+        }
+    }
+}
+
+/// What a value change does to a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    Restart,
+    Ignore,
+}
+
+impl OnChange {
+    pub fn parse(s: &str) -> Option<OnChange> {
+        match s.to_ascii_lowercase().as_str() {
+            "restart" => Some(OnChange::Restart),
+            "ignore" => Some(OnChange::Ignore),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            OnChange::Restart => "restart",
+            OnChange::Ignore => "ignore",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Config,
+    Command,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Command => "command",
+        }
+    }
+}
+
+/// A watch as declared (config file or command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub pattern: Vec<u8>,
+    pub handler: String,
+    pub kind: Kind,
+    pub db: DbSel,
+    pub onchange: OnChange,
+    pub source: Source,
+    pub stream: StreamOpts,
+}
+
+/// Why a stream watch's dead-letter stream cannot be what it says: the one stream its
+/// literal pattern names (that stream would be no queue at all, see `Watch::covers`).
+pub fn deadletter_problem(spec: &WatchSpec) -> Option<String> {
+    let dl = spec.stream.deadletter.as_ref()?;
+    (spec.kind == Kind::Stream && glob::is_literal(&spec.pattern) && *dl == spec.pattern).then(
+        || {
+            format!(
+                "the dead-letter stream '{}' is the stream the watch consumes; give another (DEADLETTER)",
+                String::from_utf8_lossy(dl)
+            )
+        },
+    )
+}
+
+// ---- the option parser ----
+
+/// Where a watch's options come from; it decides their names, strictness and wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// `STREAMWATCH.WATCH` arguments; a DB number is below `databases`.
+    Command { databases: i32 },
+    /// A `[[watch]]` table of the config file.
+    File,
+    /// A value of the watches store.
+    Stored,
+}
+
+/// A watch's options, by the names all syntaxes share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opt {
+    Handler,
+    Type,
+    Db,
+    OnChange,
+    Group,
+    Deadletter,
+    Concurrency,
+    MaxAttempts,
+}
+
+impl Opt {
+    pub const ALL: [Opt; 8] = [
+        Opt::Handler,
+        Opt::Type,
+        Opt::Db,
+        Opt::OnChange,
+        Opt::Group,
+        Opt::Deadletter,
+        Opt::Concurrency,
+        Opt::MaxAttempts,
+    ];
+
+    /// The name in a TOML table (config file and store).
+    pub fn key(self) -> &'static str {
+        match self {
+            Opt::Handler => "handler",
+            Opt::Type => "type",
+            Opt::Db => "db",
+            Opt::OnChange => "onchange",
+            Opt::Group => "group",
+            Opt::Deadletter => "deadletter",
+            Opt::Concurrency => "concurrency",
+            Opt::MaxAttempts => "max-attempts",
+        }
+    }
+
+    /// The option a command's argument names (any case), if any.
+    pub fn from_word(word: &str) -> Option<Opt> {
+        Opt::ALL
+            .into_iter()
+            .find(|o| o.key().eq_ignore_ascii_case(word))
+    }
+
+    /// Only stream watches take it.
+    pub fn stream_only(self) -> bool {
+        matches!(
+            self,
+            Opt::Group | Opt::Deadletter | Opt::Concurrency | Opt::MaxAttempts
+        )
+    }
+
+    /// The name errors use: upper-case in a command, as in the table otherwise.
+    fn name(self, syntax: Syntax) -> String {
+        match syntax {
+            Syntax::Command { .. } => self.key().to_ascii_uppercase(),
+            Syntax::File | Syntax::Stored => self.key().to_string(),
+        }
+    }
+}
+
+/// An option's value: a command's argument or a TOML string is `Text`, a TOML integer
+/// `Int`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Text(&'a [u8]),
+    Int(i64),
+}
+
+impl Value<'_> {
+    /// As the errors quote it.
+    fn show(self) -> String {
+        match self {
+            Value::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            Value::Int(n) => n.to_string(),
+        }
+    }
+}
+
+/// Why a pattern cannot be a watch's (it is checked where each syntax always has).
+pub fn pattern_problem(syntax: Syntax, pattern: &[u8]) -> Option<&'static str> {
+    pattern.is_empty().then_some(match syntax {
+        Syntax::Command { .. } => "pattern must not be empty",
+        Syntax::File => "watch has an empty pattern",
+        Syntax::Stored => "empty pattern",
+    })
+}
+
+/// A watch's options as parsed: a spec without pattern and source. `db: None` means
+/// none was given (a command's then is the client's database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub handler: String,
+    pub kind: Kind,
+    pub db: Option<DbSel>,
+    pub onchange: OnChange,
+    pub stream: StreamOpts,
+}
+
+impl Parsed {
+    pub fn into_spec(self, pattern: Vec<u8>, source: Source, default_db: DbSel) -> WatchSpec {
+        WatchSpec {
+            pattern,
+            handler: self.handler,
+            kind: self.kind,
+            db: self.db.unwrap_or(default_db),
+            onchange: self.onchange,
+            source,
+            stream: self.stream,
+        }
+    }
+}
+
+/// The one parser of a watch's options: `set` each (option, value) pair in the order
+/// the source gives them (a later value of an option wins), then `finish`. Errors are
+/// the problem alone; the source adds its own frame (`ERR `, the file and line).
+#[derive(Debug)]
+pub struct Options {
+    syntax: Syntax,
+    handler: Option<String>,
+    kind: Kind,
+    db: Option<DbSel>,
+    onchange: OnChange,
+    stream: StreamOpts,
+    /// The first stream-only option given, refused on a hash watch.
+    stream_only: Option<Opt>,
+}
+
+impl Options {
+    pub fn new(syntax: Syntax) -> Options {
+        Options {
+            syntax,
+            handler: None,
+            kind: Kind::Hash,
+            db: None,
+            onchange: OnChange::Restart,
+            stream: StreamOpts::default(),
+            stream_only: None,
+        }
+    }
+
+    /// Takes one option's value.
+    pub fn set(&mut self, opt: Opt, value: Value) -> Result<(), String> {
+        let syntax = self.syntax;
+        if opt.stream_only() {
+            self.stream_only.get_or_insert(opt);
+        }
+        match opt {
+            Opt::Handler => self.handler = Some(value.show()),
+            Opt::Type => self.kind = kind(syntax, value)?,
+            Opt::Db => self.db = Some(db(syntax, value)?),
+            Opt::OnChange => {
+                let v = value.show();
+                self.onchange = OnChange::parse(&v).ok_or_else(|| match syntax {
+                    Syntax::Command { .. } => {
+                        format!("ONCHANGE must be restart or ignore, got '{v}'")
+                    }
+                    Syntax::File => {
+                        format!("onchange must be \"restart\" or \"ignore\", got \"{v}\"")
+                    }
+                    Syntax::Stored => format!("bad onchange '{v}'"),
+                })?;
+            }
+            Opt::Group => self.stream.group = stream_name(syntax, opt, value)?,
+            Opt::Deadletter => self.stream.deadletter = Some(stream_name(syntax, opt, value)?),
+            Opt::Concurrency => self.stream.concurrency = count(syntax, opt, value)?,
+            Opt::MaxAttempts => self.stream.max_attempts = count(syntax, opt, value)?,
+        }
+        Ok(())
+    }
+
+    /// Refuses `opt` if it is stream-only and the watch, as typed so far, is a hash
+    /// watch. `finish` asks this of the first stream-only option given; a source that
+    /// sets the type first may ask it earlier, in an order of its own.
+    pub fn applies(&self, opt: Opt) -> Result<(), String> {
+        if !(opt.stream_only() && self.kind == Kind::Hash) {
+            return Ok(());
+        }
+        Err(match self.syntax {
+            Syntax::Command { .. } => format!(
+                "{} applies only to TYPE stream watches",
+                opt.name(self.syntax)
+            ),
+            Syntax::File | Syntax::Stored => format!(
+                "{} applies only to type \"stream\" watches",
+                opt.name(self.syntax)
+            ),
+        })
+    }
+
+    /// The options together. The store's values are taken as they are.
+    pub fn finish(self) -> Result<Parsed, String> {
+        if self.syntax != Syntax::Stored {
+            if let Some(opt) = self.stream_only {
+                self.applies(opt)?;
+            }
+        }
+        if let Syntax::Command { .. } = self.syntax {
+            if self.kind == Kind::Stream && self.onchange != OnChange::Restart {
+                return Err("ONCHANGE applies only to TYPE hash watches".into());
+            }
+        }
+        let handler = self
+            .handler
+            .ok_or_else(|| format!("{} is required", Opt::Handler.name(self.syntax)))?;
+        Ok(Parsed {
+            handler,
+            kind: self.kind,
+            db: self.db,
+            onchange: self.onchange,
+            stream: self.stream,
+        })
+    }
+}
+
+fn kind(syntax: Syntax, value: Value) -> Result<Kind, String> {
+    let v = value.show();
+    // A command's word in any case; a TOML value exactly.
+    let word = match syntax {
+        Syntax::Command { .. } => v.to_ascii_lowercase(),
+        Syntax::File | Syntax::Stored => v.clone(),
+    };
+    match (value, word.as_str()) {
+        (Value::Text(_), "hash") => Ok(Kind::Hash),
+        (Value::Text(_), "stream") => Ok(Kind::Stream),
+        _ => Err(match syntax {
+            Syntax::Command { .. } => format!("TYPE must be hash or stream, got '{v}'"),
+            Syntax::File => format!("type must be \"hash\" or \"stream\", got \"{v}\""),
+            Syntax::Stored => format!("unsupported type '{v}'"),
+        }),
+    }
+}
+
+fn db(syntax: Syntax, value: Value) -> Result<DbSel, String> {
+    match syntax {
+        Syntax::Command { databases } => {
+            let v = value.show();
+            if v.eq_ignore_ascii_case("all") {
+                return Ok(DbSel::All);
+            }
+            match v.parse::<i32>() {
+                Ok(n) if (0..databases).contains(&n) => Ok(DbSel::One(n)),
+                _ => Err(format!("DB must be a database number or ALL, got '{v}'")),
+            }
+        }
+        Syntax::File => match value {
+            Value::Int(n) if (0..=i32::MAX as i64).contains(&n) => Ok(DbSel::One(n as i32)),
+            Value::Text(s) if s.eq_ignore_ascii_case(b"all") => Ok(DbSel::All),
+            _ => Err("db must be a database number or \"all\"".into()),
+        },
+        Syntax::Stored => match value {
+            Value::Int(n) => i32::try_from(n)
+                .map(DbSel::One)
+                .map_err(|_| format!("bad db {n}")),
+            Value::Text(b"all") => Ok(DbSel::All),
+            Value::Text(_) => Err(format!("bad db '{}'", value.show())),
+        },
+    }
+}
+
+/// A group or dead-letter stream name. A command's must be non-empty UTF-8 (it is
+/// stored as TOML text), the file's non-empty.
+fn stream_name(syntax: Syntax, opt: Opt, value: Value) -> Result<Vec<u8>, String> {
+    let name = opt.name(syntax);
+    let bytes = match value {
+        Value::Text(t) => t.to_vec(),
+        Value::Int(n) => n.to_string().into_bytes(),
+    };
+    match syntax {
+        Syntax::Command { .. } if std::str::from_utf8(&bytes).is_err() => {
+            Err(format!("{name} must be valid UTF-8"))
+        }
+        Syntax::Command { .. } | Syntax::File if bytes.is_empty() => {
+            Err(format!("{name} must not be empty"))
+        }
+        _ => Ok(bytes),
+    }
+}
+
+/// CONCURRENCY and MAX-ATTEMPTS: positive, up to `u32::MAX`. The store's is at least 1.
+fn count(syntax: Syntax, opt: Opt, value: Value) -> Result<u32, String> {
+    let name = opt.name(syntax);
+    match syntax {
+        Syntax::Command { .. } => {
+            let v = value.show();
+            match v.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "{name} must be a positive integer up to {}, got '{v}'",
+                    u32::MAX
+                )),
+            }
+        }
+        Syntax::File => match value {
+            Value::Int(n) => u32::try_from(n).ok().filter(|n| *n > 0),
+            Value::Text(_) => None,
+        }
+        .ok_or_else(|| format!("{name} must be a positive integer")),
+        Syntax::Stored => match value {
+            Value::Int(n) => Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
+            Value::Text(_) => Err(format!("{name} must be a positive integer")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CMD: Syntax = Syntax::Command { databases: 16 };
+
+    type Pairs<'a> = Vec<(Opt, Value<'a>)>;
+
+    fn parse(syntax: Syntax, pairs: &[(Opt, Value)]) -> Result<Parsed, String> {
+        let mut o = Options::new(syntax);
+        for &(opt, value) in pairs {
+            o.set(opt, value)?;
+        }
+        o.finish()
+    }
+
+    fn t(s: &str) -> Value<'_> {
+        Value::Text(s.as_bytes())
+    }
+
+    #[test]
+    fn good_options_in_every_syntax() {
+        use Opt::{Concurrency, Db, Deadletter, Group, Handler, MaxAttempts, Type};
+        let stream = |group: &str, c, m, dl: Option<&str>| StreamOpts {
+            group: group.as_bytes().to_vec(),
+            concurrency: c,
+            max_attempts: m,
+            deadletter: dl.map(|d| d.as_bytes().to_vec()),
+        };
+        let hash = |db, onchange| Parsed {
+            handler: "h".into(),
+            kind: Kind::Hash,
+            db,
+            onchange,
+            stream: StreamOpts::default(),
+        };
+        let cases: Vec<(Syntax, Pairs, Parsed)> = vec![
+            (CMD, vec![(Handler, t("h"))], hash(None, OnChange::Restart)),
+            (
+                CMD,
+                vec![(Handler, t("x")), (Handler, t("h")), (Db, t("ALL"))],
+                hash(Some(DbSel::All), OnChange::Restart),
+            ),
+            (
+                CMD,
+                vec![
+                    (Handler, t("h")),
+                    (Type, t("Hash")),
+                    (Db, t("15")),
+                    (Opt::OnChange, t("IGNORE")),
+                ],
+                hash(Some(DbSel::One(15)), OnChange::Ignore),
+            ),
+            (
+                CMD,
+                vec![
+                    (Group, t("g")),
+                    (Type, t("STREAM")),
+                    (Handler, t("h")),
+                    (Concurrency, t("4294967295")),
+                    (MaxAttempts, t("2")),
+                    (Deadletter, t("dl")),
+                    (Opt::OnChange, t("restart")),
+                ],
+                Parsed {
+                    kind: Kind::Stream,
+                    stream: stream("g", u32::MAX, 2, Some("dl")),
+                    ..hash(None, OnChange::Restart)
+                },
+            ),
+            (
+                Syntax::File,
+                vec![(Handler, t("h")), (Db, Value::Int(2_147_483_647))],
+                hash(Some(DbSel::One(i32::MAX)), OnChange::Restart),
+            ),
+            (
+                Syntax::File,
+                vec![
+                    (Handler, t("h")),
+                    (Db, t("All")),
+                    (Opt::OnChange, t("ignore")),
+                ],
+                hash(Some(DbSel::All), OnChange::Ignore),
+            ),
+            (
+                // The file, unlike a command, lets a stream watch say onchange.
+                Syntax::File,
+                vec![
+                    (Handler, t("h")),
+                    (Type, t("stream")),
+                    (Opt::OnChange, t("ignore")),
+                    (Concurrency, Value::Int(3)),
+                ],
+                Parsed {
+                    kind: Kind::Stream,
+                    stream: stream("streamwatch", 3, 5, None),
+                    ..hash(None, OnChange::Ignore)
+                },
+            ),
+            (
+                Syntax::Stored,
+                vec![
+                    (Handler, t("h")),
+                    (Type, t("hash")),
+                    (Db, Value::Int(-1)),
+                    (Opt::OnChange, t("restart")),
+                ],
+                hash(Some(DbSel::One(-1)), OnChange::Restart),
+            ),
+            (
+                // The store is read as written: no minimum but 1, no stream-only check.
+                Syntax::Stored,
+                vec![
+                    (Handler, t("h")),
+                    (Type, t("hash")),
+                    (Db, t("all")),
+                    (Opt::OnChange, t("ignore")),
+                    (Group, t("")),
+                    (Concurrency, Value::Int(0)),
+                ],
+                Parsed {
+                    stream: stream("", 1, 5, None),
+                    ..hash(Some(DbSel::All), OnChange::Ignore)
+                },
+            ),
+        ];
+        for (syntax, pairs, want) in cases {
+            assert_eq!(parse(syntax, &pairs), Ok(want), "{syntax:?} {pairs:?}");
+        }
+    }
+
+    #[test]
+    fn bad_options_are_named_in_each_syntax() {
+        use Opt::{Concurrency, Db, Deadletter, Group, Handler, MaxAttempts, Type};
+        let cases: Vec<(Syntax, Pairs, &str)> = vec![
+            (CMD, vec![], "HANDLER is required"),
+            (
+                CMD,
+                vec![(Type, t("list"))],
+                "TYPE must be hash or stream, got 'list'",
+            ),
+            (
+                CMD,
+                vec![(Db, t("16"))],
+                "DB must be a database number or ALL, got '16'",
+            ),
+            (
+                CMD,
+                vec![(Db, t("-1"))],
+                "DB must be a database number or ALL, got '-1'",
+            ),
+            (
+                Syntax::Command { databases: 4 },
+                vec![(Db, t("4"))],
+                "DB must be a database number or ALL, got '4'",
+            ),
+            (
+                CMD,
+                vec![(Opt::OnChange, t("later"))],
+                "ONCHANGE must be restart or ignore, got 'later'",
+            ),
+            (CMD, vec![(Group, t(""))], "GROUP must not be empty"),
+            (
+                CMD,
+                vec![(Deadletter, Value::Text(b"\xff"))],
+                "DEADLETTER must be valid UTF-8",
+            ),
+            (
+                CMD,
+                vec![(Concurrency, t("0"))],
+                "CONCURRENCY must be a positive integer up to 4294967295, got '0'",
+            ),
+            (
+                CMD,
+                vec![(MaxAttempts, t("4294967296"))],
+                "MAX-ATTEMPTS must be a positive integer up to 4294967295, got '4294967296'",
+            ),
+            (
+                CMD,
+                vec![(Handler, t("h")), (Deadletter, t("d")), (Group, t("g"))],
+                "DEADLETTER applies only to TYPE stream watches",
+            ),
+            (
+                CMD,
+                vec![
+                    (Handler, t("h")),
+                    (Type, t("stream")),
+                    (Opt::OnChange, t("ignore")),
+                ],
+                "ONCHANGE applies only to TYPE hash watches",
+            ),
+            (
+                Syntax::File,
+                vec![(Type, t("Stream"))],
+                "type must be \"hash\" or \"stream\", got \"Stream\"",
+            ),
+            (
+                Syntax::File,
+                vec![(Db, Value::Int(-1))],
+                "db must be a database number or \"all\"",
+            ),
+            (
+                Syntax::File,
+                vec![(Db, t("3"))],
+                "db must be a database number or \"all\"",
+            ),
+            (
+                Syntax::File,
+                vec![(Opt::OnChange, t("x"))],
+                "onchange must be \"restart\" or \"ignore\", got \"x\"",
+            ),
+            (
+                Syntax::File,
+                vec![(Deadletter, t(""))],
+                "deadletter must not be empty",
+            ),
+            (
+                Syntax::File,
+                vec![(Concurrency, Value::Int(0))],
+                "concurrency must be a positive integer",
+            ),
+            (
+                Syntax::File,
+                vec![(MaxAttempts, Value::Int(1 << 32))],
+                "max-attempts must be a positive integer",
+            ),
+            (
+                Syntax::File,
+                vec![(Handler, t("h")), (MaxAttempts, Value::Int(3))],
+                "max-attempts applies only to type \"stream\" watches",
+            ),
+            (
+                Syntax::Stored,
+                vec![(Type, t("list"))],
+                "unsupported type 'list'",
+            ),
+            (
+                Syntax::Stored,
+                vec![(Type, t("Hash"))],
+                "unsupported type 'Hash'",
+            ),
+            (
+                Syntax::Stored,
+                vec![(Db, Value::Int(1 << 31))],
+                "bad db 2147483648",
+            ),
+            (Syntax::Stored, vec![(Db, t("ALL"))], "bad db 'ALL'"),
+            (
+                Syntax::Stored,
+                vec![(Opt::OnChange, t("x"))],
+                "bad onchange 'x'",
+            ),
+        ];
+        for (syntax, pairs, want) in cases {
+            assert_eq!(
+                parse(syntax, &pairs),
+                Err(want.to_string()),
+                "{syntax:?} {pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_patterns() {
+        for o in Opt::ALL {
+            assert_eq!(Opt::from_word(&o.key().to_ascii_uppercase()), Some(o));
+            assert_eq!(Opt::from_word(o.key()), Some(o));
+        }
+        assert_eq!(Opt::from_word("REPLACE"), None);
+        assert_eq!(pattern_problem(CMD, b""), Some("pattern must not be empty"));
+        assert_eq!(
+            pattern_problem(Syntax::File, b""),
+            Some("watch has an empty pattern")
+        );
+        assert_eq!(pattern_problem(Syntax::Stored, b""), Some("empty pattern"));
+        assert_eq!(pattern_problem(Syntax::Stored, b"p"), None);
+    }
+
+    #[test]
+    fn a_literal_queue_is_not_its_own_dead_letter_stream() {
+        let mut spec = WatchSpec {
+            pattern: b"q".to_vec(),
+            handler: "h".into(),
+            kind: Kind::Stream,
+            db: DbSel::One(0),
+            onchange: OnChange::Restart,
+            source: Source::Command,
+            stream: StreamOpts {
+                deadletter: Some(b"q".to_vec()),
+                ..StreamOpts::default()
+            },
+        };
+        let e = deadletter_problem(&spec).expect("a problem");
+        assert!(e.ends_with("give another (DEADLETTER)"), "{e}");
+        spec.pattern = b"q*".to_vec();
+        assert_eq!(deadletter_problem(&spec), None);
+        spec.pattern = b"q".to_vec();
+        spec.kind = Kind::Hash;
+        assert_eq!(deadletter_problem(&spec), None);
+    }
+}
