@@ -35,6 +35,12 @@ pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+pub fn bump_if(c: &AtomicU64, yes: bool) {
+    if yes {
+        bump(c);
+    }
+}
+
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }

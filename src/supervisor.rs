@@ -15,10 +15,11 @@
 //! module `queue`; they share the runs, the timers and the helper with hash jobs.
 
 mod gil;
+mod policy;
 mod queue;
 
 use crate::cluster;
-use crate::config::{self, Restart};
+use crate::config;
 use crate::ffi::{self, Replier, Reply};
 use crate::glob;
 use crate::protocol::{Report, Request};
@@ -1697,7 +1698,6 @@ impl Supervisor {
             return;
         };
         let ran_for = run.started.elapsed();
-        let stopped_by_us = run.stopping;
         let h = job.watch.handler.clone();
         job.log.finish(h.log_lines());
         let failed = match &end {
@@ -1721,44 +1721,40 @@ impl Supervisor {
             }
         };
         let job = self.jobs.get_mut(&jk).expect("job present");
-        if !job.wanted || !self.primary || self.paused {
-            self.remove(&jk);
-            return;
-        }
-        if job.restart_pending {
-            job.restart_pending = false;
-            self.start_run(&jk);
-            return;
-        }
-        let _ = stopped_by_us;
-        if ran_for >= h.stable_after {
-            job.failures = 0;
-        }
-        if failed {
-            job.failures += 1;
-            stats::bump(&stats::FAILURES);
-        }
-        let restart = match h.restart {
-            Restart::Never => false,
-            Restart::OnFailure => failed,
-            Restart::Always => true,
+        let ended = policy::Ended {
+            wanted: job.wanted && self.primary && !self.paused,
+            restart_pending: job.restart_pending,
+            failures: job.failures,
+            failed,
+            ran_for,
         };
-        if !restart {
-            job.finished = Some(Finished::Exited);
-            return;
+        let (next, failures) = policy::after_run(&h, ended);
+        job.failures = failures;
+        match next {
+            policy::Next::Remove => self.remove(&jk),
+            policy::Next::Start => {
+                job.restart_pending = false;
+                self.start_run(&jk);
+            }
+            policy::Next::Exited => {
+                stats::bump_if(&stats::FAILURES, failed);
+                job.finished = Some(Finished::Exited);
+            }
+            policy::Next::Failed => {
+                stats::bump(&stats::FAILURES);
+                job.finished = Some(Finished::Failed);
+                let failures = vec![("failures", failures.to_string().into_bytes())];
+                push_event(&mut self.events, "failed", &jk, &self.jobs[&jk], failures);
+            }
+            policy::Next::Backoff(delay) => {
+                stats::bump_if(&stats::FAILURES, failed);
+                let at = Instant::now() + delay;
+                job.backoff_until = Some(at);
+                self.timers.push(Reverse((at, Timer::Job(jk.clone()))));
+                let delay_ms = vec![("delay_ms", delay.as_millis().to_string().into_bytes())];
+                push_event(&mut self.events, "backoff", &jk, &self.jobs[&jk], delay_ms);
+            }
         }
-        if failed && h.max_failures > 0 && job.failures >= h.max_failures {
-            job.finished = Some(Finished::Failed);
-            let failures = vec![("failures", job.failures.to_string().into_bytes())];
-            push_event(&mut self.events, "failed", &jk, &self.jobs[&jk], failures);
-            return;
-        }
-        let delay = h.backoff(job.failures.max(1));
-        let at = Instant::now() + delay;
-        job.backoff_until = Some(at);
-        self.timers.push(Reverse((at, Timer::Job(jk.clone()))));
-        let delay_ms = vec![("delay_ms", delay.as_millis().to_string().into_bytes())];
-        push_event(&mut self.events, "backoff", &jk, &self.jobs[&jk], delay_ms);
     }
 
     fn fire_timers(&mut self) {
