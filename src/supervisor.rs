@@ -14,9 +14,11 @@
 //! Stream watches (one queue per watched stream, entries as jobs) live in the child
 //! module `queue`; they share the runs, the timers and the helper with hash jobs.
 
+mod events;
 mod gil;
 mod policy;
 mod queue;
+mod views;
 
 use crate::cluster;
 use crate::config;
@@ -29,8 +31,9 @@ use crate::stats;
 use crate::store;
 use crate::template::{substitute, unspawnable};
 use crate::watch::{self, Snapshot, Watch};
+use events::LifecycleEvents;
 use queue::{Queue, QueueKey, Sid};
-use redis_module::{CallOptionsBuilder, CallResult, ContextFlags, ThreadSafeContext};
+use redis_module::{ContextFlags, ThreadSafeContext};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -107,8 +110,6 @@ const PACE_KEEP: Duration = Duration::from_millis(20);
 const STATS_EVERY: Duration = Duration::from_millis(20);
 /// Fields of a hash read per GIL hold (a bigger hash is read in slices).
 const HASH_SLICE: usize = 256;
-/// Lifecycle events appended per GIL hold.
-const EVENTS_PER_HOLD: usize = 32;
 /// A helper that lived this long was not failing: its death starts the count again.
 const HELPER_STABLE: Duration = Duration::from_secs(30);
 
@@ -557,22 +558,18 @@ struct Supervisor {
     primary: bool,
     paused: bool,
     databases: i32,
-    events: Vec<Vec<(&'static str, Vec<u8>)>>,
+    events: LifecycleEvents,
     /// Keys with fields not started because of `max-jobs`, and how many each.
     over_limit: BTreeMap<(i32, Vec<u8>), usize>,
     /// Helpers in a row that died (or could not start) soon after they started.
     helper_failures: u32,
     /// When the current helper started.
     helper_started: Instant,
-    /// Appending to the events stream failed (and was logged) the last time.
-    events_failing: bool,
     /// Live runs on disk, for the next load if the helper dies with the server.
     record: runner::RunRecord,
     /// In cluster mode, the slots this node owns (only their keys have jobs).
     owned: Option<cluster::Owned>,
     next_poll: Instant,
-    /// In cluster mode, this node's events stream: (events-key, name with a hash tag).
-    events_key: Option<(String, String)>,
 }
 
 fn now_ms() -> i64 {
@@ -617,15 +614,13 @@ impl Supervisor {
             primary: false,
             paused: false,
             databases: 16,
-            events: Vec::new(),
+            events: LifecycleEvents::default(),
             over_limit: BTreeMap::new(),
             helper_failures: 0,
             helper_started: Instant::now(),
-            events_failing: false,
             record: runner::RunRecord::new(None),
             owned: None,
             next_poll: Instant::now(),
-            events_key: None,
         }
     }
 
@@ -708,7 +703,7 @@ impl Supervisor {
             }
             self.guarded("timers", |s| s.fire_timers());
             self.guarded("queues", |s| s.flush_queues());
-            self.guarded("events", |s| s.flush_events());
+            self.guarded("events", |s| s.events.flush(&s.tsc, s.owned.is_some()));
             // Counts for STATUS/INFO: O(jobs), so at most every STATS_EVERY while hints
             // stream in, and at once after a command (which may be followed by STATUS).
             let done = Instant::now();
@@ -983,7 +978,9 @@ impl Supervisor {
                     r.reply(Reply::Int(stopped));
                 }
             }
-            Msg::Jobs { filter, reply } => reply.reply(self.jobs_reply(&filter)),
+            Msg::Jobs { filter, reply } => {
+                reply.reply(views::jobs_reply(&self.jobs, &self.queues, &filter))
+            }
             Msg::Job {
                 db,
                 key,
@@ -1001,11 +998,11 @@ impl Supervisor {
                             .entries
                             .get(&sid)
                             .filter(|_| qk.db == db && qk.key == key)?;
-                        Some(self.entry_map(qk, sid, e, true))
+                        Some(views::entry_map(qk, &q.watch, sid, e, true))
                     })
                 };
                 reply.reply(match found {
-                    Some((k, j)) => self.job_map(k, j, true),
+                    Some((k, j)) => views::job_map(k, j, true),
                     None => entry().unwrap_or(Reply::Nil),
                 });
             }
@@ -1035,14 +1032,14 @@ impl Supervisor {
                     self.paused = true;
                     stats::PAUSED.store(true, Ordering::Relaxed);
                     self.stop_everything();
-                    self.events.push(vec![("event", b"paused".to_vec())]);
+                    self.events.push_plain("paused");
                 }
             }
             Msg::Resume => {
                 if self.paused {
                     self.paused = false;
                     stats::PAUSED.store(false, Ordering::Relaxed);
-                    self.events.push(vec![("event", b"resumed".to_vec())]);
+                    self.events.push_plain("resumed");
                 }
                 self.reconcile_all();
             }
@@ -1586,7 +1583,7 @@ impl Supervisor {
     fn remove(&mut self, jk: &JobKey) {
         if let Some(job) = self.jobs.remove(jk) {
             job.watch.jobs.fetch_sub(1, Ordering::Relaxed);
-            push_event(&mut self.events, "stopped", jk, &job, vec![]);
+            self.events.job("stopped", jk, &job, vec![]);
             if !self.over_limit.is_empty() && self.active() {
                 let keys: Vec<_> = std::mem::take(&mut self.over_limit).into_keys().collect();
                 let mut t = Tally::default();
@@ -1627,8 +1624,7 @@ impl Supervisor {
                             r.start_time = start_time;
                             self.record.mark();
                         }
-                        push_event(
-                            &mut self.events,
+                        self.events.job(
                             "started",
                             &jk,
                             &self.jobs[&jk],
@@ -1711,12 +1707,12 @@ impl Supervisor {
                 } else {
                     fields.push(("signal", (-n).to_string().into_bytes()));
                 }
-                push_event(&mut self.events, "exited", &jk, &self.jobs[&jk], fields);
+                self.events.job("exited", &jk, &self.jobs[&jk], fields);
                 n != 0
             }
             End::SpawnError(e) => {
                 let error = vec![("error", e.clone().into_bytes())];
-                push_event(&mut self.events, "spawn-error", &jk, &self.jobs[&jk], error);
+                self.events.job("spawn-error", &jk, &self.jobs[&jk], error);
                 true
             }
         };
@@ -1744,7 +1740,7 @@ impl Supervisor {
                 stats::bump(&stats::FAILURES);
                 job.finished = Some(Finished::Failed);
                 let failures = vec![("failures", failures.to_string().into_bytes())];
-                push_event(&mut self.events, "failed", &jk, &self.jobs[&jk], failures);
+                self.events.job("failed", &jk, &self.jobs[&jk], failures);
             }
             policy::Next::Backoff(delay) => {
                 stats::bump_if(&stats::FAILURES, failed);
@@ -1752,7 +1748,7 @@ impl Supervisor {
                 job.backoff_until = Some(at);
                 self.timers.push(Reverse((at, Timer::Job(jk.clone()))));
                 let delay_ms = vec![("delay_ms", delay.as_millis().to_string().into_bytes())];
-                push_event(&mut self.events, "backoff", &jk, &self.jobs[&jk], delay_ms);
+                self.events.job("backoff", &jk, &self.jobs[&jk], delay_ms);
             }
         }
     }
@@ -1818,78 +1814,6 @@ impl Supervisor {
         self.helper_failed();
     }
 
-    // ---- replies ----
-
-    fn job_map(&self, k: &JobKey, j: &Job, detail: bool) -> Reply {
-        let (pid, started, uptime) = match &j.run {
-            Some(r) => (
-                r.pid.map(i64::from),
-                Some(r.started_ms),
-                r.started.elapsed().as_millis() as i64,
-            ),
-            None => (None, None, 0),
-        };
-        let mut m = vec![
-            ("watch".into(), Reply::str(&j.watch.spec.pattern)),
-            ("db".into(), Reply::Int(k.db as i64)),
-            ("key".into(), Reply::str(&k.key)),
-            ("field".into(), Reply::str(&k.field)),
-            ("state".into(), Reply::str(j.state())),
-            ("pid".into(), Reply::opt_int(pid)),
-            ("started_ms".into(), Reply::opt_int(started)),
-            ("uptime_ms".into(), Reply::Int(uptime)),
-            ("runs".into(), Reply::Int(j.runs as i64)),
-            ("failures".into(), Reply::Int(j.failures as i64)),
-            ("last_exit".into(), Reply::opt_int(j.last_exit)),
-        ];
-        if detail {
-            m.push(("handler".into(), Reply::str(&j.watch.handler.name)));
-            m.push(("value".into(), Reply::str(&j.value)));
-            m.push(("log".into(), j.log.reply()));
-        }
-        Reply::Map(m)
-    }
-
-    fn jobs_reply(&self, f: &JobFilter) -> Reply {
-        let keep = |watch: &Watch, key: &[u8], state: &str| {
-            f.watch.as_ref().is_none_or(|p| *p == watch.spec.pattern)
-                && f.key.as_ref().is_none_or(|k| k == key)
-                && f.state.is_none_or(|s| s == state)
-        };
-        // (watch pattern, db, key, field or id) orders the list; ids sort numerically.
-        type Sort<'a> = (&'a [u8], i32, &'a [u8], Vec<u8>, Option<Sid>);
-        let mut list: Vec<(Sort, Reply)> = Vec::new();
-        for (k, j) in &self.jobs {
-            if keep(&j.watch, &k.key, j.state()) {
-                let sort = (
-                    j.watch.spec.pattern.as_slice(),
-                    k.db,
-                    k.key.as_slice(),
-                    k.field.clone(),
-                    None,
-                );
-                list.push((sort, self.job_map(k, j, false)));
-            }
-        }
-        for (qk, q) in &self.queues {
-            for (sid, e) in &q.entries {
-                if keep(&q.watch, &qk.key, e.state()) {
-                    let sort = (
-                        q.watch.spec.pattern.as_slice(),
-                        qk.db,
-                        qk.key.as_slice(),
-                        Vec::new(),
-                        Some(*sid),
-                    );
-                    list.push((sort, self.entry_map(qk, *sid, e, false)));
-                }
-            }
-        }
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        let n = f.count.unwrap_or(usize::MAX);
-        Reply::Array(list.into_iter().take(n).map(|(_, r)| r).collect())
-    }
-
     fn publish_stats(&mut self) {
         let mut counts = [0u64; 6];
         for j in self.jobs.values() {
@@ -1902,121 +1826,6 @@ impl Supervisor {
         let over: usize = self.over_limit.values().sum();
         stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);
     }
-
-    // ---- the lifecycle event stream ----
-
-    /// Appends pending events to the events stream (one GIL hold), on a primary only.
-    fn flush_events(&mut self) {
-        if self.events.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut self.events);
-        let mut key = config::get(&config::EVENTS_KEY);
-        if key.is_empty() {
-            return;
-        }
-        let maxlen = config::events_maxlen().to_string();
-        let ctx = gil::lock(&self.tsc);
-        if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, 0) {
-            return;
-        }
-        if self.owned.is_some() {
-            // Cluster: this node's own stream, in a slot it serves and that is not
-            // being migrated away (read now, under the same GIL hold as the writes).
-            let shard = cluster::shard(&ctx);
-            let cached = self.events_key.as_ref().filter(|(base, name)| {
-                *base == key
-                    && cluster::key_slot(&ctx, name.as_bytes()).is_some_and(|s| shard.contains(s))
-            });
-            let name = match cached {
-                Some((_, name)) => name.clone(),
-                None => match cluster::own_key(&ctx, &key, &shard) {
-                    Some(name) => {
-                        self.events_key = Some((key.clone(), name.clone()));
-                        name
-                    }
-                    None => return, // no slot: nowhere to write
-                },
-            };
-            key = name;
-        }
-        let opts = CallOptionsBuilder::new().replicate().build();
-        // A burst (10,000 jobs started at once) is written a slice per GIL hold, so the
-        // main thread never waits long; the rest goes on the next turns.
-        let mut events = events;
-        if events.len() > EVENTS_PER_HOLD {
-            let rest = events.split_off(EVENTS_PER_HOLD);
-            self.events = rest;
-        }
-        let total = events.len();
-        for (written, fields) in events.into_iter().enumerate() {
-            let mut args: Vec<&[u8]> = vec![key.as_bytes()];
-            if config::events_maxlen() > 0 {
-                args.extend([b"MAXLEN".as_slice(), b"~", maxlen.as_bytes()]);
-            }
-            args.push(b"*");
-            let values: Vec<std::borrow::Cow<[u8]>> =
-                fields.iter().map(|(_, v)| event_value(v)).collect();
-            for ((k, _), v) in fields.iter().zip(&values) {
-                args.push(k.as_bytes());
-                args.push(v);
-            }
-            let r: CallResult = ctx.call_ext("XADD", &opts, args.as_slice());
-            if let Err(e) = r {
-                // Counted, and said once until appending works again (a key of the
-                // wrong type would otherwise log a line per event).
-                stats::EVENTS_DROPPED.fetch_add((total - written) as u64, Ordering::Relaxed);
-                if !self.events_failing {
-                    self.events_failing = true;
-                    ffi::log_warning(format!(
-                        "streamwatch: cannot append to the events stream '{key}': {}; \
-                         events are dropped (counted in events_dropped) until it works again",
-                        e.to_utf8_string().unwrap_or_default()
-                    ));
-                }
-                return;
-            }
-        }
-        if std::mem::take(&mut self.events_failing) {
-            ffi::log_notice(format!(
-                "streamwatch: the events stream '{key}' is written again"
-            ));
-        }
-    }
-}
-
-/// Longest value of an event's field (a key, a field name, an error): the events stream
-/// keeps up to `events-maxlen` entries, and a client's 500 KB key name must not be
-/// copied into each of them.
-const MAX_EVENT_VALUE: usize = 1024;
-
-/// An event's field value as written: longer ones are cut, saying how long they were.
-fn event_value(v: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if v.len() <= MAX_EVENT_VALUE {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    let mut cut = v[..MAX_EVENT_VALUE].to_vec();
-    cut.extend_from_slice(format!("... ({} bytes)", v.len()).as_bytes());
-    std::borrow::Cow::Owned(cut)
-}
-
-/// Queues one lifecycle event about a job.
-fn push_event(
-    events: &mut Vec<Vec<(&'static str, Vec<u8>)>>,
-    name: &'static str,
-    jk: &JobKey,
-    job: &Job,
-    extra: Vec<(&'static str, Vec<u8>)>,
-) {
-    let mut fields = vec![
-        ("event", name.as_bytes().to_vec()),
-        ("watch", job.watch.spec.pattern.clone()),
-        ("db", jk.db.to_string().into_bytes()),
-        ("key", jk.key.clone()),
-        ("field", jk.field.clone()),
-    ];
-    fields.extend(extra);
-    events.push(fields);
 }
 
 #[cfg(test)]
@@ -2079,15 +1888,6 @@ mod tests {
             [Log::MAX_LINE, Log::MAX_LINE, 2],
             "a full line ends at its newline"
         );
-    }
-
-    #[test]
-    fn long_event_values_are_cut_saying_how_long() {
-        assert_eq!(&*event_value(b"k"), b"k");
-        let long = vec![b'k'; MAX_EVENT_VALUE + 1];
-        let cut = event_value(&long);
-        assert!(cut.starts_with(&long[..MAX_EVENT_VALUE]));
-        assert!(cut.ends_with(format!("... ({} bytes)", MAX_EVENT_VALUE + 1).as_bytes()));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 
 use super::{exit_number, End, Log, Run, RunOf, Supervisor, Timer};
 use crate::cluster;
-use crate::ffi::{self, Reply};
+use crate::ffi;
 use crate::protocol::Request;
 use crate::stats;
 use crate::template::{substitute, unspawnable};
@@ -377,8 +377,7 @@ impl Supervisor {
                 Outcome::Ack => {
                     let _ = call(ctx, "XACK", &[key, group, id.as_bytes()]);
                     q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
-                    self.events
-                        .push(entry_event("acked", qk, &q.watch, sid, vec![]));
+                    self.events.entry("acked", qk, &q.watch, sid, vec![]);
                 }
                 Outcome::DeadLetter {
                     fields,
@@ -413,13 +412,7 @@ impl Supervisor {
                                 ("attempts", attempts.into_bytes()),
                                 ("error", error.into_bytes()),
                             ];
-                            self.events.push(entry_event(
-                                "dead-lettered",
-                                qk,
-                                &q.watch,
-                                sid,
-                                extra,
-                            ));
+                            self.events.entry("dead-lettered", qk, &q.watch, sid, extra);
                         }
                         Err(e) => {
                             // Not acknowledged: it stays pending for the next recovery.
@@ -781,7 +774,7 @@ impl Supervisor {
             "exited"
         };
         extra.push(("error", error.clone().into_bytes()));
-        self.events.push(entry_event(ev, &qk, &watch, sid, extra));
+        self.events.entry(ev, &qk, &watch, sid, extra);
         let Some(q) = self.queues.get_mut(&qk) else {
             return;
         };
@@ -814,8 +807,7 @@ impl Supervisor {
             ("attempts", e.attempts.to_string().into_bytes()),
             ("delay_ms", delay.as_millis().to_string().into_bytes()),
         ];
-        self.events
-            .push(entry_event("backoff", &qk, &watch, sid, extra));
+        self.events.entry("backoff", &qk, &watch, sid, extra);
     }
 
     /// A slot freed: the next entry read ahead starts now, not after the next read.
@@ -878,46 +870,6 @@ impl Supervisor {
             }
         }
     }
-
-    /// `STREAMWATCH.JOBS`/`JOB` maps of in-flight entries.
-    pub(super) fn entry_map(&self, qk: &QueueKey, sid: Sid, e: &Entry, detail: bool) -> Reply {
-        let (pid, started, uptime) = match &e.run {
-            Some(r) => (
-                r.pid.map(i64::from),
-                Some(r.started_ms),
-                r.started.elapsed().as_millis() as i64,
-            ),
-            None => (None, None, 0),
-        };
-        let watch = &self.queues[qk].watch;
-        let mut m = vec![
-            ("watch".into(), Reply::str(&watch.spec.pattern)),
-            ("db".into(), Reply::Int(qk.db as i64)),
-            ("key".into(), Reply::str(&qk.key)),
-            ("id".into(), Reply::str(sid.to_string())),
-            ("state".into(), Reply::str(e.state())),
-            ("pid".into(), Reply::opt_int(pid)),
-            ("started_ms".into(), Reply::opt_int(started)),
-            ("uptime_ms".into(), Reply::Int(uptime)),
-            ("runs".into(), Reply::Int(e.attempts as i64)),
-            (
-                "failures".into(),
-                Reply::Int(e.attempts.saturating_sub(1) as i64),
-            ),
-            ("last_exit".into(), Reply::opt_int(e.last_exit)),
-        ];
-        if detail {
-            m.push(("handler".into(), Reply::str(&watch.handler.name)));
-            let mut fields = Vec::new();
-            for (f, v) in &e.fields {
-                fields.push(Reply::str(f));
-                fields.push(Reply::str(v));
-            }
-            m.push(("fields".into(), Reply::Array(fields)));
-            m.push(("log".into(), e.log.reply()));
-        }
-        Reply::Map(m)
-    }
 }
 
 /// `pending` and `lag` of `group` on `key` (XINFO GROUPS); lag is 0 when unknown.
@@ -947,25 +899,6 @@ fn group_figures(ctx: &Context, key: &[u8], group: &[u8]) -> Option<(i64, i64)> 
         }
     }
     None
-}
-
-/// One lifecycle event about a stream entry.
-fn entry_event(
-    name: &'static str,
-    qk: &QueueKey,
-    watch: &Watch,
-    sid: Sid,
-    extra: Vec<(&'static str, Vec<u8>)>,
-) -> Vec<(&'static str, Vec<u8>)> {
-    let mut fields = vec![
-        ("event", name.as_bytes().to_vec()),
-        ("watch", watch.spec.pattern.clone()),
-        ("db", qk.db.to_string().into_bytes()),
-        ("key", qk.key.clone()),
-        ("id", sid.to_string().into_bytes()),
-    ];
-    fields.extend(extra);
-    fields
 }
 
 /// The entry as a JSON object (`{"field":"value",...}`, in stream order). JSON text is
