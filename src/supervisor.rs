@@ -18,6 +18,7 @@ mod events;
 mod gil;
 mod policy;
 mod queue;
+mod runs;
 mod views;
 
 use crate::cluster;
@@ -29,7 +30,6 @@ use crate::runner::{self, Runner};
 use crate::spec::{Kind, OnChange};
 use crate::stats;
 use crate::store;
-use crate::template::{substitute, unspawnable};
 use crate::watch::{self, Snapshot, Watch};
 use events::LifecycleEvents;
 use queue::{Queue, QueueKey, Sid};
@@ -624,6 +624,42 @@ impl Supervisor {
         }
     }
 
+    /// How long the loop may wait for a message before it has work of its own: the
+    /// soonest of
+    /// - the first timer (a backoff over, a `timeout-ms` reached, a helper restart; an
+    ///   hour when there is none),
+    /// - the run record's pending write (`record.due_in`),
+    /// - in cluster mode, the next poll of the owned slots (`next_poll`),
+    /// - now, when queues are dirty or lifecycle events are pending,
+    /// - the queues' group figures (`stats_due`),
+    /// - the first hinted key waiting for its pace (`next_deferred`),
+    /// - the skipped publishing of the counts (`stats_stale`, `STATS_EVERY` after the
+    ///   last).
+    fn next_wakeup(&self, now: Instant) -> Duration {
+        let until = |t: Instant| t.saturating_duration_since(now);
+        self.timers
+            .peek()
+            .map(|Reverse((at, _))| until(*at))
+            .unwrap_or(Duration::from_secs(3600))
+            .min(self.record.due_in(now).unwrap_or(Duration::MAX))
+            .min(match self.owned {
+                Some(_) => until(self.next_poll),
+                None => Duration::MAX,
+            })
+            .min(if self.dirty_queues.is_empty() && self.events.is_empty() {
+                Duration::MAX
+            } else {
+                Duration::ZERO
+            })
+            .min(self.stats_due.map_or(Duration::MAX, until))
+            .min(self.next_deferred.map_or(Duration::MAX, until))
+            .min(if self.stats_stale {
+                STATS_EVERY.saturating_sub(now.saturating_duration_since(self.stats_published))
+            } else {
+                Duration::MAX
+            })
+    }
+
     fn run(&mut self, rx: Receiver<Msg>) {
         let dir = self.read_server_facts();
         self.record = runner::RunRecord::new(dir.as_deref());
@@ -642,29 +678,7 @@ impl Supervisor {
             // One clock reading per turn: a turn per job is the common case, and a
             // dozen readings were a seventh of this thread's time on short stream jobs.
             let now = Instant::now();
-            let until = |t: Instant| t.saturating_duration_since(now);
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| until(*at))
-                .unwrap_or(Duration::from_secs(3600))
-                .min(self.record.due_in(now).unwrap_or(Duration::MAX))
-                .min(match self.owned {
-                    Some(_) => until(self.next_poll),
-                    None => Duration::MAX,
-                })
-                .min(if self.dirty_queues.is_empty() && self.events.is_empty() {
-                    Duration::MAX
-                } else {
-                    Duration::ZERO
-                })
-                .min(self.stats_due.map_or(Duration::MAX, until))
-                .min(self.next_deferred.map_or(Duration::MAX, until))
-                .min(if self.stats_stale {
-                    STATS_EVERY.saturating_sub(now.saturating_duration_since(self.stats_published))
-                } else {
-                    Duration::MAX
-                });
+            let timeout = self.next_wakeup(now);
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -1483,48 +1497,33 @@ impl Supervisor {
         };
         job.backoff_until = None;
         job.finished = None;
-        let h = job.watch.handler.clone();
         let db = jk.db.to_string();
-        let subst = |s: &str| -> Vec<u8> {
-            substitute(
-                s,
-                &[
-                    ("{key}", &jk.key),
-                    ("{field}", &jk.field),
-                    ("{value}", &job.value),
-                    ("{db}", db.as_bytes()),
-                ],
-            )
-        };
-        let argv: Vec<Vec<u8>> = h.command.iter().map(|a| subst(a)).collect();
-        let mut env: Vec<(Vec<u8>, Vec<u8>)> = h
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), subst(v)))
-            .collect();
-        env.push((b"STREAMWATCH_KEY".to_vec(), jk.key.clone()));
-        env.push((b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()));
-        env.push((b"STREAMWATCH_FIELD".to_vec(), jk.field.clone()));
         let id = self.next_run;
         self.next_run += 1;
+        let req = runs::spawn_request(
+            &job.watch.handler,
+            id,
+            &[
+                ("{key}", &jk.key),
+                ("{field}", &jk.field),
+                ("{value}", &job.value),
+                ("{db}", db.as_bytes()),
+            ],
+            vec![
+                (b"STREAMWATCH_KEY".to_vec(), jk.key.clone()),
+                (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
+                (b"STREAMWATCH_FIELD".to_vec(), jk.field.clone()),
+            ],
+            None,
+        );
         job.runs += 1;
         job.run = Some(Run::new(id));
         self.runs.insert(id, RunOf::Job(jk.clone()));
         stats::bump(&stats::RUNS_STARTED);
-        if let Some(problem) = unspawnable(&argv, &env) {
-            self.run_ended(id, End::SpawnError(problem));
-            return;
+        match req {
+            Ok(req) => self.send_helper(&req),
+            Err(problem) => self.run_ended(id, End::SpawnError(problem)),
         }
-        let req = Request::Spawn {
-            run: id,
-            argv,
-            env,
-            cwd: h.cwd.as_ref().map(|c| c.as_bytes().to_vec()),
-            stdin: None,
-            stop_signal: h.stop_signal,
-            stop_grace_ms: h.stop_grace.as_millis() as u64,
-        };
-        self.send_helper(&req);
     }
 
     fn send_helper(&mut self, req: &Request) {

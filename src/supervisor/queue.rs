@@ -19,12 +19,12 @@
 //! every Redis call below is made under the GIL, batched per loop turn in
 //! `flush_queues` (one GIL hold for all acks, dead-letters, claims and reads).
 
+use super::runs;
 use super::{exit_number, End, Log, Run, RunOf, Supervisor, Timer};
 use crate::cluster;
 use crate::ffi;
 use crate::protocol::Request;
 use crate::stats;
-use crate::template::{substitute, unspawnable};
 use crate::watch::Watch;
 use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, ErrorReply, KeyType,
@@ -653,42 +653,39 @@ impl Supervisor {
             ("{db}", db.as_bytes()),
         ];
         vars.extend(names.iter().map(|(n, v)| (n.as_str(), *v)));
-        let argv: Vec<Vec<u8>> = h.command.iter().map(|a| substitute(a, &vars)).collect();
-        let mut env: Vec<(Vec<u8>, Vec<u8>)> = h
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), substitute(v, &vars)))
-            .collect();
-        env.push((b"STREAMWATCH_KEY".to_vec(), qk.key.clone()));
-        env.push((b"STREAMWATCH_DB".to_vec(), db.into_bytes()));
-        env.push((b"STREAMWATCH_ID".to_vec(), id.into_bytes()));
         let stdin = entry_json(&e.fields);
         let run_id = self.next_run;
         self.next_run += 1;
+        let req = runs::spawn_request(
+            &h,
+            run_id,
+            &vars,
+            vec![
+                (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
+                (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
+                (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
+            ],
+            Some(stdin),
+        );
         e.backoff_until = None;
         e.timed_out = false;
         e.run = Some(Run::new(run_id));
         self.runs.insert(run_id, RunOf::Entry(qk.clone(), sid));
         stats::bump(&stats::RUNS_STARTED);
-        if let Some(problem) = unspawnable(&argv, &env) {
-            self.run_ended(run_id, End::SpawnError(problem));
-            return;
-        }
+        let req = match req {
+            Ok(req) => req,
+            Err(problem) => {
+                self.run_ended(run_id, End::SpawnError(problem));
+                return;
+            }
+        };
         if !h.timeout.is_zero() {
             self.timers.push(Reverse((
                 Instant::now() + h.timeout,
                 Timer::Timeout(run_id),
             )));
         }
-        self.send_helper(&Request::Spawn {
-            run: run_id,
-            argv,
-            env,
-            cwd: h.cwd.as_ref().map(|c| c.as_bytes().to_vec()),
-            stdin: Some(stdin),
-            stop_signal: h.stop_signal,
-            stop_grace_ms: h.stop_grace.as_millis() as u64,
-        });
+        self.send_helper(&req);
     }
 
     /// A run of `timeout-ms` is over: stop it; its end counts as a failed attempt.
