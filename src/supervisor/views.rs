@@ -2,21 +2,26 @@
 //! in-flight stream entries, read from the supervisor's jobs and queues.
 
 use super::queue::{Entry, Queue, QueueKey, Sid};
-use super::{Job, JobFilter, JobKey};
+use super::{Job, JobFilter, JobKey, Run};
 use crate::ffi::Reply;
 use crate::watch::Watch;
 use std::collections::BTreeMap;
 
-/// `STREAMWATCH.JOBS`/`JOB` map of a hash job.
-pub(super) fn job_map(k: &JobKey, j: &Job, detail: bool) -> Reply {
-    let (pid, started, uptime) = match &j.run {
+/// A run's pid, start (ms since the epoch) and uptime (ms); none of them without a run.
+fn run_times(run: Option<&Run>) -> (Option<i64>, Option<i64>, i64) {
+    match run {
         Some(r) => (
             r.pid.map(i64::from),
             Some(r.started_ms),
             r.started.elapsed().as_millis() as i64,
         ),
         None => (None, None, 0),
-    };
+    }
+}
+
+/// `STREAMWATCH.JOBS`/`JOB` map of a hash job.
+pub(super) fn job_map(k: &JobKey, j: &Job, detail: bool) -> Reply {
+    let (pid, started, uptime) = run_times(j.run.as_ref());
     let mut m = vec![
         ("watch".into(), Reply::str(&j.watch.spec.pattern)),
         ("db".into(), Reply::Int(k.db as i64)),
@@ -40,14 +45,7 @@ pub(super) fn job_map(k: &JobKey, j: &Job, detail: bool) -> Reply {
 
 /// `STREAMWATCH.JOBS`/`JOB` map of an in-flight entry of the queue `qk` (of `watch`).
 pub(super) fn entry_map(qk: &QueueKey, watch: &Watch, sid: Sid, e: &Entry, detail: bool) -> Reply {
-    let (pid, started, uptime) = match &e.run {
-        Some(r) => (
-            r.pid.map(i64::from),
-            Some(r.started_ms),
-            r.started.elapsed().as_millis() as i64,
-        ),
-        None => (None, None, 0),
-    };
+    let (pid, started, uptime) = run_times(e.run.as_ref());
     let mut m = vec![
         ("watch".into(), Reply::str(&watch.spec.pattern)),
         ("db".into(), Reply::Int(qk.db as i64)),
