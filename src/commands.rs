@@ -278,9 +278,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     }
     .into_spec(w.pattern, Source::Command, DbSel::One(current));
     watch::check_add(&spec, w.replace)?;
-    if let Some(snapshot) = store::write(ctx, &spec.pattern, Some(&spec))? {
-        supervisor::send(Msg::Watches(snapshot));
-    }
+    supervisor::follow_watches(store::write(ctx, &spec.pattern, Some(&spec))?);
     reply(Reply::Ok)
 }
 

@@ -29,9 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 pub fn on_keyspace(ctx: &Context, event: EventName, key: &[u8]) {
     let db = ffi::selected_db(ctx);
     if store::is_store(db, key) {
-        if let Some(snapshot) = store::on_change(ctx) {
-            supervisor::send(Msg::Watches(snapshot));
-        }
+        supervisor::follow_watches(store::on_change(ctx));
     } else if watch::any_covers(db, key) {
         // While an AOF loads, commands skip the filter: any note is not theirs.
         let noted = take_noted(event, key).filter(|_| !LOADING.load(Ordering::Relaxed));
@@ -175,9 +173,7 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
         let ended = matches!(sub, LoadingSubevent::Ended | LoadingSubevent::Failed);
         LOADING.store(!ended, Ordering::Relaxed);
         if sub == LoadingSubevent::Ended {
-            if let Some(snapshot) = store::sync(ctx) {
-                supervisor::send(Msg::Watches(snapshot));
-            }
+            supervisor::follow_watches(store::sync(ctx));
             supervisor::send(Msg::ReconcileAll { reply: None });
         }
     });
@@ -188,9 +184,7 @@ fn on_loading(ctx: &Context, sub: LoadingSubevent) {
 fn on_flush(ctx: &Context, sub: FlushSubevent) {
     ffi::callback("flush event", || {
         if sub == FlushSubevent::Ended {
-            if let Some(snapshot) = store::on_flush(ctx) {
-                supervisor::send(Msg::Watches(snapshot));
-            }
+            supervisor::follow_watches(store::on_flush(ctx));
             supervisor::send(Msg::ReconcileAll { reply: None });
         }
     });
@@ -198,8 +192,6 @@ fn on_flush(ctx: &Context, sub: FlushSubevent) {
 
 /// SWAPDB fires no per-key events either (subscribed through `ffi`).
 pub fn on_swapdb(ctx: &Context) {
-    if let Some(snapshot) = store::on_flush(ctx) {
-        supervisor::send(Msg::Watches(snapshot));
-    }
+    supervisor::follow_watches(store::on_flush(ctx));
     supervisor::send(Msg::ReconcileAll { reply: None });
 }

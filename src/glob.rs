@@ -38,7 +38,9 @@ fn is_special(b: u8) -> bool {
     matches!(b, b'*' | b'?' | b'[' | b'\\')
 }
 
-/// Does `key` match `pattern`?
+/// Does `key` match `pattern`? (Parses it each time: the module keeps a parsed `Glob`;
+/// this is for the tests and the fuzz harness.)
+#[cfg(any(test, fuzzing))]
 pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
     Glob::new(pattern).matches(key)
 }
@@ -67,7 +69,7 @@ impl Token {
 /// A pattern parsed for matching: its literal prefix (compared first, as most keys
 /// differ there) and the tokens of the rest.
 #[derive(Debug)]
-struct Glob {
+pub struct Glob {
     prefix: Box<[u8]>,
     tokens: Box<[Token]>,
     /// The pattern is `*` alone.
@@ -77,7 +79,7 @@ struct Glob {
 }
 
 impl Glob {
-    fn new(pattern: &[u8]) -> Glob {
+    pub fn new(pattern: &[u8]) -> Glob {
         let split = pattern
             .iter()
             .position(|&b| is_special(b))
@@ -94,7 +96,7 @@ impl Glob {
         }
     }
 
-    fn matches(&self, key: &[u8]) -> bool {
+    pub fn matches(&self, key: &[u8]) -> bool {
         if key.is_empty() {
             return self.star_alone || (self.prefix.is_empty() && self.tokens.is_empty());
         }

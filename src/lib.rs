@@ -104,9 +104,7 @@ fn load(ctx: &Context) -> Result<(), ()> {
     }
     supervisor::start(snapshot).map_err(|e| ctx.log_warning(&format!("streamwatch: {e}")))?;
     // Watches made by command, when the module is loaded into a server that has data.
-    if let Some(snapshot) = store::sync(ctx) {
-        supervisor::send(supervisor::Msg::Watches(snapshot));
-    }
+    supervisor::follow_watches(store::sync(ctx));
     ctx.log_notice(&format!(
         "streamwatch {} loaded: {} handlers, {} watches",
         env!("CARGO_PKG_VERSION"),

@@ -123,6 +123,14 @@ fn helper_delay(failures: u32) -> Duration {
     }
 }
 
+/// The watches changed (what the store read, if anything changed): the supervisor
+/// follows them.
+pub fn follow_watches(changed: Option<Snapshot>) {
+    if let Some(snapshot) = changed {
+        send(Msg::Watches(snapshot));
+    }
+}
+
 /// Sends a message to the supervisor; false if it is not running.
 pub fn send(msg: Msg) -> bool {
     TX.get().is_some_and(|tx| tx.send(msg).is_ok())

@@ -21,6 +21,9 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 pub struct Watch {
     pub id: u64,
     pub spec: WatchSpec,
+    /// `spec.pattern`, parsed once: `covers` runs on the main thread for every write
+    /// to a key the pattern index says may be watched.
+    glob: glob::Glob,
     pub handler: Arc<Handler>,
     /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`.
     pub jobs: AtomicUsize,
@@ -76,7 +79,7 @@ impl Watch {
     pub fn covers(&self, db: i32, key: &[u8]) -> bool {
         let reserved = reserved();
         self.spec.db.covers(db)
-            && glob::matches(&self.spec.pattern, key)
+            && self.glob.matches(key)
             && !(reserved.store)(db, key)
             && (self.spec.kind == Kind::Hash
                 || !(self.spec.stream.is_deadletter(key) || (reserved.events)(key)))
@@ -206,6 +209,7 @@ impl Registry {
         self.next_id += 1;
         Arc::new(Watch {
             id,
+            glob: glob::Glob::new(&spec.pattern),
             spec,
             handler,
             jobs: AtomicUsize::new(0),
