@@ -351,8 +351,21 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_found_in_its_own_session() {
+    fn a_live_process_is_read_from_proc() {
+        // Not this process's own session: in a container it may be 0 (its leader is
+        // outside the pid namespace). A child in a group of its own is always known.
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let stat = proc_stat(pid).expect("the child's stat");
         let me = proc_stat(std::process::id() as i32).expect("our own stat");
-        assert!(me.session > 0 && me.start_time > 0);
+        child.kill().ok();
+        child.wait().ok();
+        assert_eq!(stat.pgrp, pid);
+        assert!(stat.start_time >= me.start_time && me.start_time > 0);
     }
 }
