@@ -2,8 +2,8 @@
 //! started, exited, stopped, ...) and their appending with XADD, a slice per GIL hold.
 
 use super::gil;
-use super::queue::{QueueKey, Sid};
-use super::{Job, JobKey};
+use super::jobs::{Job, JobKey};
+use super::stream::{QueueKey, Sid};
 use crate::cluster;
 use crate::config;
 use crate::ffi;

@@ -15,64 +15,37 @@
 //! when a run ends, the next entry starts at once, and its acknowledgement and the
 //! next read wait for the turn's one GIL hold instead of the other way round.
 //!
-//! This is part of the supervisor thread (a child module, so it shares its state):
-//! every Redis call below is made under the GIL, batched per loop turn in
-//! `flush_queues` (one GIL hold for all acks, dead-letters, claims and reads).
+//! Every Redis call is made in `flush` (one GIL hold per loop turn for all acks,
+//! dead-letters, claims and reads of all queues), through `stream.rs`.
 
-use super::runs;
-use super::{exit_number, End, Log, Run, RunOf, Supervisor, Timer};
+use super::events::LifecycleEvents;
+use super::gil;
+use super::log::Log;
+use super::look::{Node, Tsc};
+use super::runs::{run_end, End, Run, RunOf, Runs};
+use super::stream::{Fields, Group, QueueKey, Sid};
+use super::timers::Timer;
+use super::Effects;
 use crate::cluster;
 use crate::ffi;
-use crate::protocol::Request;
 use crate::stats;
-use crate::watch::Watch;
-use redis_module::{
-    CallOptionsBuilder, CallReply, CallResult, Context, ContextFlags, ErrorReply, KeyType,
-};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::watch::{Snapshot, Watch};
+use redis_module::{Context, ContextFlags};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A stream entry id, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sid(pub u64, pub u64);
-
-impl Sid {
-    pub fn parse(b: &[u8]) -> Option<Sid> {
-        let s = std::str::from_utf8(b).ok()?;
-        let (ms, seq) = s.split_once('-')?;
-        Some(Sid(ms.parse().ok()?, seq.parse().ok()?))
-    }
-}
-
-impl std::fmt::Display for Sid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
-/// One queue: a watch applied to one stream.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct QueueKey {
-    pub db: i32,
-    pub key: Vec<u8>,
-    pub watch: u64,
-}
-
-pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
-
 /// An entry this node is working on (it is pending in the group until acked).
-pub struct Entry {
+pub(super) struct Entry {
     pub fields: Fields,
     /// This entry's attempt number (its delivery count in the group).
     pub attempts: u32,
     pub run: Option<Run>,
-    pub backoff_until: Option<Instant>,
-    /// Backoff is over: claim it again and run it (next `flush_queues`).
-    pub retry_due: bool,
-    pub timed_out: bool,
+    backoff_until: Option<Instant>,
+    /// Backoff is over: claim it again and run it (next `flush`).
+    retry_due: bool,
+    timed_out: bool,
     pub last_exit: Option<i64>,
     pub log: Log,
 }
@@ -91,18 +64,16 @@ impl Entry {
         }
     }
 
-    pub fn state(&self) -> &'static str {
+    pub(super) fn state(&self) -> &'static str {
         match &self.run {
-            Some(r) if r.stopping => "stopping",
-            Some(r) if r.pid.is_none() => "starting",
-            Some(_) => "running",
+            Some(r) => r.state(),
             None if self.backoff_until.is_some() || self.retry_due => "backoff",
             None => "starting",
         }
     }
 }
 
-/// What becomes of an entry whose work is over, done at the next `flush_queues`.
+/// What becomes of an entry whose work is over, done at the next `flush`.
 enum Outcome {
     Ack,
     DeadLetter {
@@ -113,7 +84,7 @@ enum Outcome {
     },
 }
 
-pub struct Queue {
+pub(super) struct Queue {
     pub watch: Arc<Watch>,
     pub entries: BTreeMap<Sid, Entry>,
     /// Read (pending in the group for this consumer) and not started, oldest first; at
@@ -123,7 +94,7 @@ pub struct Queue {
     done: Vec<(Sid, Outcome)>,
     /// False once the watch no longer applies here (UNWATCH, pause, demotion, key
     /// gone): its runs are stopped, nothing new starts; it goes when they have ended.
-    pub wanted: bool,
+    wanted: bool,
     /// Claiming the group's pending entries before reading new ones; `after` is the
     /// last pending id looked at.
     recovering: bool,
@@ -179,66 +150,71 @@ impl Queue {
         self.after = None;
         self.ahead.clear();
     }
-}
 
-fn call<'a>(ctx: &'a Context, cmd: &str, args: &[&[u8]]) -> CallResult<'a> {
-    let opts = CallOptionsBuilder::new().replicate().build();
-    ctx.call_ext(cmd, &opts, args)
-}
-
-fn error_text(e: &ErrorReply) -> String {
-    e.to_utf8_string().unwrap_or_else(|| "error".into())
-}
-
-fn bytes_of(r: &CallResult) -> Option<Vec<u8>> {
-    match r {
-        Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-        _ => None,
+    /// Whether the next `flush` has anything to do for this queue.
+    fn has_work(&self, now: Instant) -> bool {
+        !self.done.is_empty()
+            || self.entries.values().any(|e| e.retry_due)
+            || (self.wanted && self.free() > 0)
+            || self.stats_at.is_none_or(|t| now - t >= STATS_EVERY)
     }
 }
 
-fn int_of(r: &CallResult) -> Option<i64> {
-    match r {
-        Ok(CallReply::I64(i)) => Some(i.to_i64()),
-        _ => None,
+/// Every queue (one per stream watch and stream).
+#[derive(Default)]
+pub(super) struct Queues {
+    pub queues: BTreeMap<QueueKey, Queue>,
+    /// Queues with work for the next `flush` (one GIL hold for all).
+    dirty: BTreeSet<QueueKey>,
+    /// When some queue's group figures are next due (see `publish`).
+    pub stats_due: Option<Instant>,
+}
+
+impl Queues {
+    /// Whether a `flush` is due now.
+    pub(super) fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
     }
-}
 
-/// An entry id from an element of an array reply.
-fn sid_of(r: Option<CallResult>) -> Option<Sid> {
-    bytes_of(&r?).and_then(|b| Sid::parse(&b))
-}
-
-/// `[[id, [f, v, ...]], ...]` (XREADGROUP's per-stream list, XCLAIM's reply).
-fn parse_entries(r: &CallResult) -> Vec<(Sid, Fields)> {
-    let mut out = Vec::new();
-    let Ok(CallReply::Array(list)) = r else {
-        return out;
-    };
-    for item in list.iter() {
-        let Ok(CallReply::Array(pair)) = item else {
-            continue; // a deleted entry
-        };
-        let Some(id) = sid_of(pair.get(0)) else {
-            continue;
-        };
-        let mut fields = Vec::new();
-        if let Some(Ok(CallReply::Array(fv))) = pair.get(1) {
-            let flat: Vec<Vec<u8>> = fv.iter().filter_map(|x| bytes_of(&x)).collect();
-            for c in flat.chunks_exact(2) {
-                fields.push((c[0].clone(), c[1].clone()));
-            }
-        } else {
-            continue; // deleted while pending: nothing to run
-        }
-        out.push((id, fields));
+    pub(super) fn has_queue(&self, db: i32, key: &[u8]) -> bool {
+        self.queues.keys().any(|q| q.db == db && q.key == key)
     }
-    out
-}
 
-impl Supervisor {
-    /// Part of `reconcile_key`: `covering` are the stream watches that cover the key.
-    pub(super) fn reconcile_streams(&mut self, db: i32, key: &[u8], covering: &[Arc<Watch>]) {
+    /// The streams that have queues.
+    pub(super) fn keys(&self) -> impl Iterator<Item = (i32, Vec<u8>)> + '_ {
+        self.queues.keys().map(|q| (q.db, q.key.clone()))
+    }
+
+    pub(super) fn live_runs(&self) -> impl Iterator<Item = &Run> {
+        self.queues
+            .values()
+            .flat_map(|q| q.entries.values().filter_map(|e| e.run.as_ref()))
+    }
+
+    /// The in-flight entry `sid` of stream `key`, with its queue.
+    pub(super) fn find(
+        &self,
+        db: i32,
+        key: &[u8],
+        sid: Sid,
+    ) -> Option<(&QueueKey, &Queue, &Entry)> {
+        self.queues.iter().find_map(|(qk, q)| {
+            let e = q
+                .entries
+                .get(&sid)
+                .filter(|_| qk.db == db && qk.key == key)?;
+            Some((qk, q, e))
+        })
+    }
+
+    /// A look at `key`: `covering` are the stream watches that cover it now.
+    pub(super) fn reconcile(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        covering: &[Arc<Watch>],
+        runs: &mut Runs,
+    ) {
         let existing: Vec<QueueKey> = self
             .queues
             .keys()
@@ -247,7 +223,7 @@ impl Supervisor {
             .collect();
         for qk in existing {
             if !covering.iter().any(|w| w.id == qk.watch) {
-                self.drop_queue(&qk);
+                self.drop_queue(&qk, runs);
             }
         }
         for w in covering {
@@ -264,32 +240,25 @@ impl Supervisor {
                 q.wanted = true;
                 q.rescan();
             }
-            self.dirty_queues.insert(qk);
+            self.dirty.insert(qk);
         }
     }
 
     /// Stops a queue's runs (their entries stay pending in the group, to be claimed
     /// again); the queue goes when they have ended.
-    pub(super) fn drop_queue(&mut self, qk: &QueueKey) {
+    fn drop_queue(&mut self, qk: &QueueKey, runs: &mut Runs) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
         q.wanted = false;
         q.ahead.clear(); // pending in the group: claimed back when the queue runs again
-        let mut stops = Vec::new();
         q.entries.retain(|_, e| match &mut e.run {
             Some(run) => {
-                if !run.stopping {
-                    run.stopping = true;
-                    stops.push(run.id);
-                }
+                runs.stop(run);
                 true
             }
             None => false,
         });
-        for run in stops {
-            self.send_helper(&Request::Stop { run });
-        }
         self.forget_if_idle(qk);
     }
 
@@ -300,84 +269,108 @@ impl Supervisor {
             .is_some_and(|q| !q.wanted && q.entries.is_empty() && q.done.is_empty())
         {
             self.queues.remove(qk);
-            self.dirty_queues.remove(qk);
+            self.dirty.remove(qk);
         }
     }
 
-    /// Every queue's pending work under one GIL hold: acknowledgements and dead-letters,
+    /// The queues of watches no longer in `alive` stop; returns how many runs stop.
+    pub(super) fn unwatch(&mut self, alive: &BTreeSet<u64>, runs: &mut Runs) -> i64 {
+        let gone: Vec<QueueKey> = self
+            .queues
+            .keys()
+            .filter(|k| !alive.contains(&k.watch))
+            .cloned()
+            .collect();
+        let mut stopped = 0;
+        for k in gone {
+            stopped += self.queues[&k]
+                .entries
+                .values()
+                .filter(|e| e.run.is_some())
+                .count() as i64;
+            self.drop_queue(&k, runs);
+        }
+        stopped
+    }
+
+    /// Every queue stops (pause, demotion).
+    pub(super) fn stop_all(&mut self, runs: &mut Runs) {
+        let keys: Vec<QueueKey> = self.queues.keys().cloned().collect();
+        for k in keys {
+            self.drop_queue(&k, runs);
+        }
+    }
+
+    /// Every dirty queue's work under one GIL hold: acknowledgements and dead-letters,
     /// retries (claimed again), then as many entries as there are free slots (the
-    /// group's pending ones first). The runs start after the GIL is released.
-    pub(super) fn flush_queues(&mut self) {
-        if self.dirty_queues.is_empty() {
-            return;
+    /// group's pending ones first). The runs start after the GIL is released. False if
+    /// this node is no longer a primary (then nothing was done).
+    pub(super) fn flush(&mut self, tsc: &Tsc, node: &Node, fx: &mut Effects) -> bool {
+        if self.dirty.is_empty() {
+            return true;
         }
         let now = Instant::now();
-        let dirty: Vec<QueueKey> = std::mem::take(&mut self.dirty_queues)
+        let dirty: Vec<QueueKey> = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter(|qk| {
-                self.queues.get(qk).is_some_and(|q| {
-                    !q.done.is_empty()
-                        || q.entries.values().any(|e| e.retry_due)
-                        || (q.wanted && q.free() > 0)
-                        || q.stats_at.is_none_or(|t| now - t >= STATS_EVERY)
-                })
-            })
+            .filter(|qk| self.queues.get(qk).is_some_and(|q| q.has_work(now)))
             .collect();
         if dirty.is_empty() {
-            return;
+            return true;
         }
         let mut to_start: Vec<(QueueKey, Sid)> = Vec::new();
-        let demoted = {
-            let ctx = super::gil::lock(&self.tsc);
+        {
+            let ctx = gil::lock(tsc);
             let flags = ctx.get_flags();
             if !flags.contains(ContextFlags::MASTER) {
-                true
-            } else if flags.contains(ContextFlags::LOADING) {
-                false
-            } else {
-                for qk in &dirty {
-                    self.flush_queue(&ctx, qk, &mut to_start);
-                }
-                false
+                return false;
             }
-        };
-        if demoted {
-            self.primary = false;
-            stats::PRIMARY.store(false, Ordering::Relaxed);
-            self.stop_everything();
-            return;
+            if !flags.contains(ContextFlags::LOADING) {
+                for qk in &dirty {
+                    self.flush_queue(&ctx, node, qk, &mut to_start, fx.events);
+                }
+            }
         }
         for (qk, sid) in to_start {
-            self.start_entry(&qk, sid);
+            self.start_entry(&qk, sid, fx);
         }
         for qk in &dirty {
             self.forget_if_idle(qk);
         }
+        true
     }
 
-    fn flush_queue(&mut self, ctx: &Context, qk: &QueueKey, to_start: &mut Vec<(QueueKey, Sid)>) {
-        let owned = match &self.owned {
+    fn flush_queue(
+        &mut self,
+        ctx: &Context,
+        node: &Node,
+        qk: &QueueKey,
+        to_start: &mut Vec<(QueueKey, Sid)>,
+        events: &mut LifecycleEvents,
+    ) {
+        let owned = match &node.owned {
             Some(o) => cluster::key_slot(ctx, &qk.key).is_some_and(|s| o.contains(s)),
             None => true,
         };
         if !ffi::select_db(ctx, qk.db) {
             return;
         }
-        let consumer = self.consumer.clone();
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
         let opts = q.watch.spec.stream.clone();
-        let key = qk.key.as_slice();
-        let group = opts.group.as_slice();
+        let g = Group {
+            ctx,
+            key: &qk.key,
+            group: &opts.group,
+            consumer: &node.consumer,
+        };
         // 1. Outcomes: acknowledge, or dead-letter then acknowledge.
         for (sid, outcome) in std::mem::take(&mut q.done) {
-            let id = sid.to_string();
             match outcome {
                 Outcome::Ack => {
-                    let _ = call(ctx, "XACK", &[key, group, id.as_bytes()]);
+                    g.ack(sid);
                     q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
-                    self.events.entry("acked", qk, &q.watch, sid, vec![]);
+                    events.entry("acked", qk, &q.watch, sid, vec![]);
                 }
                 Outcome::DeadLetter {
                     fields,
@@ -385,42 +378,33 @@ impl Supervisor {
                     error,
                     last_exit,
                 } => {
-                    let dl = opts.deadletter_of(key);
+                    let dl = opts.deadletter_of(&qk.key);
+                    let id = sid.to_string();
                     let attempts = attempts.to_string();
                     let last = last_exit.map(|n| n.to_string()).unwrap_or_default();
-                    let mut args: Vec<&[u8]> = vec![&dl, b"*"];
-                    for (f, v) in &fields {
-                        args.push(f);
-                        args.push(v);
-                    }
-                    args.extend([
-                        b"id".as_slice(),
-                        id.as_bytes(),
-                        b"attempts",
-                        attempts.as_bytes(),
-                        b"error",
-                        error.as_bytes(),
-                        b"last_exit",
-                        last.as_bytes(),
-                    ]);
-                    match call(ctx, "XADD", &args) {
-                        Ok(_) => {
-                            let _ = call(ctx, "XACK", &[key, group, id.as_bytes()]);
+                    let about: [(&str, &[u8]); 4] = [
+                        ("id", id.as_bytes()),
+                        ("attempts", attempts.as_bytes()),
+                        ("error", error.as_bytes()),
+                        ("last_exit", last.as_bytes()),
+                    ];
+                    match g.add(&dl, &fields, &about) {
+                        Ok(()) => {
+                            g.ack(sid);
                             q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             let extra = vec![
                                 ("deadletter", dl.clone()),
                                 ("attempts", attempts.into_bytes()),
                                 ("error", error.into_bytes()),
                             ];
-                            self.events.entry("dead-lettered", qk, &q.watch, sid, extra);
+                            events.entry("dead-lettered", qk, &q.watch, sid, extra);
                         }
                         Err(e) => {
                             // Not acknowledged: it stays pending for the next recovery.
                             ffi::log_warning(format!(
-                                "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {}",
-                                String::from_utf8_lossy(key),
+                                "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {e}",
+                                String::from_utf8_lossy(&qk.key),
                                 String::from_utf8_lossy(&dl),
-                                error_text(&e)
                             ));
                         }
                     }
@@ -433,12 +417,7 @@ impl Supervisor {
             }
             return;
         }
-        let exists = {
-            let name = ffi::string(ctx, key);
-            let k = ctx.open_key_with_flags(&name, redis_module::key::KeyFlags::NOTOUCH);
-            k.key_type() == KeyType::Stream
-        };
-        if !exists {
+        if !g.exists() {
             // Deleted (or another type now): nothing to read; running entries finish,
             // their acknowledgements find nothing.
             q.ahead.clear();
@@ -455,10 +434,8 @@ impl Supervisor {
             .map(|(s, _)| *s)
             .collect();
         for sid in due {
-            let id = sid.to_string();
-            let r = call(ctx, "XCLAIM", &[key, group, &consumer, b"0", id.as_bytes()]);
-            match parse_entries(&r).into_iter().next() {
-                Some((_, fields)) => {
+            match g.claim(&[sid]).remove(&sid) {
+                Some(fields) => {
                     if let Some(e) = q.entries.get_mut(&sid) {
                         e.retry_due = false;
                         e.fields = fields;
@@ -468,7 +445,7 @@ impl Supervisor {
                 }
                 None => {
                     // Deleted from the stream (or the group is gone): nothing to run.
-                    let _ = call(ctx, "XACK", &[key, group, id.as_bytes()]);
+                    g.ack(sid);
                     q.entries.remove(&sid);
                 }
             }
@@ -478,7 +455,6 @@ impl Supervisor {
         while let Some(sid) = q.take_ahead() {
             to_start.push((qk.clone(), sid));
         }
-        let mut created = false;
         loop {
             let want = match q.recovering {
                 true => q.free(),
@@ -487,79 +463,54 @@ impl Supervisor {
             if !q.wanted || want == 0 {
                 break;
             }
-            let free = want.to_string();
             if q.recovering {
-                let start = match q.after {
-                    Some(s) => format!("({s}"),
-                    None => "-".into(),
-                };
-                let r = call(
-                    ctx,
-                    "XPENDING",
-                    &[key, group, start.as_bytes(), b"+", free.as_bytes()],
-                );
-                if let Err(e) = &r {
-                    if !created && error_text(e).starts_with("NOGROUP") {
-                        created = true;
-                        let _ = call(ctx, "XGROUP", &[b"CREATE", key, group, b"0"]);
-                        continue;
-                    }
+                let after = q.after;
+                let Ok(listed) = g.created(|g| g.pending(after, want)) else {
                     break;
-                }
-                let mut listed = 0;
+                };
+                let n = listed.len();
                 let mut ids: Vec<(Sid, u32)> = Vec::new();
-                if let Ok(CallReply::Array(list)) = &r {
-                    for item in list.iter() {
-                        listed += 1;
-                        let Ok(CallReply::Array(p)) = item else {
-                            continue;
-                        };
-                        let Some(sid) = sid_of(p.get(0)) else {
-                            continue;
-                        };
-                        let deliveries = p.get(3).as_ref().and_then(int_of).unwrap_or(1);
-                        q.after = Some(sid);
-                        if !q.entries.contains_key(&sid) {
-                            ids.push((sid, deliveries.clamp(0, u32::MAX as i64) as u32));
-                        }
+                for (sid, deliveries) in listed {
+                    q.after = Some(sid);
+                    if !q.entries.contains_key(&sid) {
+                        ids.push((sid, deliveries));
                     }
                 }
-                if listed < q.free() {
+                if n < q.free() {
                     q.recovering = false;
                 }
                 if ids.is_empty() {
-                    if listed == 0 {
+                    if n == 0 {
                         q.recovering = false;
                     }
                     continue;
                 }
-                let id_texts: Vec<String> = ids.iter().map(|(s, _)| s.to_string()).collect();
-                let mut args: Vec<&[u8]> = vec![key, group, &consumer, b"0"];
-                args.extend(id_texts.iter().map(|s| s.as_bytes()));
-                let claimed: HashMap<Sid, Fields> = parse_entries(&call(ctx, "XCLAIM", &args))
-                    .into_iter()
-                    .collect();
+                let sids: Vec<Sid> = ids.iter().map(|(s, _)| *s).collect();
+                let claimed = g.claim(&sids);
                 for (sid, deliveries) in ids {
                     let Some(fields) = claimed.get(&sid) else {
-                        // Deleted from the stream: drop it from the group too.
-                        let _ = call(ctx, "XACK", &[key, group, sid.to_string().as_bytes()]);
+                        g.ack(sid); // deleted from the stream: drop it from the group too
                         continue;
                     };
                     if deliveries >= opts.max_attempts {
                         // It was delivered that many times already (its runs were cut
                         // short by a restart or failover): no attempt is left.
+                        let error = format!(
+                            "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
+                        );
+                        let fields = fields.clone();
+                        let last_exit = None;
+                        let attempts = deliveries;
                         q.done.push((
                             sid,
                             Outcome::DeadLetter {
-                                fields: fields.clone(),
-                                attempts: deliveries,
-                                error: format!(
-                                    "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
-                                ),
-                                last_exit: None,
+                                fields,
+                                attempts,
+                                error,
+                                last_exit,
                             },
                         ));
-                        self.dirty_queues.insert(qk.clone());
+                        self.dirty.insert(qk.clone());
                         continue;
                     }
                     q.entries
@@ -567,40 +518,17 @@ impl Supervisor {
                     to_start.push((qk.clone(), sid));
                 }
             } else {
-                let r = call(
-                    ctx,
-                    "XREADGROUP",
-                    &[
-                        b"GROUP",
-                        group,
-                        &consumer,
-                        b"COUNT",
-                        free.as_bytes(),
-                        b"STREAMS",
-                        key,
-                        b">",
-                    ],
-                );
-                if let Err(e) = &r {
-                    if !created && error_text(e).starts_with("NOGROUP") {
-                        created = true;
-                        let _ = call(ctx, "XGROUP", &[b"CREATE", key, group, b"0"]);
-                        continue;
+                let got = match g.created(|g| g.read_new(want)) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        ffi::log_warning(format!(
+                            "streamwatch: cannot read '{}' through group '{}': {e}",
+                            String::from_utf8_lossy(&qk.key),
+                            String::from_utf8_lossy(&opts.group),
+                        ));
+                        break;
                     }
-                    ffi::log_warning(format!(
-                        "streamwatch: cannot read '{}' through group '{}': {}",
-                        String::from_utf8_lossy(key),
-                        String::from_utf8_lossy(group),
-                        error_text(e)
-                    ));
-                    break;
-                }
-                let mut got = Vec::new();
-                if let Ok(CallReply::Array(streams)) = &r {
-                    if let Some(Ok(CallReply::Array(s))) = streams.get(0) {
-                        got = parse_entries(&s.get(1).unwrap_or(Ok(CallReply::Unknown)));
-                    }
-                }
+                };
                 let drained = got.len() < want;
                 for (sid, fields) in got {
                     if q.free() > 0 {
@@ -618,7 +546,7 @@ impl Supervisor {
         // 4. The group's own figures, for STREAMWATCH.WATCHES.
         if q.stats_at.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
             q.stats_at = Some(Instant::now());
-            if let Some((pending, lag)) = group_figures(ctx, key, group) {
+            if let Some((pending, lag)) = g.figures() {
                 q.pending = pending;
                 q.lag = lag;
             }
@@ -626,25 +554,24 @@ impl Supervisor {
     }
 
     /// Starts the entry's run (its attempt number is already counted).
-    fn start_entry(&mut self, qk: &QueueKey, sid: Sid) {
+    fn start_entry(&mut self, qk: &QueueKey, sid: Sid, fx: &mut Effects) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
-        let watch = q.watch.clone();
+        let h = q.watch.handler.clone();
         let Some(e) = q.entries.get_mut(&sid) else {
             return;
         };
-        let h = watch.handler.clone();
+        e.backoff_until = None;
+        e.timed_out = false;
         let db = qk.db.to_string();
         let id = sid.to_string();
         let names: Vec<(String, &[u8])> = e
             .fields
             .iter()
             .filter_map(|(f, v)| {
-                Some((
-                    format!("{{field:{}}}", std::str::from_utf8(f).ok()?),
-                    v.as_slice(),
-                ))
+                let name = format!("{{field:{}}}", std::str::from_utf8(f).ok()?);
+                Some((name, v.as_slice()))
             })
             .collect();
         let mut vars: Vec<(&str, &[u8])> = vec![
@@ -653,169 +580,155 @@ impl Supervisor {
             ("{db}", db.as_bytes()),
         ];
         vars.extend(names.iter().map(|(n, v)| (n.as_str(), *v)));
+        let env = vec![
+            (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
+            (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
+            (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
+        ];
         let stdin = entry_json(&e.fields);
-        let run_id = self.next_run;
-        self.next_run += 1;
-        let req = runs::spawn_request(
-            &h,
-            run_id,
-            &vars,
-            vec![
-                (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
-                (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
-                (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
-            ],
-            Some(stdin),
-        );
-        e.backoff_until = None;
-        e.timed_out = false;
-        e.run = Some(Run::new(run_id));
-        self.runs.insert(run_id, RunOf::Entry(qk.clone(), sid));
-        stats::bump(&stats::RUNS_STARTED);
-        let req = match req {
-            Ok(req) => req,
-            Err(problem) => {
-                self.run_ended(run_id, End::SpawnError(problem));
-                return;
-            }
-        };
+        let owner = RunOf::Entry(qk.clone(), sid);
+        let run = fx.runs.start(owner, &h, &vars, env, Some(stdin));
         if !h.timeout.is_zero() {
-            self.timers.push(Reverse((
-                Instant::now() + h.timeout,
-                Timer::Timeout(run_id),
-            )));
+            fx.timers
+                .push(Instant::now() + h.timeout, Timer::Timeout(run.id));
         }
-        self.send_helper(&req);
+        e.run = Some(run);
     }
 
-    /// A run of `timeout-ms` is over: stop it; its end counts as a failed attempt.
-    pub(super) fn time_out(&mut self, run_id: u64) {
-        let Some(RunOf::Entry(qk, sid)) = self.runs.get(&run_id).cloned() else {
-            return;
-        };
+    /// Run `id` of the entry reached its handler's `timeout-ms`: it is stopped, and its
+    /// end counts as a failed attempt.
+    pub(super) fn time_out(&mut self, qk: &QueueKey, sid: Sid, id: u64, runs: &mut Runs) {
         let Some(e) = self
             .queues
-            .get_mut(&qk)
+            .get_mut(qk)
             .and_then(|q| q.entries.get_mut(&sid))
         else {
             return;
         };
-        if let Some(run) = e.run.as_mut().filter(|r| r.id == run_id && !r.stopping) {
-            run.stopping = true;
+        if let Some(run) = e.run.as_mut().filter(|r| r.id == id && !r.stopping) {
             e.timed_out = true;
-            self.send_helper(&Request::Stop { run: run_id });
+            runs.stop(run);
         }
     }
 
-    pub(super) fn entry_run_ended(&mut self, qk: QueueKey, sid: Sid, run_id: u64, end: End) {
-        let active = self.active();
-        let Some(q) = self.queues.get_mut(&qk) else {
+    /// The helper reported the run's process.
+    pub(super) fn started(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        id: u64,
+        pid: i32,
+        start: Option<u64>,
+    ) {
+        let run = self
+            .queues
+            .get_mut(qk)
+            .and_then(|q| q.entries.get_mut(&sid))
+            .and_then(|e| e.run.as_mut().filter(|r| r.id == id));
+        if let Some(r) = run {
+            r.spawned(pid, start);
+        }
+    }
+
+    pub(super) fn output(&mut self, qk: &QueueKey, sid: Sid, data: &[u8]) {
+        if let Some(q) = self.queues.get_mut(qk) {
+            let cap = q.watch.handler.log_lines();
+            if let Some(e) = q.entries.get_mut(&sid) {
+                e.log.push(data, cap);
+            }
+        }
+    }
+
+    /// Run `id` of the entry ended; `live`: this node runs jobs now (a primary, not
+    /// paused, with a helper). Success is acknowledged; a failure is retried after
+    /// backoff or, at its last attempt, dead-lettered.
+    pub(super) fn run_ended(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        id: u64,
+        end: End,
+        live: bool,
+        fx: &mut Effects,
+    ) {
+        let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
         let watch = q.watch.clone();
         let Some(e) = q.entries.get_mut(&sid) else {
             return;
         };
-        let Some(run) = e.run.take().filter(|r| r.id == run_id) else {
+        let Some(run) = e.run.take_if(|r| r.id == id) else {
             return;
         };
         e.log.finish(watch.handler.log_lines());
-        let mut extra = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
-        let error = match &end {
-            End::Status(status) => {
-                stats::bump(&stats::EXITS);
-                let n = exit_number(*status);
-                e.last_exit = Some(n);
-                if n >= 0 {
-                    extra.push(("code", n.to_string().into_bytes()));
-                } else {
-                    extra.push(("signal", (-n).to_string().into_bytes()));
-                }
-                if e.timed_out {
-                    Some(format!(
-                        "timed out after {} ms",
-                        watch.handler.timeout.as_millis()
-                    ))
-                } else if n == 0 {
-                    None
-                } else if n > 0 {
-                    Some(format!("exit code {n}"))
-                } else {
-                    Some(format!("killed by signal {}", -n))
-                }
-            }
-            End::SpawnError(msg) => Some(msg.clone()),
-        };
-        if run.stopping && !e.timed_out || !q.wanted || !active {
+        let r = run_end(&run, end, e.timed_out.then_some(watch.handler.timeout));
+        if r.exit.is_some() {
+            e.last_exit = r.exit;
+        }
+        if r.stopping && !e.timed_out || !q.wanted || !live {
             // Stopped by us (UNWATCH, pause, demotion): no outcome; the entry stays
             // pending in the group and is claimed again when the queue runs again.
             q.entries.remove(&sid);
             if q.wanted {
                 q.rescan();
-                self.dirty_queues.insert(qk.clone());
+                self.dirty.insert(qk.clone());
             }
-            self.forget_if_idle(&qk);
+            self.forget_if_idle(qk);
             return;
         }
-        self.dirty_queues.insert(qk.clone());
-        let Some(error) = error else {
+        self.dirty.insert(qk.clone());
+        let Some(error) = r.error else {
             q.entries.remove(&sid);
             q.done.push((sid, Outcome::Ack));
-            self.start_ahead(&qk);
+            self.start_ahead(qk, fx);
             return;
         };
         stats::bump(&stats::FAILURES);
-        let ev = if matches!(end, End::SpawnError(_)) {
-            "spawn-error"
-        } else {
-            "exited"
-        };
-        extra.push(("error", error.clone().into_bytes()));
-        self.events.entry(ev, &qk, &watch, sid, extra);
-        let Some(q) = self.queues.get_mut(&qk) else {
-            return;
-        };
-        let Some(e) = q.entries.get_mut(&sid) else {
-            return;
-        };
+        let mut fields = r.fields;
+        fields.push(("error", error.clone().into_bytes()));
+        fx.events.entry(r.event, qk, &watch, sid, fields);
         if e.attempts >= watch.spec.stream.max_attempts {
+            let attempts = e.attempts;
+            let last_exit = e.last_exit;
             let Some(e) = q.entries.remove(&sid) else {
                 return;
             };
+            let fields = e.fields;
             q.done.push((
                 sid,
                 Outcome::DeadLetter {
-                    fields: e.fields,
-                    attempts: e.attempts,
+                    fields,
+                    attempts,
                     error,
-                    last_exit: e.last_exit,
+                    last_exit,
                 },
             ));
-            self.start_ahead(&qk);
+            self.start_ahead(qk, fx);
             return;
         }
         watch.queue.retried.fetch_add(1, Ordering::Relaxed);
         let delay = watch.handler.backoff(e.attempts);
         let at = Instant::now() + delay;
         e.backoff_until = Some(at);
-        self.timers
-            .push(Reverse((at, Timer::Entry(qk.clone(), sid))));
+        fx.timers.push(at, Timer::Entry(qk.clone(), sid));
         let extra = vec![
             ("attempts", e.attempts.to_string().into_bytes()),
             ("delay_ms", delay.as_millis().to_string().into_bytes()),
         ];
-        self.events.entry("backoff", &qk, &watch, sid, extra);
+        fx.events.entry("backoff", qk, &watch, sid, extra);
     }
 
     /// A slot freed: the next entry read ahead starts now, not after the next read.
-    fn start_ahead(&mut self, qk: &QueueKey) {
+    fn start_ahead(&mut self, qk: &QueueKey, fx: &mut Effects) {
         if let Some(sid) = self.queues.get_mut(qk).and_then(Queue::take_ahead) {
-            self.start_entry(qk, sid);
+            self.start_entry(qk, sid, fx);
         }
     }
 
-    /// A retry's backoff is over.
-    pub(super) fn entry_due(&mut self, qk: &QueueKey, sid: Sid, at: Instant) {
+    /// The entry's backoff (set for `at`) is over: it is claimed again at the next
+    /// `flush`, if it still waits.
+    pub(super) fn backoff_over(&mut self, qk: &QueueKey, sid: Sid, at: Instant) {
         if let Some(e) = self
             .queues
             .get_mut(qk)
@@ -824,12 +737,14 @@ impl Supervisor {
         {
             e.backoff_until = None;
             e.retry_due = true;
-            self.dirty_queues.insert(qk.clone());
+            self.dirty.insert(qk.clone());
         }
     }
 
-    /// Queues whose figures to refresh now and then, and the gauges per watch.
-    pub(super) fn publish_queue_stats(&mut self, counts: &mut [u64; 6]) {
+    /// Adds the entries' states to `counts`, publishes the figures per watch, and keeps
+    /// them fresh while anything is queued or in flight: such queues are flushed again
+    /// when their figures are due (`stats_due` wakes the loop).
+    pub(super) fn publish(&mut self, watches: &Snapshot, counts: &mut [u64; 6]) {
         let mut per_watch: HashMap<u64, (i64, i64, usize)> = HashMap::new();
         for (qk, q) in &self.queues {
             for e in q.entries.values() {
@@ -842,7 +757,7 @@ impl Supervisor {
             s.1 += q.lag;
             s.2 += q.entries.len();
         }
-        for w in self.watches.iter() {
+        for w in watches.iter() {
             if w.spec.kind == crate::spec::Kind::Stream {
                 let (pending, lag, n) = per_watch.get(&w.id).copied().unwrap_or_default();
                 w.queue.pending.store(pending, Ordering::Relaxed);
@@ -850,15 +765,13 @@ impl Supervisor {
                 w.jobs.store(n, Ordering::Relaxed);
             }
         }
-        // Keep the figures fresh while anything is queued or in flight: such queues
-        // are looked at again when their figures are due (`stats_due` wakes the loop).
         let now = Instant::now();
         self.stats_due = None;
         for (qk, q) in &self.queues {
             if q.wanted && (q.pending > 0 || q.lag > 0 || !q.entries.is_empty()) {
                 match q.stats_at.map(|t| t + STATS_EVERY).filter(|&due| due > now) {
                     None => {
-                        self.dirty_queues.insert(qk.clone());
+                        self.dirty.insert(qk.clone());
                     }
                     Some(due) => {
                         self.stats_due = Some(self.stats_due.map_or(due, |d| d.min(due)));
@@ -867,35 +780,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// `pending` and `lag` of `group` on `key` (XINFO GROUPS); lag is 0 when unknown.
-fn group_figures(ctx: &Context, key: &[u8], group: &[u8]) -> Option<(i64, i64)> {
-    let opts = CallOptionsBuilder::new().build();
-    let r: CallResult = ctx.call_ext("XINFO", &opts, &[b"GROUPS".as_slice(), key]);
-    let Ok(CallReply::Array(groups)) = &r else {
-        return None;
-    };
-    for g in groups.iter() {
-        let Ok(CallReply::Array(kv)) = g else {
-            continue;
-        };
-        let items: Vec<CallResult> = kv.iter().collect();
-        let mut name = None;
-        let (mut pending, mut lag) = (0, 0);
-        for pair in items.chunks_exact(2) {
-            match bytes_of(&pair[0]).as_deref() {
-                Some(b"name") => name = bytes_of(&pair[1]),
-                Some(b"pending") => pending = int_of(&pair[1]).unwrap_or(0),
-                Some(b"lag") => lag = int_of(&pair[1]).unwrap_or(0),
-                _ => {}
-            }
-        }
-        if name.as_deref() == Some(group) {
-            return Some((pending, lag));
-        }
-    }
-    None
 }
 
 /// The entry as a JSON object (`{"field":"value",...}`, in stream order). JSON text is
@@ -939,16 +823,6 @@ pub fn entry_json(fields: &Fields) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_order_like_redis() {
-        let a = Sid::parse(b"1700000000000-2").unwrap();
-        let b = Sid::parse(b"1700000000000-10").unwrap();
-        assert!(a < b);
-        assert_eq!(b.to_string(), "1700000000000-10");
-        assert_eq!(Sid::parse(b"nope"), None);
-        assert_eq!(Sid::parse(b"1-"), None);
-    }
 
     #[test]
     fn json_escapes() {

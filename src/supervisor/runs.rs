@@ -1,17 +1,307 @@
-//! One run's spawn request, for both kinds of job (a hash job's run, a stream entry's
-//! run): the handler's command and environment with the placeholders substituted, the
-//! `STREAMWATCH_*` variables after them, and the check that execve can take the result.
-//! A pure function, so it is tested by a table here; the supervisor counts the run and
-//! sends the request (or ends the run with the reason it cannot be spawned).
+//! Runs, for both kinds of job (a hash job's run, a stream entry's run): the one way a
+//! run starts (`Runs::start`: its spawn request, a pure function tested by a table
+//! here), is stopped (`Runs::stop`) and ends (`run_end`: what its end means, the same
+//! for both kinds); which job or entry each run id belongs to; and the helper process
+//! that spawns them (started, restarted after a delay that grows with its failures in
+//! a row, and what it leaves behind killed when it is gone).
+//!
+//! A run that cannot be spawned (or sent to the helper) ends without a report: it is
+//! queued in `unreported` and ended by the loop like a run the helper reported.
 
+use super::jobs::JobKey;
+use super::stream::{QueueKey, Sid};
+use super::Msg;
 use crate::config::Handler;
+use crate::ffi;
 use crate::protocol::Request;
+use crate::runner::{self, Runner};
+use crate::stats;
 use crate::template::{substitute, unspawnable};
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A helper that lived this long was not failing: its death starts the count again.
+const HELPER_STABLE: Duration = Duration::from_secs(30);
+
+/// How long to wait before starting a helper after `failures` in a row: at once after
+/// the first, then 100 ms more per failure, at most 5 s.
+fn helper_delay(failures: u32) -> Duration {
+    if failures <= 1 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(100 * u64::from(failures)).min(Duration::from_secs(5))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One run of a job or entry, held by it while the process lives.
+pub(super) struct Run {
+    pub id: u64,
+    pub pid: Option<i32>,
+    /// The worker's start time (`/proc`), to recognise it after the helper is gone.
+    pub start_time: Option<u64>,
+    pub started: Instant,
+    pub started_ms: i64,
+    pub stopping: bool,
+}
+
+impl Run {
+    fn new(id: u64) -> Run {
+        Run {
+            id,
+            pid: None,
+            start_time: None,
+            started: Instant::now(),
+            started_ms: now_ms(),
+            stopping: false,
+        }
+    }
+
+    /// The helper reported the process: its pid and start time.
+    pub(super) fn spawned(&mut self, pid: i32, start_time: Option<u64>) {
+        self.pid = Some(pid);
+        self.start_time = start_time;
+    }
+
+    /// The state of a job or entry with this run.
+    pub(super) fn state(&self) -> &'static str {
+        match (self.stopping, self.pid) {
+            (true, _) => "stopping",
+            (false, None) => "starting",
+            (false, Some(_)) => "running",
+        }
+    }
+}
+
+/// Whose run a run id is: a hash job's, or a stream entry's.
+#[derive(Clone)]
+pub(super) enum RunOf {
+    Job(JobKey),
+    Entry(QueueKey, Sid),
+}
+
+/// Why a run ended.
+pub(super) enum End {
+    Status(i32),
+    SpawnError(String),
+}
+
+/// What a run's end means, for both kinds of job.
+pub(super) struct RunEnd {
+    /// The exit number (the code, or minus the signal); `None` if it never ran.
+    pub exit: Option<i64>,
+    /// Why the run counts as failed; `None` if it succeeded (exited 0).
+    pub error: Option<String>,
+    /// The lifecycle event it is (`exited` or `spawn-error`) and its own fields (`pid`
+    /// and `code` or `signal`).
+    pub event: &'static str,
+    pub fields: Vec<(&'static str, Vec<u8>)>,
+    pub ran_for: Duration,
+    /// The supervisor was stopping it.
+    pub stopping: bool,
+}
+
+/// Exit status as one number: the exit code, or minus the signal (like Python).
+pub(super) fn exit_number(status: i32) -> i64 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as i64
+    } else if libc::WIFSIGNALED(status) {
+        -(libc::WTERMSIG(status) as i64)
+    } else {
+        -1
+    }
+}
+
+/// The one end-of-run path: `timed_out` is the handler's `timeout-ms` when the run was
+/// stopped for reaching it (its end is then a failure whatever its exit).
+pub(super) fn run_end(run: &Run, end: End, timed_out: Option<Duration>) -> RunEnd {
+    let (exit, error, event, fields) = match end {
+        End::Status(status) => {
+            stats::bump(&stats::EXITS);
+            let n = exit_number(status);
+            let mut fields = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
+            fields.push(match n >= 0 {
+                true => ("code", n.to_string().into_bytes()),
+                false => ("signal", (-n).to_string().into_bytes()),
+            });
+            let error = match timed_out {
+                Some(t) => Some(format!("timed out after {} ms", t.as_millis())),
+                None if n == 0 => None,
+                None if n > 0 => Some(format!("exit code {n}")),
+                None => Some(format!("killed by signal {}", -n)),
+            };
+            (Some(n), error, "exited", fields)
+        }
+        End::SpawnError(e) => (None, Some(e), "spawn-error", Vec::new()),
+    };
+    RunEnd {
+        exit,
+        error,
+        event,
+        fields,
+        ran_for: run.started.elapsed(),
+        stopping: run.stopping,
+    }
+}
+
+/// The runs in flight and the helper that spawns them.
+pub(super) struct Runs {
+    owners: HashMap<u64, RunOf>,
+    next: u64,
+    /// Runs that ended without a report (see the top of this file).
+    unreported: Vec<(u64, End)>,
+    helper: Option<Runner>,
+    tx: Sender<Msg>,
+    /// Helpers in a row that died (or could not start) soon after they started.
+    helper_failures: u32,
+    /// When the current helper started.
+    helper_started: Instant,
+    /// Live runs on disk, for the next load if the helper dies with the server.
+    pub record: runner::RunRecord,
+}
+
+impl Runs {
+    pub(super) fn new(tx: Sender<Msg>) -> Runs {
+        Runs {
+            owners: HashMap::new(),
+            next: 1,
+            unreported: Vec::new(),
+            helper: None,
+            tx,
+            helper_failures: 0,
+            helper_started: Instant::now(),
+            record: runner::RunRecord::new(None),
+        }
+    }
+
+    /// Starts a run of `h` for `owner` (see `spawn_request` for the rest).
+    pub(super) fn start(
+        &mut self,
+        owner: RunOf,
+        h: &Handler,
+        vars: &[(&str, &[u8])],
+        extra_env: Vec<(Vec<u8>, Vec<u8>)>,
+        stdin: Option<Vec<u8>>,
+    ) -> Run {
+        let id = self.next;
+        self.next += 1;
+        self.owners.insert(id, owner);
+        stats::bump(&stats::RUNS_STARTED);
+        match spawn_request(h, id, vars, extra_env, stdin) {
+            Ok(req) => {
+                if !self.send(&req) {
+                    let why = "the helper process is not running".to_string();
+                    self.unreported.push((id, End::SpawnError(why)));
+                }
+            }
+            Err(problem) => self.unreported.push((id, End::SpawnError(problem))),
+        }
+        Run::new(id)
+    }
+
+    /// Asks the helper to stop `run` (once).
+    pub(super) fn stop(&mut self, run: &mut Run) {
+        if !run.stopping {
+            run.stopping = true;
+            self.send(&Request::Stop { run: run.id });
+        }
+    }
+
+    fn send(&mut self, req: &Request) -> bool {
+        self.helper.as_mut().is_some_and(|r| r.send(req).is_ok())
+    }
+
+    /// Whose run `id` is.
+    pub(super) fn owner(&self, id: u64) -> Option<&RunOf> {
+        self.owners.get(&id)
+    }
+
+    /// Run `id` has ended: whose it was (once).
+    pub(super) fn ended(&mut self, id: u64) -> Option<RunOf> {
+        let owner = self.owners.remove(&id)?;
+        self.record.mark();
+        Some(owner)
+    }
+
+    /// The runs that ended without a report, to be ended now.
+    pub(super) fn take_unreported(&mut self) -> Vec<(u64, End)> {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Every run in flight.
+    pub(super) fn ids(&self) -> Vec<u64> {
+        self.owners.keys().copied().collect()
+    }
+
+    pub(super) fn helper_running(&self) -> bool {
+        self.helper.is_some()
+    }
+
+    /// Starts a helper; false if it could not start.
+    pub(super) fn start_helper(&mut self) -> bool {
+        let tx = self.tx.clone();
+        self.helper_started = Instant::now();
+        match Runner::start(move |r| {
+            let _ = tx.send(match r {
+                Some(report) => Msg::Report(report),
+                None => Msg::HelperGone,
+            });
+        }) {
+            Ok(r) => {
+                ffi::log_notice(format!(
+                    "streamwatch: helper process started, pid {}",
+                    r.pid()
+                ));
+                self.record.set_helper(Some(r.session()));
+                self.helper = Some(r);
+                true
+            }
+            Err(e) => {
+                ffi::log_warning(format!("streamwatch: cannot start the helper process: {e}"));
+                self.record.set_helper(None);
+                self.helper = None;
+                false
+            }
+        }
+    }
+
+    /// A helper died, or could not start: when to try again, after a delay that grows
+    /// with the failures in a row (never by sleeping: commands are still answered
+    /// meanwhile). A helper that ran for `HELPER_STABLE` clears the count.
+    pub(super) fn helper_failed(&mut self) -> Instant {
+        if self.helper_started.elapsed() >= HELPER_STABLE {
+            self.helper_failures = 0;
+        }
+        self.helper_failures += 1;
+        Instant::now() + helper_delay(self.helper_failures)
+    }
+
+    /// The helper is gone. Its workers were not stopped by it: they are killed before
+    /// new ones start, or every job would run twice. The runs it reported are known by
+    /// pid (`reported`: pid and start time); those it started and had not reported yet,
+    /// and the runs' own children, are found in its session.
+    pub(super) fn helper_gone(&mut self, reported: impl Iterator<Item = (i32, Option<u64>)>) {
+        let helper = self.helper.take().map(|r| r.session());
+        for (pid, start_time) in reported {
+            runner::kill_orphaned_run(pid, start_time);
+        }
+        if let Some((sid, start)) = helper {
+            runner::kill_session(sid, start);
+        }
+        self.record.set_helper(None);
+    }
+}
 
 /// The request that starts run `run` of `h`. `vars` are the placeholders and their
 /// values (the first that matches wins); `extra_env` (the `STREAMWATCH_*` variables)
 /// comes after the handler's own environment. `Err` is why execve could not take it.
-pub(super) fn spawn_request(
+fn spawn_request(
     h: &Handler,
     run: u64,
     vars: &[(&str, &[u8])],
@@ -219,5 +509,88 @@ mod tests {
             let got = spawn_request(&h, 1, &[("{value}", nul)], extra, None);
             assert_eq!(got, Err(why.to_string()));
         }
+    }
+
+    #[test]
+    fn helper_restarts_wait_longer_after_each_failure_in_a_row() {
+        let ms = |n| helper_delay(n).as_millis();
+        let table = [
+            (1, 0),
+            (2, 200),
+            (3, 300),
+            (10, 1000),
+            (50, 5000),
+            (1000, 5000),
+        ];
+        for (failures, want) in table {
+            assert_eq!(ms(failures), want, "after {failures} failures");
+        }
+    }
+
+    #[test]
+    fn what_a_run_end_means() {
+        let run = Run::new(1);
+        let t = Some(Duration::from_millis(50));
+        // (end, timed out) -> (exit, error, event, fields)
+        type Row = (
+            End,
+            Option<Duration>,
+            Option<i64>,
+            Option<&'static str>,
+            &'static str,
+            &'static [&'static str],
+        );
+        let table: [Row; 5] = [
+            (
+                End::Status(0),
+                None,
+                Some(0),
+                None,
+                "exited",
+                &["pid", "code"],
+            ),
+            (
+                End::Status(3 << 8),
+                None,
+                Some(3),
+                Some("exit code 3"),
+                "exited",
+                &["pid", "code"],
+            ),
+            (
+                End::Status(9),
+                None,
+                Some(-9),
+                Some("killed by signal 9"),
+                "exited",
+                &["pid", "signal"],
+            ),
+            (
+                End::Status(0),
+                t,
+                Some(0),
+                Some("timed out after 50 ms"),
+                "exited",
+                &["pid", "code"],
+            ),
+            (
+                End::SpawnError("no".into()),
+                None,
+                None,
+                Some("no"),
+                "spawn-error",
+                &[],
+            ),
+        ];
+        for (i, (end, timed_out, exit, error, event, fields)) in table.into_iter().enumerate() {
+            let e = run_end(&run, end, timed_out);
+            assert_eq!(e.exit, exit, "row {i}");
+            assert_eq!(e.error.as_deref(), error, "row {i}");
+            assert_eq!(e.event, event, "row {i}");
+            let names: Vec<&str> = e.fields.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, fields, "row {i}");
+        }
+        assert_eq!(exit_number(7 << 8), 7);
+        assert_eq!(exit_number(9), -9);
     }
 }

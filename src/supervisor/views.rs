@@ -1,8 +1,11 @@
 //! The replies of `STREAMWATCH.JOBS` and `STREAMWATCH.JOB`: maps of hash jobs and of
 //! in-flight stream entries, read from the supervisor's jobs and queues.
 
-use super::queue::{Entry, Queue, QueueKey, Sid};
-use super::{Job, JobFilter, JobKey, Run};
+use super::jobs::{Job, JobKey};
+use super::queue::{Entry, Queue};
+use super::runs::Run;
+use super::stream::{QueueKey, Sid};
+use super::JobFilter;
 use crate::ffi::Reply;
 use crate::watch::Watch;
 use std::collections::BTreeMap;
