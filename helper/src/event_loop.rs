@@ -457,6 +457,15 @@ impl Helper {
             self.paused.insert((at, id));
         }
         if let Some(data) = data {
+            // A run is reported started before its first output: a run that wrote
+            // has exec'ed, so its launch is over even if not collected yet.
+            if self
+                .runs
+                .get(&id)
+                .is_some_and(|r| self.starting.contains_key(&r.pid))
+            {
+                self.settle();
+            }
             self.send(Report::Output { run: id, data });
         }
     }
