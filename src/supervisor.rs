@@ -1,7 +1,7 @@
 //! The supervisor: one module thread that owns every job.
 //!
 //! Everything arrives on one channel, in order: key hints from the keyspace callback
-//! (`hints.rs`, on Redis's main thread), commands from clients (answered through
+//! (`inbox.rs`, the main thread's side), commands from clients (answered through
 //! blocked clients), role changes, and the helper's reports (started, output, exited).
 //! The supervisor is level-triggered: a hint only says "look at this key again"; it
 //! then reads the key under the GIL (`look.rs`), compares its fields and values with
@@ -25,7 +25,7 @@
 
 mod events;
 mod gil;
-mod hints;
+mod inbox;
 mod jobs;
 mod log;
 mod look;
@@ -37,9 +37,11 @@ mod stream;
 mod timers;
 mod views;
 
-pub use hints::{hint, FieldList, Written, Wrote, MAX_LOOK_FIELDS};
+pub use inbox::{
+    follow_watches, hint, send, FieldList, JobFilter, Msg, Written, Wrote, MAX_LOOK_FIELDS,
+};
 
-use crate::ffi::{self, Replier, Reply};
+use crate::ffi::{self, Reply};
 use crate::protocol::Report;
 use crate::runner;
 use crate::spec::Kind;
@@ -47,7 +49,7 @@ use crate::stats;
 use crate::watch::{self, Snapshot, Watch};
 use crate::{cluster, glob, store};
 use events::LifecycleEvents;
-use hints::Look;
+use inbox::{Look, TX};
 use jobs::{HashJobs, Tally};
 use look::{Node, Observed, Tsc};
 use pace::Pacer;
@@ -57,76 +59,13 @@ use runs::{End, RunOf, Runs};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stream::Sid;
 use timers::{Deadline, Timer, Timers};
 
-/// Filters of `STREAMWATCH.JOBS`.
-#[derive(Debug, Default)]
-pub struct JobFilter {
-    pub watch: Option<Vec<u8>>,
-    pub key: Option<Vec<u8>>,
-    pub state: Option<&'static str>,
-    pub count: Option<usize>,
-}
-
-/// Everything the supervisor is told.
-pub enum Msg {
-    Dirty {
-        db: i32,
-        key: Vec<u8>,
-    },
-    ReconcileAll {
-        reply: Option<Replier>,
-    },
-    Watches(Snapshot),
-    Unwatch {
-        watches: Snapshot,
-        reply: Option<Replier>,
-    },
-    Jobs {
-        filter: JobFilter,
-        reply: Replier,
-    },
-    Job {
-        db: i32,
-        key: Vec<u8>,
-        field: Vec<u8>,
-        reply: Replier,
-    },
-    Restart {
-        db: i32,
-        key: Vec<u8>,
-        field: Vec<u8>,
-        reply: Replier,
-    },
-    Pause,
-    Resume,
-    Role {
-        primary: bool,
-    },
-    Report(Report),
-    HelperGone,
-}
-
-static TX: OnceLock<Sender<Msg>> = OnceLock::new();
-
 /// How often job counts are published while hints stream in.
 const STATS_EVERY: Duration = Duration::from_millis(20);
-
-/// The watches changed (what the store read, if anything changed): the supervisor
-/// follows them.
-pub fn follow_watches(changed: Option<Snapshot>) {
-    if let Some(snapshot) = changed {
-        send(Msg::Watches(snapshot));
-    }
-}
-
-/// Sends a message to the supervisor; false if it is not running.
-pub fn send(msg: Msg) -> bool {
-    TX.get().is_some_and(|tx| tx.send(msg).is_ok())
-}
 
 /// Starts the supervisor thread (once, at module load).
 pub fn start(watches: Snapshot) -> Result<(), String> {
@@ -246,7 +185,7 @@ impl Supervisor {
             while let Some(msg) = next {
                 match msg {
                     Msg::Dirty { db, key } => {
-                        hints::hint_taken();
+                        inbox::hint_taken();
                         dirty.insert((db, key));
                     }
                     Msg::Report(r) => {
@@ -341,7 +280,7 @@ impl Supervisor {
                     continue;
                 }
                 s.look_hold = Duration::ZERO;
-                let look = hints::take_pending(k.0, &k.1);
+                let look = inbox::take_pending(k.0, &k.1);
                 s.reconcile_key_guarded(k.0, &k.1, look, &mut tally);
                 // What the look cost the server: the time it held the GIL (a look that
                 // reads nothing still cost the main thread a wake-up, see `PACE_MIN`).
@@ -388,7 +327,7 @@ impl Supervisor {
         match msg {
             Msg::Dirty { .. } => {}
             Msg::ReconcileAll { reply } => {
-                hints::all_taken();
+                inbox::all_taken();
                 let t = self.reconcile_all();
                 if let Some(r) = reply {
                     r.reply(Reply::Map(vec![
@@ -406,7 +345,8 @@ impl Supervisor {
                 self.watches = watches;
                 let alive: BTreeSet<u64> = self.watches.iter().map(|w| w.id).collect();
                 let (hash, queues, mut fx) = self.parts();
-                let stopped = hash.unwatch(&alive, &mut fx) + queues.unwatch(&alive, fx.runs);
+                let gone = |watch| !alive.contains(&watch);
+                let stopped = hash.stop_watches(gone, &mut fx) + queues.stop_watches(gone, fx.runs);
                 if let Some(r) = reply {
                     r.reply(Reply::Int(stopped));
                 }
@@ -610,8 +550,9 @@ impl Supervisor {
 
     fn stop_everything(&mut self) {
         let (hash, queues, mut fx) = self.parts();
-        hash.stop_all(&mut fx);
-        queues.stop_all(fx.runs);
+        hash.stop_watches(|_| true, &mut fx);
+        hash.over_limit.clear();
+        queues.stop_watches(|_| true, fx.runs);
     }
 
     /// Every queue's pending work; a demoted node stops everything.

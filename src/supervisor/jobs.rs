@@ -13,7 +13,7 @@ use crate::config;
 use crate::spec::OnChange;
 use crate::stats;
 use crate::watch::Watch;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -391,31 +391,20 @@ impl HashJobs {
         }
     }
 
-    /// The jobs of watches no longer in `alive` are stopped; returns how many had runs.
-    pub(super) fn unwatch(&mut self, alive: &BTreeSet<u64>, fx: &mut Effects) -> i64 {
+    /// The jobs of the watches for which `stop` is true are stopped (UNWATCH; every
+    /// watch: pause, demotion); returns how many had runs.
+    pub(super) fn stop_watches(&mut self, stop: impl Fn(u64) -> bool, fx: &mut Effects) -> i64 {
         let gone: Vec<JobKey> = self
             .jobs
             .keys()
-            .filter(|k| !alive.contains(&k.watch))
+            .filter(|k| stop(k.watch))
             .cloned()
             .collect();
-        let mut stopped = 0;
+        let running = gone.iter().filter(|k| self.jobs[*k].run.is_some()).count();
         for k in gone {
-            if self.jobs.get(&k).is_some_and(|j| j.run.is_some()) {
-                stopped += 1;
-            }
             self.unwant(&k, fx);
         }
-        stopped
-    }
-
-    /// Every job is stopped (pause, demotion).
-    pub(super) fn stop_all(&mut self, fx: &mut Effects) {
-        let keys: Vec<JobKey> = self.jobs.keys().cloned().collect();
-        for k in keys {
-            self.unwant(&k, fx);
-        }
-        self.over_limit.clear();
+        running as i64
     }
 
     /// The helper reported the run's process.

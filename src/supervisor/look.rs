@@ -167,10 +167,10 @@ impl Node {
         tsc: &Tsc,
         db: i32,
         key: &[u8],
-        names: &BTreeMap<Vec<u8>, super::hints::Known>,
+        names: &BTreeMap<Vec<u8>, super::inbox::Known>,
         hold: &mut Duration,
     ) -> Result<Vec<Option<Vec<u8>>>, Option<Observed>> {
-        use super::hints::Known;
+        use super::inbox::Known;
         let known = self.owned.is_none() && !names.values().any(|k| matches!(k, Known::Read));
         if known {
             return Ok(names

@@ -15,26 +15,22 @@
 //! when a run ends, the next entry starts at once, and its acknowledgement and the
 //! next read wait for the turn's one GIL hold instead of the other way round.
 //!
-//! Every Redis call is made in `flush` (one GIL hold per loop turn for all acks,
-//! dead-letters, claims and reads of all queues), through `stream.rs`.
+//! Every Redis call is made in `flush` (`queue/flush.rs`: one GIL hold per loop turn
+//! for all acks, dead-letters, claims and reads of all queues), through `stream.rs`.
 
-use super::events::LifecycleEvents;
-use super::gil;
 use super::log::Log;
-use super::look::{Node, Tsc};
 use super::runs::{run_end, End, Run, RunOf, Runs};
-use super::stream::{Fields, Group, QueueKey, Sid};
+use super::stream::{Fields, QueueKey, Sid};
 use super::timers::Timer;
 use super::Effects;
-use crate::cluster;
-use crate::ffi;
 use crate::stats;
 use crate::watch::{Snapshot, Watch};
-use redis_module::{Context, ContextFlags};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod flush;
 
 /// An entry this node is working on (it is pending in the group until acked).
 pub(super) struct Entry {
@@ -151,6 +147,28 @@ impl Queue {
         self.ahead.clear();
     }
 
+    fn live_runs(&self) -> impl Iterator<Item = &Run> {
+        self.entries.values().filter_map(|e| e.run.as_ref())
+    }
+
+    /// The entry is done with: it goes to the dead-letter stream at the next `flush`.
+    fn dead_letter(
+        &mut self,
+        sid: Sid,
+        fields: Fields,
+        attempts: u32,
+        error: String,
+        last_exit: Option<i64>,
+    ) {
+        let outcome = Outcome::DeadLetter {
+            fields,
+            attempts,
+            error,
+            last_exit,
+        };
+        self.done.push((sid, outcome));
+    }
+
     /// Whether the next `flush` has anything to do for this queue.
     fn has_work(&self, now: Instant) -> bool {
         !self.done.is_empty()
@@ -186,9 +204,7 @@ impl Queues {
     }
 
     pub(super) fn live_runs(&self) -> impl Iterator<Item = &Run> {
-        self.queues
-            .values()
-            .flat_map(|q| q.entries.values().filter_map(|e| e.run.as_ref()))
+        self.queues.values().flat_map(Queue::live_runs)
     }
 
     /// The in-flight entry `sid` of stream `key`, with its queue.
@@ -273,284 +289,21 @@ impl Queues {
         }
     }
 
-    /// The queues of watches no longer in `alive` stop; returns how many runs stop.
-    pub(super) fn unwatch(&mut self, alive: &BTreeSet<u64>, runs: &mut Runs) -> i64 {
+    /// The queues of the watches for which `stop` is true stop (UNWATCH; every watch:
+    /// pause, demotion); returns how many runs stop.
+    pub(super) fn stop_watches(&mut self, stop: impl Fn(u64) -> bool, runs: &mut Runs) -> i64 {
         let gone: Vec<QueueKey> = self
             .queues
             .keys()
-            .filter(|k| !alive.contains(&k.watch))
+            .filter(|k| stop(k.watch))
             .cloned()
             .collect();
-        let mut stopped = 0;
+        let mut running = 0;
         for k in gone {
-            stopped += self.queues[&k]
-                .entries
-                .values()
-                .filter(|e| e.run.is_some())
-                .count() as i64;
+            running += self.queues[&k].live_runs().count();
             self.drop_queue(&k, runs);
         }
-        stopped
-    }
-
-    /// Every queue stops (pause, demotion).
-    pub(super) fn stop_all(&mut self, runs: &mut Runs) {
-        let keys: Vec<QueueKey> = self.queues.keys().cloned().collect();
-        for k in keys {
-            self.drop_queue(&k, runs);
-        }
-    }
-
-    /// Every dirty queue's work under one GIL hold: acknowledgements and dead-letters,
-    /// retries (claimed again), then as many entries as there are free slots (the
-    /// group's pending ones first). The runs start after the GIL is released. False if
-    /// this node is no longer a primary (then nothing was done).
-    pub(super) fn flush(&mut self, tsc: &Tsc, node: &Node, fx: &mut Effects) -> bool {
-        if self.dirty.is_empty() {
-            return true;
-        }
-        let now = Instant::now();
-        let dirty: Vec<QueueKey> = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter(|qk| self.queues.get(qk).is_some_and(|q| q.has_work(now)))
-            .collect();
-        if dirty.is_empty() {
-            return true;
-        }
-        let mut to_start: Vec<(QueueKey, Sid)> = Vec::new();
-        {
-            let ctx = gil::lock(tsc);
-            let flags = ctx.get_flags();
-            if !flags.contains(ContextFlags::MASTER) {
-                return false;
-            }
-            if !flags.contains(ContextFlags::LOADING) {
-                for qk in &dirty {
-                    self.flush_queue(&ctx, node, qk, &mut to_start, fx.events);
-                }
-            }
-        }
-        for (qk, sid) in to_start {
-            self.start_entry(&qk, sid, fx);
-        }
-        for qk in &dirty {
-            self.forget_if_idle(qk);
-        }
-        true
-    }
-
-    fn flush_queue(
-        &mut self,
-        ctx: &Context,
-        node: &Node,
-        qk: &QueueKey,
-        to_start: &mut Vec<(QueueKey, Sid)>,
-        events: &mut LifecycleEvents,
-    ) {
-        let owned = match &node.owned {
-            Some(o) => cluster::key_slot(ctx, &qk.key).is_some_and(|s| o.contains(s)),
-            None => true,
-        };
-        if !ffi::select_db(ctx, qk.db) {
-            return;
-        }
-        let Some(q) = self.queues.get_mut(qk) else {
-            return;
-        };
-        let opts = q.watch.spec.stream.clone();
-        let g = Group {
-            ctx,
-            key: &qk.key,
-            group: &opts.group,
-            consumer: &node.consumer,
-        };
-        // 1. Outcomes: acknowledge, or dead-letter then acknowledge.
-        for (sid, outcome) in std::mem::take(&mut q.done) {
-            match outcome {
-                Outcome::Ack => {
-                    g.ack(sid);
-                    q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
-                    events.entry("acked", qk, &q.watch, sid, vec![]);
-                }
-                Outcome::DeadLetter {
-                    fields,
-                    attempts,
-                    error,
-                    last_exit,
-                } => {
-                    let dl = opts.deadletter_of(&qk.key);
-                    let id = sid.to_string();
-                    let attempts = attempts.to_string();
-                    let last = last_exit.map(|n| n.to_string()).unwrap_or_default();
-                    let about: [(&str, &[u8]); 4] = [
-                        ("id", id.as_bytes()),
-                        ("attempts", attempts.as_bytes()),
-                        ("error", error.as_bytes()),
-                        ("last_exit", last.as_bytes()),
-                    ];
-                    match g.add(&dl, &fields, &about) {
-                        Ok(()) => {
-                            g.ack(sid);
-                            q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            let extra = vec![
-                                ("deadletter", dl.clone()),
-                                ("attempts", attempts.into_bytes()),
-                                ("error", error.into_bytes()),
-                            ];
-                            events.entry("dead-lettered", qk, &q.watch, sid, extra);
-                        }
-                        Err(e) => {
-                            // Not acknowledged: it stays pending for the next recovery.
-                            ffi::log_warning(format!(
-                                "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {e}",
-                                String::from_utf8_lossy(&qk.key),
-                                String::from_utf8_lossy(&dl),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        if !owned {
-            if !q.ahead.is_empty() {
-                q.rescan(); // claimed back if the slot comes back
-            }
-            return;
-        }
-        if !g.exists() {
-            // Deleted (or another type now): nothing to read; running entries finish,
-            // their acknowledgements find nothing.
-            q.ahead.clear();
-            if q.entries.is_empty() {
-                q.wanted = false;
-            }
-            return;
-        }
-        // 2. Retries whose backoff is over: claim again (counts the delivery).
-        let due: Vec<Sid> = q
-            .entries
-            .iter()
-            .filter(|(_, e)| e.retry_due && q.wanted)
-            .map(|(s, _)| *s)
-            .collect();
-        for sid in due {
-            match g.claim(&[sid]).remove(&sid) {
-                Some(fields) => {
-                    if let Some(e) = q.entries.get_mut(&sid) {
-                        e.retry_due = false;
-                        e.fields = fields;
-                        e.attempts += 1;
-                        to_start.push((qk.clone(), sid));
-                    }
-                }
-                None => {
-                    // Deleted from the stream (or the group is gone): nothing to run.
-                    g.ack(sid);
-                    q.entries.remove(&sid);
-                }
-            }
-        }
-        // 3. New work: into the free slots, the entries read ahead first, then the
-        //    group's pending ones (recovering), then new ones; and new ones read ahead.
-        while let Some(sid) = q.take_ahead() {
-            to_start.push((qk.clone(), sid));
-        }
-        loop {
-            let want = match q.recovering {
-                true => q.free(),
-                false => q.free() + q.ahead_room(),
-            };
-            if !q.wanted || want == 0 {
-                break;
-            }
-            if q.recovering {
-                let after = q.after;
-                let Ok(listed) = g.created(|g| g.pending(after, want)) else {
-                    break;
-                };
-                let n = listed.len();
-                let mut ids: Vec<(Sid, u32)> = Vec::new();
-                for (sid, deliveries) in listed {
-                    q.after = Some(sid);
-                    if !q.entries.contains_key(&sid) {
-                        ids.push((sid, deliveries));
-                    }
-                }
-                if n < q.free() {
-                    q.recovering = false;
-                }
-                if ids.is_empty() {
-                    if n == 0 {
-                        q.recovering = false;
-                    }
-                    continue;
-                }
-                let sids: Vec<Sid> = ids.iter().map(|(s, _)| *s).collect();
-                let claimed = g.claim(&sids);
-                for (sid, deliveries) in ids {
-                    let Some(fields) = claimed.get(&sid) else {
-                        g.ack(sid); // deleted from the stream: drop it from the group too
-                        continue;
-                    };
-                    if deliveries >= opts.max_attempts {
-                        // It was delivered that many times already (its runs were cut
-                        // short by a restart or failover): no attempt is left.
-                        let error = format!(
-                            "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
-                        );
-                        let fields = fields.clone();
-                        let last_exit = None;
-                        let attempts = deliveries;
-                        q.done.push((
-                            sid,
-                            Outcome::DeadLetter {
-                                fields,
-                                attempts,
-                                error,
-                                last_exit,
-                            },
-                        ));
-                        self.dirty.insert(qk.clone());
-                        continue;
-                    }
-                    q.entries
-                        .insert(sid, Entry::new(fields.clone(), deliveries + 1));
-                    to_start.push((qk.clone(), sid));
-                }
-            } else {
-                let got = match g.created(|g| g.read_new(want)) {
-                    Ok(got) => got,
-                    Err(e) => {
-                        ffi::log_warning(format!(
-                            "streamwatch: cannot read '{}' through group '{}': {e}",
-                            String::from_utf8_lossy(&qk.key),
-                            String::from_utf8_lossy(&opts.group),
-                        ));
-                        break;
-                    }
-                };
-                let drained = got.len() < want;
-                for (sid, fields) in got {
-                    if q.free() > 0 {
-                        q.entries.insert(sid, Entry::new(fields, 1));
-                        to_start.push((qk.clone(), sid));
-                    } else {
-                        q.ahead.push_back((sid, fields));
-                    }
-                }
-                if drained {
-                    break; // nothing more in the stream for now
-                }
-            }
-        }
-        // 4. The group's own figures, for STREAMWATCH.WATCHES.
-        if q.stats_at.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
-            q.stats_at = Some(Instant::now());
-            if let Some((pending, lag)) = g.figures() {
-                q.pending = pending;
-                q.lag = lag;
-            }
-        }
+        running as i64
     }
 
     /// Starts the entry's run (its attempt number is already counted).
@@ -691,19 +444,9 @@ impl Queues {
         if e.attempts >= watch.spec.stream.max_attempts {
             let attempts = e.attempts;
             let last_exit = e.last_exit;
-            let Some(e) = q.entries.remove(&sid) else {
-                return;
-            };
-            let fields = e.fields;
-            q.done.push((
-                sid,
-                Outcome::DeadLetter {
-                    fields,
-                    attempts,
-                    error,
-                    last_exit,
-                },
-            ));
+            if let Some(e) = q.entries.remove(&sid) {
+                q.dead_letter(sid, e.fields, attempts, error, last_exit);
+            }
             self.start_ahead(qk, fx);
             return;
         }

@@ -1,16 +1,83 @@
-//! Hints: what the keyspace callback and the command filter tell the supervisor, on
-//! Redis's main thread. O(1) per write apart from copying the key name (and the fields
-//! and values the command named): a key already hinted and not looked at yet only
-//! gains the new fields, so a burst of writes to one key wakes the supervisor once.
+//! Everything the supervisor is told (`Msg`), and the side of it that runs on Redis's
+//! main thread: commands send messages; the keyspace callback and the command filter
+//! send hints, O(1) per write apart from copying the key name (and the fields and
+//! values the command named): a key already hinted and not looked at yet only gains the
+//! new fields, so a burst of writes to one key wakes the supervisor once.
 //!
 //! The supervisor thread takes a key's hint (`take_pending`) just before it looks at
 //! the key, so a write after that point always sends a new hint.
 
-use super::{send, Msg};
+use crate::ffi::Replier;
+use crate::protocol::Report;
 use crate::stats;
+use crate::watch::Snapshot;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::{LazyLock, Mutex, OnceLock};
+
+/// Filters of `STREAMWATCH.JOBS`.
+#[derive(Debug, Default)]
+pub struct JobFilter {
+    pub watch: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    pub state: Option<&'static str>,
+    pub count: Option<usize>,
+}
+
+/// Everything the supervisor is told.
+pub enum Msg {
+    Dirty {
+        db: i32,
+        key: Vec<u8>,
+    },
+    ReconcileAll {
+        reply: Option<Replier>,
+    },
+    Watches(Snapshot),
+    Unwatch {
+        watches: Snapshot,
+        reply: Option<Replier>,
+    },
+    Jobs {
+        filter: JobFilter,
+        reply: Replier,
+    },
+    Job {
+        db: i32,
+        key: Vec<u8>,
+        field: Vec<u8>,
+        reply: Replier,
+    },
+    Restart {
+        db: i32,
+        key: Vec<u8>,
+        field: Vec<u8>,
+        reply: Replier,
+    },
+    Pause,
+    Resume,
+    Role {
+        primary: bool,
+    },
+    Report(Report),
+    HelperGone,
+}
+
+pub(super) static TX: OnceLock<Sender<Msg>> = OnceLock::new();
+
+/// The watches changed (what the store read, if anything changed): the supervisor
+/// follows them.
+pub fn follow_watches(changed: Option<Snapshot>) {
+    if let Some(snapshot) = changed {
+        send(Msg::Watches(snapshot));
+    }
+}
+
+/// Sends a message to the supervisor; false if it is not running.
+pub fn send(msg: Msg) -> bool {
+    TX.get().is_some_and(|tx| tx.send(msg).is_ok())
+}
 
 static QUEUED_HINTS: AtomicUsize = AtomicUsize::new(0);
 static OVERFLOWED: AtomicBool = AtomicBool::new(false);

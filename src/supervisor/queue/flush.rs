@@ -1,0 +1,264 @@
+//! The queues' one GIL hold per loop turn: every dirty queue's acknowledgements and
+//! dead-letters, retries claimed again, and new work (the group's pending entries
+//! first, then new ones, and as many read ahead), through the calls of `stream.rs`.
+//! The runs start after the GIL is released.
+
+use super::{Entry, Outcome, Queues, STATS_EVERY};
+use crate::cluster;
+use crate::ffi;
+use crate::supervisor::events::LifecycleEvents;
+use crate::supervisor::gil;
+use crate::supervisor::look::{Node, Tsc};
+use crate::supervisor::stream::{Group, QueueKey, Sid};
+use crate::supervisor::Effects;
+use redis_module::{Context, ContextFlags};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl Queues {
+    /// Every dirty queue's work under one GIL hold: acknowledgements and dead-letters,
+    /// retries (claimed again), then as many entries as there are free slots (the
+    /// group's pending ones first). The runs start after the GIL is released. False if
+    /// this node is no longer a primary (then nothing was done).
+    pub(in crate::supervisor) fn flush(
+        &mut self,
+        tsc: &Tsc,
+        node: &Node,
+        fx: &mut Effects,
+    ) -> bool {
+        if self.dirty.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        let dirty: Vec<QueueKey> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter(|qk| self.queues.get(qk).is_some_and(|q| q.has_work(now)))
+            .collect();
+        if dirty.is_empty() {
+            return true;
+        }
+        let mut to_start: Vec<(QueueKey, Sid)> = Vec::new();
+        {
+            let ctx = gil::lock(tsc);
+            let flags = ctx.get_flags();
+            if !flags.contains(ContextFlags::MASTER) {
+                return false;
+            }
+            if !flags.contains(ContextFlags::LOADING) {
+                for qk in &dirty {
+                    self.flush_queue(&ctx, node, qk, &mut to_start, fx.events);
+                }
+            }
+        }
+        for (qk, sid) in to_start {
+            self.start_entry(&qk, sid, fx);
+        }
+        for qk in &dirty {
+            self.forget_if_idle(qk);
+        }
+        true
+    }
+
+    fn flush_queue(
+        &mut self,
+        ctx: &Context,
+        node: &Node,
+        qk: &QueueKey,
+        to_start: &mut Vec<(QueueKey, Sid)>,
+        events: &mut LifecycleEvents,
+    ) {
+        let owned = match &node.owned {
+            Some(o) => cluster::key_slot(ctx, &qk.key).is_some_and(|s| o.contains(s)),
+            None => true,
+        };
+        if !ffi::select_db(ctx, qk.db) {
+            return;
+        }
+        let Some(q) = self.queues.get_mut(qk) else {
+            return;
+        };
+        let opts = q.watch.spec.stream.clone();
+        let g = Group {
+            ctx,
+            key: &qk.key,
+            group: &opts.group,
+            consumer: &node.consumer,
+        };
+        // 1. Outcomes: acknowledge, or dead-letter then acknowledge.
+        for (sid, outcome) in std::mem::take(&mut q.done) {
+            match outcome {
+                Outcome::Ack => {
+                    g.ack(sid);
+                    q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
+                    events.entry("acked", qk, &q.watch, sid, vec![]);
+                }
+                Outcome::DeadLetter {
+                    fields,
+                    attempts,
+                    error,
+                    last_exit,
+                } => {
+                    let dl = opts.deadletter_of(&qk.key);
+                    let id = sid.to_string();
+                    let attempts = attempts.to_string();
+                    let last = last_exit.map(|n| n.to_string()).unwrap_or_default();
+                    let about: [(&str, &[u8]); 4] = [
+                        ("id", id.as_bytes()),
+                        ("attempts", attempts.as_bytes()),
+                        ("error", error.as_bytes()),
+                        ("last_exit", last.as_bytes()),
+                    ];
+                    match g.add(&dl, &fields, &about) {
+                        Ok(()) => {
+                            g.ack(sid);
+                            q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            let extra = vec![
+                                ("deadletter", dl.clone()),
+                                ("attempts", attempts.into_bytes()),
+                                ("error", error.into_bytes()),
+                            ];
+                            events.entry("dead-lettered", qk, &q.watch, sid, extra);
+                        }
+                        Err(e) => {
+                            // Not acknowledged: it stays pending for the next recovery.
+                            ffi::log_warning(format!(
+                                "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {e}",
+                                String::from_utf8_lossy(&qk.key),
+                                String::from_utf8_lossy(&dl),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !owned {
+            if !q.ahead.is_empty() {
+                q.rescan(); // claimed back if the slot comes back
+            }
+            return;
+        }
+        if !g.exists() {
+            // Deleted (or another type now): nothing to read; running entries finish,
+            // their acknowledgements find nothing.
+            q.ahead.clear();
+            if q.entries.is_empty() {
+                q.wanted = false;
+            }
+            return;
+        }
+        // 2. Retries whose backoff is over: claim again (counts the delivery).
+        let due: Vec<Sid> = q
+            .entries
+            .iter()
+            .filter(|(_, e)| e.retry_due && q.wanted)
+            .map(|(s, _)| *s)
+            .collect();
+        for sid in due {
+            match g.claim(&[sid]).remove(&sid) {
+                Some(fields) => {
+                    if let Some(e) = q.entries.get_mut(&sid) {
+                        e.retry_due = false;
+                        e.fields = fields;
+                        e.attempts += 1;
+                        to_start.push((qk.clone(), sid));
+                    }
+                }
+                None => {
+                    // Deleted from the stream (or the group is gone): nothing to run.
+                    g.ack(sid);
+                    q.entries.remove(&sid);
+                }
+            }
+        }
+        // 3. New work: into the free slots, the entries read ahead first, then the
+        //    group's pending ones (recovering), then new ones; and new ones read ahead.
+        while let Some(sid) = q.take_ahead() {
+            to_start.push((qk.clone(), sid));
+        }
+        loop {
+            let want = match q.recovering {
+                true => q.free(),
+                false => q.free() + q.ahead_room(),
+            };
+            if !q.wanted || want == 0 {
+                break;
+            }
+            if q.recovering {
+                let after = q.after;
+                let Ok(listed) = g.created(|g| g.pending(after, want)) else {
+                    break;
+                };
+                let n = listed.len();
+                let mut ids: Vec<(Sid, u32)> = Vec::new();
+                for (sid, deliveries) in listed {
+                    q.after = Some(sid);
+                    if !q.entries.contains_key(&sid) {
+                        ids.push((sid, deliveries));
+                    }
+                }
+                if n < q.free() {
+                    q.recovering = false;
+                }
+                if ids.is_empty() {
+                    if n == 0 {
+                        q.recovering = false;
+                    }
+                    continue;
+                }
+                let sids: Vec<Sid> = ids.iter().map(|(s, _)| *s).collect();
+                let claimed = g.claim(&sids);
+                for (sid, deliveries) in ids {
+                    let Some(fields) = claimed.get(&sid) else {
+                        g.ack(sid); // deleted from the stream: drop it from the group too
+                        continue;
+                    };
+                    if deliveries >= opts.max_attempts {
+                        // It was delivered that many times already (its runs were cut
+                        // short by a restart or failover): no attempt is left.
+                        let error = format!(
+                            "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
+                        );
+                        q.dead_letter(sid, fields.clone(), deliveries, error, None);
+                        self.dirty.insert(qk.clone());
+                        continue;
+                    }
+                    q.entries
+                        .insert(sid, Entry::new(fields.clone(), deliveries + 1));
+                    to_start.push((qk.clone(), sid));
+                }
+            } else {
+                let got = match g.created(|g| g.read_new(want)) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        ffi::log_warning(format!(
+                            "streamwatch: cannot read '{}' through group '{}': {e}",
+                            String::from_utf8_lossy(&qk.key),
+                            String::from_utf8_lossy(&opts.group),
+                        ));
+                        break;
+                    }
+                };
+                let drained = got.len() < want;
+                for (sid, fields) in got {
+                    if q.free() > 0 {
+                        q.entries.insert(sid, Entry::new(fields, 1));
+                        to_start.push((qk.clone(), sid));
+                    } else {
+                        q.ahead.push_back((sid, fields));
+                    }
+                }
+                if drained {
+                    break; // nothing more in the stream for now
+                }
+            }
+        }
+        // 4. The group's own figures, for STREAMWATCH.WATCHES.
+        if q.stats_at.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            q.stats_at = Some(Instant::now());
+            if let Some((pending, lag)) = g.figures() {
+                q.pending = pending;
+                q.lag = lag;
+            }
+        }
+    }
+}
