@@ -25,7 +25,8 @@ pub use events::{
 };
 pub use hash::{hash_get_fields, string, HashScan};
 pub use process::{
-    allocated, fd_path, helper_memfd, kill_hard, reap_child, reap_nohang, ModuleAlloc,
+    allocated, fd_path, helper_memfd, kill_hard, reap_child, reap_nohang, send_nonblocking,
+    ModuleAlloc,
 };
 
 use redis_module::{raw, Context, RedisError, RedisResult, RedisValue};

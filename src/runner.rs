@@ -15,7 +15,7 @@
 //! helper's session too, for a module that loads after a crash of both.
 
 use crate::ffi;
-use crate::protocol::{read_frame, write_frame, Report, Request};
+use crate::protocol::{read_frame, Report, Request};
 use crate::stats;
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -34,6 +34,9 @@ static HELPER_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streamwa
 
 pub struct Runner {
     socket: UnixStream,
+    /// Requests not yet taken by the socket (see `send`), from `outbox_start` on.
+    outbox: Vec<u8>,
+    outbox_start: usize,
     pid: i32,
     /// The helper's start time (`ProcStat::start_time`), to know its pid again.
     start_time: Option<u64>,
@@ -44,6 +47,8 @@ pub struct Runner {
 static QUEUED_OUTPUT: AtomicUsize = AtomicUsize::new(0);
 /// Past this many queued bytes, output reports are dropped (and counted).
 const MAX_QUEUED_OUTPUT: usize = 4 << 20;
+/// Requests waiting for the helper to read them, at most (see `Runner::send`).
+const MAX_OUTBOX: usize = 16 << 20;
 
 /// The supervisor took an output report of `len` bytes off its channel.
 pub fn output_taken(len: usize) {
@@ -100,6 +105,8 @@ impl Runner {
             })?;
         Ok(Runner {
             socket: ours,
+            outbox: Vec::new(),
+            outbox_start: 0,
             pid,
             start_time,
             _memfd: memfd,
@@ -115,8 +122,46 @@ impl Runner {
         (self.pid, self.start_time)
     }
 
+    /// Sends a request without ever waiting for the helper: what its socket does not
+    /// take now waits in the outbox (sent by `flush`), so a helper that stops reading
+    /// (stopped with SIGSTOP, or starved) never blocks the supervisor. A spawn request
+    /// that would take the outbox past `MAX_OUTBOX` is refused instead.
     pub fn send(&mut self, req: &Request) -> io::Result<()> {
-        write_frame(&mut self.socket, &req.encode())
+        let frame = req.encode();
+        let waiting = self.outbox.len() - self.outbox_start;
+        if matches!(req, Request::Spawn { .. }) && waiting + frame.len() > MAX_OUTBOX {
+            return Err(io::Error::other(
+                "the helper process is not taking requests",
+            ));
+        }
+        if waiting == 0 {
+            self.outbox.clear();
+            self.outbox_start = 0;
+        }
+        self.outbox.extend_from_slice(&frame);
+        self.flush()
+    }
+
+    /// Sends what waits in the outbox, as far as the socket takes it now.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.outbox_start < self.outbox.len() {
+            match ffi::send_nonblocking(&self.socket, &self.outbox[self.outbox_start..]) {
+                Ok(n) => self.outbox_start += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.outbox_start > self.outbox.len() / 2 {
+            self.outbox.drain(..self.outbox_start);
+            self.outbox_start = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether requests wait in the outbox.
+    pub fn has_outbox(&self) -> bool {
+        self.outbox_start < self.outbox.len()
     }
 }
 

@@ -66,6 +66,8 @@ use timers::{Deadline, Timer, Timers};
 
 /// How often job counts are published while hints stream in.
 const STATS_EVERY: Duration = Duration::from_millis(20);
+/// How often requests the helper has not taken yet are sent again.
+const OUTBOX_RETRY: Duration = Duration::from_millis(5);
 
 /// Starts the supervisor thread (once, at module load).
 pub fn start(watches: Snapshot) -> Result<(), String> {
@@ -221,6 +223,8 @@ impl Supervisor {
                 .write_if_due(done, runs.filter_map(|r| Some((r.pid?, r.start_time?))));
             let record = self.runs.record.due_in(done).map(|d| done + d);
             self.timers.set(Deadline::Record, record);
+            let outbox = self.runs.flush_outbox().then(|| done + OUTBOX_RETRY);
+            self.timers.set(Deadline::Outbox, outbox);
         }
     }
 

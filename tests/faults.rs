@@ -384,3 +384,45 @@ fn events_cut_long_values() {
     assert!(k.len() < 2048, "a {}-byte key in an event", k.len());
     assert!(k.ends_with(&format!("... ({} bytes)", key.len())), "{k}");
 }
+
+/// A helper that stops reading its requests (here stopped with SIGSTOP; a starved one
+/// is the same) never blocks the supervisor: the requests wait in an outbox, commands
+/// are answered meanwhile, and once the helper reads again every job starts.
+#[test]
+fn a_stopped_helper_blocks_neither_the_supervisor_nor_commands() {
+    let s = Server::start(&simple_config("stall:*"));
+    let mut c = s.conn();
+    let helper = helper_pid(&s, None);
+    unsafe { libc::kill(helper as i32, libc::SIGSTOP) };
+    // 200 spawn requests of 10 KB each: more than the socket holds.
+    let value = "v".repeat(10_000);
+    for i in 0..200 {
+        ok(&mut c, &["HSET", "stall:k", &format!("f{i}"), &value]);
+    }
+    let starting = |c: &mut redis::Connection| {
+        let all = run(c, &["STREAMWATCH.JOBS", "STATE", "starting"]);
+        all.map(|v| to_array(&v).len())
+    };
+    let n = wait_for("the supervisor to take every write", WAIT, || {
+        starting(&mut c).ok().filter(|&n| n == 200)
+    });
+    assert_eq!(n, 200);
+    for _ in 0..3 {
+        assert_eq!(
+            starting(&mut c).ok(),
+            Some(200),
+            "JOBS answers while the helper is stopped"
+        );
+    }
+    unsafe { libc::kill(helper as i32, libc::SIGCONT) };
+    wait_until(
+        "every job running once the helper reads again",
+        WAIT,
+        || jobs_filtered(&mut c, &["STATE", "running"]).len() == 200,
+    );
+    assert_eq!(
+        s.helper(),
+        Some(helper),
+        "the same helper: it was never counted as dead"
+    );
+}

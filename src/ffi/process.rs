@@ -102,3 +102,23 @@ pub fn kill_hard(pid: i32, group: bool) {
         unsafe { libc::kill(if group { -pid } else { pid }, libc::SIGKILL) };
     }
 }
+
+/// Writes what the socket takes now of `data`, without waiting (and without SIGPIPE if
+/// the other end is gone); `WouldBlock` if it takes nothing. The socket's own blocking
+/// mode is left alone: another thread reads it blocking.
+pub fn send_nonblocking(socket: &impl AsRawFd, data: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `data` is a valid buffer of `data.len()` bytes for the whole call; the fd
+    // is borrowed from a live socket.
+    let n = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

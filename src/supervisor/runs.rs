@@ -217,6 +217,13 @@ impl Runs {
         self.helper.as_mut().is_some_and(|r| r.send(req).is_ok())
     }
 
+    /// Sends the requests that wait for the helper; whether some still wait.
+    pub(super) fn flush_outbox(&mut self) -> bool {
+        self.helper
+            .as_mut()
+            .is_some_and(|r| r.flush().is_ok() && r.has_outbox())
+    }
+
     /// Whose run `id` is.
     pub(super) fn owner(&self, id: u64) -> Option<&RunOf> {
         self.owners.get(&id)

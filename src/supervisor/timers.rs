@@ -5,7 +5,8 @@
 //!   ended) is not taken out; whoever it is for checks it still applies when it fires.
 //! - one of each (`Deadline`), set and cleared in place: restarting the helper, polling
 //!   the cluster's slot ownership, the queues' group figures, keys waiting for their
-//!   pace, publishing the counts, writing the record of live runs.
+//!   pace, publishing the counts, writing the record of live runs, sending the requests
+//!   the helper has not taken yet.
 
 use super::jobs::JobKey;
 use super::stream::{QueueKey, Sid};
@@ -39,9 +40,11 @@ pub(super) enum Deadline {
     Publish,
     /// The record of live runs has a write pending.
     Record,
+    /// Requests wait for the helper to read them.
+    Outbox,
 }
 
-const DEADLINES: usize = 6;
+const DEADLINES: usize = 7;
 
 #[derive(Default)]
 pub(super) struct Timers {
