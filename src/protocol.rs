@@ -7,7 +7,7 @@
 //! `#[path]`), so the two can never disagree on the format.
 //!
 //! A frame is `u32 length (LE) | u8 tag | payload`; integers are little-endian, byte
-//! strings are `u32 length | bytes`. Only `std` is used here.
+//! strings are `u32 length | bytes`, flags one byte (0 or 1). Only `std` is used here.
 
 use std::io::{self, Read, Write};
 
@@ -25,14 +25,27 @@ pub enum Request {
         /// Added to the helper's (that is, redis-server's) environment.
         env: Vec<(Vec<u8>, Vec<u8>)>,
         cwd: Option<Vec<u8>>,
-        /// Written to the run's standard input, which is then closed; `None`: /dev/null.
+        /// Written to the run's standard input, which is then closed (unless
+        /// `keep_stdin`); `None`: /dev/null (unless `keep_stdin`: nothing written first).
         stdin: Option<Vec<u8>>,
         /// Used by `Stop` and when the module goes away.
         stop_signal: i32,
         stop_grace_ms: u64,
+        /// The run's standard input is a pipe that stays open (a pool worker's): `stdin`
+        /// is written first, then whatever `Feed` brings, in order. Closed only by
+        /// `CloseInput`, by the run's exit, or when the helper shuts down.
+        keep_stdin: bool,
+        /// The run gets a pipe as its descriptor 3; what it writes there is reported as
+        /// `Report::Replies`, all of it before the run's `Exited`. Without: no fd 3.
+        replies: bool,
     },
     /// Send the run's stop signal to its process group, then SIGKILL after the grace.
     Stop { run: u64 },
+    /// Appended to the kept-open standard input of the run (see `keep_stdin`), after
+    /// everything fed before; ignored for an unknown run or one whose stdin is closed.
+    Feed { run: u64, data: Vec<u8> },
+    /// Close the run's kept-open standard input once everything fed is written.
+    CloseInput { run: u64 },
 }
 
 /// What the helper reports.
@@ -54,6 +67,13 @@ pub enum Report {
         run: u64,
         data: Vec<u8>,
     },
+    /// Bytes the run wrote to its descriptor 3 (see `replies`), raw: chunks of a stream
+    /// that the module splits into lines. All of them come after the run's `Started`
+    /// and before its `Exited`.
+    Replies {
+        run: u64,
+        data: Vec<u8>,
+    },
     /// The run's leader was reaped; `status` is the raw wait status.
     Exited {
         run: u64,
@@ -63,10 +83,13 @@ pub enum Report {
 
 const T_SPAWN: u8 = 1;
 const T_STOP: u8 = 2;
+const T_FEED: u8 = 3;
+const T_CLOSE_INPUT: u8 = 4;
 const T_STARTED: u8 = 11;
 const T_SPAWN_FAILED: u8 = 12;
 const T_OUTPUT: u8 = 13;
 const T_EXITED: u8 = 14;
+const T_REPLIES: u8 = 15;
 
 struct Enc(Vec<u8>);
 
@@ -81,6 +104,9 @@ impl Enc {
     }
     fn i32(&mut self, x: i32) {
         self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    fn bool(&mut self, x: bool) {
+        self.0.push(x as u8);
     }
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -118,6 +144,17 @@ impl Dec<'_> {
         b.copy_from_slice(self.take(4)?);
         Ok(i32::from_le_bytes(b))
     }
+    /// One byte, 0 or 1 (anything else is not a frame either side wrote).
+    fn bool(&mut self) -> io::Result<bool> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad flag {b}"),
+            )),
+        }
+    }
     fn bytes(&mut self) -> io::Result<Vec<u8>> {
         let n = self.i32()? as u32 as usize;
         Ok(self.take(n)?.to_vec())
@@ -149,6 +186,8 @@ impl Request {
                 stdin,
                 stop_signal,
                 stop_grace_ms,
+                keep_stdin,
+                replies,
             } => {
                 let mut e = Enc::new(T_SPAWN);
                 e.u64(*run);
@@ -170,10 +209,23 @@ impl Request {
                         None => e.i32(0),
                     }
                 }
+                e.bool(*keep_stdin);
+                e.bool(*replies);
                 e.finish()
             }
             Request::Stop { run } => {
                 let mut e = Enc::new(T_STOP);
+                e.u64(*run);
+                e.finish()
+            }
+            Request::Feed { run, data } => {
+                let mut e = Enc::new(T_FEED);
+                e.u64(*run);
+                e.bytes(data);
+                e.finish()
+            }
+            Request::CloseInput { run } => {
+                let mut e = Enc::new(T_CLOSE_INPUT);
                 e.u64(*run);
                 e.finish()
             }
@@ -199,6 +251,8 @@ impl Request {
                 }
                 let cwd = d.opt()?;
                 let stdin = d.opt()?;
+                let keep_stdin = d.bool()?;
+                let replies = d.bool()?;
                 Ok(Request::Spawn {
                     run,
                     argv,
@@ -207,9 +261,16 @@ impl Request {
                     stdin,
                     stop_signal,
                     stop_grace_ms,
+                    keep_stdin,
+                    replies,
                 })
             }
             T_STOP => Ok(Request::Stop { run: d.u64()? }),
+            T_FEED => Ok(Request::Feed {
+                run: d.u64()?,
+                data: d.bytes()?,
+            }),
+            T_CLOSE_INPUT => Ok(Request::CloseInput { run: d.u64()? }),
             t => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown request tag {t}"),
@@ -244,6 +305,12 @@ impl Report {
                 e.bytes(data);
                 e.finish()
             }
+            Report::Replies { run, data } => {
+                let mut e = Enc::new(T_REPLIES);
+                e.u64(*run);
+                e.bytes(data);
+                e.finish()
+            }
             Report::Exited { run, status } => {
                 let mut e = Enc::new(T_EXITED);
                 e.u64(*run);
@@ -267,6 +334,10 @@ impl Report {
                 error: String::from_utf8_lossy(&d.bytes()?).into_owned(),
             }),
             T_OUTPUT => Ok(Report::Output {
+                run: d.u64()?,
+                data: d.bytes()?,
+            }),
+            T_REPLIES => Ok(Report::Replies {
                 run: d.u64()?,
                 data: d.bytes()?,
             }),
@@ -315,9 +386,8 @@ mod tests {
         frame[4..].to_vec()
     }
 
-    #[test]
-    fn requests_round_trip() {
-        let r = Request::Spawn {
+    fn spawn(keep_stdin: bool, replies: bool) -> Request {
+        Request::Spawn {
             run: 7,
             argv: vec![b"/bin/sh".to_vec(), vec![0xff, b';', b'\n']],
             env: vec![(b"A".to_vec(), b"1".to_vec())],
@@ -325,10 +395,31 @@ mod tests {
             stdin: Some(b"{\"a\":\"1\"}".to_vec()),
             stop_signal: 15,
             stop_grace_ms: 5000,
-        };
-        assert_eq!(Request::decode(&strip(r.encode())).unwrap(), r);
-        let s = Request::Stop { run: 9 };
-        assert_eq!(Request::decode(&strip(s.encode())).unwrap(), s);
+            keep_stdin,
+            replies,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            spawn(false, false),
+            spawn(true, false),
+            spawn(false, true),
+            spawn(true, true),
+            Request::Stop { run: 9 },
+            Request::Feed {
+                run: 10,
+                data: b"line\n".to_vec(),
+            },
+            Request::Feed {
+                run: u64::MAX,
+                data: Vec::new(),
+            },
+            Request::CloseInput { run: 11 },
+        ] {
+            assert_eq!(Request::decode(&strip(r.encode())).unwrap(), r);
+        }
     }
 
     #[test]
@@ -347,6 +438,10 @@ mod tests {
                 run: 3,
                 data: b"hi\n".to_vec(),
             },
+            Report::Replies {
+                run: 5,
+                data: b"{\"ok\":1}\n{\"ok\"".to_vec(),
+            },
             Report::Exited {
                 run: 4,
                 status: 7 << 8,
@@ -357,21 +452,97 @@ mod tests {
     }
 
     #[test]
-    fn truncated_frames_are_errors_not_panics() {
-        let frame = strip(
-            Request::Spawn {
+    fn the_pool_flags_are_the_last_two_bytes_of_a_spawn() {
+        let plain = strip(spawn(false, false).encode());
+        let both = strip(spawn(true, true).encode());
+        assert_eq!(plain.len(), both.len());
+        assert_eq!(plain[plain.len() - 2..], [0, 0]);
+        assert_eq!(both[both.len() - 2..], [1, 1]);
+        assert_eq!(
+            strip(spawn(true, false).encode())[plain.len() - 2..],
+            [1, 0]
+        );
+        // A flag that is neither 0 nor 1 is not a frame either side wrote.
+        let mut bad = both.clone();
+        *bad.last_mut().unwrap() = 2;
+        assert!(Request::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn tags_are_distinct() {
+        let tags = [
+            T_SPAWN,
+            T_STOP,
+            T_FEED,
+            T_CLOSE_INPUT,
+            T_STARTED,
+            T_SPAWN_FAILED,
+            T_OUTPUT,
+            T_EXITED,
+            T_REPLIES,
+        ];
+        for (i, a) in tags.iter().enumerate() {
+            assert!(!tags[i + 1..].contains(a), "tag {a} twice");
+        }
+        // Requests and reports never decode as each other.
+        let feed = strip(
+            Request::Feed {
                 run: 1,
-                argv: vec![b"x".to_vec()],
-                env: vec![],
-                cwd: None,
-                stdin: None,
-                stop_signal: 15,
-                stop_grace_ms: 1,
+                data: b"x".to_vec(),
+            }
+            .encode(),
+        );
+        assert!(Report::decode(&feed).is_err());
+        let replies = strip(
+            Report::Replies {
+                run: 1,
+                data: b"x".to_vec(),
+            }
+            .encode(),
+        );
+        assert!(Request::decode(&replies).is_err());
+    }
+
+    #[test]
+    fn truncated_frames_are_errors_not_panics() {
+        let frames = [
+            strip(
+                Request::Spawn {
+                    run: 1,
+                    argv: vec![b"x".to_vec()],
+                    env: vec![],
+                    cwd: None,
+                    stdin: None,
+                    stop_signal: 15,
+                    stop_grace_ms: 1,
+                    keep_stdin: true,
+                    replies: true,
+                }
+                .encode(),
+            ),
+            strip(
+                Request::Feed {
+                    run: 1,
+                    data: b"abc".to_vec(),
+                }
+                .encode(),
+            ),
+            strip(Request::CloseInput { run: 1 }.encode()),
+        ];
+        for frame in frames {
+            for n in 0..frame.len() {
+                assert!(Request::decode(&frame[..n]).is_err());
+            }
+        }
+        let frame = strip(
+            Report::Replies {
+                run: 1,
+                data: b"abc".to_vec(),
             }
             .encode(),
         );
         for n in 0..frame.len() {
-            assert!(Request::decode(&frame[..n]).is_err());
+            assert!(Report::decode(&frame[..n]).is_err());
         }
     }
 }

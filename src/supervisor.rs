@@ -600,6 +600,8 @@ impl Supervisor {
                 }
             }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
+            // No run asks for replies yet (worker pools).
+            Report::Replies { .. } => {}
         }
     }
 

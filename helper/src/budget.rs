@@ -1,5 +1,6 @@
-//! How fast a run's output is forwarded: a worker that writes faster waits on its pipe,
-//! so no amount of output is ever buffered on either side.
+//! How fast a run's output is forwarded (stdout and stderr, and its replies on
+//! descriptor 3, together): a worker that writes faster waits on its pipe, so no amount
+//! of output is ever buffered on either side.
 
 use std::time::{Duration, Instant};
 

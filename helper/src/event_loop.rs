@@ -1,7 +1,14 @@
 //! The helper's event loop: one epoll set for requests from the control socket, child
-//! exits (SIGCHLD, through a self-pipe) and the runs' output and input pipes. It spawns
-//! and stops runs as asked, reaps them and reports back; `main` only sets the process
-//! up and hands over.
+//! exits (SIGCHLD, through a self-pipe) and the runs' pipes: output (stdout and
+//! stderr), replies (descriptor 3, for runs that ask for it) and input (stdin, written
+//! without blocking; kept open for pool workers, fed by `Feed`). It spawns and stops
+//! runs as asked, reaps them and reports back; `main` only sets the process up and
+//! hands over.
+//!
+//! The order the module relies on, per run: `Started` first (`settle` before any
+//! output or reply, and at the reaping), then `Output` and `Replies`, then `Exited`,
+//! before which everything the run wrote to its descriptor 3 is reported
+//! (`last_words`).
 
 use crate::budget::{
     Budget, OUTPUT_PAUSE, READ_PER_TURN, RUN_BURST, RUN_RATE, TOTAL_BURST, TOTAL_RATE,
@@ -17,12 +24,16 @@ use std::time::{Duration, Instant};
 struct Run {
     pid: i32,
     output: Option<File>,
-    /// What the run may still forward now (see `Budget`).
+    /// The read end of the run's descriptor 3 (`replies`), until its end of file.
+    replies: Option<File>,
+    /// What the run may still forward now, output and replies together (see `Budget`).
     budget: Budget,
-    /// The output pipe is out of the epoll set until then: the run wrote faster than
-    /// its budget, so it waits (blocked on a full pipe, as on a slow terminal).
+    /// The output and replies pipes are out of the epoll set until then: the run wrote
+    /// faster than its budget, so it waits (blocked on a full pipe, as on a slow
+    /// terminal).
     paused_until: Option<Instant>,
-    /// What is still to be written to the run's stdin (stream jobs: the entry).
+    /// The run's stdin pipe and what is still to be written to it (stream jobs: the
+    /// entry; pool workers: what was fed).
     input: Option<Input>,
     stop_signal: i32,
     stop_grace: Duration,
@@ -30,32 +41,148 @@ struct Run {
     kill_at: Option<Instant>,
 }
 
-struct Input {
-    pipe: File,
-    data: Vec<u8>,
-    written: usize,
-}
-
-impl Input {
-    /// Writes what the pipe takes now; true when done (all written, or the run
-    /// closed its end: a handler need not read its input).
-    fn pump(&mut self) -> bool {
-        while self.written < self.data.len() {
-            match self.pipe.write(&self.data[self.written..]) {
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
+impl Run {
+    /// The pipe of this kind the loop reads, while it is open.
+    fn pipe(&mut self, kind: Kind) -> Option<&mut File> {
+        match kind {
+            Kind::Output => self.output.as_mut(),
+            Kind::Replies => self.replies.as_mut(),
+            Kind::Input => None,
         }
-        true
     }
 }
 
-/// epoll tokens: the two fixed descriptors, then per run `id << 1` (output) and
-/// `id << 1 | 1` (input).
+/// A run's standard input: a pipe written without blocking, what it does not take
+/// now kept here until it does (a worker that does not read blocks no one).
+struct Input {
+    pipe: File,
+    /// Bytes still to write: those from `written` on.
+    data: Vec<u8>,
+    written: usize,
+    /// The pipe stays open once all is written (`keep_stdin`): until `CloseInput`,
+    /// the run's exit, or the helper's shutdown.
+    keep_open: bool,
+    /// In the epoll set (EPOLLOUT): only while something waits to be written, as a
+    /// pipe with room is always writable.
+    watched: bool,
+}
+
+/// Where an `Input` stands after writing what its pipe takes.
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// Something is left and the pipe is full: write again when it has room.
+    Waiting,
+    /// All written; the pipe stays open for more.
+    Idle,
+    /// Over: all written and not kept open, or the run closed its end (a handler
+    /// need not read its input). The pipe is to be closed.
+    Done,
+}
+
+impl Input {
+    fn new(pipe: File, data: Vec<u8>, keep_open: bool) -> Input {
+        Input {
+            pipe,
+            data,
+            written: 0,
+            keep_open,
+            watched: false,
+        }
+    }
+
+    /// Appends `data` after what is still to be written.
+    fn feed(&mut self, data: Vec<u8>) {
+        if self.written == self.data.len() {
+            self.data = data;
+            self.written = 0;
+            return;
+        }
+        // What is written goes before the buffer grows, at most once per half of it.
+        if self.written >= self.data.len() / 2 {
+            self.data.drain(..self.written);
+            self.written = 0;
+        }
+        self.data.extend_from_slice(&data);
+    }
+
+    /// Writes what the pipe takes now.
+    fn pump(&mut self) -> Pumped {
+        while self.written < self.data.len() {
+            match self.pipe.write(&self.data[self.written..]) {
+                Ok(0) => return Pumped::Done,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pumped::Waiting,
+                Err(_) => return Pumped::Done,
+            }
+        }
+        self.data = Vec::new();
+        self.written = 0;
+        if self.keep_open {
+            Pumped::Idle
+        } else {
+            Pumped::Done
+        }
+    }
+}
+
+/// What one read of a non-blocking pipe gave.
+enum Got {
+    Data(usize),
+    /// Nothing there now.
+    Nothing,
+    /// End of file (or an error, which ends the pipe too).
+    End,
+}
+
+/// One read into `buf`, which must not be empty (a read of 0 bytes says end of file).
+fn read_some(pipe: &mut File, buf: &mut [u8]) -> Got {
+    debug_assert!(!buf.is_empty());
+    loop {
+        return match pipe.read(buf) {
+            Ok(0) => Got::End,
+            Ok(n) => Got::Data(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
+            Err(_) => Got::End,
+        };
+    }
+}
+
+/// The pipes of a run in the epoll set, each with a token of its own (`token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// stdout and stderr.
+    Output = 0,
+    /// stdin (watched for room only while something waits to be written).
+    Input = 1,
+    /// Descriptor 3.
+    Replies = 2,
+}
+
+/// epoll tokens: the two fixed descriptors, then per run `id << 2 | kind` (run ids are
+/// far below 2^62, where they would meet the fixed ones).
 pub const TOKEN_CONTROL: u64 = u64::MAX;
 pub const TOKEN_SIGCHLD: u64 = u64::MAX - 1;
+
+fn token(id: u64, kind: Kind) -> u64 {
+    id << 2 | kind as u64
+}
+
+/// A run's token back into its run and pipe (`None`: not a run's token).
+fn untoken(token: u64) -> Option<(u64, Kind)> {
+    let kind = match token & 3 {
+        0 => Kind::Output,
+        1 => Kind::Input,
+        2 => Kind::Replies,
+        _ => return None,
+    };
+    Some((token >> 2, kind))
+}
+
+/// Without `FIONREAD`'s answer, the most a run's replies pipe is drained of at its
+/// exit: what a pipe holds at most unless root raised `fs.pipe-max-size`.
+const DRAIN_WITHOUT_COUNT: usize = 1 << 20;
 
 pub struct Helper {
     /// One epoll set for everything (a poll set rebuilt per wake-up costs O(runs), which
@@ -80,7 +207,7 @@ pub struct Helper {
     scratch: Vec<u8>,
     /// What all runs together may still forward (see `Budget`).
     total_budget: Budget,
-    /// Runs whose output pipe is paused, by when it is read again.
+    /// Runs whose output and replies pipes are paused, by when they are read again.
     paused: std::collections::BTreeSet<(Instant, u64)>,
     /// When children were last reaped without a SIGCHLD (see `run`).
     reaped: Instant,
@@ -149,14 +276,11 @@ impl Helper {
                         let mut buf = [0u8; 256];
                         while matches!(self.sigchld_rx.read(&mut buf), Ok(n) if n > 0) {}
                     }
-                    t if t & 1 == 0 => self.pump_output(t >> 1, false),
-                    t => {
-                        if let Some(run) = self.runs.get_mut(&(t >> 1)) {
-                            if run.input.as_mut().is_some_and(Input::pump) {
-                                run.input = None;
-                            }
-                        }
-                    }
+                    t => match untoken(t) {
+                        Some((id, Kind::Input)) => self.pump_input(id),
+                        Some((id, kind)) => self.pump(id, kind),
+                        None => {}
+                    },
                 }
             }
             // Reap on SIGCHLD, and at least every 100 ms in case one was lost (waitid
@@ -271,6 +395,8 @@ impl Helper {
         match req {
             Request::Stop { run } => self.stop(run),
             spawn @ Request::Spawn { .. } => self.spawn(spawn),
+            Request::Feed { run, data } => self.feed(run, data),
+            Request::CloseInput { run } => self.close_input(run),
         }
     }
 
@@ -283,50 +409,58 @@ impl Helper {
             stdin,
             stop_signal,
             stop_grace_ms,
+            keep_stdin,
+            replies,
         } = req
         else {
             return;
         };
-        let result = (|| -> io::Result<(i32, u64, File, Option<Input>)> {
+        type Started = (i32, u64, File, Option<File>, Option<Input>);
+        let result = (|| -> io::Result<Started> {
+            // Every pipe is close-on-exec; the run gets its ends by dup2 only.
             let (reader, writer) = io::pipe()?;
-            // Both pipes are close-on-exec; the run gets its ends by dup2 only.
-            let input = stdin
-                .map(|data| io::pipe().map(|p| (p, data)))
-                .transpose()?;
+            let replies = replies.then(io::pipe).transpose()?;
+            let input = (stdin.is_some() || keep_stdin).then(io::pipe).transpose()?;
             let before = identity::now_ns();
             let pid = spawn::run(
                 &argv,
                 &env,
                 cwd.as_deref(),
-                input.as_ref().map(|((r, _), _)| r.as_raw_fd()),
+                input.as_ref().map(|(r, _)| r.as_raw_fd()),
                 writer.as_raw_fd(),
+                replies.as_ref().map(|(_, w)| w.as_raw_fd()),
             )?;
             let started = identity::of(pid, before, identity::now_ns());
             drop(writer);
-            let out = File::from(OwnedFd::from(reader));
-            sys::set_nonblocking(out.as_raw_fd());
-            let input = input.and_then(|((r, w), data)| {
-                drop(r);
-                let pipe = File::from(OwnedFd::from(w));
-                sys::set_nonblocking(pipe.as_raw_fd());
-                let mut input = Input {
-                    pipe,
-                    data,
-                    written: 0,
-                };
-                (!input.pump()).then_some(input)
+            let nonblocking = |fd: OwnedFd| {
+                sys::set_nonblocking(fd.as_raw_fd());
+                File::from(fd)
+            };
+            let out = nonblocking(reader.into());
+            let replies = replies.map(|(r, w)| {
+                drop(w);
+                nonblocking(r.into())
             });
-            Ok((pid, started, out, input))
+            let input = input.map(|(r, w)| {
+                drop(r);
+                Input::new(nonblocking(w.into()), stdin.unwrap_or_default(), keep_stdin)
+            });
+            Ok((pid, started, out, replies, input))
         })();
         match result {
-            Ok((pid, start_ticks, out, input)) => {
-                sys::watch(self.epfd, out.as_raw_fd(), libc::EPOLLIN, id << 1);
-                if let Some(input) = &input {
+            Ok((pid, start_ticks, out, replies, input)) => {
+                sys::watch(
+                    self.epfd,
+                    out.as_raw_fd(),
+                    libc::EPOLLIN,
+                    token(id, Kind::Output),
+                );
+                if let Some(r) = &replies {
                     sys::watch(
                         self.epfd,
-                        input.pipe.as_raw_fd(),
-                        libc::EPOLLOUT,
-                        id << 1 | 1,
+                        r.as_raw_fd(),
+                        libc::EPOLLIN,
+                        token(id, Kind::Replies),
                     );
                 }
                 self.runs.insert(
@@ -334,6 +468,7 @@ impl Helper {
                     Run {
                         pid,
                         output: Some(out),
+                        replies,
                         budget: Budget::full(RUN_BURST, Instant::now()),
                         paused_until: None,
                         input,
@@ -344,11 +479,68 @@ impl Helper {
                 );
                 self.by_pid.insert(pid, id);
                 self.starting.insert(pid, start_ticks);
+                self.pump_input(id);
             }
             Err(e) => self.send(Report::SpawnFailed {
                 run: id,
                 error: e.to_string(),
             }),
+        }
+    }
+
+    /// Writes what the run's stdin pipe takes now; watches it for room while
+    /// something is left, closes it when it is over.
+    fn pump_input(&mut self, id: u64) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let Some(input) = run.input.as_mut() else {
+            return;
+        };
+        let fd = input.pipe.as_raw_fd();
+        match input.pump() {
+            Pumped::Waiting => {
+                if !input.watched {
+                    sys::watch(self.epfd, fd, libc::EPOLLOUT, token(id, Kind::Input));
+                    input.watched = true;
+                }
+            }
+            Pumped::Idle => {
+                if input.watched {
+                    sys::unwatch(self.epfd, fd);
+                    input.watched = false;
+                }
+            }
+            Pumped::Done => {
+                if input.watched {
+                    sys::unwatch(self.epfd, fd);
+                }
+                run.input = None;
+            }
+        }
+    }
+
+    /// `Feed`: appended to the run's kept-open stdin (ignored for an unknown run,
+    /// or one whose stdin is closed or closing).
+    fn feed(&mut self, id: u64, data: Vec<u8>) {
+        let Some(input) = self.runs.get_mut(&id).and_then(|r| r.input.as_mut()) else {
+            return;
+        };
+        if !input.keep_open {
+            return;
+        }
+        let full = input.watched;
+        input.feed(data);
+        if !full {
+            self.pump_input(id);
+        }
+    }
+
+    /// `CloseInput`: the run's stdin is closed once what was fed is written.
+    fn close_input(&mut self, id: u64) {
+        if let Some(input) = self.runs.get_mut(&id).and_then(|r| r.input.as_mut()) {
+            input.keep_open = false;
+            self.pump_input(id);
         }
     }
 
@@ -400,77 +592,143 @@ impl Helper {
             sys::unwatch(self.epfd, self.control.as_raw_fd());
         }
         self.shutting_down = true;
+        // A worker waiting for its next line sees the end of its input.
+        for run in self.runs.values_mut() {
+            if let Some(input) = run.input.take() {
+                if input.watched {
+                    sys::unwatch(self.epfd, input.pipe.as_raw_fd());
+                }
+            }
+        }
         let ids: Vec<u64> = self.runs.keys().copied().collect();
         for id in ids {
             self.stop(id);
         }
     }
 
-    /// Forwards what the run has written, within its budget and everyone's; a run over
-    /// budget is paused (its pipe taken out of the epoll set, so the worker waits on
-    /// it). Closes the pipe at end of file. `last`: the run has exited; what its pipe
-    /// still holds (its last words, at most one read) is forwarded whatever the budget.
-    fn pump_output(&mut self, id: u64, last: bool) {
+    /// Forwards what the run has written to its output or replies pipe, within its
+    /// budget and everyone's; a run over budget is paused (both pipes taken out of the
+    /// epoll set, so the worker waits on them). Closes the pipe at end of file.
+    fn pump(&mut self, id: u64, kind: Kind) {
         let now = Instant::now();
         let total = self.total_budget.refill(now, TOTAL_RATE, TOTAL_BURST);
         let Some(run) = self.runs.get_mut(&id) else {
             return;
         };
-        let Some(out) = run.output.as_mut() else {
+        let own = run.budget.refill(now, RUN_RATE, RUN_BURST);
+        let Some(pipe) = run.pipe(kind) else {
             return;
         };
-        let own = run.budget.refill(now, RUN_RATE, RUN_BURST);
-        let allowed = if last {
-            READ_PER_TURN
+        let allowed = own.min(total).min(READ_PER_TURN);
+        let got = if allowed > 0 {
+            read_some(pipe, &mut self.scratch[..allowed])
         } else {
-            own.min(total).min(READ_PER_TURN)
+            Got::Nothing
         };
-        let mut eof = false;
-        let mut data = None;
-        if allowed > 0 {
-            loop {
-                match out.read(&mut self.scratch[..allowed]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => data = Some(self.scratch[..n].to_vec()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => eof = true,
-                }
-                break;
-            }
-        }
-        let n = data.as_ref().map_or(0, Vec::len);
+        let n = if let Got::Data(n) = got { n } else { 0 };
         run.budget.spend(n);
         self.total_budget.spend(n);
-        if eof {
-            if let Some(out) = run.output.take() {
-                if run.paused_until.take().is_none() {
-                    sys::unwatch(self.epfd, out.as_raw_fd());
-                }
-            }
-        } else if !last && n >= allowed && allowed < READ_PER_TURN && run.paused_until.is_none() {
+        if let Got::End = got {
+            self.close_pipe(id, kind);
+        } else if n >= allowed && allowed < READ_PER_TURN {
             // Used up what it may send now: pause it (a full read within budget is
             // simply read again on the next wake-up, after the other runs).
-            let at = now + OUTPUT_PAUSE;
-            run.paused_until = Some(at);
-            sys::unwatch(self.epfd, out.as_raw_fd());
-            self.paused.insert((at, id));
+            self.pause(id, now + OUTPUT_PAUSE);
         }
-        if let Some(data) = data {
-            // A run is reported started before its first output: a run that wrote
-            // has exec'ed, so its launch is over even if not collected yet.
-            if self
-                .runs
-                .get(&id)
-                .is_some_and(|r| self.starting.contains_key(&r.pid))
-            {
-                self.settle();
-            }
-            self.send(Report::Output { run: id, data });
+        if n > 0 {
+            let data = self.scratch[..n].to_vec();
+            self.forward(id, kind, data);
         }
     }
 
-    /// Puts paused output pipes whose pause is over back into the epoll set.
+    /// At the run's exit, what its pipes still hold, whatever the budget: its output's
+    /// last words (at most one read), and all it wrote to its descriptor 3.
+    fn last_words(&mut self, id: u64) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let mut chunks = Vec::new();
+        if let Some(out) = run.output.as_mut() {
+            if let Got::Data(n) = read_some(out, &mut self.scratch) {
+                chunks.push((Kind::Output, self.scratch[..n].to_vec()));
+            }
+        }
+        if let Some(replies) = run.replies.as_mut() {
+            // What the pipe holds now (the leader is reaped: all it wrote is in),
+            // and no more: a process it left behind may still hold fd 3 and write.
+            let mut left = sys::readable_bytes(replies.as_raw_fd()).unwrap_or(DRAIN_WITHOUT_COUNT);
+            while left > 0 {
+                let Got::Data(n) = read_some(replies, &mut self.scratch[..left.min(READ_PER_TURN)])
+                else {
+                    break;
+                };
+                chunks.push((Kind::Replies, self.scratch[..n].to_vec()));
+                left -= n;
+            }
+        }
+        let now = Instant::now();
+        self.total_budget.refill(now, TOTAL_RATE, TOTAL_BURST);
+        run.budget.refill(now, RUN_RATE, RUN_BURST);
+        for (kind, data) in chunks {
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.budget.spend(data.len());
+            }
+            self.total_budget.spend(data.len());
+            self.forward(id, kind, data);
+        }
+    }
+
+    /// Reports what the run wrote. A run is reported started before its first output
+    /// or reply: a run that wrote has exec'ed, so its launch is over even if not
+    /// collected yet.
+    fn forward(&mut self, id: u64, kind: Kind, data: Vec<u8>) {
+        if self
+            .runs
+            .get(&id)
+            .is_some_and(|r| self.starting.contains_key(&r.pid))
+        {
+            self.settle();
+        }
+        self.send(match kind {
+            Kind::Replies => Report::Replies { run: id, data },
+            _ => Report::Output { run: id, data },
+        });
+    }
+
+    /// Closes the run's output or replies pipe (at its end of file).
+    fn close_pipe(&mut self, id: u64, kind: Kind) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let pipe = match kind {
+            Kind::Output => run.output.take(),
+            Kind::Replies => run.replies.take(),
+            Kind::Input => None,
+        };
+        if let Some(pipe) = pipe {
+            // A paused run's pipes are out of the set already.
+            if run.paused_until.is_none() {
+                sys::unwatch(self.epfd, pipe.as_raw_fd());
+            }
+        }
+    }
+
+    /// Takes the run's output and replies pipes out of the epoll set until `at`.
+    fn pause(&mut self, id: u64, at: Instant) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        if run.paused_until.is_some() {
+            return;
+        }
+        run.paused_until = Some(at);
+        for pipe in [&run.output, &run.replies].into_iter().flatten() {
+            sys::unwatch(self.epfd, pipe.as_raw_fd());
+        }
+        self.paused.insert((at, id));
+    }
+
+    /// Puts paused pipes whose pause is over back into the epoll set.
     fn resume_output(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.paused.first() {
             if at > now {
@@ -480,8 +738,11 @@ impl Helper {
             if let Some(run) = self.runs.get_mut(&id) {
                 if run.paused_until == Some(at) {
                     run.paused_until = None;
-                    if let Some(out) = &run.output {
-                        sys::watch(self.epfd, out.as_raw_fd(), libc::EPOLLIN, id << 1);
+                    for (pipe, kind) in [(&run.output, Kind::Output), (&run.replies, Kind::Replies)]
+                    {
+                        if let Some(pipe) = pipe {
+                            sys::watch(self.epfd, pipe.as_raw_fd(), libc::EPOLLIN, token(id, kind));
+                        }
                     }
                 }
             }
@@ -529,6 +790,12 @@ impl Helper {
         // A run is reported started before it is reported exited.
         self.settle();
         while let Some(pid) = sys::peek_exited_child() {
+            if self.starting.contains_key(&pid) {
+                // Launched, exec'ed and exited since the settle above (an exited child
+                // has left its launch): reported started (or failed) first, while its
+                // pid still names its run.
+                self.settle();
+            }
             if self.by_pid.contains_key(&pid) {
                 // The leader is a zombie: -pid still names only its own group.
                 sys::kill(-pid, libc::SIGKILL);
@@ -537,8 +804,9 @@ impl Helper {
                 break;
             };
             if let Some(id) = self.by_pid.remove(&pid) {
-                // Whatever the run wrote before it exited goes out first.
-                self.pump_output(id, true);
+                // Whatever the run wrote before it exited goes out first (its replies
+                // all of it).
+                self.last_words(id);
                 if let Some(at) = self.runs.remove(&id).and_then(|r| r.kill_at) {
                     // Stopped in time: its SIGKILL deadline goes too (else the helper
                     // wakes for nothing when it comes).
@@ -561,6 +829,116 @@ fn timeout_ms(t: Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn tokens_name_the_run_and_its_pipe() {
+        for id in [0, 1, 7, 1 << 40, (1 << 62) - 2] {
+            for kind in [Kind::Output, Kind::Input, Kind::Replies] {
+                let t = token(id, kind);
+                assert_eq!(untoken(t), Some((id, kind)));
+                assert!(t != TOKEN_CONTROL && t != TOKEN_SIGCHLD, "{id} {kind:?}");
+            }
+        }
+        assert_ne!(token(1, Kind::Output), token(0, Kind::Replies));
+        assert_eq!(untoken(TOKEN_CONTROL), None);
+    }
+
+    /// An `Input` on a fresh non-blocking pipe, and the pipe's read end.
+    fn input(data: &[u8], keep_open: bool) -> (Input, File) {
+        let (r, w) = sys::pipe_nonblocking().unwrap();
+        // SAFETY: both ends were just created and are owned by nothing else.
+        let (r, w) = unsafe { (File::from_raw_fd(r), File::from_raw_fd(w)) };
+        (Input::new(w, data.to_vec(), keep_open), r)
+    }
+
+    fn read_all(r: &mut File) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn a_one_shot_input_is_done_once_written() {
+        let (mut i, mut r) = input(b"entry", false);
+        assert_eq!(i.pump(), Pumped::Done);
+        assert_eq!(read_all(&mut r), b"entry");
+        let (mut i, _r) = input(b"", false);
+        assert_eq!(i.pump(), Pumped::Done);
+    }
+
+    #[test]
+    fn a_kept_open_input_takes_feeds_in_order_and_waits_when_full() {
+        let (mut i, mut r) = input(b"first\n", true);
+        assert_eq!(i.pump(), Pumped::Idle);
+        // More than the pipe holds (64 KiB by default): the rest waits here.
+        let big: Vec<u8> = (0..300_000u32).map(|n| n as u8).collect();
+        i.feed(b"second\n".to_vec());
+        i.feed(big.clone());
+        assert_eq!(i.pump(), Pumped::Waiting);
+        i.feed(b"last\n".to_vec());
+        assert_eq!(i.pump(), Pumped::Waiting);
+        let mut got = Vec::new();
+        loop {
+            got.extend(read_all(&mut r));
+            match i.pump() {
+                Pumped::Waiting => continue,
+                p => {
+                    assert_eq!(p, Pumped::Idle);
+                    break;
+                }
+            }
+        }
+        got.extend(read_all(&mut r));
+        let want = [&b"first\nsecond\n"[..], &big, b"last\n"].concat();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+        // Idle, nothing kept; closing it now is done at once.
+        assert!(i.data.is_empty() && i.written == 0);
+        i.keep_open = false;
+        assert_eq!(i.pump(), Pumped::Done);
+    }
+
+    #[test]
+    fn feeding_compacts_what_was_written() {
+        let (mut i, _r) = input(b"", true);
+        i.data = b"abcdef".to_vec();
+        i.written = 4;
+        i.feed(b"gh".to_vec());
+        assert_eq!((&i.data[i.written..], i.written), (&b"efgh"[..], 0));
+        i.written = 1;
+        i.feed(b"ij".to_vec());
+        assert_eq!(&i.data[i.written..], b"fghij");
+        i.written = i.data.len();
+        i.feed(b"k".to_vec());
+        assert_eq!((&i.data[..], i.written), (&b"k"[..], 0));
+    }
+
+    #[test]
+    fn an_input_whose_reader_is_gone_is_done() {
+        let (mut i, r) = input(b"", true);
+        drop(r);
+        assert_eq!(i.pump(), Pumped::Idle);
+        i.feed(b"line\n".to_vec());
+        // EPIPE (the helper ignores SIGPIPE, as the test harness does).
+        assert_eq!(i.pump(), Pumped::Done);
+    }
+
+    #[test]
+    fn reads_tell_data_nothing_and_end() {
+        let (r, w) = sys::pipe_nonblocking().unwrap();
+        // SAFETY: both ends were just created and are owned by nothing else.
+        let (mut r, mut w) = unsafe { (File::from_raw_fd(r), File::from_raw_fd(w)) };
+        let mut buf = [0u8; 8];
+        assert!(matches!(read_some(&mut r, &mut buf), Got::Nothing));
+        w.write_all(b"abc").unwrap();
+        assert!(matches!(read_some(&mut r, &mut buf), Got::Data(3)));
+        drop(w);
+        assert!(matches!(read_some(&mut r, &mut buf), Got::End));
+    }
 
     #[test]
     fn poll_timeouts_round_up_to_the_millisecond() {

@@ -71,7 +71,14 @@ mod tests {
                 stdin: Some(b"entry".to_vec()),
                 stop_signal: 15,
                 stop_grace_ms: 500,
+                keep_stdin: true,
+                replies: true,
             },
+            Request::Feed {
+                run: 8,
+                data: b"line\n".to_vec(),
+            },
+            Request::CloseInput { run: 8 },
         ];
         let wire: Vec<u8> = reqs.iter().flat_map(Request::encode).collect();
         let (mut at, mut got) = (0, Vec::new());

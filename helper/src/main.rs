@@ -15,6 +15,9 @@
 //!
 //! A run's output is forwarded at a bounded rate (see `Budget`): a worker that writes
 //! faster waits on its pipe, so no amount of output is ever buffered on either side.
+//! So are a pool worker's replies (its descriptor 3), on the same budget. Its input
+//! (`Feed`) is buffered here until its stdin pipe takes it: the module decides how
+//! much it feeds.
 //!
 //! The module embeds this binary (build.rs builds this crate with the workspace's
 //! `helper` profile). It uses `std` and the `libc` crate.

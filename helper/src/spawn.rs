@@ -1,7 +1,8 @@
 //! One run, started with these attributes: its own process group; an empty signal
 //! mask; every signal at its default, glibc's internal 32 and 33 included (an
 //! ignored signal stays ignored across exec); stdin `/dev/null` or the input pipe,
-//! stdout and stderr on `out`; `cwd` if given; the helper's environment plus `env`.
+//! stdout and stderr on `out`, descriptor 3 on the replies pipe if it has one (and no
+//! descriptor 3 at all if not); `cwd` if given; the helper's environment plus `env`.
 //!
 //! How: a `clone` that shares the helper's memory (CLONE_VM: cheap whatever the
 //! helper's size) and descriptor table (CLONE_FILES), and whose child first calls
@@ -10,7 +11,8 @@
 //! per run, so with 10,000 runs a plain `posix_spawn` copied 10,000 descriptors at
 //! the clone and walked them again at the exec (`dup_fd`, `do_close_on_exec`: most
 //! of the helper's time when starting many runs). The run's pipe ends are dup2'ed
-//! onto a pair of slots reserved at start, below `SLOTS_END`, just before the clone.
+//! onto a set of slots (out, in, replies) reserved at start, below `SLOTS_END`, just
+//! before the clone.
 //!
 //! The helper does not wait for the exec (no CLONE_VFORK). With more runs than
 //! cores, a new child waits its turn behind the running ones, and a vfork-style
@@ -29,12 +31,12 @@ use child::Child;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// How many runs may be between their clone and their exec at once; one more waits
-/// for the oldest (each holds a stack and a pair of slots until then). A few are
+/// for the oldest (each holds a stack and a set of slots until then). A few are
 /// enough to keep the helper from waiting on the scheduler; more would only let a
 /// burst of starts crowd the cores (and Redis) harder.
 const LAUNCHES: usize = 8;
@@ -49,7 +51,8 @@ struct Launch {
     /// the child leaves this memory: at its exec, or at its exit.
     tid: AtomicI32,
     child: Child,
-    pair: usize,
+    /// Its index in `Launcher::slots`.
+    set: usize,
     stack: Vec<u128>,
     _strings: Vec<CString>,
     _pointers: [Vec<*const c_char>; 2],
@@ -60,10 +63,10 @@ struct Launcher {
     /// Whether the clone path works here (close_range with UNSHARE exists).
     fast: bool,
     null: c_int,
-    /// Descriptor pairs (out, in) a child's stdout and stdin are dup2'ed onto for
+    /// The descriptors a child's stdout, stdin and replies pipe are dup2'ed onto for
     /// its clone; parked on /dev/null, close-on-exec, while free.
-    pairs: Vec<(c_int, c_int)>,
-    free_pairs: Vec<usize>,
+    slots: Vec<Slots>,
+    free_slots: Vec<usize>,
     keep_below: c_uint,
     /// Boxed: a child reads its launch at a fixed address while the list changes.
     #[allow(clippy::vec_box)]
@@ -78,14 +81,22 @@ thread_local! {
         RefCell::new(Launcher {
             fast: false,
             null: -1,
-            pairs: Vec::new(),
-            free_pairs: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             keep_below: 0,
             launches: Vec::new(),
             stacks: Vec::new(),
             settled: Vec::new(),
         })
     };
+}
+
+/// One launch's slots.
+#[derive(Clone, Copy)]
+struct Slots {
+    out: c_int,
+    inp: c_int,
+    replies: c_int,
 }
 
 fn open_null() -> c_int {
@@ -104,23 +115,27 @@ fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 pub fn reserve() {
     let has_close_range = child::has_close_range();
     let null = open_null();
-    let mut pairs = Vec::new();
+    let mut slots = Vec::new();
     for _ in 0..LAUNCHES {
-        let (out, inp) = (open_null(), open_null());
-        if out < 0 || inp < 0 {
+        let (out, inp, replies) = (open_null(), open_null(), open_null());
+        if out < 0 || inp < 0 || replies < 0 {
             return;
         }
-        pairs.push((out, inp));
+        slots.push(Slots { out, inp, replies });
     }
     if null < 0 || !has_close_range {
         return;
     }
-    let top = pairs.iter().map(|&(o, i)| o.max(i)).max().unwrap_or(null);
+    let top = slots
+        .iter()
+        .map(|s| s.out.max(s.inp).max(s.replies))
+        .max()
+        .unwrap_or(null);
     LAUNCHER.with_borrow_mut(|l| {
         l.keep_below = (top.max(null) + 1) as c_uint;
         l.null = null;
-        l.free_pairs = (0..pairs.len()).rev().collect();
-        l.pairs = pairs;
+        l.free_slots = (0..slots.len()).rev().collect();
+        l.slots = slots;
         l.fast = true;
     });
 }
@@ -170,10 +185,13 @@ impl Launcher {
     }
 
     fn finish(&mut self, mut l: Launch) {
-        let (out, inp) = self.pairs[l.pair];
-        dup3(self.null, inp, libc::O_CLOEXEC);
-        dup3(self.null, out, libc::O_CLOEXEC);
-        self.free_pairs.push(l.pair);
+        let slots = self.slots[l.set];
+        dup3(self.null, slots.inp, libc::O_CLOEXEC);
+        dup3(self.null, slots.out, libc::O_CLOEXEC);
+        if l.child.slot_replies >= 0 {
+            dup3(self.null, slots.replies, libc::O_CLOEXEC);
+        }
+        self.free_slots.push(l.set);
         let error = (l.child.failed.load(Ordering::Acquire) != 0)
             .then(|| io::Error::from_raw_os_error(l.child.errno.load(Ordering::Relaxed)));
         self.stacks.push(std::mem::take(&mut l.stack));
@@ -198,15 +216,23 @@ impl Launcher {
         strings: Vec<CString>,
         pointers: [Vec<*const c_char>; 2],
         dir: Option<CString>,
-        stdin: Option<RawFd>,
-        out: RawFd,
+        fds: Fds,
     ) -> io::Result<i32> {
+        let Fds {
+            stdin,
+            out,
+            replies,
+        } = fds;
         self.collect();
-        if self.free_pairs.is_empty() {
+        if self.free_slots.is_empty() {
             self.wait_oldest();
         }
-        let pair = self.free_pairs.pop().expect("a pair is free");
-        let (slot_out, slot_in) = self.pairs[pair];
+        let set = self.free_slots.pop().expect("a set of slots is free");
+        let Slots {
+            out: slot_out,
+            inp: slot_in,
+            replies: slot_replies,
+        } = self.slots[set];
         let stack = self
             .stacks
             .pop()
@@ -221,13 +247,14 @@ impl Launcher {
                 dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
                 slot_out,
                 slot_in,
+                slot_replies: if replies.is_some() { slot_replies } else { -1 },
                 keep_below: self.keep_below,
                 reset: child::non_default_signals(),
                 parent: std::process::id() as c_int,
                 errno: AtomicI32::new(0),
                 failed: AtomicI32::new(0),
             },
-            pair,
+            set,
             stack,
             _strings: strings.into_iter().chain([path]).chain(dir).collect(),
             _pointers: pointers,
@@ -236,11 +263,17 @@ impl Launcher {
         let park = |e: io::Error, free: &mut Vec<usize>| {
             dup3(null, slot_in, libc::O_CLOEXEC);
             dup3(null, slot_out, libc::O_CLOEXEC);
-            free.push(pair);
+            dup3(null, slot_replies, libc::O_CLOEXEC);
+            free.push(set);
             Err(e)
         };
-        if dup3(stdin.unwrap_or(null), slot_in, 0) < 0 || dup3(out, slot_out, 0) < 0 {
-            return park(io::Error::last_os_error(), &mut self.free_pairs);
+        // Not close-on-exec while in use: the child dup2s them to 0 to 3, and a slot
+        // that is 3 already is kept as it is.
+        if dup3(stdin.unwrap_or(null), slot_in, 0) < 0
+            || dup3(out, slot_out, 0) < 0
+            || replies.is_some_and(|r| dup3(r, slot_replies, 0) < 0)
+        {
+            return park(io::Error::last_os_error(), &mut self.free_slots);
         }
         let top = l.stack.as_mut_ptr_range().end.cast::<c_void>();
         let old_mask = child::block_all_signals();
@@ -265,7 +298,7 @@ impl Launcher {
         child::restore_signal_mask(old_mask);
         if pid < 0 {
             self.stacks.push(std::mem::take(&mut l.stack));
-            return park(clone_error, &mut self.free_pairs);
+            return park(clone_error, &mut self.free_slots);
         }
         // Its own group from now on, whether or not the child got there yet
         // (a stop sent before then reaches it); fails harmlessly after its exec.
@@ -275,6 +308,17 @@ impl Launcher {
         self.launches.push(l);
         Ok(pid)
     }
+}
+
+/// A close-on-exec copy of `fd` numbered above 3.
+fn dup_above_3(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: no pointer arguments.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 4) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` was just opened here and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 fn check(r: c_int) -> io::Result<()> {
@@ -290,12 +334,15 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 }
 
 /// Starts a run; its outcome (exec'ed, or why not) comes later from `settled`.
+/// `stdin`: its descriptor 0 (`None`: /dev/null); `out`: its 1 and 2; `replies`: its
+/// 3 (`None`: it has no descriptor 3).
 pub fn run(
     argv: &[Vec<u8>],
     env: &[(Vec<u8>, Vec<u8>)],
     cwd: Option<&[u8]>,
     stdin: Option<RawFd>,
     out: RawFd,
+    replies: Option<RawFd>,
 ) -> io::Result<i32> {
     let program = argv
         .first()
@@ -320,12 +367,16 @@ pub fn run(
     let argp = list(&strings[..nargs]);
     let envp = list(&strings[nargs..]);
     let dir = cwd.map(cstring).transpose()?;
+    let fds = Fds {
+        stdin,
+        out,
+        replies,
+    };
     if LAUNCHER.with_borrow(|l| l.fast) {
         let path = resolve(program)?;
-        return LAUNCHER
-            .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, stdin, out));
+        return LAUNCHER.with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, fds));
     }
-    let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), stdin, out)?;
+    let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), fds)?;
     LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
     Ok(pid)
 }
@@ -359,6 +410,13 @@ fn sigset_of(mask: u64) -> libc::sigset_t {
     }
 }
 
+/// A run's descriptors as `run` takes them.
+struct Fds {
+    stdin: Option<RawFd>,
+    out: RawFd,
+    replies: Option<RawFd>,
+}
+
 /// glibc's `posix_spawn`, where the clone path is not available (it returns once
 /// the child has exec'ed, or with why it could not).
 fn posix_spawn_run(
@@ -367,9 +425,20 @@ fn posix_spawn_run(
     argp: &[*const c_char],
     envp: &[*const c_char],
     dir: Option<&CString>,
-    stdin: Option<RawFd>,
-    out: RawFd,
+    fds: Fds,
 ) -> io::Result<i32> {
+    let Fds {
+        stdin,
+        out,
+        replies,
+    } = fds;
+    // dup2(3, 3) would leave it close-on-exec (older glibc does not clear the flag):
+    // a replies pipe that is 3 here is passed from a copy above it.
+    let moved = match replies {
+        Some(3) => Some(dup_above_3(3)?),
+        _ => None,
+    };
+    let replies = moved.as_ref().map(|m| m.as_raw_fd()).or(replies);
     let mut all = 0u64;
     for sig in 1..=64 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -412,6 +481,12 @@ fn posix_spawn_run(
             }
             check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
             check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
+            // After the others, which may come from 3: the replies pipe, or no 3 at all
+            // (closing a descriptor that is not open is no error for glibc).
+            match replies {
+                Some(fd) => check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, 3))?,
+                None => check(libc::posix_spawn_file_actions_addclose(&mut actions, 3))?,
+            }
             if let Some(dir) = dir {
                 check(libc::posix_spawn_file_actions_addchdir_np(
                     &mut actions,

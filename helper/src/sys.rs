@@ -123,6 +123,14 @@ pub fn pipe_nonblocking() -> io::Result<(RawFd, RawFd)> {
     }
 }
 
+/// How many bytes a pipe's read end `fd` holds now (`FIONREAD`), if it can say.
+pub fn readable_bytes(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into the live local `n`.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (r == 0 && n >= 0).then_some(n as usize)
+}
+
 /// Sets `sig`'s disposition: `libc::SIG_DFL`, `libc::SIG_IGN`, or a handler.
 pub fn signal(sig: libc::c_int, handler: libc::sighandler_t) {
     // SAFETY: a handler passed here is an `extern "C" fn(c_int)` that is
@@ -202,6 +210,22 @@ mod tests {
         assert_eq!(token, 7);
         unwatch(ep, r);
         assert_eq!(epoll_wait(ep, &mut evs, 0).unwrap(), 0);
+        for fd in [r, w, ep] {
+            close(fd);
+        }
+    }
+
+    #[test]
+    fn readable_bytes_counts_what_a_pipe_holds() {
+        let (r, w) = pipe_nonblocking().unwrap();
+        assert_eq!(readable_bytes(r), Some(0));
+        for _ in 0..3 {
+            poke(w);
+        }
+        assert_eq!(readable_bytes(r), Some(3));
+        // Not a pipe, socket or tty: no answer.
+        let ep = epoll_create().unwrap();
+        assert_eq!(readable_bytes(ep), None);
         for fd in [r, w, ep] {
             close(fd);
         }

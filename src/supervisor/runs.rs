@@ -333,6 +333,8 @@ fn spawn_request(
         stdin,
         stop_signal: h.stop_signal,
         stop_grace_ms: h.stop_grace.as_millis() as u64,
+        keep_stdin: false,
+        replies: false,
     })
 }
 
@@ -471,6 +473,8 @@ mod tests {
                 stdin,
                 stop_signal: 15,
                 stop_grace_ms: 1500,
+                keep_stdin: false,
+                replies: false,
             };
             assert_eq!(got, Ok(want), "row {i}");
         }

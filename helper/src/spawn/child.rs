@@ -80,6 +80,8 @@ pub(super) struct Child {
     pub dir: *const c_char,
     pub slot_out: c_int,
     pub slot_in: c_int,
+    /// Becomes descriptor 3; -1: the run has no descriptor 3.
+    pub slot_replies: c_int,
     /// The lowest descriptor the child does not keep.
     pub keep_below: c_uint,
     /// The signals to set to their defaults (bit `n - 1` for signal `n`).
@@ -151,9 +153,30 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
                 fail(r);
             }
         }
+        // The replies pipe, after 0 to 2 (whose slots may be 3). A slot that is 3
+        // already is not close-on-exec (dup3'ed with no flags) and stays.
+        let mut first_closed = 3;
+        if c.slot_replies >= 0 {
+            if c.slot_replies != 3 {
+                // SAFETY: no pointer arguments; the table is the child's own (see above),
+                // so overwriting its 3 closes nothing of the helper's.
+                let r = raw(libc::SYS_dup3, c.slot_replies as usize, 3, 0, 0);
+                if r < 0 {
+                    fail(r);
+                }
+            }
+            first_closed = 4;
+        }
         // Every other slot (its own, other launches', the helper's close-on-exec
-        // descriptors below `keep_below`): the worker gets 0, 1 and 2 only.
-        raw(libc::SYS_close_range, 3, c.keep_below as usize - 1, 0, 0);
+        // descriptors below `keep_below`): the worker gets 0, 1 and 2 only, and 3 if
+        // it has replies.
+        raw(
+            libc::SYS_close_range,
+            first_closed,
+            c.keep_below as usize - 1,
+            0,
+            0,
+        );
         let dfl = KernelSigaction::default(); // SIG_DFL is 0
                                               // Only the signals the helper handles or ignores: the rest are at their
                                               // defaults already (see `non_default_signals`).

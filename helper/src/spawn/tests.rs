@@ -56,6 +56,8 @@ struct Outcome {
     /// Why the run did not start: from `run` itself, or from its launch.
     error: Option<io::Error>,
     output: Vec<u8>,
+    /// What it wrote to its descriptor 3, if it had one.
+    replies: Vec<u8>,
     status: Option<i32>,
 }
 
@@ -65,6 +67,18 @@ fn start(
     env: &[(&str, &str)],
     cwd: Option<&str>,
     input: Option<&[u8]>,
+) -> Outcome {
+    start_with_replies(fast, argv, env, cwd, input, false)
+}
+
+/// `start`, the run given a replies pipe as its descriptor 3 if `replies`.
+fn start_with_replies(
+    fast: bool,
+    argv: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&str>,
+    input: Option<&[u8]>,
+    replies: bool,
 ) -> Outcome {
     launcher(fast);
     let env: Vec<_> = env
@@ -77,31 +91,38 @@ fn start(
         w.write_all(data).unwrap();
         r
     });
+    let (mut replies_reader, replies_writer) = io::pipe().unwrap();
     let pid = run(
         &strings(argv),
         &env,
         cwd.map(str::as_bytes),
         input.as_ref().map(|r| r.as_raw_fd()),
         writer.as_raw_fd(),
+        replies.then(|| replies_writer.as_raw_fd()),
     );
-    drop((writer, input));
+    drop((writer, input, replies_writer));
     let pid = match pid {
         Ok(pid) => pid,
         Err(e) => {
             return Outcome {
                 error: Some(e),
                 output: Vec::new(),
+                replies: Vec::new(),
                 status: None,
             }
         }
     };
     let error = settle(pid);
-    // The launch's slots are parked again: the run holds the last write end.
+    // The launch's slots are parked again: the run holds the last write ends (the
+    // tests write little enough to the one not read first).
     let mut output = Vec::new();
     reader.read_to_end(&mut output).unwrap();
+    let mut replies = Vec::new();
+    replies_reader.read_to_end(&mut replies).unwrap();
     Outcome {
         error,
         output,
+        replies,
         status: Some(wait(pid)),
     }
 }
@@ -160,8 +181,8 @@ fn a_failing_exec_or_chdir_reports_why() {
         let o = start(fast, &["true"], &[], Some("/nonexistent/dir"), None);
         assert_eq!(o.error.unwrap().raw_os_error(), Some(libc::ENOENT));
     }
-    assert!(run(&[], &[], None, None, 1).is_err());
-    assert!(run(&strings(&["a\0b"]), &[], None, None, 1).is_err());
+    assert!(run(&[], &[], None, None, 1, None).is_err());
+    assert!(run(&strings(&["a\0b"]), &[], None, None, 1, None).is_err());
 }
 
 #[test]
@@ -175,6 +196,7 @@ fn a_run_leads_its_own_group_with_default_signals_unblocked() {
             None,
             None,
             writer.as_raw_fd(),
+            None,
         )
         .unwrap();
         drop(writer);
@@ -214,6 +236,131 @@ fn a_run_leads_its_own_group_with_default_signals_unblocked() {
     }
 }
 
+/// The pipes among `pid`'s descriptors, in order: (descriptor, "pipe:[inode]").
+fn pipes_of(pid: i32) -> Vec<(u32, String)> {
+    let mut pipes: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?.into_os_string();
+            let link = link.into_string().ok()?;
+            link.starts_with("pipe:")
+                .then(|| (e.file_name().to_str().unwrap().parse().unwrap(), link))
+        })
+        .collect();
+    pipes.sort();
+    pipes
+}
+
+fn inode_of(fd: &impl AsRawFd) -> String {
+    // SAFETY: stat is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live local the kernel fills.
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    format!("pipe:[{}]", st.st_ino)
+}
+
+#[test]
+fn replies_are_descriptor_3_and_without_them_there_is_none() {
+    // Written to 1, 2 and 3, read back apart; a run without replies has no 3 at all
+    // (the test process may have a 3 of its own, without close-on-exec).
+    let script = r#"echo out; echo reply >&3; echo err >&2; printf 'more' >&3"#;
+    let has_3 = r#"if [ -e /proc/self/fd/3 ]; then echo open; else echo none; fi"#;
+    for fast in [true, false] {
+        let o = start_with_replies(fast, &["sh", "-c", script], &[], None, None, true);
+        assert!(o.error.is_none());
+        assert_eq!(o.output, b"out\nerr\n", "fast: {fast}");
+        assert_eq!(o.replies, b"reply\nmore", "fast: {fast}");
+        assert_eq!(exit_code(o.status), Some(0));
+        let o = start_with_replies(fast, &["sh", "-c", has_3], &[], None, None, false);
+        assert_eq!(o.output, b"none\n", "fast: {fast}");
+        assert!(o.replies.is_empty());
+        // Writing to it fails (sh reports a bad descriptor, exit status not 0).
+        let o = start(fast, &["sh", "-c", "echo x >&3"], &[], None, None);
+        assert_ne!(exit_code(o.status), Some(0), "fast: {fast}");
+        let o = start_with_replies(fast, &["sh", "-c", has_3], &[], None, None, true);
+        assert_eq!(o.output, b"open\n", "fast: {fast}");
+    }
+}
+
+#[test]
+fn a_run_with_replies_holds_exactly_its_three_pipes() {
+    for fast in [true, false] {
+        launcher(fast);
+        let (reader, writer) = io::pipe().unwrap();
+        let (replies_reader, replies_writer) = io::pipe().unwrap();
+        let (stdin_reader, stdin_writer) = io::pipe().unwrap();
+        let pid = run(
+            &strings(&["sleep", "30"]),
+            &[],
+            None,
+            Some(stdin_reader.as_raw_fd()),
+            writer.as_raw_fd(),
+            Some(replies_writer.as_raw_fd()),
+        )
+        .unwrap();
+        drop((writer, replies_writer, stdin_reader));
+        assert!(settle(pid).is_none());
+        let want = [
+            (0, inode_of(&stdin_writer)),
+            (1, inode_of(&reader)),
+            (2, inode_of(&reader)),
+            (3, inode_of(&replies_reader)),
+        ];
+        let pipes = pipes_of(pid);
+        if fast {
+            assert_eq!(pipes, want);
+        } else {
+            // posix_spawn relies on close-on-exec, and the test's own descriptors
+            // may lack it: 0 to 3 at least are these.
+            assert_eq!(pipes[..4], want, "{pipes:?}");
+        }
+        // 3 is not close-on-exec in the run (a close-on-exec 3 would not be there
+        // after `sleep`'s exec at all): its flags say so too.
+        let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+        let flags = fdinfo.lines().find(|l| l.starts_with("flags:")).unwrap();
+        let flags = u32::from_str_radix(flags.split_whitespace().nth(1).unwrap(), 8).unwrap();
+        assert_eq!(flags & libc::O_CLOEXEC as u32, 0, "fast: {fast}");
+        // SAFETY: no pointer arguments.
+        assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
+        wait(pid);
+    }
+}
+
+#[test]
+fn replies_slots_go_back_to_dev_null_after_the_launch() {
+    launcher(true);
+    if !LAUNCHER.with_borrow(|l| l.fast) {
+        return; // no clone path here
+    }
+    let (mut reader, writer) = io::pipe().unwrap();
+    let (mut replies_reader, replies_writer) = io::pipe().unwrap();
+    let pids: Vec<i32> = (0..2 * LAUNCHES)
+        .map(|i| {
+            let argv = strings(&["sh", "-c", &format!("echo {i} >&3")]);
+            let replies = (i % 2 == 0).then(|| replies_writer.as_raw_fd());
+            run(&argv, &[], None, None, writer.as_raw_fd(), replies).unwrap()
+        })
+        .collect();
+    drop((writer, replies_writer));
+    for &pid in &pids {
+        assert!(settle(pid).is_none());
+    }
+    // Every slot is /dev/null again: the pipes reach their end of file.
+    let mut replies = String::new();
+    replies_reader.read_to_string(&mut replies).unwrap();
+    let mut lines: Vec<usize> = replies.lines().map(|l| l.parse().unwrap()).collect();
+    lines.sort();
+    assert_eq!(lines, (0..2 * LAUNCHES).step_by(2).collect::<Vec<_>>());
+    let mut output = Vec::new();
+    reader.read_to_end(&mut output).unwrap();
+    for (i, pid) in pids.into_iter().enumerate() {
+        // Without replies, `>&3` fails: a bad descriptor.
+        let code = exit_code(Some(wait(pid)));
+        assert_eq!(code == Some(0), i % 2 == 0, "run {i}: {code:?}");
+    }
+}
+
 #[test]
 fn more_runs_than_launch_slots() {
     launcher(true);
@@ -221,7 +368,7 @@ fn more_runs_than_launch_slots() {
     let pids: Vec<i32> = (0..3 * LAUNCHES)
         .map(|i| {
             let argv = strings(&["sh", "-c", &format!("echo {i}")]);
-            run(&argv, &[], None, None, writer.as_raw_fd()).unwrap()
+            run(&argv, &[], None, None, writer.as_raw_fd(), None).unwrap()
         })
         .collect();
     drop(writer);
