@@ -35,6 +35,8 @@ export STREAMWATCH_PANIC_MODULE := $(PANIC_MODULE)
 
 test: build
 	cargo build --release --lib --features panic-test --target-dir target/panic-test
+	@echo "== the Python pool client (clients/python)"
+	python3 -m unittest discover -s clients/python
 	@echo "== tests against $$($(REDIS_SERVER) --version | cut -d' ' -f1-3)"
 	REDIS_SERVER=$(REDIS_SERVER) cargo test --release -- --test-threads=2
 	@echo "== tests against $$($(VALKEY_SERVER) --version | cut -d' ' -f1-3)"

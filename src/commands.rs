@@ -399,10 +399,20 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                 ("stop-grace-ms".into(), ms(h.stop_grace)),
                 ("timeout-ms".into(), ms(h.timeout)),
                 ("log-lines".into(), Reply::Int(h.log_lines() as i64)),
+                ("pool".into(), Reply::Int(h.pool.into())),
+                ("max-requests".into(), Reply::Int(h.max_requests as i64)),
             ])
         })
         .collect();
     reply(Reply::Array(list))
+}
+
+/// `STREAMWATCH.POOLS`: per pool handler, its workers (busy, idle, starting), their
+/// pids, restarts and the entries they did.
+pub fn pools(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    parse_no_args(&argv(&args))?;
+    let r = block(ctx, "STREAMWATCH.POOLS")?;
+    ask(Msg::Pools { reply: r })
 }
 
 pub fn jobs(ctx: &Context, args: Vec<RedisString>) -> CmdResult {

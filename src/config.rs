@@ -138,7 +138,15 @@ pub struct Handler {
     pub stop_grace: Duration,
     pub timeout: Duration,
     pub log_lines: Option<usize>,
+    /// Stream watches only: this many long-lived workers, fed one entry at a time (0:
+    /// a process per entry). See `supervisor/pools.rs`.
+    pub pool: u32,
+    /// A pool worker is recycled after this many entries (0: never).
+    pub max_requests: u64,
 }
+
+/// The most workers a pool may have.
+pub const MAX_POOL: u32 = 1024;
 
 impl Handler {
     /// Delay before the restart that follows `failures` consecutive failed runs.
@@ -187,6 +195,9 @@ struct HandlerToml {
     #[serde(default)]
     timeout_ms: u64,
     log_lines: Option<usize>,
+    pool: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_requests: u64,
     /// Lets a placeholder choose the program (see `program_placeholder`).
     #[serde(default)]
     allow_program_placeholder: bool,
@@ -305,6 +316,26 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
         let cwd = h
             .cwd
             .map(|c| if c.starts_with('/') { c } else { resolve(&c) });
+        let pool_span = h.pool.as_ref().map_or(span.clone(), |p| p.span());
+        let pool = h.pool.map_or(0, Spanned::into_inner);
+        if pool > MAX_POOL {
+            return Err(at(
+                pool_span.start,
+                format!("handler '{name}' has pool = {pool}; at most {MAX_POOL}"),
+            ));
+        }
+        if pool > 0 {
+            let args = command.iter().chain(h.env.values());
+            if let Some(p) = args.filter_map(|a| first_placeholder(a)).next() {
+                return Err(at(
+                    span.start,
+                    format!(
+                        "handler '{name}' is a pool (pool = {pool}) but uses the placeholder \
+                         {p}: a pool worker serves many entries, each given on its stdin"
+                    ),
+                ));
+            }
+        }
         let sig_span = h.stop_signal.span();
         let stop_signal = parse_signal(h.stop_signal.get_ref()).ok_or_else(|| {
             at(
@@ -332,6 +363,8 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 stop_grace: Duration::from_millis(h.stop_grace_ms),
                 timeout: Duration::from_millis(h.timeout_ms),
                 log_lines: h.log_lines,
+                pool,
+                max_requests: h.max_requests,
             }),
         );
     }
@@ -400,6 +433,9 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             ));
         }
         let spec = parsed.into_spec(w.pattern.into_bytes(), Source::Config, DbSel::One(0));
+        if let Some(problem) = pool_problem(&spec, &handlers[&handler]) {
+            return Err(at(hspan.start, problem));
+        }
         if let Some(problem) = spec::deadletter_problem(&spec) {
             let offset = w
                 .deadletter
@@ -412,8 +448,23 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
     Ok(Config { handlers, watches })
 }
 
+/// Why a watch cannot use handler `h`: a pool serves stream watches only.
+pub fn pool_problem(spec: &WatchSpec, h: &Handler) -> Option<String> {
+    (h.pool > 0 && spec.kind != crate::spec::Kind::Stream).then(|| {
+        format!(
+            "handler '{}' is a pool (pool = {}), which serves stream watches only: give the watch TYPE stream",
+            h.name, h.pool
+        )
+    })
+}
+
 /// The first placeholder in a program name (`{value}`, `{field:url}`, ...), if any.
 fn program_placeholder(program: &str) -> Option<&str> {
+    first_placeholder(program)
+}
+
+/// The first placeholder in an argument (`{value}`, `{field:url}`, ...), if any.
+fn first_placeholder(program: &str) -> Option<&str> {
     const NAMES: [&str; 6] = ["{key}", "{field}", "{value}", "{db}", "{id}", "{field:"];
     let (at, name) = NAMES
         .iter()

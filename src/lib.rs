@@ -145,6 +145,7 @@ command!(cmd_pause, "STREAMWATCH.PAUSE", commands::pause);
 command!(cmd_resume, "STREAMWATCH.RESUME", commands::resume);
 command!(cmd_reconcile, "STREAMWATCH.RECONCILE", commands::reconcile);
 command!(cmd_status, "STREAMWATCH.STATUS", commands::status);
+command!(cmd_pools, "STREAMWATCH.POOLS", commands::pools);
 
 redis_module! {
     name: "streamwatch",
@@ -175,6 +176,7 @@ redis_module! {
         ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.pools", cmd_pools, "readonly", 0, 0, 0, "", "read streamwatch"],
     ],
     configurations: [
         i64: [

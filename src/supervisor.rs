@@ -31,6 +31,7 @@ mod log;
 mod look;
 mod pace;
 mod policy;
+mod pools;
 mod queue;
 mod runs;
 mod stream;
@@ -53,6 +54,7 @@ use inbox::{Look, TX};
 use jobs::{HashJobs, Tally};
 use look::{Node, Observed, Tsc};
 use pace::Pacer;
+use pools::Pools;
 use queue::Queues;
 use redis_module::ThreadSafeContext;
 use runs::{End, RunOf, Runs};
@@ -89,6 +91,7 @@ struct Effects<'a> {
     runs: &'a mut Runs,
     timers: &'a mut Timers,
     events: &'a mut LifecycleEvents,
+    pools: &'a mut Pools,
 }
 
 struct Supervisor {
@@ -97,6 +100,7 @@ struct Supervisor {
     node: Node,
     hash: HashJobs,
     queues: Queues,
+    pools: Pools,
     runs: Runs,
     timers: Timers,
     events: LifecycleEvents,
@@ -116,6 +120,7 @@ impl Supervisor {
             node: Node::default(),
             hash: HashJobs::default(),
             queues: Queues::default(),
+            pools: Pools::default(),
             runs: Runs::new(tx),
             timers: Timers::default(),
             events: LifecycleEvents::default(),
@@ -132,6 +137,7 @@ impl Supervisor {
             runs: &mut self.runs,
             timers: &mut self.timers,
             events: &mut self.events,
+            pools: &mut self.pools,
         };
         (&mut self.hash, &mut self.queues, fx)
     }
@@ -218,6 +224,7 @@ impl Supervisor {
             self.publish_stats();
             let done = Instant::now();
             let runs = self.hash.live_runs().chain(self.queues.live_runs());
+            let runs = runs.chain(self.pools.live_runs());
             self.runs
                 .record
                 .write_if_due(done, runs.filter_map(|r| Some((r.pid?, r.start_time?))));
@@ -247,12 +254,24 @@ impl Supervisor {
     fn follow_up(&mut self) {
         loop {
             let unreported = self.runs.take_unreported();
+            let answers = self.pools.take_answers();
+            let idle = self.pools.take_idle();
             let room = self.hash.take_room_freed() && self.active();
-            if unreported.is_empty() && !room {
+            if unreported.is_empty() && answers.is_empty() && idle.is_empty() && !room {
                 return;
             }
             for (id, end) in unreported {
                 self.run_ended(id, end);
+            }
+            let active = self.active();
+            let (_, queues, mut fx) = self.parts();
+            for a in answers {
+                queues.answered(&a.queue, a.sid, a.worker, a.error, active, &mut fx);
+            }
+            if active {
+                for name in idle {
+                    queues.start_waiting(&name, &mut fx);
+                }
             }
             if room {
                 let keys: Vec<_> = std::mem::take(&mut self.hash.over_limit)
@@ -350,11 +369,12 @@ impl Supervisor {
                 let alive: BTreeSet<u64> = self.watches.iter().map(|w| w.id).collect();
                 let (hash, queues, mut fx) = self.parts();
                 let gone = |watch| !alive.contains(&watch);
-                let stopped = hash.stop_watches(gone, &mut fx) + queues.stop_watches(gone, fx.runs);
+                let stopped = hash.stop_watches(gone, &mut fx) + queues.stop_watches(gone, &mut fx);
                 if let Some(r) = reply {
                     r.reply(Reply::Int(stopped));
                 }
             }
+            Msg::Pools { reply } => reply.reply(self.pools.reply(&crate::config::file().handlers)),
             Msg::Jobs { filter, reply } => reply.reply(views::jobs_reply(
                 &self.hash.jobs,
                 &self.queues.queues,
@@ -446,7 +466,8 @@ impl Supervisor {
             .partition(|w| w.spec.kind == Kind::Stream);
         let has_queue = self.queues.has_queue(db, key);
         if self.active() && (!streams.is_empty() || has_queue) {
-            self.queues.reconcile(db, key, &streams, &mut self.runs);
+            let (_, queues, mut fx) = self.parts();
+            queues.reconcile(db, key, &streams, &mut fx);
         }
         if covering.is_empty() && !self.hash.has_jobs(db, key) {
             self.hash.over_limit.remove(&(db, key.to_vec()));
@@ -556,7 +577,8 @@ impl Supervisor {
         let (hash, queues, mut fx) = self.parts();
         hash.stop_watches(|_| true, &mut fx);
         hash.over_limit.clear();
-        queues.stop_watches(|_| true, fx.runs);
+        queues.stop_watches(|_| true, &mut fx);
+        fx.pools.stop_all(fx.runs);
     }
 
     /// Every queue's pending work; a demoted node stops everything.
@@ -565,6 +587,7 @@ impl Supervisor {
             runs: &mut self.runs,
             timers: &mut self.timers,
             events: &mut self.events,
+            pools: &mut self.pools,
         };
         if !self.queues.flush(&self.tsc, &self.node, &mut fx) {
             self.node.set_primary(false);
@@ -587,6 +610,11 @@ impl Supervisor {
                 match fx.runs.owner(run).cloned() {
                     Some(RunOf::Job(jk)) => hash.started(&jk, run, pid, start, &mut fx),
                     Some(RunOf::Entry(qk, sid)) => queues.started(&qk, sid, run, pid, start),
+                    Some(RunOf::Worker(name)) => {
+                        fx.pools.started(&name, run, pid, start);
+                        let pid = ("pid", pid.to_string().into_bytes());
+                        fx.events.worker("worker-started", &name, vec![pid]);
+                    }
                     None => {}
                 }
             }
@@ -596,12 +624,21 @@ impl Supervisor {
                 match self.runs.owner(run) {
                     Some(RunOf::Job(jk)) => self.hash.output(&jk.clone(), &data),
                     Some(RunOf::Entry(qk, sid)) => self.queues.output(&qk.clone(), *sid, &data),
+                    Some(RunOf::Worker(name)) => match self.pools.busy_with(name, run) {
+                        Some((qk, sid)) => self.queues.output(&qk.clone(), *sid, &data),
+                        None => self.pools.output(&name.clone(), run, &data),
+                    },
                     None => {}
+                }
+            }
+            Report::Replies { run, data } => {
+                runner::output_taken(data.len());
+                if let Some(RunOf::Worker(name)) = self.runs.owner(run).cloned() {
+                    self.pools.replies(&name, run, &data, &mut self.runs);
                 }
             }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
             // No run asks for replies yet (worker pools).
-            Report::Replies { .. } => {}
         }
     }
 
@@ -613,6 +650,21 @@ impl Supervisor {
         match fx.runs.ended(id) {
             Some(RunOf::Job(jk)) => hash.run_ended(&jk, id, end, live, &mut fx),
             Some(RunOf::Entry(qk, sid)) => queues.run_ended(&qk, sid, id, end, active, &mut fx),
+            Some(RunOf::Worker(name)) => {
+                let pid = fx.pools.pid(&name, id).unwrap_or(0);
+                let mut fields = vec![("pid", pid.to_string().into_bytes())];
+                if let End::Status(status) = end {
+                    let n = runs::exit_number(status);
+                    fields.push(match n >= 0 {
+                        true => ("code", n.to_string().into_bytes()),
+                        false => ("signal", (-n).to_string().into_bytes()),
+                    });
+                }
+                fx.events.worker("worker-exited", &name, fields);
+                if let Some((qk, sid)) = fx.pools.worker_ended(&name, id, active, fx.timers) {
+                    queues.run_ended(&qk, sid, id, end, active, &mut fx);
+                }
+            }
             None => {}
         }
     }
@@ -636,11 +688,11 @@ impl Supervisor {
                     }
                 }
                 Timer::Entry(qk, sid) => self.queues.backoff_over(&qk, sid, at),
-                Timer::Timeout(run) => {
-                    if let Some(RunOf::Entry(qk, sid)) = self.runs.owner(run).cloned() {
-                        self.queues.time_out(&qk, sid, run, &mut self.runs);
-                    }
+                Timer::Timeout(qk, sid, run) => {
+                    let (_, queues, mut fx) = self.parts();
+                    queues.time_out(&qk, sid, run, &mut fx);
                 }
+                Timer::Pool(name) => self.pools.backoff_over(&name),
             }
         }
     }
@@ -651,6 +703,7 @@ impl Supervisor {
             .hash
             .live_runs()
             .chain(self.queues.live_runs())
+            .chain(self.pools.live_runs())
             .filter_map(|r| Some((r.pid?, r.start_time)))
             .collect();
         self.runs.helper_gone(reported.into_iter());

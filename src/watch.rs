@@ -230,7 +230,10 @@ pub fn find(pattern: &[u8]) -> Option<Arc<Watch>> {
 
 /// Can `STREAMWATCH.WATCH` add this command watch? (`replace`: may replace one.)
 pub fn check_add(spec: &WatchSpec, replace: bool) -> Result<(), String> {
-    handler_of(spec)?;
+    let h = handler_of(spec)?;
+    if let Some(problem) = config::pool_problem(spec, &h) {
+        return Err(format!("ERR {problem} (HANDLER)"));
+    }
     if let Some(problem) = deadletter_problem(spec) {
         return Err(format!("ERR {problem}"));
     }
@@ -297,7 +300,12 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
                 continue;
             }
             match handler_of(&spec) {
-                Ok(h) => list.push(r.new_watch(spec, h)),
+                Ok(h) => match config::pool_problem(&spec, &h) {
+                    Some(problem) => {
+                        problems.push(format!("stored watch '{pattern}' is ignored: {problem}"))
+                    }
+                    None => list.push(r.new_watch(spec, h)),
+                },
                 Err(_) => problems.push(format!(
                     "stored watch '{pattern}' is ignored: unknown handler '{}'",
                     spec.handler

@@ -278,3 +278,23 @@ fn events_key_config_redirects_events() {
         .iter()
         .any(|e| e.get("key").map(String::as_str) == Some("ek:b")));
 }
+
+#[test]
+fn a_pool_handler_takes_no_placeholder_and_no_hash_watch() {
+    assert_refused(
+        "[handler.p]\ncommand = [\"/bin/cat\", \"{id}\"]\npool = 2\n",
+        "handler 'p' is a pool (pool = 2) but uses the placeholder {id}",
+    );
+    assert_refused(
+        "[handler.p]\ncommand = [\"/bin/cat\"]\nenv = { F = \"{field:url}\" }\npool = 2\n",
+        "uses the placeholder {field:url}",
+    );
+    assert_refused(
+        "[handler.p]\ncommand = [\"/bin/cat\"]\npool = 2\n[[watch]]\npattern = \"h\"\nhandler = \"p\"\n",
+        "serves stream watches only",
+    );
+    assert_refused(
+        "[handler.p]\ncommand = [\"/bin/cat\"]\npool = 5000\n",
+        "has pool = 5000; at most 1024",
+    );
+}

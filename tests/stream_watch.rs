@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// A handler `name` running `/bin/sh -c script TAG {id} args...`, with `$D` set to `dir`.
@@ -36,89 +36,6 @@ fn pause_and_wait(c: &mut redis::Connection, running: &Map) {
     wait_until("no job while paused", WAIT, || jobs(c).is_empty());
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn xadd(c: &mut redis::Connection, key: &str, fields: &[(&str, &str)]) -> String {
-    let mut args = vec!["XADD", key, "*"];
-    for (f, v) in fields {
-        args.extend([*f, *v]);
-    }
-    vstr(&ok(c, &args))
-}
-
-/// `n` entries `n=<i>` added in one round trip; returns their ids.
-fn xadd_many(c: &mut redis::Connection, key: &str, from: usize, n: usize) -> Vec<String> {
-    let mut p = redis::pipe();
-    for i in from..from + n {
-        p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
-    }
-    p.query(c).expect("XADD pipeline")
-}
-
-fn ids(c: &mut redis::Connection, key: &str) -> Vec<String> {
-    stream_entries(c, key)
-        .into_iter()
-        .map(|e| e["_id"].clone())
-        .collect()
-}
-
-/// The group's XINFO GROUPS map (empty if there is no such group).
-fn group_info(c: &mut redis::Connection, key: &str, group: &str) -> HashMap<String, String> {
-    let Ok(v) = run(c, &["XINFO", "GROUPS", key]) else {
-        return HashMap::new();
-    };
-    to_array(&v)
-        .iter()
-        .map(|g| {
-            to_map(g)
-                .into_iter()
-                .map(|(k, v)| (k, vstr(&v)))
-                .collect::<HashMap<_, _>>()
-        })
-        .find(|g| g.get("name").map(String::as_str) == Some(group))
-        .unwrap_or_default()
-}
-
-/// Every entry of `key` was delivered to `group` and none is pending.
-fn drained(c: &mut redis::Connection, key: &str, group: &str) -> bool {
-    let last = ids(c, key).pop().unwrap_or_default();
-    let g = group_info(c, key, group);
-    g.get("last-delivered-id") == Some(&last) && g.get("pending").map(String::as_str) == Some("0")
-}
-
-fn wait_drained(c: &mut redis::Connection, key: &str) {
-    wait_until(&format!("every entry of {key} acknowledged"), WAIT, || {
-        drained(c, key, "streamwatch")
-    });
-}
-
-/// `STREAMWATCH.WATCH pattern HANDLER handler TYPE stream options...`
-fn watch_stream(c: &mut redis::Connection, pattern: &str, handler: &str, options: &[&str]) {
-    let mut args = vec![
-        "STREAMWATCH.WATCH",
-        pattern,
-        "HANDLER",
-        handler,
-        "TYPE",
-        "stream",
-    ];
-    args.extend_from_slice(options);
-    ok(c, &args);
-}
-
-fn watch_map(c: &mut redis::Connection, pattern: &str) -> Map {
-    parse_maps(&ok(c, &["STREAMWATCH.WATCHES"]))
-        .into_iter()
-        .find(|m| get_str(m, "pattern") == pattern)
-        .expect("watch listed")
-}
-
 fn counter(c: &mut redis::Connection, pattern: &str, name: &str) -> i64 {
     get_int(&watch_map(c, pattern), name).unwrap_or(-1)
 }
@@ -132,7 +49,7 @@ fn backlog_and_new_entries_each_run_exactly_once() {
     let mut c = s.conn();
     // 500 entries are there before the watch, 1,500 come after.
     let mut added = xadd_many(&mut c, "jobs", 0, 500);
-    watch_stream(&mut c, "jobs", "rec", &["CONCURRENCY", "4"]);
+    watch_stream_opts(&mut c, "jobs", "rec", &["CONCURRENCY", "4"]);
     for i in 0..3 {
         added.extend(xadd_many(&mut c, "jobs", 500 + i * 500, 500));
     }
@@ -194,7 +111,7 @@ fn concurrency_four_runs_four_at_once() {
         .start();
     let mut c = s.conn();
     xadd_many(&mut c, "par", 0, 12);
-    watch_stream(&mut c, "par", "slow", &["CONCURRENCY", "4"]);
+    watch_stream_opts(&mut c, "par", "slow", &["CONCURRENCY", "4"]);
     // JOBS shows the entries in flight, never more than CONCURRENCY.
     let in_flight = wait_for("entries in flight", WAIT, || {
         let j = jobs_filtered(&mut c, &["KEY", "par"]);
@@ -241,7 +158,7 @@ fn failing_entries_are_retried_then_dead_lettered() {
     );
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
-    watch_stream(&mut c, "dq*", "flaky", &["MAX-ATTEMPTS", "3"]);
+    watch_stream_opts(&mut c, "dq*", "flaky", &["MAX-ATTEMPTS", "3"]);
     xadd(&mut c, "dq1", &[("mode", "ok")]);
     xadd(&mut c, "dq1", &[("mode", "once")]);
     let bad = xadd(&mut c, "dq1", &[("mode", "bad"), ("extra", "x y")]);
@@ -292,7 +209,7 @@ fn a_run_past_timeout_fails() {
     );
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
-    watch_stream(
+    watch_stream_opts(
         &mut c,
         "to",
         "slow",
@@ -315,7 +232,7 @@ fn entry_reaches_the_handler_as_json_and_placeholders() {
     let toml = handler("show", dir.path(), script, &["{field:url}"], "");
     let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn_db(2);
-    watch_stream(&mut c, "j", "show", &[]);
+    watch_stream_opts(&mut c, "j", "show", &[]);
     let url = "a b;$(touch x)\"q`\n";
     let id = xadd(&mut c, "j", &[("url", url), ("n", "1")]);
     wait_drained(&mut c, "j");
@@ -349,7 +266,7 @@ fn kill9_mid_run_then_restart_loses_nothing() {
             .redis_args(&args)
             .start();
         let mut c = s.conn();
-        watch_stream(&mut c, "crash", "rec", &["CONCURRENCY", "2"]);
+        watch_stream_opts(&mut c, "crash", "rec", &["CONCURRENCY", "2"]);
         let added = xadd_many(&mut c, "crash", 0, 60);
         wait_until("some entries done", WAIT, || {
             lines(&dir.path().join("done")).len() >= 10
@@ -381,7 +298,7 @@ fn entries_added_while_paused_run_after_resume() {
         .dir(dir.clone())
         .start();
     let mut c = s.conn();
-    watch_stream(&mut c, "pq", "rec", &[]);
+    watch_stream_opts(&mut c, "pq", "rec", &[]);
     let a = xadd(&mut c, "pq", &[("n", "a")]);
     let running = wait_for("first entry running", WAIT, || {
         jobs_filtered(&mut c, &["KEY", "pq", "STATE", "running"]).pop()
@@ -413,7 +330,7 @@ fn entries_read_ahead_are_claimed_back_after_pause() {
         .iter()
         .map(|n| xadd(&mut c, "ra", &[("n", n)]))
         .collect();
-    watch_stream(&mut c, "ra", "rec", &[]);
+    watch_stream_opts(&mut c, "ra", "rec", &[]);
     let running = wait_for("first entry running", WAIT, || {
         jobs_filtered(&mut c, &["KEY", "ra", "STATE", "running"]).pop()
     });
@@ -496,7 +413,7 @@ fn stream_options_are_checked() {
     let e = err(&mut c, &[w, "s", "HANDLER", "w", "TYPE", "list"]);
     assert!(e.contains("TYPE"), "{e}");
     // A stream watch with every option is stored with them.
-    watch_stream(
+    watch_stream_opts(
         &mut c,
         "s",
         "w",
@@ -550,7 +467,7 @@ fn a_million_entry_backlog_is_read_only_as_fast_as_it_runs() {
     }
     assert_eq!(vint(&ok(&mut c, &["XLEN", "big"])), Some(1_000_000));
     let before = used_memory(&mut c);
-    watch_stream(&mut c, "big", "slow", &["CONCURRENCY", "8"]);
+    watch_stream_opts(&mut c, "big", "slow", &["CONCURRENCY", "8"]);
     wait_until("8 entries running", WAIT, || {
         jobs_filtered(&mut c, &["STATE", "running"]).len() == 8
     });

@@ -63,6 +63,21 @@ impl LifecycleEvents {
         self.push(name, watch, qk.db, &qk.key, about, extra);
     }
 
+    /// Queues one lifecycle event about a pool worker (of handler `handler`).
+    pub(super) fn worker(
+        &mut self,
+        name: &'static str,
+        handler: &str,
+        extra: Vec<(&'static str, Vec<u8>)>,
+    ) {
+        let mut fields = vec![
+            ("event", name.as_bytes().to_vec()),
+            ("handler", handler.as_bytes().to_vec()),
+        ];
+        fields.extend(extra);
+        self.pending.push(fields);
+    }
+
     /// The one way an event is built: `event, watch, db, key`, then `field` (a job) or
     /// `id` (an entry), then the event's own fields.
     fn push(

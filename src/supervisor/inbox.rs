@@ -43,6 +43,9 @@ pub enum Msg {
         filter: JobFilter,
         reply: Replier,
     },
+    Pools {
+        reply: Replier,
+    },
     Job {
         db: i32,
         key: Vec<u8>,

@@ -87,6 +87,8 @@ mod tests {
             stop_grace: Duration::from_secs(5),
             timeout: Duration::ZERO,
             log_lines: None,
+            pool: 0,
+            max_requests: 0,
         }
     }
 

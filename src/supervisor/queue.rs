@@ -19,10 +19,12 @@
 //! for all acks, dead-letters, claims and reads of all queues), through `stream.rs`.
 
 use super::log::Log;
-use super::runs::{run_end, End, Run, RunOf, Runs};
+use super::pools;
+use super::runs::{run_end, End, Run, RunOf};
 use super::stream::{Fields, QueueKey, Sid};
 use super::timers::Timer;
 use super::Effects;
+use crate::config::Handler;
 use crate::stats;
 use crate::watch::{Snapshot, Watch};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -42,6 +44,8 @@ pub(super) struct Entry {
     /// Backoff is over: claim it again and run it (next `flush`).
     retry_due: bool,
     timed_out: bool,
+    /// Waits for a free worker of its handler's pool.
+    waiting: bool,
     pub last_exit: Option<i64>,
     pub log: Log,
 }
@@ -55,6 +59,7 @@ impl Entry {
             backoff_until: None,
             retry_due: false,
             timed_out: false,
+            waiting: false,
             last_exit: None,
             log: Log::default(),
         }
@@ -229,7 +234,7 @@ impl Queues {
         db: i32,
         key: &[u8],
         covering: &[Arc<Watch>],
-        runs: &mut Runs,
+        fx: &mut Effects,
     ) {
         let existing: Vec<QueueKey> = self
             .queues
@@ -239,7 +244,7 @@ impl Queues {
             .collect();
         for qk in existing {
             if !covering.iter().any(|w| w.id == qk.watch) {
-                self.drop_queue(&qk, runs);
+                self.drop_queue(&qk, fx);
             }
         }
         for w in covering {
@@ -262,15 +267,18 @@ impl Queues {
 
     /// Stops a queue's runs (their entries stay pending in the group, to be claimed
     /// again); the queue goes when they have ended.
-    fn drop_queue(&mut self, qk: &QueueKey, runs: &mut Runs) {
+    fn drop_queue(&mut self, qk: &QueueKey, fx: &mut Effects) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
         q.wanted = false;
         q.ahead.clear(); // pending in the group: claimed back when the queue runs again
+        let h = q.watch.handler.clone();
         q.entries.retain(|_, e| match &mut e.run {
             Some(run) => {
-                runs.stop(run);
+                if !run.stopping {
+                    Queues::stop_run(&h, run, false, fx);
+                }
                 true
             }
             None => false,
@@ -291,7 +299,7 @@ impl Queues {
 
     /// The queues of the watches for which `stop` is true stop (UNWATCH; every watch:
     /// pause, demotion); returns how many runs stop.
-    pub(super) fn stop_watches(&mut self, stop: impl Fn(u64) -> bool, runs: &mut Runs) -> i64 {
+    pub(super) fn stop_watches(&mut self, stop: impl Fn(u64) -> bool, fx: &mut Effects) -> i64 {
         let gone: Vec<QueueKey> = self
             .queues
             .keys()
@@ -301,12 +309,14 @@ impl Queues {
         let mut running = 0;
         for k in gone {
             running += self.queues[&k].live_runs().count();
-            self.drop_queue(&k, runs);
+            self.drop_queue(&k, fx);
         }
         running as i64
     }
 
-    /// Starts the entry's run (its attempt number is already counted).
+    /// Starts the entry's run (its attempt number is already counted): a process of its
+    /// own, or, for a pool handler, the entry given to a free worker (or waiting for
+    /// one, see `start_waiting`).
     fn start_entry(&mut self, qk: &QueueKey, sid: Sid, fx: &mut Effects) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
@@ -317,50 +327,90 @@ impl Queues {
         };
         e.backoff_until = None;
         e.timed_out = false;
-        let db = qk.db.to_string();
-        let id = sid.to_string();
-        let names: Vec<(String, &[u8])> = e
-            .fields
-            .iter()
-            .filter_map(|(f, v)| {
-                let name = format!("{{field:{}}}", std::str::from_utf8(f).ok()?);
-                Some((name, v.as_slice()))
-            })
-            .collect();
-        let mut vars: Vec<(&str, &[u8])> = vec![
-            ("{key}", &qk.key),
-            ("{id}", id.as_bytes()),
-            ("{db}", db.as_bytes()),
-        ];
-        vars.extend(names.iter().map(|(n, v)| (n.as_str(), *v)));
-        let env = vec![
-            (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
-            (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
-            (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
-        ];
-        let stdin = entry_json(&e.fields);
-        let owner = RunOf::Entry(qk.clone(), sid);
-        let run = fx.runs.start(owner, &h, &vars, env, Some(stdin));
+        e.waiting = false;
+        let run = if h.pool > 0 {
+            let line = pools::entry_line(qk, sid, e.attempts, &e.fields);
+            let entry = (qk.clone(), sid);
+            let Some(run) = fx.pools.dispatch(&h, entry, line, fx.runs, fx.timers) else {
+                e.waiting = true;
+                return;
+            };
+            run
+        } else {
+            let db = qk.db.to_string();
+            let id = sid.to_string();
+            let names: Vec<(String, &[u8])> = e
+                .fields
+                .iter()
+                .filter_map(|(f, v)| {
+                    let name = format!("{{field:{}}}", std::str::from_utf8(f).ok()?);
+                    Some((name, v.as_slice()))
+                })
+                .collect();
+            let mut vars: Vec<(&str, &[u8])> = vec![
+                ("{key}", &qk.key),
+                ("{id}", id.as_bytes()),
+                ("{db}", db.as_bytes()),
+            ];
+            vars.extend(names.iter().map(|(n, v)| (n.as_str(), *v)));
+            let env = vec![
+                (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
+                (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
+                (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
+            ];
+            let stdin = entry_json(&e.fields);
+            let owner = RunOf::Entry(qk.clone(), sid);
+            fx.runs.start(owner, &h, &vars, env, Some(stdin))
+        };
         if !h.timeout.is_zero() {
-            fx.timers
-                .push(Instant::now() + h.timeout, Timer::Timeout(run.id));
+            let timer = Timer::Timeout(qk.clone(), sid, run.id);
+            fx.timers.push(Instant::now() + h.timeout, timer);
         }
         e.run = Some(run);
     }
 
+    /// Workers of handler `name`'s pool are free: the entries waiting for one start.
+    pub(super) fn start_waiting(&mut self, name: &str, fx: &mut Effects) {
+        let waiting: Vec<(QueueKey, Sid)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.wanted && q.watch.handler.name == name)
+            .flat_map(|(qk, q)| {
+                let waiting = q.entries.iter().filter(|(_, e)| e.waiting);
+                waiting.map(move |(sid, _)| (qk.clone(), *sid))
+            })
+            .collect();
+        for (qk, sid) in waiting {
+            self.start_entry(&qk, sid, fx);
+        }
+    }
+
+    /// Stops the entry's run: its process, or the pool worker it is in (which cannot
+    /// be told to drop one entry); `failed`: the worker counts as failing (timed out).
+    fn stop_run(h: &Handler, run: &mut Run, failed: bool, fx: &mut Effects) {
+        if h.pool > 0 {
+            fx.pools.stop_worker(&h.name, run.id, failed, fx.runs);
+            run.stopping = true;
+        } else {
+            fx.runs.stop(run);
+        }
+    }
+
     /// Run `id` of the entry reached its handler's `timeout-ms`: it is stopped, and its
     /// end counts as a failed attempt.
-    pub(super) fn time_out(&mut self, qk: &QueueKey, sid: Sid, id: u64, runs: &mut Runs) {
-        let Some(e) = self
-            .queues
-            .get_mut(qk)
-            .and_then(|q| q.entries.get_mut(&sid))
-        else {
+    pub(super) fn time_out(&mut self, qk: &QueueKey, sid: Sid, id: u64, fx: &mut Effects) {
+        let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
-        if let Some(run) = e.run.as_mut().filter(|r| r.id == id && !r.stopping) {
+        let h = q.watch.handler.clone();
+        let Some(e) = q.entries.get_mut(&sid) else {
+            return;
+        };
+        // The run of this timer (a pool worker may have been given the entry again).
+        let due = |r: &&mut Run| r.id == id && !r.stopping && r.started.elapsed() >= h.timeout;
+        if let Some(run) = e.run.as_mut().filter(due) {
             e.timed_out = true;
-            runs.stop(run);
+            Queues::stop_run(&h, run, true, fx);
         }
     }
 
@@ -404,6 +454,97 @@ impl Queues {
         live: bool,
         fx: &mut Effects,
     ) {
+        let Some((run, wanted, timed_out)) = self.take_run(qk, sid, id) else {
+            return;
+        };
+        let r = run_end(&run, end, timed_out);
+        if let Some(e) = self
+            .queues
+            .get_mut(qk)
+            .and_then(|q| q.entries.get_mut(&sid))
+        {
+            e.last_exit = r.exit.or(e.last_exit);
+        }
+        if r.stopping && timed_out.is_none() || !wanted || !live {
+            self.stopped(qk, sid);
+            return;
+        }
+        let mut fields = r.fields;
+        if let Some(error) = &r.error {
+            fields.push(("error", error.clone().into_bytes()));
+        }
+        self.settle(qk, sid, r.error, (r.event, fields), fx);
+    }
+
+    /// A pool worker answered for the entry (see `pools.rs`): `error` is `None` if it
+    /// succeeded. `live`: this node runs jobs now.
+    pub(super) fn answered(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        worker: u64,
+        error: Option<String>,
+        live: bool,
+        fx: &mut Effects,
+    ) {
+        let Some((run, wanted, _)) = self.take_run(qk, sid, worker) else {
+            return;
+        };
+        if !wanted || !live {
+            self.stopped(qk, sid);
+            return;
+        }
+        let mut fields = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
+        if let Some(error) = &error {
+            fields.push(("error", error.clone().into_bytes()));
+        }
+        self.settle(qk, sid, error, ("error", fields), fx);
+    }
+
+    /// The entry's run `id`, taken from it (its log finished), and what the end of the
+    /// run depends on: whether the queue is still wanted, and the handler's timeout if
+    /// the run was stopped for reaching it.
+    fn take_run(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        id: u64,
+    ) -> Option<(Run, bool, Option<Duration>)> {
+        let q = self.queues.get_mut(qk)?;
+        let e = q.entries.get_mut(&sid)?;
+        let run = e.run.take_if(|r| r.id == id)?;
+        e.log.finish(q.watch.handler.log_lines());
+        Some((
+            run,
+            q.wanted,
+            e.timed_out.then_some(q.watch.handler.timeout),
+        ))
+    }
+
+    /// The entry's run was stopped by us (UNWATCH, pause, demotion): no outcome; the
+    /// entry stays pending in the group and is claimed again when the queue runs again.
+    fn stopped(&mut self, qk: &QueueKey, sid: Sid) {
+        if let Some(q) = self.queues.get_mut(qk) {
+            q.entries.remove(&sid);
+            if q.wanted {
+                q.rescan();
+                self.dirty.insert(qk.clone());
+            }
+        }
+        self.forget_if_idle(qk);
+    }
+
+    /// The one outcome of an attempt, whatever ran it: `error` is `None` if it
+    /// succeeded (acknowledged), else the attempt failed (`event`, written with its
+    /// fields): retried after backoff, or dead-lettered at the last attempt.
+    fn settle(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        error: Option<String>,
+        event: (&'static str, Vec<(&'static str, Vec<u8>)>),
+        fx: &mut Effects,
+    ) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
@@ -411,36 +552,15 @@ impl Queues {
         let Some(e) = q.entries.get_mut(&sid) else {
             return;
         };
-        let Some(run) = e.run.take_if(|r| r.id == id) else {
-            return;
-        };
-        e.log.finish(watch.handler.log_lines());
-        let r = run_end(&run, end, e.timed_out.then_some(watch.handler.timeout));
-        if r.exit.is_some() {
-            e.last_exit = r.exit;
-        }
-        if r.stopping && !e.timed_out || !q.wanted || !live {
-            // Stopped by us (UNWATCH, pause, demotion): no outcome; the entry stays
-            // pending in the group and is claimed again when the queue runs again.
-            q.entries.remove(&sid);
-            if q.wanted {
-                q.rescan();
-                self.dirty.insert(qk.clone());
-            }
-            self.forget_if_idle(qk);
-            return;
-        }
         self.dirty.insert(qk.clone());
-        let Some(error) = r.error else {
+        let Some(error) = error else {
             q.entries.remove(&sid);
             q.done.push((sid, Outcome::Ack));
             self.start_ahead(qk, fx);
             return;
         };
         stats::bump(&stats::FAILURES);
-        let mut fields = r.fields;
-        fields.push(("error", error.clone().into_bytes()));
-        fx.events.entry(r.event, qk, &watch, sid, fields);
+        fx.events.entry(event.0, qk, &watch, sid, event.1);
         if e.attempts >= watch.spec.stream.max_attempts {
             let attempts = e.attempts;
             let last_exit = e.last_exit;

@@ -63,6 +63,15 @@ impl Run {
         }
     }
 
+    /// An entry's run on pool worker `worker` (its id and process), from now.
+    pub(super) fn of_worker(worker: &Run) -> Run {
+        Run {
+            pid: worker.pid,
+            start_time: worker.start_time,
+            ..Run::new(worker.id)
+        }
+    }
+
     /// The helper reported the process: its pid and start time.
     pub(super) fn spawned(&mut self, pid: i32, start_time: Option<u64>) {
         self.pid = Some(pid);
@@ -84,6 +93,8 @@ impl Run {
 pub(super) enum RunOf {
     Job(JobKey),
     Entry(QueueKey, Sid),
+    /// A worker of the pool of the named handler.
+    Worker(String),
 }
 
 /// Why a run ended.
@@ -189,12 +200,33 @@ impl Runs {
         extra_env: Vec<(Vec<u8>, Vec<u8>)>,
         stdin: Option<Vec<u8>>,
     ) -> Run {
+        self.start_with(owner, h, vars, extra_env, stdin, false)
+    }
+
+    fn start_with(
+        &mut self,
+        owner: RunOf,
+        h: &Handler,
+        vars: &[(&str, &[u8])],
+        extra_env: Vec<(Vec<u8>, Vec<u8>)>,
+        stdin: Option<Vec<u8>>,
+        worker: bool,
+    ) -> Run {
         let id = self.next;
         self.next += 1;
         self.owners.insert(id, owner);
         stats::bump(&stats::RUNS_STARTED);
         match spawn_request(h, id, vars, extra_env, stdin) {
-            Ok(req) => {
+            Ok(mut req) => {
+                if let Request::Spawn {
+                    keep_stdin,
+                    replies,
+                    ..
+                } = &mut req
+                {
+                    *keep_stdin = worker;
+                    *replies = worker;
+                }
                 if !self.send(&req) {
                     let why = "the helper process is not running".to_string();
                     self.unreported.push((id, End::SpawnError(why)));
@@ -203,6 +235,30 @@ impl Runs {
             Err(problem) => self.unreported.push((id, End::SpawnError(problem))),
         }
         Run::new(id)
+    }
+
+    /// Starts a pool worker of `h`: its stdin kept open for `feed`, its fd 3 a pipe
+    /// whose bytes come back as `Replies`.
+    pub(super) fn start_worker(
+        &mut self,
+        owner: RunOf,
+        h: &Handler,
+        extra_env: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Run {
+        self.start_with(owner, h, &[], extra_env, None, true)
+    }
+
+    /// Writes `line` to pool worker `id`'s stdin.
+    pub(super) fn feed(&mut self, id: u64, line: Vec<u8>) {
+        self.send(&Request::Feed {
+            run: id,
+            data: line,
+        });
+    }
+
+    /// Closes pool worker `id`'s stdin: it finishes and exits.
+    pub(super) fn close_input(&mut self, id: u64) {
+        self.send(&Request::CloseInput { run: id });
     }
 
     /// Asks the helper to stop `run` (once).
@@ -363,6 +419,8 @@ mod tests {
             stop_grace: Duration::from_millis(1500),
             timeout: Duration::ZERO,
             log_lines: None,
+            pool: 0,
+            max_requests: 0,
         }
     }
 

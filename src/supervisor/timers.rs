@@ -21,8 +21,10 @@ pub(super) enum Timer {
     Job(JobKey),
     /// A stream entry's backoff is over.
     Entry(QueueKey, Sid),
-    /// A stream entry's run reached the handler's `timeout-ms`.
-    Timeout(u64),
+    /// A stream entry's run (the id) reached the handler's `timeout-ms`.
+    Timeout(QueueKey, Sid, u64),
+    /// A pool's backoff is over (the handler's name).
+    Pool(String),
 }
 
 /// A deadline of the supervisor itself: at most one of each is set.
@@ -98,8 +100,8 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = Timers::default();
         assert_eq!(t.next(), None);
-        t.push(ms(30), Timer::Timeout(1));
-        t.push(ms(10), Timer::Timeout(2));
+        t.push(ms(30), Timer::Pool("1".into()));
+        t.push(ms(10), Timer::Pool("2".into()));
         t.set(Deadline::Record, Some(ms(20)));
         t.set(Deadline::Helper, Some(ms(5)));
         assert_eq!(t.next(), Some(ms(5)));
@@ -108,8 +110,8 @@ mod tests {
         // (now, what is due then, in order)
         let table: [(u64, &[Timer], bool); 3] = [
             (9, &[], false),
-            (20, &[Timer::Timeout(2)], true),
-            (40, &[Timer::Timeout(1)], false),
+            (20, &[Timer::Pool("2".into())], true),
+            (40, &[Timer::Pool("1".into())], false),
         ];
         for (now, want, record) in table {
             let mut got = Vec::new();

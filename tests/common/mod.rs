@@ -1130,3 +1130,96 @@ pub fn group_done(c: &mut redis::Connection, key: &str, group: &str, last: &str)
             && s("pending").as_deref() == Some("0")
     })
 }
+
+// ---------------------------------------------------------------------------
+// Streams and their consumer group
+// ---------------------------------------------------------------------------
+
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn xadd(c: &mut redis::Connection, key: &str, fields: &[(&str, &str)]) -> String {
+    let mut args = vec!["XADD", key, "*"];
+    for (f, v) in fields {
+        args.extend([*f, *v]);
+    }
+    vstr(&ok(c, &args))
+}
+
+/// `n` entries `n=<i>` added in one round trip; returns their ids.
+pub fn xadd_many(c: &mut redis::Connection, key: &str, from: usize, n: usize) -> Vec<String> {
+    let mut p = redis::pipe();
+    for i in from..from + n {
+        p.cmd("XADD").arg(key).arg("*").arg("n").arg(i);
+    }
+    p.query(c).expect("XADD pipeline")
+}
+
+pub fn ids(c: &mut redis::Connection, key: &str) -> Vec<String> {
+    stream_entries(c, key)
+        .into_iter()
+        .map(|e| e["_id"].clone())
+        .collect()
+}
+
+/// The group's XINFO GROUPS map (empty if there is no such group).
+pub fn group_info(c: &mut redis::Connection, key: &str, group: &str) -> HashMap<String, String> {
+    let Ok(v) = run(c, &["XINFO", "GROUPS", key]) else {
+        return HashMap::new();
+    };
+    to_array(&v)
+        .iter()
+        .map(|g| {
+            to_map(g)
+                .into_iter()
+                .map(|(k, v)| (k, vstr(&v)))
+                .collect::<HashMap<_, _>>()
+        })
+        .find(|g| g.get("name").map(String::as_str) == Some(group))
+        .unwrap_or_default()
+}
+
+/// Every entry of `key` was delivered to `group` and none is pending.
+pub fn drained(c: &mut redis::Connection, key: &str, group: &str) -> bool {
+    let last = ids(c, key).pop().unwrap_or_default();
+    let g = group_info(c, key, group);
+    g.get("last-delivered-id") == Some(&last) && g.get("pending").map(String::as_str) == Some("0")
+}
+
+pub fn wait_drained(c: &mut redis::Connection, key: &str) {
+    wait_until(&format!("every entry of {key} acknowledged"), WAIT, || {
+        drained(c, key, "streamwatch")
+    });
+}
+
+/// `STREAMWATCH.WATCH pattern HANDLER handler TYPE stream options...`
+pub fn watch_stream_opts(
+    c: &mut redis::Connection,
+    pattern: &str,
+    handler: &str,
+    options: &[&str],
+) {
+    let mut args = vec![
+        "STREAMWATCH.WATCH",
+        pattern,
+        "HANDLER",
+        handler,
+        "TYPE",
+        "stream",
+    ];
+    args.extend_from_slice(options);
+    ok(c, &args);
+}
+
+/// The `STREAMWATCH.WATCHES` map of the watch with this pattern.
+pub fn watch_map(c: &mut redis::Connection, pattern: &str) -> Map {
+    parse_maps(&ok(c, &["STREAMWATCH.WATCHES"]))
+        .into_iter()
+        .find(|m| get_str(m, "pattern") == pattern)
+        .expect("watch listed")
+}

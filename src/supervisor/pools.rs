@@ -1,0 +1,512 @@
+//! Worker pools: a handler with `pool = N` runs stream entries on up to N long-lived
+//! workers instead of a process per entry. A worker is a run started from the
+//! handler's command with its stdin kept open and a pipe as its fd 3: each entry is
+//! one JSON line on its stdin, and the worker answers on fd 3 with one JSON line per
+//! entry (`{"id": ..., "ok": true}` or `{"id": ..., "ok": false, "error": ...}`), so
+//! what it prints on stdout or stderr (its log) never mixes with the protocol.
+//!
+//! One pool per handler, shared by every stream and watch that uses it. A worker gets
+//! one entry at a time; entries that find no idle worker wait in their queue (a
+//! queue's `CONCURRENCY` still holds) and are handed out when a worker is free
+//! (`idle_handlers`). Workers start on demand, up to N; one that exits unasked, is
+//! killed, times out on an entry or breaks the protocol fails its entry's attempt and
+//! is replaced after a backoff that grows with the failures in a row (the handler's
+//! `backoff-*`); `max-requests` recycles a worker (its stdin closed: it finishes and
+//! exits) after that many entries.
+//!
+//! The entry's side (ack, retry, dead letter) is the queue's: this part says which
+//! entry a worker answered or left (`Answer`), and the supervisor hands it on.
+
+use super::log::Log;
+use super::runs::{Run, RunOf, Runs};
+use super::stream::{QueueKey, Sid};
+use super::timers::{Timer, Timers};
+use crate::config::Handler;
+use crate::ffi::Reply;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The longest reply line a worker may write (a longer one breaks the protocol).
+const MAX_REPLY_LINE: usize = 1 << 20;
+
+struct Worker {
+    run: Run,
+    /// The entry it works on.
+    busy: Option<(QueueKey, Sid)>,
+    /// Entries it answered.
+    served: u64,
+    /// It is on its way out and takes no more entries: recycled or stopped by us
+    /// (`false`), or failing (`true`: timed out, broke the protocol).
+    leaving: Option<bool>,
+    /// Reply bytes after the last newline.
+    partial: Vec<u8>,
+    /// What it wrote while no entry was in it.
+    log: Log,
+}
+
+impl Worker {
+    fn idle(&self) -> bool {
+        self.busy.is_none() && self.leaving.is_none() && self.run.pid.is_some()
+    }
+}
+
+struct Pool {
+    handler: Arc<Handler>,
+    workers: BTreeMap<u64, Worker>,
+    /// Workers started after one went.
+    restarts: u64,
+    /// Entries answered ok / failed (answered so, or left by their worker).
+    done: u64,
+    failed: u64,
+    /// Workers in a row that failed (exited unasked, timed out, broke the protocol).
+    failures: u32,
+    /// No new worker before this.
+    backoff_until: Option<Instant>,
+}
+
+impl Pool {
+    fn new(handler: Arc<Handler>) -> Pool {
+        Pool {
+            handler,
+            workers: BTreeMap::new(),
+            restarts: 0,
+            done: 0,
+            failed: 0,
+            failures: 0,
+            backoff_until: None,
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.leaving.is_none())
+            .count()
+    }
+}
+
+/// What became of an entry given to a worker.
+pub(super) struct Answer {
+    pub queue: QueueKey,
+    pub sid: Sid,
+    /// The worker's run id (the entry's run).
+    pub worker: u64,
+    /// `None`: done (ok); else why the attempt failed.
+    pub error: Option<String>,
+}
+
+/// Every pool, by handler name.
+#[derive(Default)]
+pub(super) struct Pools {
+    pools: BTreeMap<String, Pool>,
+    /// Handlers with a worker that became free (or may be started), for the waiting
+    /// entries.
+    idle: BTreeSet<String>,
+    /// Entries answered by their worker since the last `take_answers`.
+    answers: Vec<Answer>,
+}
+
+impl Pools {
+    /// Gives the entry (its JSON line `line`) to an idle worker of `h`'s pool: the
+    /// entry's run (the worker's, with its pid) if one took it; `None`: it waits (a
+    /// worker is started if the pool has room).
+    pub(super) fn dispatch(
+        &mut self,
+        h: &Arc<Handler>,
+        entry: (QueueKey, Sid),
+        line: Vec<u8>,
+        runs: &mut Runs,
+        timers: &mut Timers,
+    ) -> Option<Run> {
+        let pool = self
+            .pools
+            .entry(h.name.clone())
+            .or_insert_with(|| Pool::new(h.clone()));
+        pool.handler = h.clone();
+        if let Some((&id, w)) = pool.workers.iter_mut().find(|(_, w)| w.idle()) {
+            w.busy = Some(entry);
+            runs.feed(id, line);
+            return Some(Run::of_worker(&w.run));
+        }
+        let now = Instant::now();
+        let waiting = pool.backoff_until.is_some_and(|at| at > now);
+        if !waiting && pool.live() < h.pool as usize {
+            start_worker(pool, runs);
+        } else if let Some(at) = pool.backoff_until.filter(|_| waiting) {
+            timers.push(at, Timer::Pool(h.name.clone()));
+        }
+        None
+    }
+
+    /// The handlers whose waiting entries may now find a worker.
+    pub(super) fn take_idle(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.idle)
+    }
+
+    pub(super) fn take_answers(&mut self) -> Vec<Answer> {
+        std::mem::take(&mut self.answers)
+    }
+
+    /// The helper reported worker `id`'s process: it is free.
+    pub(super) fn started(&mut self, name: &str, id: u64, pid: i32, start: Option<u64>) {
+        if let Some(w) = self.worker(name, id) {
+            w.run.spawned(pid, start);
+            self.idle.insert(name.to_string());
+        }
+    }
+
+    /// Worker `id`'s pid, once started.
+    pub(super) fn pid(&self, name: &str, id: u64) -> Option<i32> {
+        self.pools.get(name)?.workers.get(&id)?.run.pid
+    }
+
+    /// The entry worker `id` works on, if any (its output goes to that entry's log).
+    pub(super) fn busy_with(&self, name: &str, id: u64) -> Option<&(QueueKey, Sid)> {
+        self.pools.get(name)?.workers.get(&id)?.busy.as_ref()
+    }
+
+    pub(super) fn output(&mut self, name: &str, id: u64, data: &[u8]) {
+        if let Some(pool) = self.pools.get_mut(name) {
+            let cap = pool.handler.log_lines();
+            if let Some(w) = pool.workers.get_mut(&id) {
+                w.log.push(data, cap);
+            }
+        }
+    }
+
+    /// Bytes worker `id` wrote on its fd 3: each whole line answers its entry.
+    pub(super) fn replies(&mut self, name: &str, id: u64, data: &[u8], runs: &mut Runs) {
+        let Some(pool) = self.pools.get_mut(name) else {
+            return;
+        };
+        let Some(w) = pool.workers.get_mut(&id) else {
+            return;
+        };
+        w.partial.extend_from_slice(data);
+        while let Some(end) = w.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = w.partial.drain(..=end).collect();
+            let reply = parse_reply(&line[..end]);
+            let busy_id = w.busy.as_ref().map(|(_, sid)| sid.to_string());
+            let error = match reply {
+                Ok(Said::Progress { .. }) => continue,
+                Ok(Said::Done { id: got, error }) if Some(&got) == busy_id.as_ref() => Ok(error),
+                Ok(Said::Done { id: got, .. }) => Err(match busy_id {
+                    Some(want) => format!("the worker answered for entry {got}, not {want}"),
+                    None => format!("the worker answered for entry {got}, which it did not have"),
+                }),
+                Err(e) => Err(e),
+            };
+            match error {
+                Ok(error) => {
+                    let (queue, sid) = w.busy.take().expect("busy: checked above");
+                    w.served += 1;
+                    match error.is_some() {
+                        true => pool.failed += 1,
+                        false => pool.done += 1,
+                    }
+                    pool.failures = 0;
+                    let recycle = pool.handler.max_requests;
+                    if recycle > 0 && w.served >= recycle && w.leaving.is_none() {
+                        w.leaving = Some(false);
+                        runs.close_input(id);
+                    }
+                    self.answers.push(Answer {
+                        queue,
+                        sid,
+                        worker: id,
+                        error,
+                    });
+                    self.idle.insert(name.to_string());
+                }
+                Err(problem) => {
+                    // Broke the protocol: its entry fails now, the worker is replaced.
+                    let problem = format!("malformed reply from the pool worker: {problem}");
+                    if let Some((queue, sid)) = w.busy.take() {
+                        pool.failed += 1;
+                        self.answers.push(Answer {
+                            queue,
+                            sid,
+                            worker: id,
+                            error: Some(problem),
+                        });
+                    }
+                    w.leaving = Some(true);
+                    w.partial.clear();
+                    runs.stop(&mut w.run);
+                    return;
+                }
+            }
+        }
+        if w.partial.len() > MAX_REPLY_LINE {
+            w.partial.clear();
+            w.leaving = Some(true);
+            runs.stop(&mut w.run);
+        }
+    }
+
+    /// Worker `id` ended: the entry it was working on, if any (its attempt fails with
+    /// the worker's end), and the worker is replaced. `live`: this node runs jobs now
+    /// (a worker ended by a pause, a demotion or the helper's death is no failure).
+    pub(super) fn worker_ended(
+        &mut self,
+        name: &str,
+        id: u64,
+        live: bool,
+        timers: &mut Timers,
+    ) -> Option<(QueueKey, Sid)> {
+        let pool = self.pools.get_mut(name)?;
+        let w = pool.workers.remove(&id)?;
+        // Failing: exited unasked, or had to be stopped for timing out or breaking the
+        // protocol. A pause, a demotion or the helper's death is no failure.
+        let failing = w.leaving.unwrap_or(true) && live;
+        if failing {
+            pool.failures += 1;
+            let at = Instant::now() + pool.handler.backoff(pool.failures);
+            pool.backoff_until = Some(at);
+            timers.push(at, Timer::Pool(name.to_string()));
+        }
+        if w.busy.is_some() {
+            pool.failed += 1;
+        }
+        pool.restarts += u64::from(live);
+        self.idle.insert(name.to_string());
+        w.busy
+    }
+
+    /// A pool's backoff (set for `at`) may be over: its waiting entries try again.
+    pub(super) fn backoff_over(&mut self, name: &str) {
+        if let Some(pool) = self.pools.get_mut(name) {
+            if pool.backoff_until.is_some_and(|at| at <= Instant::now()) {
+                pool.backoff_until = None;
+                self.idle.insert(name.to_string());
+            }
+        }
+    }
+
+    /// The entry left its worker (stopped with its queue; `failed`: timed out): the
+    /// worker is stopped too, since it cannot be told to drop one entry.
+    pub(super) fn stop_worker(&mut self, name: &str, id: u64, failed: bool, runs: &mut Runs) {
+        if let Some(w) = self.worker(name, id) {
+            w.leaving = Some(failed || w.leaving == Some(true));
+            runs.stop(&mut w.run);
+        }
+    }
+
+    /// Every worker stops (pause, demotion).
+    pub(super) fn stop_all(&mut self, runs: &mut Runs) {
+        for pool in self.pools.values_mut() {
+            for w in pool.workers.values_mut() {
+                w.leaving.get_or_insert(false);
+                runs.stop(&mut w.run);
+            }
+        }
+    }
+
+    pub(super) fn live_runs(&self) -> impl Iterator<Item = &Run> {
+        self.pools
+            .values()
+            .flat_map(|p| p.workers.values().map(|w| &w.run))
+    }
+
+    fn worker(&mut self, name: &str, id: u64) -> Option<&mut Worker> {
+        self.pools.get_mut(name)?.workers.get_mut(&id)
+    }
+
+    /// `STREAMWATCH.POOLS`: per pool handler, its workers and what they did.
+    pub(super) fn reply(&self, handlers: &BTreeMap<String, Arc<Handler>>) -> Reply {
+        let mut list = Vec::new();
+        for (name, h) in handlers.iter().filter(|(_, h)| h.pool > 0) {
+            let pool = self.pools.get(name);
+            let workers: Vec<&Worker> = pool
+                .map(|p| p.workers.values().collect())
+                .unwrap_or_default();
+            let count =
+                |f: &dyn Fn(&Worker) -> bool| workers.iter().filter(|w| f(w)).count() as i64;
+            let pids: Vec<Reply> = workers
+                .iter()
+                .filter_map(|w| w.run.pid.map(|p| Reply::Int(p.into())))
+                .collect();
+            let n = |f: fn(&Pool) -> u64| Reply::Int(pool.map_or(0, f) as i64);
+            list.push(Reply::Map(vec![
+                ("handler".into(), Reply::str(name)),
+                ("size".into(), Reply::Int(h.pool.into())),
+                ("workers".into(), Reply::Int(workers.len() as i64)),
+                ("busy".into(), Reply::Int(count(&|w| w.busy.is_some()))),
+                ("idle".into(), Reply::Int(count(&|w| w.idle()))),
+                (
+                    "starting".into(),
+                    Reply::Int(count(&|w| w.run.pid.is_none())),
+                ),
+                ("restarts".into(), n(|p| p.restarts)),
+                ("done".into(), n(|p| p.done)),
+                ("failed".into(), n(|p| p.failed)),
+                ("max_requests".into(), Reply::Int(h.max_requests as i64)),
+                ("pids".into(), Reply::Array(pids)),
+            ]));
+        }
+        Reply::Array(list)
+    }
+}
+
+fn start_worker(pool: &mut Pool, runs: &mut Runs) {
+    let h = pool.handler.clone();
+    let env = vec![(b"STREAMWATCH_HANDLER".to_vec(), h.name.as_bytes().to_vec())];
+    let owner = RunOf::Worker(h.name.clone());
+    let run = runs.start_worker(owner, &h, env);
+    let worker = Worker {
+        run,
+        busy: None,
+        served: 0,
+        leaving: None,
+        partial: Vec::new(),
+        log: Log::default(),
+    };
+    pool.workers.insert(worker.run.id, worker);
+}
+
+/// One line a worker wrote on fd 3.
+#[derive(Debug, PartialEq)]
+enum Said {
+    /// The entry is done: `error` is `None` if it succeeded.
+    Done {
+        id: String,
+        error: Option<String>,
+    },
+    Progress {
+        id: String,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct ReplyLine {
+    id: String,
+    ok: Option<bool>,
+    error: Option<serde_json::Value>,
+    progress: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    result: Option<serde_json::Value>,
+}
+
+/// Reads one reply line (without its newline).
+fn parse_reply(line: &[u8]) -> Result<Said, String> {
+    let cut = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned();
+    let r: ReplyLine =
+        serde_json::from_slice(line).map_err(|e| format!("{e} in '{}'", cut(line)))?;
+    match (r.ok, r.progress) {
+        (Some(true), _) => Ok(Said::Done {
+            id: r.id,
+            error: None,
+        }),
+        (Some(false), _) => {
+            let error = match r.error {
+                Some(serde_json::Value::String(s)) => s,
+                Some(other) => other.to_string(),
+                None => "the worker said ok: false".into(),
+            };
+            Ok(Said::Done {
+                id: r.id,
+                error: Some(error),
+            })
+        }
+        (None, Some(_)) => Ok(Said::Progress { id: r.id }),
+        (None, None) => Err(format!(
+            "neither \"ok\" nor \"progress\" in '{}'",
+            cut(line)
+        )),
+    }
+}
+
+/// The line that gives an entry to a pool worker: `{"key", "id", "db", "attempt",
+/// "fields"}`, fields in stream order (bytes that are not UTF-8 become U+FFFD).
+pub(super) fn entry_line(
+    qk: &QueueKey,
+    sid: Sid,
+    attempt: u32,
+    fields: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<u8> {
+    let text = |b: &[u8]| serde_json::to_string(&String::from_utf8_lossy(b)).unwrap_or_default();
+    let mut out = format!(
+        "{{\"key\":{},\"id\":\"{sid}\",\"db\":{},\"attempt\":{attempt},\"fields\":{{",
+        text(&qk.key),
+        qk.db
+    );
+    for (i, (f, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&text(f));
+        out.push(':');
+        out.push_str(&text(v));
+    }
+    out.push_str("}}\n");
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        let done = |id: &str, error: Option<&str>| {
+            Ok(Said::Done {
+                id: id.into(),
+                error: error.map(str::to_string),
+            })
+        };
+        let table: [(&str, Result<Said, String>); 6] = [
+            (r#"{"id":"1-0","ok":true}"#, done("1-0", None)),
+            (
+                r#"{"id":"1-0","ok":true,"result":{"a":[1]}}"#,
+                done("1-0", None),
+            ),
+            (
+                r#"{"id":"1-0","ok":false,"error":"boom"}"#,
+                done("1-0", Some("boom")),
+            ),
+            (
+                r#"{"id":"1-0","ok":false,"error":{"code":3}}"#,
+                done("1-0", Some(r#"{"code":3}"#)),
+            ),
+            (
+                r#"{"id":"1-0","ok":false}"#,
+                done("1-0", Some("the worker said ok: false")),
+            ),
+            (
+                r#"{"id":"1-0","progress":50}"#,
+                Ok(Said::Progress { id: "1-0".into() }),
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(parse_reply(line.as_bytes()), want, "{line}");
+        }
+        for bad in [
+            "",
+            "ok",
+            r#"{"ok":true}"#,
+            r#"{"id":"1-0"}"#,
+            r#"{"id":1,"ok":true}"#,
+        ] {
+            assert!(parse_reply(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_line_of_an_entry() {
+        let qk = QueueKey {
+            db: 2,
+            key: b"q".to_vec(),
+            watch: 1,
+        };
+        let fields = vec![
+            (b"url".to_vec(), b"a\"b".to_vec()),
+            (b"n".to_vec(), b"\xff".to_vec()),
+        ];
+        let line = entry_line(&qk, Sid(17, 3), 2, &fields);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"key\":\"q\",\"id\":\"17-3\",\"db\":2,\"attempt\":2,\"fields\":{\"url\":\"a\\\"b\",\"n\":\"\u{fffd}\"}}\n"
+        );
+    }
+}

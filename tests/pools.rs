@@ -1,0 +1,494 @@
+//! Worker pools (`pool = N`): stream entries run on long-lived workers, one JSON line
+//! per entry on their stdin, one reply line per entry on their fd 3. What must hold is
+//! what holds for a process per entry (at least once, retried, dead-lettered, claimed
+//! back after a crash, a helper's death or a failover; stopped by PAUSE and UNWATCH),
+//! with the workers reused, replaced when they fail and recycled after `max-requests`.
+//!
+//! The workers here are small shell loops: each records `id pid attempt` in `$D/done`
+//! and behaves as the entry's `mode` field says (crash, hang, garble its reply, fail,
+//! print, take its time).
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The pool worker: reads entries, acts on their `mode`, answers on fd 3.
+const WORKER: &str = r#"
+while IFS= read -r line; do
+  id=${line#*\"id\":\"}; id=${id%%\"*}
+  attempt=${line#*\"attempt\":}; attempt=${attempt%%,*}
+  mode=
+  case "$line" in *'"mode":"'*) mode=${line#*\"mode\":\"}; mode=${mode%%\"*};; esac
+  echo "$id $$ $attempt" >> "$D/done"
+  case "$mode/$attempt" in
+    crash/1) exit 3;;
+    hang/1) sleep 1000;;
+    bad/*) echo 'this is not JSON' >&3; continue;;
+    fail/*) printf '{"id":"%s","ok":false,"error":"it said no"}\n' "$id" >&3; continue;;
+    print/*) echo "to stdout $id"; echo "to stderr $id" >&2;;
+    slow/*) sleep 1;;
+  esac
+  printf '{"id":"%s","ok":true,"result":{"n":1}}\n' "$id" >&3
+done
+"#;
+
+/// A pool handler `pw` of `size` workers running `WORKER`, with `$D` set to `dir`.
+fn pool_handler(dir: &Path, size: u32, extra: &str) -> String {
+    format!(
+        "[handler.pw]\ncommand = [\"/bin/sh\", \"-c\", '''{WORKER}''', \"{TAG}\"]\nenv = {{ D = \"{}\" }}\npool = {size}\nbackoff-initial-ms = 50\nbackoff-max-ms = 200\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// `(id, worker pid, attempt)` per line of `$D/done`.
+fn done(dir: &Path) -> Vec<(String, u32, u32)> {
+    lines(&dir.join("done"))
+        .iter()
+        .map(|l| {
+            let mut it = l.split(' ');
+            let id = it.next().unwrap_or_default().to_string();
+            let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let attempt = it.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+            (id, pid, attempt)
+        })
+        .collect()
+}
+
+fn pool(c: &mut redis::Connection) -> Map {
+    parse_maps(&ok(c, &["STREAMWATCH.POOLS"]))
+        .into_iter()
+        .find(|m| get_str(m, "handler") == "pw")
+        .expect("the pool is listed")
+}
+
+fn stat(c: &mut redis::Connection, name: &str) -> i64 {
+    get_int(&pool(c), name).unwrap_or(-1)
+}
+
+fn events_named(
+    c: &mut redis::Connection,
+    name: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    stream_entries(c, "streamwatch:events")
+        .into_iter()
+        .filter(|e| e.get("event").map(String::as_str) == Some(name))
+        .collect()
+}
+
+#[test]
+fn entries_run_on_reused_workers_and_are_acknowledged() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "pq", "pw", &["CONCURRENCY", "4"]);
+    let added = xadd_many(&mut c, "pq", 0, 50);
+    wait_drained(&mut c, "pq");
+    let ran = done(dir.path());
+    let ids: BTreeSet<String> = ran.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(ids, added.iter().cloned().collect(), "every entry ran");
+    assert_eq!(ran.len(), 50, "each once");
+    let pids: BTreeSet<u32> = ran.iter().map(|(_, pid, _)| *pid).collect();
+    assert!(pids.len() <= 2, "at most the pool's two workers: {pids:?}");
+    let p = pool(&mut c);
+    assert_eq!(get_int(&p, "size"), Some(2));
+    assert_eq!(get_int(&p, "done"), Some(50));
+    assert_eq!(get_int(&p, "restarts"), Some(0));
+    assert_eq!(get_int(&p, "workers"), Some(pids.len() as i64));
+    let listed: BTreeSet<u32> = to_array(&p["pids"])
+        .iter()
+        .map(|v| vint(v).unwrap_or(0) as u32)
+        .collect();
+    assert_eq!(listed, pids, "POOLS lists the workers' pids");
+    let w = watch_map(&mut c, "pq");
+    assert_eq!(get_int(&w, "acked"), Some(50));
+    assert_eq!(events_named(&mut c, "worker-started").len(), pids.len());
+    assert!(stream_entries(&mut c, "pq:dead").is_empty());
+}
+
+#[test]
+fn an_entry_in_a_worker_shows_the_workers_pid() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "sq", "pw", &[]);
+    let id = xadd(&mut c, "sq", &[("mode", "slow")]);
+    let running = wait_for("the entry running in its worker", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "sq", "STATE", "running"]).pop()
+    });
+    assert_eq!(get_str(&running, "id"), id);
+    let pid = get_int(&running, "pid").expect("pid") as u32;
+    let p = pool(&mut c);
+    assert_eq!(get_int(&p, "busy"), Some(1));
+    assert_eq!(
+        to_array(&p["pids"])
+            .iter()
+            .map(|v| vint(v).unwrap_or(0) as u32)
+            .collect::<Vec<_>>(),
+        [pid]
+    );
+    wait_drained(&mut c, "sq");
+    assert_eq!(done(dir.path())[0].1, pid);
+}
+
+#[test]
+fn a_worker_crash_fails_the_attempt_and_the_worker_is_replaced() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "cq", "pw", &[]);
+    let id = xadd(&mut c, "cq", &[("mode", "crash")]);
+    xadd_many(&mut c, "cq", 0, 3);
+    wait_drained(&mut c, "cq");
+    let ran = done(dir.path());
+    let of_crash: Vec<_> = ran.iter().filter(|r| r.0 == id).collect();
+    assert_eq!(of_crash.len(), 2, "crashed once, then ran again: {ran:?}");
+    assert_ne!(of_crash[0].1, of_crash[1].1, "by a new worker");
+    assert_eq!(of_crash[1].2, 2, "as attempt 2");
+    assert!(stat(&mut c, "restarts") >= 1);
+    let exited = events_named(&mut c, "exited");
+    assert!(
+        exited
+            .iter()
+            .any(|e| e.get("id") == Some(&id) && e.get("code").map(String::as_str) == Some("3")),
+        "{exited:?}"
+    );
+    assert!(!events_named(&mut c, "worker-exited").is_empty());
+}
+
+#[test]
+fn a_worker_past_timeout_is_stopped_and_the_entry_retried() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(
+        dir.path(),
+        1,
+        "timeout-ms = 500\nstop-grace-ms = 200",
+    ))
+    .dir(dir.clone())
+    .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "tq", "pw", &[]);
+    let id = xadd(&mut c, "tq", &[("mode", "hang")]);
+    wait_drained(&mut c, "tq");
+    let ran = done(dir.path());
+    assert_eq!(ran.iter().filter(|r| r.0 == id).count(), 2, "{ran:?}");
+    let exited = events_named(&mut c, "exited");
+    assert!(
+        exited.iter().any(|e| e
+            .get("error")
+            .is_some_and(|x| x.starts_with("timed out after 500 ms"))),
+        "{exited:?}"
+    );
+    wait_until("no hung worker left", WAIT, || s.tagged_procs().len() <= 1);
+}
+
+#[test]
+fn a_malformed_reply_fails_the_attempt_and_replaces_the_worker() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "bq", "pw", &["MAX-ATTEMPTS", "2"]);
+    let bad = xadd(&mut c, "bq", &[("mode", "bad")]);
+    let fine = xadd(&mut c, "bq", &[("n", "1")]);
+    wait_drained(&mut c, "bq");
+    let dead = stream_entries(&mut c, "bq:dead");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], bad);
+    assert!(
+        dead[0]["error"].starts_with("malformed reply from the pool worker"),
+        "{dead:?}"
+    );
+    let ran = done(dir.path());
+    let pids: BTreeSet<u32> = ran.iter().map(|r| r.1).collect();
+    assert_eq!(pids.len(), 3, "each bad reply cost its worker: {ran:?}");
+    assert!(ran.iter().any(|r| r.0 == fine));
+}
+
+#[test]
+fn an_error_reply_fails_the_attempt_but_keeps_the_worker() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "eq", "pw", &["MAX-ATTEMPTS", "2"]);
+    let no = xadd(&mut c, "eq", &[("mode", "fail")]);
+    wait_drained(&mut c, "eq");
+    let dead = stream_entries(&mut c, "eq:dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], no);
+    assert_eq!(dead[0]["error"], "it said no");
+    let pids: BTreeSet<u32> = done(dir.path()).iter().map(|r| r.1).collect();
+    assert_eq!(pids.len(), 1, "the worker stays");
+    assert_eq!(stat(&mut c, "restarts"), 0);
+    assert_eq!(stat(&mut c, "failed"), 2);
+}
+
+#[test]
+fn what_a_worker_prints_is_its_log_not_a_reply() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "oq", "pw", &[]);
+    for _ in 0..5 {
+        xadd(&mut c, "oq", &[("mode", "print")]);
+    }
+    wait_drained(&mut c, "oq");
+    assert_eq!(stat(&mut c, "done"), 5);
+    assert_eq!(stat(&mut c, "restarts"), 0);
+    assert!(stream_entries(&mut c, "oq:dead").is_empty());
+}
+
+#[test]
+fn max_requests_recycles_a_worker() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, "max-requests = 3"))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "mq", "pw", &[]);
+    xadd_many(&mut c, "mq", 0, 10);
+    wait_drained(&mut c, "mq");
+    let ran = done(dir.path());
+    assert_eq!(ran.len(), 10);
+    let mut per_pid = std::collections::BTreeMap::<u32, usize>::new();
+    for r in &ran {
+        *per_pid.entry(r.1).or_default() += 1;
+    }
+    assert_eq!(per_pid.len(), 4, "3 + 3 + 3 + 1: {per_pid:?}");
+    assert!(per_pid.values().all(|&n| n <= 3));
+    assert!(stream_entries(&mut c, "mq:dead").is_empty());
+}
+
+#[test]
+fn pause_stops_the_workers_and_resume_runs_what_was_left() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "rq", "pw", &["CONCURRENCY", "2"]);
+    let slow = xadd(&mut c, "rq", &[("mode", "slow")]);
+    wait_until("a worker busy", WAIT, || stat(&mut c, "busy") == 1);
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    wait_until("no worker while paused", WAIT, || {
+        stat(&mut c, "workers") == 0 && s.tagged_procs().is_empty()
+    });
+    let more = xadd_many(&mut c, "rq", 0, 5);
+    ok(&mut c, &["STREAMWATCH.RESUME"]);
+    wait_drained(&mut c, "rq");
+    let ran: BTreeSet<String> = done(dir.path()).into_iter().map(|r| r.0).collect();
+    assert!(ran.contains(&slow));
+    assert!(more.iter().all(|id| ran.contains(id)));
+    assert_eq!(stat(&mut c, "restarts"), 0, "a pause is no failure");
+}
+
+#[test]
+fn unwatch_while_busy_stops_the_worker() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "uq", "pw", &[]);
+    xadd(&mut c, "uq", &[("mode", "slow")]);
+    wait_until("the worker busy", WAIT, || stat(&mut c, "busy") == 1);
+    assert_eq!(vint(&ok(&mut c, &["STREAMWATCH.UNWATCH", "uq"])), Some(1));
+    wait_until("the worker gone", WAIT, || s.tagged_procs().is_empty());
+    let g = group_info(&mut c, "uq", "streamwatch");
+    assert_eq!(
+        g.get("pending").map(String::as_str),
+        Some("1"),
+        "left pending: {g:?}"
+    );
+}
+
+#[test]
+fn kill9_of_the_server_mid_entry_loses_nothing() {
+    let dir = TempDir::new();
+    let toml = pool_handler(dir.path(), 2, "");
+    let args = ["--appendonly", "yes", "--appendfsync", "always"];
+    let added = {
+        let mut s = Server::builder(&toml)
+            .dir(dir.clone())
+            .redis_args(&args)
+            .start();
+        let mut c = s.conn();
+        watch_stream_opts(&mut c, "kq", "pw", &["CONCURRENCY", "2"]);
+        let mut added = Vec::new();
+        for i in 0..6 {
+            added.push(xadd(
+                &mut c,
+                "kq",
+                &[("mode", "slow"), ("n", &i.to_string())],
+            ));
+        }
+        wait_until("an entry done", WAIT, || !done(dir.path()).is_empty());
+        s.kill9();
+        added
+    };
+    let s = Server::builder(&toml)
+        .dir(dir.clone())
+        .redis_args(&args)
+        .start();
+    let mut c = s.conn();
+    wait_drained(&mut c, "kq");
+    let ran: BTreeSet<String> = done(dir.path()).into_iter().map(|r| r.0).collect();
+    assert_eq!(
+        ran,
+        added.into_iter().collect(),
+        "every entry ran at least once"
+    );
+    assert!(stream_entries(&mut c, "kq:dead").is_empty());
+}
+
+#[test]
+fn killing_the_helper_loses_no_entry() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "hq", "pw", &["CONCURRENCY", "2"]);
+    let mut added = Vec::new();
+    for i in 0..4 {
+        added.push(xadd(
+            &mut c,
+            "hq",
+            &[("mode", "slow"), ("n", &i.to_string())],
+        ));
+    }
+    wait_until("both workers busy", WAIT, || stat(&mut c, "busy") == 2);
+    let helper = s.helper().expect("a helper");
+    unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+    wait_drained(&mut c, "hq");
+    let ran: BTreeSet<String> = done(dir.path()).into_iter().map(|r| r.0).collect();
+    assert_eq!(ran, added.into_iter().collect());
+    assert!(stream_entries(&mut c, "hq:dead").is_empty());
+}
+
+#[test]
+fn a_promoted_replica_runs_the_pending_entries_on_its_pool() {
+    let out = TempDir::new();
+    let toml = format!(
+        "{}[[watch]]\npattern = \"fq\"\nhandler = \"pw\"\ntype = \"stream\"\n",
+        pool_handler(out.path(), 1, "")
+    );
+    let mut p = Server::start(&toml);
+    let r = Server::start(&toml);
+    let (mut pc, mut rc) = (p.conn(), r.conn());
+    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
+    wait_until("replication link up", WAIT, || {
+        info(&mut rc, "replication")
+            .get("master_link_status")
+            .map(String::as_str)
+            == Some("up")
+    });
+    assert_eq!(stat(&mut rc, "workers"), 0, "a replica starts no worker");
+    let slow = xadd(&mut pc, "fq", &[("mode", "slow")]);
+    wait_until("pending on the replica too", WAIT, || {
+        group_info(&mut rc, "fq", "streamwatch")
+            .get("pending")
+            .map(String::as_str)
+            == Some("1")
+    });
+    p.kill9();
+    ok(&mut rc, &["REPLICAOF", "NO", "ONE"]);
+    wait_drained(&mut rc, "fq");
+    let ran = done(out.path());
+    assert_eq!(ran.last().map(|r| r.0.clone()), Some(slow));
+    assert_eq!(stat(&mut rc, "done"), 1);
+}
+
+#[test]
+fn a_watch_command_cannot_give_a_pool_a_hash() {
+    let s = Server::start("[handler.p]\ncommand = [\"/bin/cat\"]\npool = 2\n");
+    let mut c = s.conn();
+    let e = run(&mut c, &["STREAMWATCH.WATCH", "h", "HANDLER", "p"]).unwrap_err();
+    assert!(e.to_string().contains("stream watches only"), "{e}");
+    ok(
+        &mut c,
+        &["STREAMWATCH.WATCH", "q", "HANDLER", "p", "TYPE", "stream"],
+    );
+}
+
+/// The Python worker of `clients/python` (the README's), run for real: jobs, their
+/// results, an exception failing one job without ending the loop.
+#[test]
+fn a_python_worker_using_the_client_module() {
+    let dir = TempDir::new();
+    let clients = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
+    let script = r#"
+import os
+from streamwatch import jobs
+for job in jobs():
+    with job:
+        with open(os.environ["D"] + "/done", "a") as f:
+            f.write("%s %d %d\n" % (job.id, os.getpid(), job.attempt))
+        if job.fields.get("mode") == "raise":
+            raise ValueError("bad input")
+        job.ok({"sum": sum(range(1000))})
+"#;
+    let toml = format!(
+        "[handler.py]\ncommand = [\"python3\", \"-c\", '''{script}''', \"{TAG}\"]\nenv = {{ D = \"{}\", PYTHONPATH = \"{clients}\" }}\npool = 2\n",
+        dir.path().display()
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    watch_stream_opts(
+        &mut c,
+        "py",
+        "py",
+        &["CONCURRENCY", "2", "MAX-ATTEMPTS", "1"],
+    );
+    let added = xadd_many(&mut c, "py", 0, 30);
+    let bad = xadd(&mut c, "py", &[("mode", "raise")]);
+    wait_drained(&mut c, "py");
+    let ran = done(dir.path());
+    let ids: BTreeSet<String> = ran.iter().map(|r| r.0.clone()).collect();
+    assert!(added.iter().all(|id| ids.contains(id)), "{ran:?}");
+    let dead = stream_entries(&mut c, "py:dead");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], bad);
+    assert_eq!(dead[0]["error"], "ValueError: bad input");
+    let p = parse_maps(&ok(&mut c, &["STREAMWATCH.POOLS"]))
+        .pop()
+        .expect("pool");
+    assert_eq!(get_int(&p, "done"), Some(30));
+    assert_eq!(
+        get_int(&p, "restarts"),
+        Some(0),
+        "the exception did not cost the worker"
+    );
+}
+
+/// The Rust worker of `examples/pool_worker.rs` (built with the tests).
+#[test]
+fn a_rust_worker_from_the_examples() {
+    let worker = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/release/examples/pool_worker"
+    );
+    let toml = format!("[handler.rs]\ncommand = [\"{worker}\", \"{TAG}\"]\npool = 2\n");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "rs", "rs", &["CONCURRENCY", "4"]);
+    xadd_many(&mut c, "rs", 0, 200);
+    wait_drained(&mut c, "rs");
+    let p = parse_maps(&ok(&mut c, &["STREAMWATCH.POOLS"]))
+        .pop()
+        .expect("pool");
+    assert_eq!(get_int(&p, "done"), Some(200));
+    assert_eq!(get_int(&p, "restarts"), Some(0));
+}
