@@ -117,7 +117,6 @@ impl Pools {
         entry: (QueueKey, Sid),
         line: Vec<u8>,
         runs: &mut Runs,
-        timers: &mut Timers,
     ) -> Option<Run> {
         let pool = self
             .pools
@@ -129,12 +128,10 @@ impl Pools {
             runs.feed(id, line);
             return Some(Run::of_worker(&w.run));
         }
-        let now = Instant::now();
-        let waiting = pool.backoff_until.is_some_and(|at| at > now);
-        if !waiting && pool.live() < h.pool as usize {
+        // In backoff, the timer set when the last worker failed brings them back.
+        let backoff = pool.backoff_until.is_some_and(|at| at > Instant::now());
+        if !backoff && pool.live() < h.pool as usize {
             start_worker(pool, runs);
-        } else if let Some(at) = pool.backoff_until.filter(|_| waiting) {
-            timers.push(at, Timer::Pool(h.name.clone()));
         }
         None
     }

@@ -331,7 +331,7 @@ impl Queues {
         let run = if h.pool > 0 {
             let line = pools::entry_line(qk, sid, e.attempts, &e.fields);
             let entry = (qk.clone(), sid);
-            let Some(run) = fx.pools.dispatch(&h, entry, line, fx.runs, fx.timers) else {
+            let Some(run) = fx.pools.dispatch(&h, entry, line, fx.runs) else {
                 e.waiting = true;
                 return;
             };
