@@ -63,7 +63,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stream::Sid;
 use timers::{Deadline, Timer, Timers};
 
 /// How often job counts are published while hints stream in.
@@ -375,27 +374,15 @@ impl Supervisor {
                 }
             }
             Msg::Pools { reply } => reply.reply(self.pools.reply(&crate::config::file().handlers)),
-            Msg::Jobs { filter, reply } => reply.reply(views::jobs_reply(
-                &self.hash.jobs,
-                &self.queues.queues,
-                &filter,
-            )),
+            Msg::Jobs { filter, reply } => {
+                reply.reply(views::jobs_reply(&self.hash, &self.queues, &filter))
+            }
             Msg::Job {
                 db,
                 key,
                 field,
                 reply,
-            } => {
-                let entry = || {
-                    let (qk, q, e) = self.queues.find(db, &key, Sid::parse(&field)?)?;
-                    let sid = Sid::parse(&field)?;
-                    Some(views::entry_map(qk, &q.watch, sid, e, true))
-                };
-                reply.reply(match self.hash.find(db, &key, &field) {
-                    Some((k, j)) => views::job_map(k, j, true),
-                    None => entry().unwrap_or(Reply::Nil),
-                });
-            }
+            } => reply.reply(views::job_reply(&self.hash, &self.queues, db, &key, &field)),
             Msg::Restart {
                 db,
                 key,
@@ -652,15 +639,8 @@ impl Supervisor {
             Some(RunOf::Entry(qk, sid)) => queues.run_ended(&qk, sid, id, end, active, &mut fx),
             Some(RunOf::Worker(name)) => {
                 let pid = fx.pools.pid(&name, id).unwrap_or(0);
-                let mut fields = vec![("pid", pid.to_string().into_bytes())];
-                if let End::Status(status) = end {
-                    let n = runs::exit_number(status);
-                    fields.push(match n >= 0 {
-                        true => ("code", n.to_string().into_bytes()),
-                        false => ("signal", (-n).to_string().into_bytes()),
-                    });
-                }
-                fx.events.worker("worker-exited", &name, fields);
+                fx.events
+                    .worker("worker-exited", &name, runs::exit_fields(pid, &end));
                 if let Some((qk, sid)) = fx.pools.worker_ended(&name, id, active, fx.timers) {
                     queues.run_ended(&qk, sid, id, end, active, &mut fx);
                 }

@@ -129,27 +129,38 @@ pub(super) fn exit_number(status: i32) -> i64 {
     }
 }
 
+/// A run's `pid`, and `code` or `signal` when it exited (none if it never ran).
+pub(super) fn exit_fields(pid: i32, end: &End) -> Vec<(&'static str, Vec<u8>)> {
+    let End::Status(status) = end else {
+        return Vec::new();
+    };
+    let n = exit_number(*status);
+    vec![
+        ("pid", pid.to_string().into_bytes()),
+        match n >= 0 {
+            true => ("code", n.to_string().into_bytes()),
+            false => ("signal", (-n).to_string().into_bytes()),
+        },
+    ]
+}
+
 /// The one end-of-run path: `timed_out` is the handler's `timeout-ms` when the run was
 /// stopped for reaching it (its end is then a failure whatever its exit).
 pub(super) fn run_end(run: &Run, end: End, timed_out: Option<Duration>) -> RunEnd {
-    let (exit, error, event, fields) = match end {
+    let fields = exit_fields(run.pid.unwrap_or(0), &end);
+    let (exit, error, event) = match end {
         End::Status(status) => {
             stats::bump(&stats::EXITS);
             let n = exit_number(status);
-            let mut fields = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
-            fields.push(match n >= 0 {
-                true => ("code", n.to_string().into_bytes()),
-                false => ("signal", (-n).to_string().into_bytes()),
-            });
             let error = match timed_out {
                 Some(t) => Some(format!("timed out after {} ms", t.as_millis())),
                 None if n == 0 => None,
                 None if n > 0 => Some(format!("exit code {n}")),
                 None => Some(format!("killed by signal {}", -n)),
             };
-            (Some(n), error, "exited", fields)
+            (Some(n), error, "exited")
         }
-        End::SpawnError(e) => (None, Some(e), "spawn-error", Vec::new()),
+        End::SpawnError(e) => (None, Some(e), "spawn-error"),
     };
     RunEnd {
         exit,

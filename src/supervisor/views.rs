@@ -1,14 +1,13 @@
 //! The replies of `STREAMWATCH.JOBS` and `STREAMWATCH.JOB`: maps of hash jobs and of
 //! in-flight stream entries, read from the supervisor's jobs and queues.
 
-use super::jobs::{Job, JobKey};
-use super::queue::{Entry, Queue};
+use super::jobs::{HashJobs, Job, JobKey};
+use super::queue::{Entry, Queues};
 use super::runs::Run;
 use super::stream::{QueueKey, Sid};
 use super::JobFilter;
 use crate::ffi::Reply;
 use crate::watch::Watch;
-use std::collections::BTreeMap;
 
 /// A run's pid, start (ms since the epoch) and uptime (ms); none of them without a run.
 fn run_times(run: Option<&Run>) -> (Option<i64>, Option<i64>, i64) {
@@ -78,12 +77,30 @@ pub(super) fn entry_map(qk: &QueueKey, watch: &Watch, sid: Sid, e: &Entry, detai
     Reply::Map(m)
 }
 
-/// `STREAMWATCH.JOBS`: the jobs and in-flight entries that pass `f`, in order.
-pub(super) fn jobs_reply(
-    jobs: &BTreeMap<JobKey, Job>,
-    queues: &BTreeMap<QueueKey, Queue>,
-    f: &JobFilter,
+/// `STREAMWATCH.JOB key field|id`: the job of that field, else the entry in flight
+/// with that id, else nil.
+pub(super) fn job_reply(
+    hash: &HashJobs,
+    queues: &Queues,
+    db: i32,
+    key: &[u8],
+    field: &[u8],
 ) -> Reply {
+    if let Some((k, j)) = hash.find(db, key, field) {
+        return job_map(k, j, true);
+    }
+    let Some(sid) = Sid::parse(field) else {
+        return Reply::Nil;
+    };
+    match queues.find(db, key, sid) {
+        Some((qk, q, e)) => entry_map(qk, &q.watch, sid, e, true),
+        None => Reply::Nil,
+    }
+}
+
+/// `STREAMWATCH.JOBS`: the jobs and in-flight entries that pass `f`, in order.
+pub(super) fn jobs_reply(hash: &HashJobs, queues: &Queues, f: &JobFilter) -> Reply {
+    let (jobs, queues) = (&hash.jobs, &queues.queues);
     let keep = |watch: &Watch, key: &[u8], state: &str| {
         f.watch.as_ref().is_none_or(|p| *p == watch.spec.pattern)
             && f.key.as_ref().is_none_or(|k| k == key)
