@@ -6,8 +6,11 @@
 //! that spawns the same worker), the limit (the same worker spawned directly by this
 //! process with posix_spawn, which is what std's `Command` uses here), the server
 //! without the module, a raw spawn loop, or a redis-py consumer (`consumer.py`).
-//! Prints one table, writes it as JSON to `bench/results.json` and draws the latency
-//! distribution to `bench/latency.png`. No timed assertion lives in `make test`.
+//! Phase 6 (`pools.rs`) measures worker pools against the raw pool limit
+//! (`pool_raw.rs`), redis-py, and the same job without a pool. Phases are chosen with
+//! BENCH_PHASES (default `123456`). Prints one table, writes it as JSON to
+//! `bench/results.json` and draws the latency distribution to `bench/latency.png`. No
+//! timed assertion lives in `make test`.
 //!
 //! The worker is `examples/stamp.rs`, linked statically: it writes its CLOCK_REALTIME
 //! start time to a file, and on SIGTERM the time the signal arrived, then exits.
@@ -16,6 +19,8 @@
 mod common;
 mod peer;
 mod plot;
+mod pool_raw;
+mod pools;
 
 use common::{
     fill_stream, group_done, now_ns, poll_until, stamp_handler, wait_stamp, watch_stream,
@@ -409,7 +414,7 @@ fn main() {
     };
     eprintln!("bench: {version}, {n} samples per latency figure");
 
-    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "12345".into());
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "123456".into());
     let want = |p: char| phases.contains(p);
     let mut plot_series = Vec::new();
     // 1. HSET -> worker started and HDEL -> worker gone, tiny hash.
@@ -811,6 +816,11 @@ fn main() {
             target: ">= 1.7x redis-py".into(),
             met: vs_py >= 1.7,
         });
+    }
+
+    // 6. Worker pools (`pool = N`): entries/s, latency, memory (see pools.rs).
+    if want('6') {
+        pools::run(&mut rows, &b, &mut bc, &dir);
     }
 
     report(&rows, &version, n);

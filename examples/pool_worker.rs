@@ -24,10 +24,21 @@
 //! fd 3 is opened as `/dev/fd/3` rather than taken over with `File::from_raw_fd(3)`, so
 //! that no unsafe code is needed; that works for a pipe (what the module gives a
 //! worker) and a file, not for a socket.
+//!
+//! For the benchmark's latency figure (XADD -> the worker has the entry), with
+//! `STAMP_DIR` set the worker records, for each line, the CLOCK_REALTIME time in
+//! nanoseconds at which it read the line into `$STAMP_DIR/<id>` (written to
+//! `$STAMP_DIR/.<id>` and renamed, so a reader never sees half a number), then answers.
+//! An id that is not a plain file name (empty, `.`, `..`, a `/` or a `\`) is answered
+//! without a stamp.
 
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::exit;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
     // Append: for a pipe no difference; for a file (`3>>answers` when trying it by
@@ -41,20 +52,29 @@ fn main() {
             );
             exit(2)
         });
-    if let Err(e) = serve(io::stdin().lock(), BufWriter::new(fd3)) {
+    let stamps = std::env::var_os("STAMP_DIR").map(PathBuf::from);
+    if let Err(e) = serve(io::stdin().lock(), BufWriter::new(fd3), stamps.as_deref()) {
         eprintln!("pool_worker: {e}");
         exit(1);
     }
 }
 
-/// Answers each line of `input` on `replies` (flushed per line) until `input` ends.
-fn serve(mut input: impl BufRead, mut replies: impl Write) -> io::Result<()> {
+/// Answers each line of `input` on `replies` (flushed per line) until `input` ends;
+/// with `stamps`, first records when each line was read (see the top of the file).
+fn serve(
+    mut input: impl BufRead,
+    mut replies: impl Write,
+    stamps: Option<&Path>,
+) -> io::Result<()> {
     let mut line = Vec::new();
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
             return Ok(()); // stdin closed: done
         }
+        let read_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -65,11 +85,27 @@ fn serve(mut input: impl BufRead, mut replies: impl Write) -> io::Result<()> {
                 "no \"id\" in the entry line {text}"
             )));
         };
+        if let Some(dir) = stamps {
+            stamp(dir, id, read_at)?;
+        }
         replies.write_all(b"{\"id\":\"")?;
         replies.write_all(id)?;
         replies.write_all(b"\",\"ok\":true}\n")?;
         replies.flush()?;
     }
+}
+
+/// Writes `ns` to `dir/<id>` by way of `dir/.<id>`, unless `id` is no plain file name.
+fn stamp(dir: &Path, id: &[u8], ns: u128) -> io::Result<()> {
+    if id.is_empty() || id == b"." || id == b".." || id.iter().any(|&b| b == b'/' || b == b'\\') {
+        return Ok(());
+    }
+    let name = OsStr::from_bytes(id);
+    let mut tmp = b".".to_vec();
+    tmp.extend_from_slice(id);
+    let tmp = dir.join(OsStr::from_bytes(&tmp));
+    std::fs::write(&tmp, ns.to_string())?;
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 /// The raw (still escaped) contents of the string value of the top-level key `"id"`
