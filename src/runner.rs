@@ -49,6 +49,8 @@ static QUEUED_OUTPUT: AtomicUsize = AtomicUsize::new(0);
 const MAX_QUEUED_OUTPUT: usize = 4 << 20;
 /// Requests waiting for the helper to read them, at most (see `Runner::send`).
 const MAX_OUTBOX: usize = 16 << 20;
+/// Past this many bytes of requests, `send` writes them at once.
+const OUTBOX_BATCH: usize = 64 << 10;
 
 /// The supervisor took an output report of `len` bytes off its channel.
 pub fn output_taken(len: usize) {
@@ -122,8 +124,9 @@ impl Runner {
         (self.pid, self.start_time)
     }
 
-    /// Sends a request without ever waiting for the helper: what its socket does not
-    /// take now waits in the outbox (sent by `flush`), so a helper that stops reading
+    /// Sends a request without ever waiting for the helper: it waits in the outbox
+    /// until `flush` (or until the outbox holds `OUTBOX_BATCH`), and what the socket
+    /// does not take then waits for the next `flush`, so a helper that stops reading
     /// (stopped with SIGSTOP, or starved) never blocks the supervisor. A spawn request
     /// that would take the outbox past `MAX_OUTBOX` is refused instead.
     pub fn send(&mut self, req: &Request) -> io::Result<()> {
@@ -139,7 +142,12 @@ impl Runner {
             self.outbox_start = 0;
         }
         self.outbox.extend_from_slice(&frame);
-        self.flush()
+        // Small requests wait for the end of the supervisor's turn (`flush`), so a turn
+        // that feeds or starts many runs costs one write, not one per request.
+        if waiting + frame.len() >= OUTBOX_BATCH {
+            return self.flush();
+        }
+        Ok(())
     }
 
     /// Sends what waits in the outbox, as far as the socket takes it now.

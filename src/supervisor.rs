@@ -216,6 +216,8 @@ impl Supervisor {
             self.flush_dirty(&mut dirty, false);
             self.timers.set(Deadline::Paced, paced);
             self.guarded("timers", |s| s.fire_timers());
+            // The runs this turn started or fed go now, before the queues' GIL hold.
+            self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| {
                 s.events.flush(&s.tsc, s.node.owned.is_some());
