@@ -711,6 +711,8 @@ impl Supervisor {
         let mut counts = [0u64; 6];
         let over = self.hash.count(&mut counts);
         self.queues.publish(&self.watches, &mut counts);
+        self.pools
+            .retire_unused(&self.queues.handlers(), &mut self.runs);
         self.timers.set(Deadline::QueueStats, self.queues.stats_due);
         stats::set_states(counts);
         stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);

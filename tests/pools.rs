@@ -492,3 +492,26 @@ fn a_rust_worker_from_the_examples() {
     assert_eq!(get_int(&p, "done"), Some(200));
     assert_eq!(get_int(&p, "restarts"), Some(0));
 }
+
+/// Workers of a pool that no watch uses any more finish (their stdin is closed).
+#[test]
+fn idle_workers_finish_when_no_watch_uses_their_pool() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "iq", "pw", &["CONCURRENCY", "2"]);
+    xadd_many(&mut c, "iq", 0, 10);
+    wait_drained(&mut c, "iq");
+    assert!(stat(&mut c, "workers") >= 1);
+    ok(&mut c, &["STREAMWATCH.UNWATCH", "iq"]);
+    wait_until("the idle workers gone", WAIT, || {
+        stat(&mut c, "workers") == 0 && s.tagged_procs().is_empty()
+    });
+    assert_eq!(
+        stat(&mut c, "restarts"),
+        0,
+        "finishing unused is no failure"
+    );
+}

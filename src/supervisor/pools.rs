@@ -36,9 +36,8 @@ struct Worker {
     busy: Option<(QueueKey, Sid)>,
     /// Entries it answered.
     served: u64,
-    /// It is on its way out and takes no more entries: recycled or stopped by us
-    /// (`false`), or failing (`true`: timed out, broke the protocol).
-    leaving: Option<bool>,
+    /// It is on its way out and takes no more entries, and why.
+    leaving: Option<Leaving>,
     /// Reply bytes after the last newline.
     partial: Vec<u8>,
     /// What it wrote while no entry was in it.
@@ -49,6 +48,16 @@ impl Worker {
     fn idle(&self) -> bool {
         self.busy.is_none() && self.leaving.is_none() && self.run.pid.is_some()
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    /// Served `max-requests` entries: replaced (a restart, no failure).
+    Recycled,
+    /// Stopped by us (pause, demotion, UNWATCH, no watch uses the pool): no restart.
+    Stopped,
+    /// Timed out or broke the protocol: replaced after a backoff.
+    Failing,
 }
 
 struct Pool {
@@ -205,7 +214,7 @@ impl Pools {
                     pool.failures = 0;
                     let recycle = pool.handler.max_requests;
                     if recycle > 0 && w.served >= recycle && w.leaving.is_none() {
-                        w.leaving = Some(false);
+                        w.leaving = Some(Leaving::Recycled);
                         runs.close_input(id);
                     }
                     self.answers.push(Answer {
@@ -228,7 +237,7 @@ impl Pools {
                             error: Some(problem),
                         });
                     }
-                    w.leaving = Some(true);
+                    w.leaving = Some(Leaving::Failing);
                     w.partial.clear();
                     runs.stop(&mut w.run);
                     return;
@@ -237,7 +246,7 @@ impl Pools {
         }
         if w.partial.len() > MAX_REPLY_LINE {
             w.partial.clear();
-            w.leaving = Some(true);
+            w.leaving = Some(Leaving::Failing);
             runs.stop(&mut w.run);
         }
     }
@@ -256,17 +265,19 @@ impl Pools {
         let w = pool.workers.remove(&id)?;
         // Failing: exited unasked, or had to be stopped for timing out or breaking the
         // protocol. A pause, a demotion or the helper's death is no failure.
-        let failing = w.leaving.unwrap_or(true) && live;
-        if failing {
+        // Exited unasked (no `leaving`), timed out or broke the protocol: failing. A
+        // pause, a demotion or the helper's death (not `live`) is no failure.
+        let leaving = w.leaving.unwrap_or(Leaving::Failing);
+        if leaving == Leaving::Failing && live {
             pool.failures += 1;
             let at = Instant::now() + pool.handler.backoff(pool.failures);
             pool.backoff_until = Some(at);
             timers.push(at, Timer::Pool(name.to_string()));
         }
+        pool.restarts += u64::from(live && leaving != Leaving::Stopped);
         if w.busy.is_some() {
             pool.failed += 1;
         }
-        pool.restarts += u64::from(live);
         self.idle.insert(name.to_string());
         w.busy
     }
@@ -285,8 +296,24 @@ impl Pools {
     /// worker is stopped too, since it cannot be told to drop one entry.
     pub(super) fn stop_worker(&mut self, name: &str, id: u64, failed: bool, runs: &mut Runs) {
         if let Some(w) = self.worker(name, id) {
-            w.leaving = Some(failed || w.leaving == Some(true));
+            let failing = failed || w.leaving == Some(Leaving::Failing);
+            w.leaving = Some(if failing {
+                Leaving::Failing
+            } else {
+                Leaving::Stopped
+            });
             runs.stop(&mut w.run);
+        }
+    }
+
+    /// The idle workers of pools no queue uses any more (`in_use`: the handlers of
+    /// the queues) finish: their stdin is closed.
+    pub(super) fn retire_unused(&mut self, in_use: &BTreeSet<String>, runs: &mut Runs) {
+        for (_, pool) in self.pools.iter_mut().filter(|(n, _)| !in_use.contains(*n)) {
+            for (&id, w) in pool.workers.iter_mut().filter(|(_, w)| w.idle()) {
+                w.leaving = Some(Leaving::Stopped);
+                runs.close_input(id);
+            }
         }
     }
 
@@ -294,7 +321,7 @@ impl Pools {
     pub(super) fn stop_all(&mut self, runs: &mut Runs) {
         for pool in self.pools.values_mut() {
             for w in pool.workers.values_mut() {
-                w.leaving.get_or_insert(false);
+                w.leaving.get_or_insert(Leaving::Stopped);
                 runs.stop(&mut w.run);
             }
         }

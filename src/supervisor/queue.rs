@@ -199,6 +199,12 @@ impl Queues {
         !self.dirty.is_empty()
     }
 
+    /// The handlers of the queues that run.
+    pub(super) fn handlers(&self) -> BTreeSet<String> {
+        let wanted = self.queues.values().filter(|q| q.wanted);
+        wanted.map(|q| q.watch.handler.name.clone()).collect()
+    }
+
     pub(super) fn has_queue(&self, db: i32, key: &[u8]) -> bool {
         self.queues.keys().any(|q| q.db == db && q.key == key)
     }
