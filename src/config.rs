@@ -324,6 +324,12 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 format!("handler '{name}' has pool = {pool}; at most {MAX_POOL}"),
             ));
         }
+        if pool == 0 && h.max_requests > 0 {
+            return Err(at(
+                span.start,
+                format!("handler '{name}' has max-requests but no pool (pool = N)"),
+            ));
+        }
         if pool > 0 {
             let args = command.iter().chain(h.env.values());
             if let Some(p) = args.filter_map(|a| first_placeholder(a)).next() {

@@ -15,7 +15,7 @@
 //! helper's session too, for a module that loads after a crash of both.
 
 use crate::ffi;
-use crate::protocol::{read_frame, Report, Request};
+use crate::protocol::{read_frame, Report, Request, MAX_FRAME};
 use crate::stats;
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -94,6 +94,15 @@ impl Runner {
                         None => Ok(None),
                     }) {
                         Ok(Some(Report::Output { data, .. })) if !queue_output(data.len()) => {}
+                        // Replies are the pool's protocol: counted like output (the
+                        // supervisor takes them the same way), never dropped; the helper
+                        // bounds their rate like output's.
+                        Ok(Some(report @ Report::Replies { .. })) => {
+                            if let Report::Replies { data, .. } = &report {
+                                QUEUED_OUTPUT.fetch_add(data.len(), Ordering::Relaxed);
+                            }
+                            on_report(Some(report));
+                        }
                         Ok(Some(report)) => on_report(Some(report)),
                         Ok(None) => break,
                         Err(e) => {
@@ -128,11 +137,22 @@ impl Runner {
     /// until `flush` (or until the outbox holds `OUTBOX_BATCH`), and what the socket
     /// does not take then waits for the next `flush`, so a helper that stops reading
     /// (stopped with SIGSTOP, or starved) never blocks the supervisor. A spawn request
-    /// that would take the outbox past `MAX_OUTBOX` is refused instead.
+    /// that would take the outbox past `MAX_OUTBOX` (behind others) is refused instead,
+    /// and so is a request larger than the helper takes (`MAX_FRAME`).
     pub fn send(&mut self, req: &Request) -> io::Result<()> {
         let frame = req.encode();
+        if frame.len() > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the request is {} bytes; the helper takes at most {MAX_FRAME}",
+                    frame.len()
+                ),
+            ));
+        }
         let waiting = self.outbox.len() - self.outbox_start;
-        if matches!(req, Request::Spawn { .. }) && waiting + frame.len() > MAX_OUTBOX {
+        let spawn = matches!(req, Request::Spawn { .. });
+        if spawn && waiting > 0 && waiting + frame.len() > MAX_OUTBOX {
             return Err(io::Error::other(
                 "the helper process is not taking requests",
             ));

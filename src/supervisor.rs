@@ -17,6 +17,7 @@
 //! - `queue`: stream watches, one queue per watched stream (its Redis calls in
 //!   `stream`);
 //! - `runs`: every run of both kinds, and the helper process that spawns them;
+//! - `pools`: the long-lived workers of `pool = N` handlers (stream entries);
 //! - `events`: the lifecycle event stream; `views`: the JOBS/JOB replies;
 //! - `timers`: every deadline; `pace`: the pacing of looks at hot keys.
 //!
@@ -49,7 +50,7 @@ use crate::spec::Kind;
 use crate::stats;
 use crate::watch::{self, Snapshot, Watch};
 use crate::{cluster, glob, store};
-use events::LifecycleEvents;
+use events::{Flushed, LifecycleEvents};
 use inbox::{Look, TX};
 use jobs::{HashJobs, Tally};
 use look::{Node, Observed, Tsc};
@@ -69,6 +70,8 @@ use timers::{Deadline, Timer, Timers};
 const STATS_EVERY: Duration = Duration::from_millis(20);
 /// How often requests the helper has not taken yet are sent again.
 const OUTBOX_RETRY: Duration = Duration::from_millis(5);
+/// How often writes are tried again while they are paused.
+const WRITES_RETRY: Duration = Duration::from_millis(50);
 
 /// Starts the supervisor thread (once, at module load).
 pub fn start(watches: Snapshot) -> Result<(), String> {
@@ -151,10 +154,19 @@ impl Supervisor {
         self.live() && self.runs.helper_running()
     }
 
+    /// Writes are paused (CLIENT PAUSE WRITE, FAILOVER): the queues and the events wait,
+    /// and are tried again after `WRITES_RETRY`.
+    fn writes_paused(&mut self) {
+        self.timers
+            .set(Deadline::Writes, Some(Instant::now() + WRITES_RETRY));
+    }
+
     /// How long the loop may wait for a message before it has work of its own: none
-    /// when queues or lifecycle events wait, else until the first deadline.
+    /// when queues or lifecycle events wait (unless writes are paused), else until the
+    /// first deadline.
     fn next_wakeup(&self, now: Instant) -> Duration {
-        if self.queues.has_work() || !self.events.is_empty() {
+        let waiting = self.queues.has_work() || !self.events.is_empty();
+        if waiting && !self.timers.is_set(Deadline::Writes) {
             return Duration::ZERO;
         }
         match self.timers.next() {
@@ -220,7 +232,9 @@ impl Supervisor {
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| {
-                s.events.flush(&s.tsc, s.node.owned.is_some());
+                if s.events.flush(&s.tsc, s.node.owned.is_some()) == Flushed::WritesPaused {
+                    s.writes_paused();
+                }
             });
             self.publish_stats();
             let done = Instant::now();
@@ -321,7 +335,9 @@ impl Supervisor {
             .set(Deadline::SlotPoll, Some(Instant::now() + cluster::POLL));
         let now = {
             let ctx = gil::lock(&self.tsc);
-            store::ensure(&ctx);
+            if !ctx.avoid_replication_traffic() {
+                store::ensure(&ctx); // a write: never while writes are paused
+            }
             cluster::owned(&ctx)
         };
         if self.node.owned.as_ref() != Some(&now) {
@@ -578,9 +594,13 @@ impl Supervisor {
             events: &mut self.events,
             pools: &mut self.pools,
         };
-        if !self.queues.flush(&self.tsc, &self.node, &mut fx) {
-            self.node.set_primary(false);
-            self.stop_everything();
+        match self.queues.flush(&self.tsc, &self.node, &mut fx) {
+            Flushed::Done => {}
+            Flushed::Demoted => {
+                self.node.set_primary(false);
+                self.stop_everything();
+            }
+            Flushed::WritesPaused => self.writes_paused(),
         }
     }
 
@@ -623,7 +643,8 @@ impl Supervisor {
             Report::Replies { run, data } => {
                 runner::output_taken(data.len());
                 if let Some(RunOf::Worker(name)) = self.runs.owner(run).cloned() {
-                    self.pools.replies(&name, run, &data, &mut self.runs);
+                    let (runs, timers) = (&mut self.runs, &mut self.timers);
+                    self.pools.replies(&name, run, &data, runs, timers);
                 }
             }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
@@ -653,6 +674,7 @@ impl Supervisor {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        self.timers.due(Deadline::Writes, now); // writes are tried again this turn
         if self.timers.due(Deadline::Helper, now) && !self.runs.helper_running() {
             self.restart_helper();
         }
@@ -675,6 +697,7 @@ impl Supervisor {
                     queues.time_out(&qk, sid, run, &mut fx);
                 }
                 Timer::Pool(name) => self.pools.backoff_over(&name),
+                Timer::Recycle(name, id) => self.pools.recycle_over(&name, id, &mut self.runs),
             }
         }
     }
@@ -711,8 +734,9 @@ impl Supervisor {
         let mut counts = [0u64; 6];
         let over = self.hash.count(&mut counts);
         self.queues.publish(&self.watches, &mut counts);
+        let in_use = self.queues.handlers();
         self.pools
-            .retire_unused(&self.queues.handlers(), &mut self.runs);
+            .retire_unused(&in_use, &mut self.runs, &mut self.timers);
         self.timers.set(Deadline::QueueStats, self.queues.stats_due);
         stats::set_states(counts);
         stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);

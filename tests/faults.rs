@@ -426,3 +426,42 @@ fn a_stopped_helper_blocks_neither_the_supervisor_nor_commands() {
         "the same helper: it was never counted as dead"
     );
 }
+
+/// While writes are paused (CLIENT PAUSE WRITE; FAILOVER pauses them too) a module
+/// that writes crashes the server (it asserts nothing is replicated meanwhile): the
+/// events and the queues wait, and catch up once writes resume.
+#[test]
+fn paused_writes_are_waited_for_not_crashed_into() {
+    let toml = format!(
+        "{}\n{}\n[handler.t]\ncommand = [\"/bin/true\", \"{TAG}\"]\n",
+        sh_handler(
+            "flap",
+            "sleep 0.05",
+            "backoff-initial-ms = 10\nbackoff-max-ms = 10"
+        ),
+        watch_toml("flap:*", "flap", None)
+    );
+    let s = Server::builder(&toml)
+        .redis_args(&["--appendonly", "yes"])
+        .start();
+    let mut c = s.conn();
+    ok(
+        &mut c,
+        &["STREAMWATCH.WATCH", "pz", "HANDLER", "t", "TYPE", "stream"],
+    );
+    ok(&mut c, &["HSET", "flap:k", "f", "v"]);
+    let events = |c: &mut redis::Connection| stream_entries(c, "streamwatch:events").len();
+    wait_until("the job exiting again and again", WAIT, || {
+        events(&mut c) > 10
+    });
+    xadd_many(&mut c, "pz", 0, 5);
+    ok(&mut c, &["CLIENT", "PAUSE", "1000", "WRITE"]);
+    // The job keeps exiting meanwhile: each exit is an event to write.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(vstr(&ok(&mut c, &["PING"])), "PONG", "the server is alive");
+    let before = events(&mut c);
+    wait_until("events written again once writes resume", WAIT, || {
+        events(&mut c) > before
+    });
+    wait_drained(&mut c, "pz");
+}

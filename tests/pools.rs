@@ -14,7 +14,8 @@ use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The pool worker: reads entries, acts on their `mode`, answers on fd 3.
+/// The pool worker: reads entries, acts on their `mode`, answers on fd 3; ends at the
+/// end of its input (unless `$AFTER` says what to do then).
 const WORKER: &str = r#"
 while IFS= read -r line; do
   id=${line#*\"id\":\"}; id=${id%%\"*}
@@ -24,14 +25,17 @@ while IFS= read -r line; do
   echo "$id $$ $attempt" >> "$D/done"
   case "$mode/$attempt" in
     crash/1) exit 3;;
+    quit/1) exit 0;;
     hang/1) sleep 1000;;
     bad/*) echo 'this is not JSON' >&3; continue;;
     fail/*) printf '{"id":"%s","ok":false,"error":"it said no"}\n' "$id" >&3; continue;;
     print/*) echo "to stdout $id"; echo "to stderr $id" >&2;;
     slow/*) sleep 1;;
+    printslow/*) echo "to stdout $id"; sleep 1;;
   esac
   printf '{"id":"%s","ok":true,"result":{"n":1}}\n' "$id" >&3
 done
+$AFTER
 "#;
 
 /// A pool handler `pw` of `size` workers running `WORKER`, with `$D` set to `dir`.
@@ -514,4 +518,122 @@ fn idle_workers_finish_when_no_watch_uses_their_pool() {
         0,
         "finishing unused is no failure"
     );
+}
+
+/// A worker that exits 0 while it has an entry has not answered: the attempt fails.
+#[test]
+fn a_worker_that_exits_0_without_answering_fails_its_entry() {
+    let dir = TempDir::new();
+    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "zq", "pw", &[]);
+    let id = xadd(&mut c, "zq", &[("mode", "quit")]);
+    wait_drained(&mut c, "zq");
+    let ran: Vec<_> = done(dir.path()).into_iter().filter(|r| r.0 == id).collect();
+    assert_eq!(ran.len(), 2, "run again after the worker quit: {ran:?}");
+    let exited = events_named(&mut c, "exited");
+    assert!(
+        exited.iter().any(|e| e.get("error").map(String::as_str)
+            == Some("the pool worker exited (code 0) before answering")),
+        "{exited:?}"
+    );
+}
+
+/// What a worker prints while it has an entry is that entry's log, and replies never
+/// cost anyone's output (they once made the module drop every job's output).
+#[test]
+fn a_workers_output_is_its_entrys_log() {
+    let dir = TempDir::new();
+    let toml = format!(
+        "{}{}",
+        pool_handler(dir.path(), 1, ""),
+        long_handler("w", "")
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "lq", "pw", &[]);
+    xadd_many(&mut c, "lq", 0, 20);
+    wait_drained(&mut c, "lq");
+    let id = xadd(&mut c, "lq", &[("mode", "printslow")]);
+    let log = wait_for("the entry's log", WAIT, || {
+        let j = job(&mut c, "lq", &id)?;
+        let log: Vec<String> = to_array(&j["log"]).iter().map(vstr).collect();
+        log.contains(&format!("to stdout {id}")).then_some(log)
+    });
+    assert_eq!(log, [format!("to stdout {id}")]);
+    ok(&mut c, &["STREAMWATCH.WATCH", "lh", "HANDLER", "w"]);
+    ok(&mut c, &["HSET", "lh", "f", "v"]);
+    wait_until("a hash job's log after pool replies", WAIT, || {
+        job_log(&mut c, "lh", "f")
+            .iter()
+            .any(|l| l.starts_with("start"))
+    });
+    let status = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
+    assert_eq!(
+        get_int(&to_map(&status["counters"]), "output_dropped"),
+        Some(0)
+    );
+}
+
+/// An entry too long for a worker (or for the helper, for a process per entry) fails
+/// its attempts with a reason; the helper and every other job are not disturbed.
+#[test]
+fn an_entry_too_long_fails_without_harming_the_helper() {
+    let dir = TempDir::new();
+    let toml = format!(
+        "{}{}",
+        pool_handler(dir.path(), 1, ""),
+        long_handler("w", "")
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    ok(&mut c, &["STREAMWATCH.WATCH", "bh", "HANDLER", "w"]);
+    ok(&mut c, &["HSET", "bh", "f", "v"]);
+    let worker = running_pid(&mut c, "bh", "f");
+    let helper = s.helper().expect("a helper");
+    watch_stream_opts(&mut c, "big", "pw", &["MAX-ATTEMPTS", "1"]);
+    let huge = "x".repeat(40 << 20);
+    let id = xadd(&mut c, "big", &[("f", &huge)]);
+    let fine = xadd(&mut c, "big", &[("n", "1")]);
+    wait_drained(&mut c, "big");
+    let dead = stream_entries(&mut c, "big:dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], id);
+    assert!(
+        dead[0]["error"].contains("as a JSON line; a pool worker takes at most"),
+        "{}",
+        dead[0]["error"]
+    );
+    assert!(done(dir.path()).iter().any(|r| r.0 == fine));
+    assert_eq!(s.helper(), Some(helper), "the helper was never restarted");
+    assert_eq!(
+        running_pid(&mut c, "bh", "f"),
+        worker,
+        "the hash job was never disturbed"
+    );
+}
+
+/// A recycled worker that does not finish when its stdin closes is stopped after the
+/// grace: there are never more workers than the pool's size.
+#[test]
+fn a_recycled_worker_that_lingers_is_stopped() {
+    let dir = TempDir::new();
+    let extra = "max-requests = 1\nstop-grace-ms = 200";
+    let toml = pool_handler(dir.path(), 2, extra)
+        .replace("env = { D = ", "env = { AFTER = \"sleep 1000\", D = ");
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "gq", "pw", &["CONCURRENCY", "2"]);
+    xadd_many(&mut c, "gq", 0, 8);
+    while !drained(&mut c, "gq", "streamwatch") {
+        let workers = stat(&mut c, "workers");
+        assert!(workers <= 2, "{workers} workers in a pool of 2");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(stat(&mut c, "recycled"), 8 - stat(&mut c, "workers"));
+    wait_until("the lingering workers stopped", WAIT, || {
+        s.tagged_procs().len() <= 2
+    });
 }

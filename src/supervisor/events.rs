@@ -106,19 +106,25 @@ impl LifecycleEvents {
         &mut self,
         tsc: &ThreadSafeContext<redis_module::DetachedFromClient>,
         in_cluster: bool,
-    ) {
+    ) -> Flushed {
         if self.pending.is_empty() {
-            return;
+            return Flushed::Done;
         }
         let events = std::mem::take(&mut self.pending);
         let mut key = config::get(&config::EVENTS_KEY);
         if key.is_empty() {
-            return;
+            return Flushed::Done;
         }
         let maxlen = config::events_maxlen().to_string();
         let ctx = gil::lock(tsc);
         if !ctx.get_flags().contains(ContextFlags::MASTER) || !ffi::select_db(&ctx, 0) {
-            return;
+            return Flushed::Done;
+        }
+        if ctx.avoid_replication_traffic() {
+            // CLIENT PAUSE WRITE, FAILOVER: a write now would crash the server (it
+            // asserts that nothing is replicated meanwhile). The events wait.
+            self.pending = events;
+            return Flushed::WritesPaused;
         }
         if in_cluster {
             // Cluster: this node's own stream, in a slot it serves and that is not
@@ -135,7 +141,7 @@ impl LifecycleEvents {
                         self.key = Some((key.clone(), name.clone()));
                         name
                     }
-                    None => return, // no slot: nowhere to write
+                    None => return Flushed::Done, // no slot: nowhere to write
                 },
             };
             key = name;
@@ -174,7 +180,7 @@ impl LifecycleEvents {
                         e.to_utf8_string().unwrap_or_default()
                     ));
                 }
-                return;
+                return Flushed::Done;
             }
         }
         if std::mem::take(&mut self.failing) {
@@ -182,7 +188,19 @@ impl LifecycleEvents {
                 "streamwatch: the events stream '{key}' is written again"
             ));
         }
+        Flushed::Done
     }
+}
+
+/// What a flush of pending writes (events, queues) did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Flushed {
+    Done,
+    /// This node is no longer a primary: nothing was written.
+    Demoted,
+    /// Writes are paused (CLIENT PAUSE WRITE, FAILOVER): nothing was written; try
+    /// again a little later.
+    WritesPaused,
 }
 
 /// Longest value of an event's field (a key, a field name, an error): the events stream

@@ -29,6 +29,9 @@ use std::time::Instant;
 
 /// The longest reply line a worker may write (a longer one breaks the protocol).
 const MAX_REPLY_LINE: usize = 1 << 20;
+/// The longest entry line given to a worker (a longer entry fails its attempt): well
+/// under what one request to the helper may carry.
+pub(super) const MAX_ENTRY_LINE: usize = 32 << 20;
 
 struct Worker {
     run: Run,
@@ -63,8 +66,9 @@ enum Leaving {
 struct Pool {
     handler: Arc<Handler>,
     workers: BTreeMap<u64, Worker>,
-    /// Workers started after one went.
+    /// Workers replaced after failing, and after `max-requests`.
     restarts: u64,
+    recycled: u64,
     /// Entries answered ok / failed (answered so, or left by their worker).
     done: u64,
     failed: u64,
@@ -80,6 +84,7 @@ impl Pool {
             handler,
             workers: BTreeMap::new(),
             restarts: 0,
+            recycled: 0,
             done: 0,
             failed: 0,
             failures: 0,
@@ -87,11 +92,11 @@ impl Pool {
         }
     }
 
-    fn live(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.leaving.is_none())
-            .count()
+    /// Whether a new worker may start: not backing off, and fewer than N workers (those
+    /// on their way out count until they are gone, so there are never more than N).
+    fn may_start(&self) -> bool {
+        let backoff = self.backoff_until.is_some_and(|at| at > Instant::now());
+        !backoff && self.workers.len() < self.handler.pool as usize
     }
 }
 
@@ -124,7 +129,7 @@ impl Pools {
         &mut self,
         h: &Arc<Handler>,
         entry: (QueueKey, Sid),
-        line: Vec<u8>,
+        line: &[u8],
         runs: &mut Runs,
     ) -> Option<Run> {
         let pool = self
@@ -134,15 +139,21 @@ impl Pools {
         pool.handler = h.clone();
         if let Some((&id, w)) = pool.workers.iter_mut().find(|(_, w)| w.idle()) {
             w.busy = Some(entry);
-            runs.feed(id, line);
+            runs.feed(id, line.to_vec());
             return Some(Run::of_worker(&w.run));
         }
         // In backoff, the timer set when the last worker failed brings them back.
-        let backoff = pool.backoff_until.is_some_and(|at| at > Instant::now());
-        if !backoff && pool.live() < h.pool as usize {
+        if pool.may_start() {
             start_worker(pool, runs);
         }
         None
+    }
+
+    /// Whether an entry given to `name`'s pool now would find a worker, or start one.
+    pub(super) fn can_take(&self, name: &str) -> bool {
+        self.pools
+            .get(name)
+            .is_none_or(|p| p.workers.values().any(Worker::idle) || p.may_start())
     }
 
     /// The handlers whose waiting entries may now find a worker.
@@ -182,7 +193,14 @@ impl Pools {
     }
 
     /// Bytes worker `id` wrote on its fd 3: each whole line answers its entry.
-    pub(super) fn replies(&mut self, name: &str, id: u64, data: &[u8], runs: &mut Runs) {
+    pub(super) fn replies(
+        &mut self,
+        name: &str,
+        id: u64,
+        data: &[u8],
+        runs: &mut Runs,
+        timers: &mut Timers,
+    ) {
         let Some(pool) = self.pools.get_mut(name) else {
             return;
         };
@@ -214,8 +232,12 @@ impl Pools {
                     pool.failures = 0;
                     let recycle = pool.handler.max_requests;
                     if recycle > 0 && w.served >= recycle && w.leaving.is_none() {
+                        // Its stdin closed, it should finish; if it has not after the
+                        // grace, it is stopped.
                         w.leaving = Some(Leaving::Recycled);
                         runs.close_input(id);
+                        let at = Instant::now() + pool.handler.stop_grace;
+                        timers.push(at, Timer::Recycle(name.to_string(), id));
                     }
                     self.answers.push(Answer {
                         queue,
@@ -274,7 +296,8 @@ impl Pools {
             pool.backoff_until = Some(at);
             timers.push(at, Timer::Pool(name.to_string()));
         }
-        pool.restarts += u64::from(live && leaving != Leaving::Stopped);
+        pool.restarts += u64::from(live && leaving == Leaving::Failing);
+        pool.recycled += u64::from(leaving == Leaving::Recycled);
         if w.busy.is_some() {
             pool.failed += 1;
         }
@@ -306,13 +329,27 @@ impl Pools {
         }
     }
 
+    /// A recycled worker's grace is over: stopped if it has not finished.
+    pub(super) fn recycle_over(&mut self, name: &str, id: u64, runs: &mut Runs) {
+        if let Some(w) = self.worker(name, id) {
+            runs.stop(&mut w.run);
+        }
+    }
+
     /// The idle workers of pools no queue uses any more (`in_use`: the handlers of
     /// the queues) finish: their stdin is closed.
-    pub(super) fn retire_unused(&mut self, in_use: &BTreeSet<String>, runs: &mut Runs) {
-        for (_, pool) in self.pools.iter_mut().filter(|(n, _)| !in_use.contains(*n)) {
+    pub(super) fn retire_unused(
+        &mut self,
+        in_use: &BTreeSet<String>,
+        runs: &mut Runs,
+        timers: &mut Timers,
+    ) {
+        for (name, pool) in self.pools.iter_mut().filter(|(n, _)| !in_use.contains(*n)) {
+            let grace = pool.handler.stop_grace;
             for (&id, w) in pool.workers.iter_mut().filter(|(_, w)| w.idle()) {
                 w.leaving = Some(Leaving::Stopped);
                 runs.close_input(id);
+                timers.push(Instant::now() + grace, Timer::Recycle(name.clone(), id));
             }
         }
     }
@@ -363,6 +400,7 @@ impl Pools {
                     Reply::Int(count(&|w| w.run.pid.is_none())),
                 ),
                 ("restarts".into(), n(|p| p.restarts)),
+                ("recycled".into(), n(|p| p.recycled)),
                 ("done".into(), n(|p| p.done)),
                 ("failed".into(), n(|p| p.failed)),
                 ("max_requests".into(), Reply::Int(h.max_requests as i64)),

@@ -44,8 +44,9 @@ pub(super) struct Entry {
     /// Backoff is over: claim it again and run it (next `flush`).
     retry_due: bool,
     timed_out: bool,
-    /// Waits for a free worker of its handler's pool.
+    /// Waits for a free worker of its handler's pool, with its line (see `pools.rs`).
     waiting: bool,
+    line: Option<Vec<u8>>,
     pub last_exit: Option<i64>,
     pub log: Log,
 }
@@ -60,6 +61,7 @@ impl Entry {
             retry_due: false,
             timed_out: false,
             waiting: false,
+            line: None,
             last_exit: None,
             log: Log::default(),
         }
@@ -335,13 +337,29 @@ impl Queues {
         e.timed_out = false;
         e.waiting = false;
         let run = if h.pool > 0 {
-            let line = pools::entry_line(qk, sid, e.attempts, &e.fields);
-            let entry = (qk.clone(), sid);
-            let Some(run) = fx.pools.dispatch(&h, entry, line, fx.runs) else {
-                e.waiting = true;
+            let line = e
+                .line
+                .take()
+                .unwrap_or_else(|| pools::entry_line(qk, sid, e.attempts, &e.fields));
+            if line.len() > pools::MAX_ENTRY_LINE {
+                let error = format!(
+                    "the entry is {} bytes as a JSON line; a pool worker takes at most {}",
+                    line.len(),
+                    pools::MAX_ENTRY_LINE
+                );
+                let fields = vec![("error", error.clone().into_bytes())];
+                self.settle(qk, sid, Some(error), ("spawn-error", fields), fx);
                 return;
-            };
-            run
+            }
+            let entry = (qk.clone(), sid);
+            match fx.pools.dispatch(&h, entry, &line, fx.runs) {
+                Some(run) => run,
+                None => {
+                    e.waiting = true;
+                    e.line = Some(line); // encoded once per attempt
+                    return;
+                }
+            }
         } else {
             let db = qk.db.to_string();
             let id = sid.to_string();
@@ -387,6 +405,9 @@ impl Queues {
             })
             .collect();
         for (qk, sid) in waiting {
+            if !fx.pools.can_take(name) {
+                break; // the rest waits for the next free worker
+            }
             self.start_entry(&qk, sid, fx);
         }
     }
@@ -463,7 +484,12 @@ impl Queues {
         let Some((run, wanted, timed_out)) = self.take_run(qk, sid, id) else {
             return;
         };
-        let r = run_end(&run, end, timed_out);
+        let pooled = matches!(self.queues.get(qk), Some(q) if q.watch.handler.pool > 0);
+        let mut r = run_end(&run, end, timed_out);
+        if pooled && r.error.is_none() {
+            // A pool worker that ends, even with 0, has not answered for its entry.
+            r.error = Some("the pool worker exited (code 0) before answering".into());
+        }
         if let Some(e) = self
             .queues
             .get_mut(qk)

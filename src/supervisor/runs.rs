@@ -238,8 +238,7 @@ impl Runs {
                     *keep_stdin = worker;
                     *replies = worker;
                 }
-                if !self.send(&req) {
-                    let why = "the helper process is not running".to_string();
+                if let Err(why) = self.send(&req) {
                     self.unreported.push((id, End::SpawnError(why)));
                 }
             }
@@ -261,7 +260,7 @@ impl Runs {
 
     /// Writes `line` to pool worker `id`'s stdin.
     pub(super) fn feed(&mut self, id: u64, line: Vec<u8>) {
-        self.send(&Request::Feed {
+        let _ = self.send(&Request::Feed {
             run: id,
             data: line,
         });
@@ -269,19 +268,26 @@ impl Runs {
 
     /// Closes pool worker `id`'s stdin: it finishes and exits.
     pub(super) fn close_input(&mut self, id: u64) {
-        self.send(&Request::CloseInput { run: id });
+        let _ = self.send(&Request::CloseInput { run: id });
     }
 
     /// Asks the helper to stop `run` (once).
     pub(super) fn stop(&mut self, run: &mut Run) {
         if !run.stopping {
             run.stopping = true;
-            self.send(&Request::Stop { run: run.id });
+            let _ = self.send(&Request::Stop { run: run.id });
         }
     }
 
-    fn send(&mut self, req: &Request) -> bool {
-        self.helper.as_mut().is_some_and(|r| r.send(req).is_ok())
+    /// Sends a request to the helper; why it could not be.
+    fn send(&mut self, req: &Request) -> Result<(), String> {
+        match self.helper.as_mut() {
+            None => Err("the helper process is not running".into()),
+            Some(r) => r.send(req).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput => e.to_string(),
+                _ => format!("the helper process is not taking requests ({e})"),
+            }),
+        }
     }
 
     /// Sends the requests that wait for the helper; whether some still wait.

@@ -25,6 +25,8 @@ pub(super) enum Timer {
     Timeout(QueueKey, Sid, u64),
     /// A pool's backoff is over (the handler's name).
     Pool(String),
+    /// A recycled pool worker (handler, run id) had its grace to finish.
+    Recycle(String, u64),
 }
 
 /// A deadline of the supervisor itself: at most one of each is set.
@@ -44,9 +46,11 @@ pub(super) enum Deadline {
     Record,
     /// Requests wait for the helper to read them.
     Outbox,
+    /// Writes were paused (CLIENT PAUSE WRITE, FAILOVER): try again then.
+    Writes,
 }
 
-const DEADLINES: usize = 7;
+const DEADLINES: usize = 8;
 
 #[derive(Default)]
 pub(super) struct Timers {
@@ -68,6 +72,11 @@ impl Timers {
     pub(super) fn next(&self) -> Option<Instant> {
         let first = self.timers.peek().map(|Reverse((at, _))| *at);
         self.deadlines.iter().flatten().copied().chain(first).min()
+    }
+
+    /// Whether the deadline `d` is set (due or not).
+    pub(super) fn is_set(&self, d: Deadline) -> bool {
+        self.deadlines[d as usize].is_some()
     }
 
     /// Whether the deadline `d` is set and has come; if so it is cleared.

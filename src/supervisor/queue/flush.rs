@@ -6,7 +6,7 @@
 use super::{Entry, Outcome, Queues, STATS_EVERY};
 use crate::cluster;
 use crate::ffi;
-use crate::supervisor::events::LifecycleEvents;
+use crate::supervisor::events::{Flushed, LifecycleEvents};
 use crate::supervisor::gil;
 use crate::supervisor::look::{Node, Tsc};
 use crate::supervisor::stream::{Group, QueueKey, Sid};
@@ -18,16 +18,17 @@ use std::time::Instant;
 impl Queues {
     /// Every dirty queue's work under one GIL hold: acknowledgements and dead-letters,
     /// retries (claimed again), then as many entries as there are free slots (the
-    /// group's pending ones first). The runs start after the GIL is released. False if
-    /// this node is no longer a primary (then nothing was done).
+    /// group's pending ones first). The runs start after the GIL is released. Nothing is
+    /// done on a node that is no longer a primary, or while writes are paused (these
+    /// calls write: a write during CLIENT PAUSE WRITE or FAILOVER crashes the server).
     pub(in crate::supervisor) fn flush(
         &mut self,
         tsc: &Tsc,
         node: &Node,
         fx: &mut Effects,
-    ) -> bool {
+    ) -> Flushed {
         if self.dirty.is_empty() {
-            return true;
+            return Flushed::Done;
         }
         let now = Instant::now();
         let dirty: Vec<QueueKey> = std::mem::take(&mut self.dirty)
@@ -35,14 +36,18 @@ impl Queues {
             .filter(|qk| self.queues.get(qk).is_some_and(|q| q.has_work(now)))
             .collect();
         if dirty.is_empty() {
-            return true;
+            return Flushed::Done;
         }
         let mut to_start: Vec<(QueueKey, Sid)> = Vec::new();
         {
             let ctx = gil::lock(tsc);
             let flags = ctx.get_flags();
             if !flags.contains(ContextFlags::MASTER) {
-                return false;
+                return Flushed::Demoted;
+            }
+            if ctx.avoid_replication_traffic() {
+                self.dirty.extend(dirty);
+                return Flushed::WritesPaused;
             }
             if !flags.contains(ContextFlags::LOADING) {
                 for qk in &dirty {
@@ -56,7 +61,7 @@ impl Queues {
         for qk in &dirty {
             self.forget_if_idle(qk);
         }
-        true
+        Flushed::Done
     }
 
     fn flush_queue(
