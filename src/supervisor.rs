@@ -24,6 +24,7 @@
 //! A part changes only its own state; what it may do to the others (start or stop
 //! runs, set timers, queue events) it is given as `Effects`.
 
+mod entry_text;
 mod events;
 mod gil;
 mod inbox;
@@ -49,7 +50,7 @@ use crate::runner;
 use crate::spec::Kind;
 use crate::stats;
 use crate::watch::{self, Snapshot, Watch};
-use crate::{cluster, glob, store};
+use crate::{cluster, store};
 use events::{Flushed, LifecycleEvents};
 use inbox::{Look, TX};
 use jobs::{HashJobs, Tally};
@@ -548,29 +549,11 @@ impl Supervisor {
         keys.extend(self.queues.keys());
         keys.extend(std::mem::take(&mut self.hash.over_limit).into_keys());
         if self.active() {
-            for db in 0..self.node.databases {
-                let watches: Vec<Arc<Watch>> = self
-                    .watches
-                    .iter()
-                    .filter(|w| w.spec.db.covers(db))
-                    .cloned()
-                    .collect();
-                if watches.is_empty() {
-                    continue;
-                }
-                let (literal, globs): (Vec<_>, Vec<_>) = watches
-                    .iter()
-                    .partition(|w| glob::is_literal(&w.spec.pattern));
-                for w in literal {
-                    keys.insert((db, w.spec.pattern.clone()));
-                }
-                if !globs.is_empty() {
-                    let patterns = glob::Set::new(globs.iter().map(|w| (&w.spec.pattern[..], 1)));
-                    for k in look::scan_db(&self.tsc, db, &patterns) {
-                        keys.insert((db, k));
-                    }
-                }
-            }
+            keys.extend(look::watched_keys(
+                &self.tsc,
+                self.node.databases,
+                &self.watches,
+            ));
         }
         for (db, key) in keys {
             self.reconcile_key_guarded(db, &key, Look::Key, &mut tally);
@@ -740,15 +723,5 @@ impl Supervisor {
         self.timers.set(Deadline::QueueStats, self.queues.stats_due);
         stats::set_states(counts);
         stats::JOBS_OVER_LIMIT.store(over as u64, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dbsel_covers() {
-        use crate::spec::DbSel;
-        assert!(DbSel::All.covers(5));
-        assert!(!DbSel::One(1).covers(0));
     }
 }

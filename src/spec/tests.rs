@@ -299,3 +299,9 @@ fn a_literal_queue_is_not_its_own_dead_letter_stream() {
     spec.kind = Kind::Hash;
     assert_eq!(deadletter_problem(&spec), None);
 }
+
+#[test]
+fn dbsel_covers() {
+    assert!(DbSel::All.covers(5));
+    assert!(!DbSel::One(1).covers(0));
+}

@@ -8,6 +8,7 @@ use super::gil;
 use crate::cluster;
 use crate::ffi;
 use crate::stats;
+use crate::watch::{Snapshot, Watch};
 use redis_module::{ContextFlags, DetachedFromClient, ThreadSafeContext};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -191,6 +192,28 @@ impl Node {
         *hold += ctx.held();
         values
     }
+}
+
+/// Every key a watch covers, in every database (`databases` of them): the literal
+/// patterns as they are, the others found by `scan_db`.
+pub(super) fn watched_keys(tsc: &Tsc, databases: i32, watches: &Snapshot) -> Vec<(i32, Vec<u8>)> {
+    let mut keys = Vec::new();
+    for db in 0..databases {
+        let watches: Vec<&Watch> = watches
+            .iter()
+            .filter(|w| w.spec.db.covers(db))
+            .map(|w| w.as_ref())
+            .collect();
+        let (literal, globs): (Vec<&Watch>, Vec<&Watch>) = watches
+            .iter()
+            .partition(|w| crate::glob::is_literal(&w.spec.pattern));
+        keys.extend(literal.iter().map(|w| (db, w.spec.pattern.clone())));
+        if !globs.is_empty() {
+            let patterns = crate::glob::Set::new(globs.iter().map(|w| (&w.spec.pattern[..], 1)));
+            keys.extend(scan_db(tsc, db, &patterns).into_iter().map(|k| (db, k)));
+        }
+    }
+    keys
 }
 
 /// Names of the keys in `db` that match `patterns`; the GIL is released every few

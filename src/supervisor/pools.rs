@@ -479,32 +479,6 @@ fn parse_reply(line: &[u8]) -> Result<Said, String> {
     }
 }
 
-/// The line that gives an entry to a pool worker: `{"key", "id", "db", "attempt",
-/// "fields"}`, fields in stream order (bytes that are not UTF-8 become U+FFFD).
-pub(super) fn entry_line(
-    qk: &QueueKey,
-    sid: Sid,
-    attempt: u32,
-    fields: &[(Vec<u8>, Vec<u8>)],
-) -> Vec<u8> {
-    let text = |b: &[u8]| serde_json::to_string(&String::from_utf8_lossy(b)).unwrap_or_default();
-    let mut out = format!(
-        "{{\"key\":{},\"id\":\"{sid}\",\"db\":{},\"attempt\":{attempt},\"fields\":{{",
-        text(&qk.key),
-        qk.db
-    );
-    for (i, (f, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&text(f));
-        out.push(':');
-        out.push_str(&text(v));
-    }
-    out.push_str("}}\n");
-    out.into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,23 +526,5 @@ mod tests {
         ] {
             assert!(parse_reply(bad.as_bytes()).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_line_of_an_entry() {
-        let qk = QueueKey {
-            db: 2,
-            key: b"q".to_vec(),
-            watch: 1,
-        };
-        let fields = vec![
-            (b"url".to_vec(), b"a\"b".to_vec()),
-            (b"n".to_vec(), b"\xff".to_vec()),
-        ];
-        let line = entry_line(&qk, Sid(17, 3), 2, &fields);
-        assert_eq!(
-            String::from_utf8(line).unwrap(),
-            "{\"key\":\"q\",\"id\":\"17-3\",\"db\":2,\"attempt\":2,\"fields\":{\"url\":\"a\\\"b\",\"n\":\"\u{fffd}\"}}\n"
-        );
     }
 }

@@ -18,6 +18,7 @@
 //! Every Redis call is made in `flush` (`queue/flush.rs`: one GIL hold per loop turn
 //! for all acks, dead-letters, claims and reads of all queues), through `stream.rs`.
 
+use super::entry_text;
 use super::log::Log;
 use super::pools;
 use super::runs::{run_end, End, Run, RunOf};
@@ -340,7 +341,7 @@ impl Queues {
             let line = e
                 .line
                 .take()
-                .unwrap_or_else(|| pools::entry_line(qk, sid, e.attempts, &e.fields));
+                .unwrap_or_else(|| entry_text::entry_line(qk, sid, e.attempts, &e.fields));
             if line.len() > pools::MAX_ENTRY_LINE {
                 let error = format!(
                     "the entry is {} bytes as a JSON line; a pool worker takes at most {}",
@@ -382,7 +383,7 @@ impl Queues {
                 (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
                 (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
             ];
-            let stdin = entry_json(&e.fields);
+            let stdin = entry_text::entry_json(&e.fields);
             let owner = RunOf::Entry(qk.clone(), sid);
             fx.runs.start(owner, &h, &vars, env, Some(stdin))
         };
@@ -674,61 +675,5 @@ impl Queues {
                 }
             }
         }
-    }
-}
-
-/// The entry as a JSON object (`{"field":"value",...}`, in stream order). JSON text is
-/// Unicode: bytes that are not UTF-8 become U+FFFD here (`{field:NAME}` in the command
-/// passes them exactly).
-pub fn entry_json(fields: &Fields) -> Vec<u8> {
-    fn string(out: &mut Vec<u8>, b: &[u8]) {
-        out.push(b'"');
-        for c in String::from_utf8_lossy(b).chars() {
-            match c {
-                '"' => out.extend_from_slice(b"\\\""),
-                '\\' => out.extend_from_slice(b"\\\\"),
-                '\n' => out.extend_from_slice(b"\\n"),
-                '\r' => out.extend_from_slice(b"\\r"),
-                '\t' => out.extend_from_slice(b"\\t"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                    out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-                }
-                c => {
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-        }
-        out.push(b'"');
-    }
-    let mut out = Vec::with_capacity(64);
-    out.push(b'{');
-    for (i, (f, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(&mut out, f);
-        out.push(b':');
-        string(&mut out, v);
-    }
-    out.extend_from_slice(b"}\n");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_escapes() {
-        let fields = vec![
-            (b"url".to_vec(), b"a\"b\\c\n\x01".to_vec()),
-            (b"n".to_vec(), b"\xff\xc3\xa9".to_vec()),
-        ];
-        assert_eq!(
-            String::from_utf8(entry_json(&fields)).unwrap(),
-            "{\"url\":\"a\\\"b\\\\c\\n\\u0001\",\"n\":\"\u{fffd}é\"}\n"
-        );
-        assert_eq!(entry_json(&vec![]), b"{}\n");
     }
 }
