@@ -223,7 +223,9 @@ impl Pools {
             };
             match error {
                 Ok(error) => {
-                    let (queue, sid) = w.busy.take().expect("busy: checked above");
+                    let Some((queue, sid)) = w.busy.take() else {
+                        continue; // an answer matches only the entry it has (above)
+                    };
                     w.served += 1;
                     match error.is_some() {
                         true => pool.failed += 1,
