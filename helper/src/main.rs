@@ -23,7 +23,7 @@
 //! `helper` profile). It uses `std` and the `libc` crate.
 //!
 //! Here: the startup. Elsewhere: `event_loop` (the loop: requests from the socket,
-//! child exits, output pipes), `spawn` (starting a run), `identity` (a run's start
+//! child exits, output pipes; the pipes themselves in its child `pipes`), `spawn` (starting a run), `identity` (a run's start
 //! time), `budget` (the output rate), `inbox` (splitting the control stream into
 //! requests), `sys` (the libc calls std does not wrap), and the protocol itself, shared
 //! with the module.
