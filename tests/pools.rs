@@ -46,6 +46,13 @@ fn pool_handler(dir: &Path, size: u32, extra: &str) -> String {
     )
 }
 
+/// A server (in `dir`) with the pool handler `pw` of `size` workers.
+fn pool_server(dir: &std::sync::Arc<TempDir>, size: u32, extra: &str) -> Server {
+    Server::builder(&pool_handler(dir.path(), size, extra))
+        .dir(dir.clone())
+        .start()
+}
+
 /// `(id, worker pid, attempt)` per line of `$D/done`.
 fn done(dir: &Path) -> Vec<(String, u32, u32)> {
     lines(&dir.join("done"))
@@ -84,9 +91,7 @@ fn events_named(
 #[test]
 fn entries_run_on_reused_workers_and_are_acknowledged() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 2, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "pq", "pw", &["CONCURRENCY", "4"]);
     let added = xadd_many(&mut c, "pq", 0, 50);
@@ -116,9 +121,7 @@ fn entries_run_on_reused_workers_and_are_acknowledged() {
 #[test]
 fn an_entry_in_a_worker_shows_the_workers_pid() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "sq", "pw", &[]);
     let id = xadd(&mut c, "sq", &[("mode", "slow")]);
@@ -143,9 +146,7 @@ fn an_entry_in_a_worker_shows_the_workers_pid() {
 #[test]
 fn a_worker_crash_fails_the_attempt_and_the_worker_is_replaced() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "cq", "pw", &[]);
     let id = xadd(&mut c, "cq", &[("mode", "crash")]);
@@ -196,9 +197,7 @@ fn a_worker_past_timeout_is_stopped_and_the_entry_retried() {
 #[test]
 fn a_malformed_reply_fails_the_attempt_and_replaces_the_worker() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "bq", "pw", &["MAX-ATTEMPTS", "2"]);
     let bad = xadd(&mut c, "bq", &[("mode", "bad")]);
@@ -220,9 +219,7 @@ fn a_malformed_reply_fails_the_attempt_and_replaces_the_worker() {
 #[test]
 fn an_error_reply_fails_the_attempt_but_keeps_the_worker() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "eq", "pw", &["MAX-ATTEMPTS", "2"]);
     let no = xadd(&mut c, "eq", &[("mode", "fail")]);
@@ -240,9 +237,7 @@ fn an_error_reply_fails_the_attempt_but_keeps_the_worker() {
 #[test]
 fn what_a_worker_prints_is_its_log_not_a_reply() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "oq", "pw", &[]);
     for _ in 0..5 {
@@ -257,9 +252,7 @@ fn what_a_worker_prints_is_its_log_not_a_reply() {
 #[test]
 fn max_requests_recycles_a_worker() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, "max-requests = 3"))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "max-requests = 3");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "mq", "pw", &[]);
     xadd_many(&mut c, "mq", 0, 10);
@@ -278,9 +271,7 @@ fn max_requests_recycles_a_worker() {
 #[test]
 fn pause_stops_the_workers_and_resume_runs_what_was_left() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 2, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "rq", "pw", &["CONCURRENCY", "2"]);
     let slow = xadd(&mut c, "rq", &[("mode", "slow")]);
@@ -301,9 +292,7 @@ fn pause_stops_the_workers_and_resume_runs_what_was_left() {
 #[test]
 fn unwatch_while_busy_stops_the_worker() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "uq", "pw", &[]);
     xadd(&mut c, "uq", &[("mode", "slow")]);
@@ -360,9 +349,7 @@ fn kill9_of_the_server_mid_entry_loses_nothing() {
 #[test]
 fn killing_the_helper_loses_no_entry() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 2, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "hq", "pw", &["CONCURRENCY", "2"]);
     let mut added = Vec::new();
@@ -501,9 +488,7 @@ fn a_rust_worker_from_the_examples() {
 #[test]
 fn idle_workers_finish_when_no_watch_uses_their_pool() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 2, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 2, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "iq", "pw", &["CONCURRENCY", "2"]);
     xadd_many(&mut c, "iq", 0, 10);
@@ -524,9 +509,7 @@ fn idle_workers_finish_when_no_watch_uses_their_pool() {
 #[test]
 fn a_worker_that_exits_0_without_answering_fails_its_entry() {
     let dir = TempDir::new();
-    let s = Server::builder(&pool_handler(dir.path(), 1, ""))
-        .dir(dir.clone())
-        .start();
+    let s = pool_server(&dir, 1, "");
     let mut c = s.conn();
     watch_stream_opts(&mut c, "zq", "pw", &[]);
     let id = xadd(&mut c, "zq", &[("mode", "quit")]);
