@@ -41,10 +41,14 @@ pub enum Request {
     },
     /// Send the run's stop signal to its process group, then SIGKILL after the grace.
     Stop { run: u64 },
-    /// Appended to the kept-open standard input of the run (see `keep_stdin`), after
-    /// everything fed before; ignored for an unknown run or one whose stdin is closed.
+    /// One entry line for a pool worker (a run with `keep_stdin` and `replies`):
+    /// written to its standard input after everything fed before, once the run has
+    /// answered every entry fed before it (a line on descriptor 3 that is a JSON object
+    /// whose `"ok"` is a boolean), and held by the helper until then. Ignored for an
+    /// unknown run or one whose stdin is closed.
     Feed { run: u64, data: Vec<u8> },
-    /// Close the run's kept-open standard input once everything fed is written.
+    /// Close the run's kept-open standard input once everything fed is written; the
+    /// entries `Feed` still holds for the run's answer are dropped.
     CloseInput { run: u64 },
 }
 

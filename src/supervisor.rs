@@ -270,7 +270,7 @@ impl Supervisor {
     fn follow_up(&mut self) {
         loop {
             let unreported = self.runs.take_unreported();
-            let answers = self.pools.take_answers();
+            let mut answers = self.pools.take_answers();
             let idle = self.pools.take_idle();
             let room = self.hash.take_room_freed() && self.active();
             if unreported.is_empty() && answers.is_empty() && idle.is_empty() && !room {
@@ -281,6 +281,13 @@ impl Supervisor {
             }
             let active = self.active();
             let (_, queues, mut fx) = self.parts();
+            // Entries a worker took up on answering go first, so that no entry
+            // started in between finds its queue with a slot that is not free.
+            for a in answers.iter_mut() {
+                if let Some((qk, sid, run)) = a.promoted.take() {
+                    queues.promoted(&qk, sid, run, &mut fx);
+                }
+            }
             for a in answers {
                 queues.answered(&a.queue, a.sid, a.worker, a.error, active, &mut fx);
             }
@@ -647,7 +654,11 @@ impl Supervisor {
                 let pid = fx.pools.pid(&name, id).unwrap_or(0);
                 fx.events
                     .worker("worker-exited", &name, runs::exit_fields(pid, &end));
-                if let Some((qk, sid)) = fx.pools.worker_ended(&name, id, active, fx.timers) {
+                let left = fx.pools.worker_ended(&name, id, active, fx.timers);
+                if let Some((qk, sid)) = left.next {
+                    queues.requeue(&qk, sid, id);
+                }
+                if let Some((qk, sid)) = left.busy {
                     queues.run_ended(&qk, sid, id, end, active, &mut fx);
                 }
             }

@@ -25,6 +25,9 @@ while IFS= read -r line; do
   echo "$id $$ $attempt" >> "$D/done"
   case "$mode/$attempt" in
     crash/1) exit 3;;
+    crashslow/1) sleep 0.5; exit 3;;
+    failonce/1) printf '{"id":"%s","ok":false,"error":"not yet"}\n' "$id" >&3; continue;;
+    busy/*) touch "$D/in.$id"; sleep 0.2; rm "$D/in.$id";;
     quit/1) exit 0;;
     hang/1) sleep 1000;;
     bad/*) echo 'this is not JSON' >&3; continue;;
@@ -251,21 +254,149 @@ fn what_a_worker_prints_is_its_log_not_a_reply() {
 
 #[test]
 fn max_requests_recycles_a_worker() {
-    let dir = TempDir::new();
-    let s = pool_server(&dir, 1, "max-requests = 3");
-    let mut c = s.conn();
-    watch_stream_opts(&mut c, "mq", "pw", &[]);
-    xadd_many(&mut c, "mq", 0, 10);
-    wait_drained(&mut c, "mq");
-    let ran = done(dir.path());
-    assert_eq!(ran.len(), 10);
-    let mut per_pid = std::collections::BTreeMap::<u32, usize>::new();
-    for r in &ran {
-        *per_pid.entry(r.1).or_default() += 1;
+    // With CONCURRENCY 4 the worker is also given its next entry while busy: never
+    // one past its last.
+    for concurrency in ["1", "4"] {
+        let dir = TempDir::new();
+        let s = pool_server(&dir, 1, "max-requests = 3");
+        let mut c = s.conn();
+        watch_stream_opts(&mut c, "mq", "pw", &["CONCURRENCY", concurrency]);
+        xadd_many(&mut c, "mq", 0, 10);
+        wait_drained(&mut c, "mq");
+        let ran = done(dir.path());
+        assert_eq!(ran.len(), 10);
+        let mut per_pid = std::collections::BTreeMap::<u32, usize>::new();
+        for r in &ran {
+            *per_pid.entry(r.1).or_default() += 1;
+        }
+        assert_eq!(per_pid.len(), 4, "3 + 3 + 3 + 1: {per_pid:?}");
+        assert!(per_pid.values().all(|&n| n <= 3));
+        assert!(stream_entries(&mut c, "mq:dead").is_empty());
+        assert_eq!(stat(&mut c, "restarts"), 0, "concurrency {concurrency}");
     }
-    assert_eq!(per_pid.len(), 4, "3 + 3 + 3 + 1: {per_pid:?}");
-    assert!(per_pid.values().all(|&n| n <= 3));
-    assert!(stream_entries(&mut c, "mq:dead").is_empty());
+}
+
+/// A worker is given one entry at a time, even when the module has its next entry
+/// ready (the helper holds it until the worker answers): this worker looks for more
+/// on its stdin before it answers, and must find nothing.
+#[test]
+fn a_worker_finds_no_second_entry_on_its_stdin_before_it_answers() {
+    let dir = TempDir::new();
+    let script = r#"
+import json, os, select, sys
+buf = b""
+out = os.fdopen(3, "w")
+while True:
+    while b"\n" not in buf:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            sys.exit(0)
+        buf += chunk
+    line, buf = buf.split(b"\n", 1)
+    e = json.loads(line)
+    more = bool(buf) or bool(select.select([0], [], [], 0.2)[0])
+    with open(os.environ["D"] + "/seen", "a") as f:
+        f.write("%s %d\n" % (e["id"], more))
+    out.write(json.dumps({"id": e["id"], "ok": True}) + "\n")
+    out.flush()
+"#;
+    let toml = format!(
+        "[handler.py]\ncommand = [\"python3\", \"-c\", '''{script}''', \"{TAG}\"]\nenv = {{ D = \"{}\" }}\npool = 1\n",
+        dir.path().display()
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "oq", "py", &["CONCURRENCY", "4"]);
+    let added = xadd_many(&mut c, "oq", 0, 6);
+    wait_drained(&mut c, "oq");
+    let seen: BTreeSet<String> = lines(&dir.path().join("seen")).into_iter().collect();
+    let want: BTreeSet<String> = added.iter().map(|id| format!("{id} 0")).collect();
+    assert_eq!(seen, want, "one entry at a time");
+}
+
+/// A worker that ends while it holds a next entry (not given to it yet): that entry
+/// never ran, so it runs on another worker as the same attempt.
+#[test]
+fn the_next_entry_of_a_worker_that_crashes_runs_elsewhere_as_the_same_attempt() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "nq", "pw", &["CONCURRENCY", "2"]);
+    let crash = xadd(&mut c, "nq", &[("mode", "crashslow")]);
+    let next = xadd(&mut c, "nq", &[("mode", "none")]);
+    // The second entry waits in the busy worker's hands, not running.
+    let waiting = wait_for("the next entry given to the busy worker", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "nq"])
+            .into_iter()
+            .find(|j| get_str(j, "id") == next)
+    });
+    assert_eq!(get_str(&waiting, "state"), "starting");
+    assert_eq!(get_int(&waiting, "pid"), None);
+    wait_drained(&mut c, "nq");
+    let ran = done(dir.path());
+    let of = |id: &str| {
+        ran.iter()
+            .filter(|r| r.0 == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&crash).len(), 2, "crashed once, then ran again: {ran:?}");
+    let next_ran = of(&next);
+    assert_eq!(next_ran.len(), 1, "{ran:?}");
+    assert_eq!(next_ran[0].2, 1, "as attempt 1: {ran:?}");
+    assert_ne!(next_ran[0].1, of(&crash)[0].1, "by the new worker");
+}
+
+/// With CONCURRENCY 1 entries run in order, retries included: no entry waits in a
+/// worker behind another (it would run before the other's retry).
+#[test]
+fn concurrency_1_keeps_the_order_through_a_retry() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 2, "");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "o1", "pw", &[]);
+    let first = xadd(&mut c, "o1", &[("mode", "failonce")]);
+    let rest = xadd_many(&mut c, "o1", 0, 3);
+    wait_drained(&mut c, "o1");
+    let order: Vec<String> = done(dir.path()).into_iter().map(|r| r.0).collect();
+    let want = [vec![first.clone(), first], rest].concat();
+    assert_eq!(order, want);
+}
+
+/// CONCURRENCY bounds the entries running at once on a pool bigger than it, with
+/// entries also waiting in the workers' hands.
+#[test]
+fn a_pool_runs_no_more_than_concurrency_entries_of_a_stream() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 4, "");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "bq", "pw", &["CONCURRENCY", "2"]);
+    let ids: Vec<String> = (0..10)
+        .map(|_| xadd(&mut c, "bq", &[("mode", "busy")]))
+        .collect();
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while done(dir.path()).len() < ids.len() || count_in(dir.path()) > 0 {
+        assert!(std::time::Instant::now() < deadline, "not drained");
+        most = most.max(count_in(dir.path()));
+        let running = jobs_filtered(&mut c, &["KEY", "bq", "STATE", "running"]).len();
+        assert!(running <= 2, "{running} running");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(most <= 2, "{most} entries in workers at once");
+    assert!(most >= 1);
+    wait_drained(&mut c, "bq");
+}
+
+/// How many entries the workers are in (`busy` mode) now.
+fn count_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("in."))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[test]

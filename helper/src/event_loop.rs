@@ -13,6 +13,7 @@
 //! The runs' pipes themselves (stdin pumped, output and replies read within budget,
 //! the drain at exit) are handled in `pipes`.
 
+use crate::answers::Answers;
 use crate::budget::{Budget, READ_PER_TURN, RUN_BURST, TOTAL_BURST};
 use crate::protocol::{Report, Request};
 use crate::{identity, inbox, log, spawn, sys};
@@ -40,6 +41,8 @@ struct Run {
     /// The run's stdin pipe and what is still to be written to it (stream jobs: the
     /// entry; pool workers: what was fed).
     input: Option<Input>,
+    /// A pool worker's entries fed while it works on one, held until it answers.
+    answers: Answers,
     stop_signal: i32,
     stop_grace: Duration,
     /// Set when a stop was asked: SIGKILL the group at this time.
@@ -376,6 +379,7 @@ impl Helper {
                         budget: Budget::full(RUN_BURST, Instant::now()),
                         paused_until: None,
                         input,
+                        answers: Answers::default(),
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
                         kill_at: None,

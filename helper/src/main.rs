@@ -20,14 +20,17 @@
 //! much it feeds.
 //!
 //! The module embeds this binary (build.rs builds this crate with the workspace's
-//! `helper` profile). It uses `std` and the `libc` crate.
+//! `helper` profile). It uses `std`, the `libc` crate, and `serde_json` to tell a pool
+//! worker's answers (`answers`).
 //!
 //! Here: the startup. Elsewhere: `event_loop` (the loop: requests from the socket,
-//! child exits, output pipes; the pipes themselves in its child `pipes`), `spawn` (starting a run), `identity` (a run's start
+//! child exits, output pipes; the pipes themselves in its child `pipes`), `answers` (a
+//! pool worker's next entry, held until it answered), `spawn` (starting a run), `identity` (a run's start
 //! time), `budget` (the output rate), `inbox` (splitting the control stream into
 //! requests), `sys` (the libc calls std does not wrap), and the protocol itself, shared
 //! with the module.
 
+mod answers;
 mod budget;
 mod event_loop;
 mod identity;

@@ -240,26 +240,70 @@ fn runs_report_start_output_and_exit_and_stop_on_request() {
 #[test]
 fn a_kept_open_stdin_takes_three_feeds_and_replies_come_in_order_before_exited() {
     let mut h = Helper::start();
-    let worker = r#"while read l; do echo "got $l" >&3; done; echo bye"#;
+    let worker = r#"while read l; do echo "{\"ok\":true,\"got\":\"$l\"}" >&3; done; echo bye"#;
     h.send(&sh(1, worker, None, true, true));
     assert!(matches!(h.next_of(1), Report::Started { .. }));
     // The pipe stays open between jobs: the first line is answered while the
     // worker waits for the next one.
     h.send(&feed(1, b"one\n"));
+    let answer = |l: &str| format!("{{\"ok\":true,\"got\":\"{l}\"}}\n");
     let mut replies = Vec::new();
-    while replies != b"got one\n" {
+    while text(&replies) != answer("one") {
         match h.next_of(1) {
             Report::Replies { data, .. } => replies.extend(data),
             other => panic!("{other:?} before the first reply ({})", text(&replies)),
         }
     }
+    // Fed before their turn: each is written when the one before is answered.
     h.send(&feed(1, b"two\n"));
     h.send(&feed(1, b"three\n"));
+    replies.clear();
+    let want = answer("two") + &answer("three");
+    while text(&replies) != want {
+        match h.next_of(1) {
+            Report::Replies { data, .. } => replies.extend(data),
+            other => panic!("{other:?} before the answers ({})", text(&replies)),
+        }
+    }
     h.send(&Request::CloseInput { run: 1 });
     let w = whole(&h.rest_of(1));
-    assert_eq!(text(&w.replies), "got two\ngot three\n");
     assert_eq!(text(&w.output), "bye\n");
     assert_eq!(exit_code(w.status), Some(0));
+    h.finish();
+}
+
+#[test]
+fn an_entry_fed_before_the_answer_waits_for_it_and_is_dropped_at_close() {
+    let mut h = Helper::start();
+    // `cat` echoes its stdin to fd 3: a line that is not an answer releases nothing.
+    h.send(&sh(1, "cat >&3", None, true, true));
+    h.send(&feed(1, b"first\n"));
+    h.send(&feed(1, b"{\"ok\":true}\n"));
+    h.send(&feed(1, b"third\n"));
+    h.send(&Request::CloseInput { run: 1 });
+    let w = whole(&h.reports_of(1));
+    assert_eq!(text(&w.replies), "first\n");
+    assert_eq!(exit_code(w.status), Some(0));
+
+    // Answers release the entries held, one each, in order.
+    h.send(&sh(2, "cat >&3", None, true, true));
+    assert!(matches!(h.next_of(2), Report::Started { .. }));
+    h.send(&feed(2, b"{\"ok\":true,\"n\":1}\n"));
+    h.send(&feed(2, b"{\"ok\":false,\"n\":2}\n"));
+    h.send(&feed(2, b"{\"progress\":3}\n"));
+    h.send(&feed(2, b"never\n"));
+    let mut replies = Vec::new();
+    while !text(&replies).contains("progress") {
+        match h.next_of(2) {
+            Report::Replies { data, .. } => replies.extend(data),
+            other => panic!("{other:?} before the replies ({})", text(&replies)),
+        }
+    }
+    h.send(&Request::CloseInput { run: 2 });
+    let w = whole(&h.rest_of(2));
+    replies.extend(w.replies);
+    let want = "{\"ok\":true,\"n\":1}\n{\"ok\":false,\"n\":2}\n{\"progress\":3}\n";
+    assert_eq!(text(&replies), want);
     h.finish();
 }
 
@@ -282,13 +326,12 @@ fn stdin_data_comes_first_and_close_input_waits_for_everything_fed() {
     assert_eq!(text(&w.replies).trim(), ((1 << 20) + 10).to_string());
     assert_eq!(exit_code(w.status), Some(0));
 
+    // The stdin data is no entry: the first entry fed follows it at once.
     h.send(&sh(2, "cat >&3", Some(b"first\n"), true, true));
     h.send(&feed(2, b"second\n"));
-    h.send(&feed(2, b""));
-    h.send(&feed(2, b"third\n"));
     h.send(&Request::CloseInput { run: 2 });
     let w = whole(&h.reports_of(2));
-    assert_eq!(text(&w.replies), "first\nsecond\nthird\n");
+    assert_eq!(text(&w.replies), "first\nsecond\n");
 
     // Without keep_stdin, stdin closes after its data: feeds are ignored.
     h.send(&sh(3, "sleep 0.2; cat >&3", Some(b"entry"), false, true));

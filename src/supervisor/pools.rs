@@ -6,9 +6,14 @@
 //! what it prints on stdout or stderr (its log) never mixes with the protocol.
 //!
 //! One pool per handler, shared by every stream and watch that uses it. A worker gets
-//! one entry at a time; entries that find no idle worker wait in their queue (a
-//! queue's `CONCURRENCY` still holds) and are handed out when a worker is free
-//! (`idle_handlers`). Workers start on demand, up to N; one that exits unasked, is
+//! one entry at a time. So that it does not wait for its answer to go through the
+//! module and Redis before it has the next one, a busy worker may also be given its
+//! `next` entry (of the same queue, so the queue's running entries never exceed its
+//! `CONCURRENCY`): the helper holds that entry and writes it to the worker's stdin the
+//! moment the worker answers (helper/src/answers.rs), and here it becomes the worker's
+//! entry when that answer is read (`Answer::promoted`). Entries that find neither an
+//! idle worker nor a free `next` wait in their queue and are handed out when a worker
+//! is free (`take_idle`). Workers start on demand, up to N; one that exits unasked, is
 //! killed, times out on an entry or breaks the protocol fails its entry's attempt and
 //! is replaced after a backoff that grows with the failures in a row (the handler's
 //! `backoff-*`); `max-requests` recycles a worker (its stdin closed: it finishes and
@@ -37,6 +42,9 @@ struct Worker {
     run: Run,
     /// The entry it works on.
     busy: Option<(QueueKey, Sid)>,
+    /// The entry it is given when it answers `busy` (held by the helper until then),
+    /// of the same queue as `busy`.
+    next: Option<(QueueKey, Sid)>,
     /// Entries it answered.
     served: u64,
     /// It is on its way out and takes no more entries, and why.
@@ -50,6 +58,17 @@ struct Worker {
 impl Worker {
     fn idle(&self) -> bool {
         self.busy.is_none() && self.leaving.is_none() && self.run.pid.is_some()
+    }
+
+    /// Whether it may be given a `next` entry (of `queue`, if given): it is busy with
+    /// an entry of that queue, has no next yet, and is not at its last entry before
+    /// `max_requests` recycles it.
+    fn takes_next(&self, queue: Option<&QueueKey>, max_requests: u64) -> bool {
+        let same = |(q, _): &(QueueKey, Sid)| queue.is_none_or(|want| q == want);
+        self.next.is_none()
+            && self.leaving.is_none()
+            && self.busy.as_ref().is_some_and(same)
+            && (max_requests == 0 || self.served + 2 <= max_requests)
     }
 }
 
@@ -108,6 +127,25 @@ pub(super) struct Answer {
     pub worker: u64,
     /// `None`: done (ok); else why the attempt failed.
     pub error: Option<String>,
+    /// The worker's `next` entry, which it now works on, with its run.
+    pub promoted: Option<(QueueKey, Sid, Run)>,
+}
+
+/// Where `dispatch` put an entry.
+pub(super) enum Placed {
+    /// On an idle worker, which works on it now: the entry's run.
+    Running(Run),
+    /// As the `next` entry of this worker, busy with another of its queue.
+    Next(u64),
+    /// Nowhere yet: it waits for a worker.
+    Waiting,
+}
+
+/// The entries a worker held when it ended: the one it worked on (its attempt fails)
+/// and its `next`, which it never had (given to another worker).
+pub(super) struct Left {
+    pub busy: Option<(QueueKey, Sid)>,
+    pub next: Option<(QueueKey, Sid)>,
 }
 
 /// Every pool, by handler name.
@@ -122,38 +160,56 @@ pub(super) struct Pools {
 }
 
 impl Pools {
-    /// Gives the entry (its JSON line `line`) to an idle worker of `h`'s pool: the
-    /// entry's run (the worker's, with its pid) if one took it; `None`: it waits (a
-    /// worker is started if the pool has room).
+    /// Gives the entry (its JSON line `line`) to a worker of `h`'s pool: an idle one
+    /// if `may_run` (its queue has a slot under `CONCURRENCY`), where it runs now; else,
+    /// if `may_queue`, as the `next` entry of a worker busy with its queue; else it
+    /// waits (a worker is started if `may_run` and the pool has room).
     pub(super) fn dispatch(
         &mut self,
         h: &Arc<Handler>,
         entry: (QueueKey, Sid),
         line: &[u8],
+        (may_run, may_queue): (bool, bool),
         runs: &mut Runs,
-    ) -> Option<Run> {
+    ) -> Placed {
         let pool = self
             .pools
             .entry(h.name.clone())
             .or_insert_with(|| Pool::new(h.clone()));
         pool.handler = h.clone();
-        if let Some((&id, w)) = pool.workers.iter_mut().find(|(_, w)| w.idle()) {
-            w.busy = Some(entry);
+        if may_run {
+            if let Some((&id, w)) = pool.workers.iter_mut().find(|(_, w)| w.idle()) {
+                w.busy = Some(entry);
+                runs.feed(id, line.to_vec());
+                return Placed::Running(Run::of_worker(&w.run));
+            }
+            // In backoff, the timer set when the last worker failed brings them back.
+            if pool.may_start() {
+                start_worker(pool, runs);
+            }
+        }
+        if !may_queue {
+            return Placed::Waiting;
+        }
+        let m = pool.handler.max_requests;
+        let mut behind = pool.workers.iter_mut();
+        if let Some((&id, w)) = behind.find(|(_, w)| w.takes_next(Some(&entry.0), m)) {
+            w.next = Some(entry);
             runs.feed(id, line.to_vec());
-            return Some(Run::of_worker(&w.run));
+            return Placed::Next(id);
         }
-        // In backoff, the timer set when the last worker failed brings them back.
-        if pool.may_start() {
-            start_worker(pool, runs);
-        }
-        None
+        Placed::Waiting
     }
 
-    /// Whether an entry given to `name`'s pool now would find a worker, or start one.
+    /// Whether an entry given to `name`'s pool now may find a worker, or start one.
     pub(super) fn can_take(&self, name: &str) -> bool {
-        self.pools
-            .get(name)
-            .is_none_or(|p| p.workers.values().any(Worker::idle) || p.may_start())
+        self.pools.get(name).is_none_or(|p| {
+            let m = p.handler.max_requests;
+            p.may_start()
+                || p.workers
+                    .values()
+                    .any(|w| w.idle() || w.takes_next(None, m))
+        })
     }
 
     /// The handlers whose waiting entries may now find a worker.
@@ -226,6 +282,10 @@ impl Pools {
                     let Some((queue, sid)) = w.busy.take() else {
                         continue; // an answer matches only the entry it has (above)
                     };
+                    // The helper has written its next entry to it, if it had one.
+                    w.busy = w.next.take();
+                    let promoted = w.busy.clone();
+                    let promoted = promoted.map(|(q, s)| (q, s, Run::of_worker(&w.run)));
                     w.served += 1;
                     match error.is_some() {
                         true => pool.failed += 1,
@@ -246,6 +306,7 @@ impl Pools {
                         sid,
                         worker: id,
                         error,
+                        promoted,
                     });
                     self.idle.insert(name.to_string());
                 }
@@ -259,6 +320,7 @@ impl Pools {
                             sid,
                             worker: id,
                             error: Some(problem),
+                            promoted: None,
                         });
                     }
                     w.leaving = Some(Leaving::Failing);
@@ -275,8 +337,8 @@ impl Pools {
         }
     }
 
-    /// Worker `id` ended: the entry it was working on, if any (its attempt fails with
-    /// the worker's end), and the worker is replaced. `live`: this node runs jobs now
+    /// Worker `id` ended: the entries it held (see `Left`), and the worker is
+    /// replaced. `live`: this node runs jobs now
     /// (a worker ended by a pause, a demotion or the helper's death is no failure).
     pub(super) fn worker_ended(
         &mut self,
@@ -284,9 +346,17 @@ impl Pools {
         id: u64,
         live: bool,
         timers: &mut Timers,
-    ) -> Option<(QueueKey, Sid)> {
-        let pool = self.pools.get_mut(name)?;
-        let w = pool.workers.remove(&id)?;
+    ) -> Left {
+        let none = Left {
+            busy: None,
+            next: None,
+        };
+        let Some(pool) = self.pools.get_mut(name) else {
+            return none;
+        };
+        let Some(w) = pool.workers.remove(&id) else {
+            return none;
+        };
         // Failing: exited unasked, or had to be stopped for timing out or breaking the
         // protocol. A pause, a demotion or the helper's death is no failure.
         // Exited unasked (no `leaving`), timed out or broke the protocol: failing. A
@@ -304,7 +374,10 @@ impl Pools {
             pool.failed += 1;
         }
         self.idle.insert(name.to_string());
-        w.busy
+        Left {
+            busy: w.busy,
+            next: w.next,
+        }
     }
 
     /// A pool's backoff (set for `at`) may be over: its waiting entries try again.
@@ -421,6 +494,7 @@ fn start_worker(pool: &mut Pool, runs: &mut Runs) {
     let worker = Worker {
         run,
         busy: None,
+        next: None,
         served: 0,
         leaving: None,
         partial: Vec::new(),

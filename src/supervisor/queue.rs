@@ -11,7 +11,9 @@
 //!
 //! Backpressure: a queue runs at most `CONCURRENCY` entries and holds at most as many
 //! more read ahead (delivered to this consumer, not started yet), so a backlog of
-//! millions costs nothing here. The entries read ahead are what keeps the slots busy:
+//! millions costs nothing here. (A queue whose handler is a pool also holds up to one
+//! entry per running entry as its worker's `next`, see `pools.rs`: given to the worker
+//! the moment it answers, not running until then.) The entries read ahead are what keeps the slots busy:
 //! when a run ends, the next entry starts at once, and its acknowledgement and the
 //! next read wait for the turn's one GIL hold instead of the other way round.
 //!
@@ -20,7 +22,7 @@
 
 use super::entry_text;
 use super::log::Log;
-use super::pools;
+use super::pools::{self, Placed};
 use super::runs::{run_end, End, Run, RunOf};
 use super::stream::{Fields, QueueKey, Sid};
 use super::timers::Timer;
@@ -48,6 +50,8 @@ pub(super) struct Entry {
     /// Waits for a free worker of its handler's pool, with its line (see `pools.rs`).
     waiting: bool,
     line: Option<Vec<u8>>,
+    /// Given to this pool worker as its `next` entry: it runs when the worker answers.
+    queued_at: Option<u64>,
     pub last_exit: Option<i64>,
     pub log: Log,
 }
@@ -63,6 +67,7 @@ impl Entry {
             timed_out: false,
             waiting: false,
             line: None,
+            queued_at: None,
             last_exit: None,
             log: Log::default(),
         }
@@ -127,8 +132,21 @@ impl Queue {
         }
     }
 
+    /// How many more entries the queue may take: `CONCURRENCY` in slots (running or
+    /// in backoff), and for a pool handler as many more (at most one per worker)
+    /// waiting for a worker or given to one as its `next`.
     fn free(&self) -> usize {
-        (self.watch.spec.stream.concurrency as usize).saturating_sub(self.entries.len())
+        let c = self.watch.spec.stream.concurrency as usize;
+        let pool = self.watch.handler.pool as usize;
+        (c + c.min(pool)).saturating_sub(self.entries.len())
+    }
+
+    /// Whether entry `sid` may take a slot now: fewer than `CONCURRENCY` others hold
+    /// one (running, or in backoff).
+    fn may_run(&self, sid: Sid) -> bool {
+        let others = self.entries.iter().filter(|(s, _)| **s != sid);
+        let held = others.filter(|(_, e)| !e.waiting && e.queued_at.is_none());
+        held.count() < self.watch.spec.stream.concurrency as usize
     }
 
     /// How many more entries may be read ahead.
@@ -331,12 +349,17 @@ impl Queues {
             return;
         };
         let h = q.watch.handler.clone();
+        let may_run = q.may_run(sid);
+        // With CONCURRENCY 1 entries run in order: none waits in a worker behind
+        // another, which would run before the other's retry.
+        let may_queue = q.watch.spec.stream.concurrency > 1;
         let Some(e) = q.entries.get_mut(&sid) else {
             return;
         };
         e.backoff_until = None;
         e.timed_out = false;
         e.waiting = false;
+        e.queued_at = None;
         let run = if h.pool > 0 {
             let line = e
                 .line
@@ -353,9 +376,16 @@ impl Queues {
                 return;
             }
             let entry = (qk.clone(), sid);
-            match fx.pools.dispatch(&h, entry, &line, fx.runs) {
-                Some(run) => run,
-                None => {
+            match fx
+                .pools
+                .dispatch(&h, entry, &line, (may_run, may_queue), fx.runs)
+            {
+                Placed::Running(run) => run,
+                Placed::Next(worker) => {
+                    e.queued_at = Some(worker);
+                    return;
+                }
+                Placed::Waiting => {
                     e.waiting = true;
                     e.line = Some(line); // encoded once per attempt
                     return;
@@ -392,6 +422,40 @@ impl Queues {
             fx.timers.push(Instant::now() + h.timeout, timer);
         }
         e.run = Some(run);
+    }
+
+    /// The pool worker that held the entry as its `next` answered the one before: the
+    /// entry runs now, on `run` (the worker's).
+    pub(super) fn promoted(&mut self, qk: &QueueKey, sid: Sid, run: Run, fx: &mut Effects) {
+        let Some(q) = self.queues.get_mut(qk) else {
+            return;
+        };
+        let h = q.watch.handler.clone();
+        let Some(e) = q.entries.get_mut(&sid) else {
+            return;
+        };
+        if e.queued_at != Some(run.id) || e.run.is_some() {
+            return;
+        }
+        e.queued_at = None;
+        if !h.timeout.is_zero() {
+            let timer = Timer::Timeout(qk.clone(), sid, run.id);
+            fx.timers.push(Instant::now() + h.timeout, timer);
+        }
+        e.run = Some(run);
+    }
+
+    /// The pool worker that held the entry as its `next` ended before it answered the
+    /// one before: the entry never ran, and waits for another worker (same attempt).
+    pub(super) fn requeue(&mut self, qk: &QueueKey, sid: Sid, worker: u64) {
+        let e = self
+            .queues
+            .get_mut(qk)
+            .and_then(|q| q.entries.get_mut(&sid));
+        if let Some(e) = e.filter(|e| e.queued_at == Some(worker) && e.run.is_none()) {
+            e.queued_at = None;
+            e.waiting = true;
+        }
     }
 
     /// Workers of handler `name`'s pool are free: the entries waiting for one start.
@@ -615,8 +679,21 @@ impl Queues {
         fx.events.entry("backoff", qk, &watch, sid, extra);
     }
 
-    /// A slot freed: the next entry read ahead starts now, not after the next read.
+    /// A slot freed: the queue's entries waiting for a pool worker go first, oldest
+    /// first; then, if none is left waiting, the next entry read ahead starts now, not
+    /// after the next read.
     fn start_ahead(&mut self, qk: &QueueKey, fx: &mut Effects) {
+        let waiting: Vec<Sid> = self.queues.get(qk).map_or(Vec::new(), |q| {
+            let waiting = q.entries.iter().filter(|(_, e)| e.waiting);
+            waiting.map(|(sid, _)| *sid).collect()
+        });
+        for sid in waiting {
+            self.start_entry(qk, sid, fx);
+            let entry = self.queues.get(qk).and_then(|q| q.entries.get(&sid));
+            if entry.is_some_and(|e| e.waiting) {
+                return; // the rest waits behind it
+            }
+        }
         if let Some(sid) = self.queues.get_mut(qk).and_then(Queue::take_ahead) {
             self.start_entry(qk, sid, fx);
         }

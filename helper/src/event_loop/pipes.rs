@@ -148,15 +148,26 @@ impl Helper {
         }
     }
 
-    /// `Feed`: appended to the run's kept-open stdin (ignored for an unknown run,
-    /// or one whose stdin is closed or closing).
+    /// `Feed`: an entry for a pool worker, written to its kept-open stdin once it has
+    /// answered the entries before (see `Answers`); ignored for an unknown run, or one
+    /// whose stdin is closed or closing.
     pub(super) fn feed(&mut self, id: u64, data: Vec<u8>) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        if !run.input.as_ref().is_some_and(|i| i.keep_open) {
+            return;
+        }
+        if let Some(data) = run.answers.feed(data) {
+            self.write_input(id, data);
+        }
+    }
+
+    /// Appends `data` to what the run's stdin is still to be given.
+    fn write_input(&mut self, id: u64, data: Vec<u8>) {
         let Some(input) = self.runs.get_mut(&id).and_then(|r| r.input.as_mut()) else {
             return;
         };
-        if !input.keep_open {
-            return;
-        }
         let full = input.watched;
         input.feed(data);
         if !full {
@@ -164,9 +175,14 @@ impl Helper {
         }
     }
 
-    /// `CloseInput`: the run's stdin is closed once what was fed is written.
+    /// `CloseInput`: the run's stdin is closed once what was fed is written; entries
+    /// still held for its answer are dropped.
     pub(super) fn close_input(&mut self, id: u64) {
-        if let Some(input) = self.runs.get_mut(&id).and_then(|r| r.input.as_mut()) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        run.answers.drop_held();
+        if let Some(input) = run.input.as_mut() {
             input.keep_open = false;
             self.pump_input(id);
         }
@@ -203,7 +219,14 @@ impl Helper {
         }
         if n > 0 {
             let data = self.scratch[..n].to_vec();
+            let release = match (kind, self.runs.get_mut(&id)) {
+                (Kind::Replies, Some(run)) => run.answers.replies(&data),
+                _ => Vec::new(),
+            };
             self.forward(id, kind, data);
+            for entry in release {
+                self.write_input(id, entry);
+            }
         }
     }
 
