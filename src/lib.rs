@@ -26,6 +26,7 @@ pub mod fuzzing;
 mod glob;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;
+mod reply;
 mod runner;
 mod spec;
 mod stats;

@@ -78,6 +78,12 @@ pub enum Report {
         run: u64,
         data: Vec<u8>,
     },
+    /// The entry last fed to the run (a pool worker, see `Feed`) and not answered was
+    /// still whole in its stdin when the run exited: it never read it. Comes just
+    /// before the run's `Exited`.
+    Unread {
+        run: u64,
+    },
     /// The run's leader was reaped; `status` is the raw wait status.
     Exited {
         run: u64,
@@ -94,6 +100,7 @@ const T_SPAWN_FAILED: u8 = 12;
 const T_OUTPUT: u8 = 13;
 const T_EXITED: u8 = 14;
 const T_REPLIES: u8 = 15;
+const T_UNREAD: u8 = 16;
 
 struct Enc(Vec<u8>);
 
@@ -315,6 +322,11 @@ impl Report {
                 e.bytes(data);
                 e.finish()
             }
+            Report::Unread { run } => {
+                let mut e = Enc::new(T_UNREAD);
+                e.u64(*run);
+                e.finish()
+            }
             Report::Exited { run, status } => {
                 let mut e = Enc::new(T_EXITED);
                 e.u64(*run);
@@ -345,6 +357,7 @@ impl Report {
                 run: d.u64()?,
                 data: d.bytes()?,
             }),
+            T_UNREAD => Ok(Report::Unread { run: d.u64()? }),
             T_EXITED => Ok(Report::Exited {
                 run: d.u64()?,
                 status: d.i32()?,
@@ -446,6 +459,7 @@ mod tests {
                 run: 5,
                 data: b"{\"ok\":1}\n{\"ok\"".to_vec(),
             },
+            Report::Unread { run: 6 },
             Report::Exited {
                 run: 4,
                 status: 7 << 8,
@@ -484,6 +498,7 @@ mod tests {
             T_OUTPUT,
             T_EXITED,
             T_REPLIES,
+            T_UNREAD,
         ];
         for (i, a) in tags.iter().enumerate() {
             assert!(!tags[i + 1..].contains(a), "tag {a} twice");

@@ -637,6 +637,11 @@ impl Supervisor {
                     self.pools.replies(&name, run, &data, runs, timers);
                 }
             }
+            Report::Unread { run } => {
+                if let Some(RunOf::Worker(name)) = self.runs.owner(run).cloned() {
+                    self.pools.unread(&name, run);
+                }
+            }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
             // No run asks for replies yet (worker pools).
         }
@@ -655,10 +660,10 @@ impl Supervisor {
                 fx.events
                     .worker("worker-exited", &name, runs::exit_fields(pid, &end));
                 let left = fx.pools.worker_ended(&name, id, active, fx.timers);
-                if let Some((qk, sid)) = left.next {
+                for (qk, sid) in left.unrun {
                     queues.requeue(&qk, sid, id);
                 }
-                if let Some((qk, sid)) = left.busy {
+                if let Some((qk, sid)) = left.failed {
                     queues.run_ended(&qk, sid, id, end, active, &mut fx);
                 }
             }

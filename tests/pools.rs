@@ -26,6 +26,10 @@ while IFS= read -r line; do
   case "$mode/$attempt" in
     crash/1) exit 3;;
     crashslow/1) sleep 0.5; exit 3;;
+    answerexit/1) sleep 0.5; printf '{"id":"%s","ok":true}\n' "$id" >&3; exit 0;;
+    latin1/*) printf '{"id":"%s","ok":true,"note":"caf\351"}\n' "$id" >&3; continue;;
+    stubborn/1) trap '' TERM; sleep 1; printf '{"id":"%s","ok":true}\n' "$id" >&3; continue;;
+    graceful/1) trap 'q=1' TERM; sleep 2; printf '{"id":"%s","ok":true}\n' "$id" >&3; exit 0;;
     failonce/1) printf '{"id":"%s","ok":false,"error":"not yet"}\n' "$id" >&3; continue;;
     busy/*) touch "$D/in.$id"; sleep 0.2; rm "$D/in.$id";;
     quit/1) exit 0;;
@@ -752,4 +756,105 @@ fn a_recycled_worker_that_lingers_is_stopped() {
     wait_until("the lingering workers stopped", WAIT, || {
         s.tagged_procs().len() <= 2
     });
+}
+
+/// The module and the helper read a reply line with the same reader (`src/reply.rs`):
+/// an answer with a field the reader skips unchecked (bytes that are not UTF-8 here) is
+/// an answer to both, so the entry held for the worker is given to it.
+#[test]
+fn an_answer_with_a_non_utf8_extra_field_does_not_wedge_the_worker() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "uq", "pw", &[]);
+    let first = xadd(&mut c, "uq", &[("mode", "latin1")]);
+    let rest = xadd_many(&mut c, "uq", 0, 2);
+    wait_drained(&mut c, "uq");
+    let order: Vec<String> = done(dir.path()).into_iter().map(|r| r.0).collect();
+    assert_eq!(order, [vec![first], rest].concat());
+}
+
+/// A worker that answers its entry and exits (it was told to stop, or decided to)
+/// never had its held next entry: that entry must not lose an attempt.
+#[test]
+fn the_next_entry_of_a_worker_that_exits_after_answering_keeps_its_attempt() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "");
+    let mut c = s.conn();
+    watch_stream_opts(
+        &mut c,
+        "xq",
+        "pw",
+        &["CONCURRENCY", "2", "MAX-ATTEMPTS", "1"],
+    );
+    let first = xadd(&mut c, "xq", &[("mode", "answerexit")]);
+    let next = xadd(&mut c, "xq", &[("mode", "none")]);
+    wait_drained(&mut c, "xq");
+    let ran = done(dir.path());
+    assert!(ran.iter().any(|r| r.0 == first), "{ran:?}");
+    assert_eq!(
+        ran.iter()
+            .filter(|r| r.0 == next)
+            .map(|r| r.2)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "the next entry runs once, as attempt 1: {ran:?}"
+    );
+    assert!(
+        stream_entries(&mut c, "xq:dead").is_empty(),
+        "dead-lettered unrun"
+    );
+}
+
+/// An entry times out; its worker, stopped, finishes it gracefully and exits. The
+/// timeout is that entry's: the next entry held for the worker must not fail for it.
+#[test]
+fn a_timeout_does_not_fail_the_next_entry_held_for_the_worker() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "timeout-ms = 300\nstop-grace-ms = 5000");
+    let mut c = s.conn();
+    watch_stream_opts(
+        &mut c,
+        "tq",
+        "pw",
+        &["CONCURRENCY", "2", "MAX-ATTEMPTS", "1"],
+    );
+    let _slow = xadd(&mut c, "tq", &[("mode", "graceful")]);
+    let next = xadd(&mut c, "tq", &[("mode", "none")]);
+    wait_drained(&mut c, "tq");
+    let ran = done(dir.path());
+    let dead = stream_entries(&mut c, "tq:dead");
+    assert!(
+        !dead.iter().any(|e| e.get("id") == Some(&next)),
+        "the next entry, never run, dead-lettered: {dead:?} (ran {ran:?})"
+    );
+    assert!(ran.iter().any(|r| r.0 == next), "{ran:?}");
+}
+
+/// PAUSE stops the workers; one that still finishes its entry in its stop grace must
+/// not be given the next entry held for it (it would run while paused). Before the
+/// helper held entries, a stopping worker was given nothing more.
+#[test]
+fn a_worker_stopped_by_pause_is_not_given_its_held_next_entry() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "stop-grace-ms = 4000");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "hq", "pw", &["CONCURRENCY", "2"]);
+    let first = xadd(&mut c, "hq", &[("mode", "stubborn")]);
+    wait_until("the first entry in its worker", WAIT, || {
+        done(dir.path()).iter().any(|r| r.0 == first)
+    });
+    let next = xadd(&mut c, "hq", &[("mode", "none")]);
+    wait_for("the next entry held for the busy worker", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "hq"])
+            .into_iter()
+            .find(|j| get_str(j, "id") == next && get_str(j, "state") == "starting")
+    });
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let ran = done(dir.path());
+    assert!(
+        !ran.iter().any(|r| r.0 == next),
+        "the held entry ran while paused: {ran:?}"
+    );
 }

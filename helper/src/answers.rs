@@ -5,11 +5,12 @@
 //! the module and the next entry to come back. So the worker is given one entry at a
 //! time, and does not wait on the round trip through the module between two.
 //!
-//! An answer is a reply line that is a JSON object whose `"ok"` is `true` or `false`,
-//! as the module reads it (`src/supervisor/pools.rs`); a progress line, or anything
-//! else, is not. Where the two could differ (a line the module finds malformed), the
-//! module stops the worker anyway and gives its entries to others.
+//! An answer is a reply line with an `"id"` and `"ok"` true or false, read by the
+//! module's own reader (`src/reply.rs`, shared); a progress line, or anything else, is
+//! not. (The module also checks that the id is the entry's; if not, it stops the
+//! worker anyway, and gives its entries to others.)
 
+use crate::reply::{parse_reply, Said};
 use std::collections::VecDeque;
 
 /// The longest reply line looked at: a longer one is no answer (the module stops a
@@ -20,6 +21,8 @@ const MAX_LINE: usize = 1 << 20;
 pub struct Answers {
     /// An entry was written and its answer has not come yet.
     owed: bool,
+    /// The length of the last entry written.
+    last_len: usize,
     /// Entries fed while one is owed, oldest first.
     held: VecDeque<Vec<u8>>,
     /// Reply bytes after the last newline.
@@ -37,7 +40,13 @@ impl Answers {
             return None;
         }
         self.owed = true;
+        self.last_len = line.len();
         Some(line)
+    }
+
+    /// The length of the entry written last, if it is not answered yet.
+    pub fn unanswered(&self) -> Option<usize> {
+        self.owed.then_some(self.last_len)
     }
 
     /// The worker's stdin closes: the entries held are not written (the module gives
@@ -66,6 +75,7 @@ impl Answers {
                 self.owed = false;
                 if let Some(next) = self.held.pop_front() {
                     self.owed = true;
+                    self.last_len = next.len();
                     release.push(next);
                 }
             }
@@ -82,10 +92,9 @@ impl Answers {
     }
 }
 
-/// Whether a reply line answers an entry: a JSON object with `"ok"` a boolean.
+/// Whether a reply line answers an entry, as the module reads it.
 fn is_answer(line: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(line)
-        .is_ok_and(|v| v.get("ok").is_some_and(serde_json::Value::is_boolean))
+    matches!(parse_reply(line), Ok(Said::Done { .. }))
 }
 
 #[cfg(test)]
@@ -94,10 +103,13 @@ mod tests {
 
     #[test]
     fn answer_lines() {
-        let table: [(&str, bool); 10] = [
+        let table: [(&str, bool); 13] = [
             (r#"{"id":"1-0","ok":true}"#, true),
             (r#"{"id":"1-0","ok":false,"error":"x"}"#, true),
-            (r#" {"ok" : true} "#, true),
+            (r#" {"id":"1" , "ok" : true} "#, true),
+            (r#"{"ok":true}"#, false),
+            (r#"{"id":1,"ok":true}"#, false),
+            (r#"{"id":"1","ok":true,"ok":true}"#, false),
             (r#"{"id":"1-0","progress":50}"#, false),
             (r#"{"id":"1-0","ok":null}"#, false),
             (r#"{"id":"1-0","ok":"true"}"#, false),
@@ -122,8 +134,11 @@ mod tests {
             .replies(b"{\"id\":\"1\",\"progress\":1}\n{\"id\":\"1\",")
             .is_empty());
         assert_eq!(a.replies(b"\"ok\":true}\n"), vec![b"e2\n".to_vec()]);
-        assert_eq!(a.replies(b"{\"ok\":false}\n"), vec![b"e3\n".to_vec()]);
-        assert!(a.replies(b"{\"ok\":true}\n").is_empty());
+        assert_eq!(
+            a.replies(b"{\"id\":\"1\",\"ok\":false}\n"),
+            vec![b"e3\n".to_vec()]
+        );
+        assert!(a.replies(b"{\"id\":\"1\",\"ok\":true}\n").is_empty());
         // Nothing owed now: the next feed goes at once.
         assert_eq!(a.feed(b"e4\n".to_vec()), Some(b"e4\n".to_vec()));
     }
@@ -133,7 +148,7 @@ mod tests {
         // The module sent e2 before it read e1's answer, which the helper had seen.
         let mut a = Answers::default();
         assert!(a.feed(b"e1\n".to_vec()).is_some());
-        assert!(a.replies(b"{\"ok\":true}\n").is_empty());
+        assert!(a.replies(b"{\"id\":\"1\",\"ok\":true}\n").is_empty());
         assert_eq!(a.feed(b"e2\n".to_vec()), Some(b"e2\n".to_vec()));
     }
 
@@ -143,11 +158,14 @@ mod tests {
         assert!(a.feed(b"e1\n".to_vec()).is_some());
         assert!(a.feed(b"e2\n".to_vec()).is_none());
         let chunk = vec![b' '; MAX_LINE / 2 + 1];
-        assert!(a.replies(b"{\"ok\":").is_empty());
+        assert!(a.replies(b"{\"id\":\"1\",\"ok\":").is_empty());
         assert!(a.replies(&chunk).is_empty());
         assert!(a.replies(&chunk).is_empty());
         assert!(a.partial.is_empty() && a.overlong);
         assert!(a.replies(b"true}\n").is_empty());
-        assert_eq!(a.replies(b"{\"ok\":true}\n"), vec![b"e2\n".to_vec()]);
+        assert_eq!(
+            a.replies(b"{\"id\":\"1\",\"ok\":true}\n"),
+            vec![b"e2\n".to_vec()]
+        );
     }
 }

@@ -43,6 +43,8 @@ struct Run {
     input: Option<Input>,
     /// A pool worker's entries fed while it works on one, held until it answers.
     answers: Answers,
+    /// Bytes left unread in its stdin when the run closed it (see `entry_unread`).
+    unread_input: usize,
     stop_signal: i32,
     stop_grace: Duration,
     /// Set when a stop was asked: SIGKILL the group at this time.
@@ -380,6 +382,7 @@ impl Helper {
                         paused_until: None,
                         input,
                         answers: Answers::default(),
+                        unread_input: 0,
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
                         kill_at: None,
@@ -430,6 +433,8 @@ impl Helper {
 
     fn stop(&mut self, id: u64) {
         if let Some(run) = self.runs.get_mut(&id) {
+            // A stopped worker is given no entry it does not have yet.
+            run.answers.drop_held();
             if run.kill_at.is_none() {
                 let at = Instant::now() + run.stop_grace;
                 self.kills.insert((at, id));
@@ -516,6 +521,9 @@ impl Helper {
                 // Whatever the run wrote before it exited goes out first (its replies
                 // all of it).
                 self.last_words(id);
+                if self.entry_unread(id) {
+                    self.send(Report::Unread { run: id });
+                }
                 if let Some(at) = self.runs.remove(&id).and_then(|r| r.kill_at) {
                     // Stopped in time: its SIGKILL deadline goes too (else the helper
                     // wakes for nothing when it comes).

@@ -38,6 +38,8 @@ mod inbox;
 #[path = "../../src/protocol.rs"]
 #[allow(dead_code)]
 mod protocol;
+#[path = "../../src/reply.rs"]
+mod reply;
 mod spawn;
 mod sys;
 

@@ -52,6 +52,7 @@ fn run_of(report: &Report) -> u64 {
         | Report::SpawnFailed { run, .. }
         | Report::Output { run, .. }
         | Report::Replies { run, .. }
+        | Report::Unread { run }
         | Report::Exited { run, .. } => *run,
     }
 }
@@ -151,6 +152,8 @@ struct Whole {
     output: Vec<u8>,
     replies: Vec<u8>,
     status: i32,
+    /// `Unread` came, just before `Exited`.
+    unread: bool,
 }
 
 /// Checks the order of a run's reports (started first, then output and replies, then
@@ -163,11 +166,12 @@ fn whole(reports: &[Report]) -> Whole {
     let Some(&Report::Exited { status, .. }) = reports.last() else {
         panic!("not exited last: {reports:?}");
     };
-    let (mut output, mut replies) = (Vec::new(), Vec::new());
+    let (mut output, mut replies, mut unread) = (Vec::new(), Vec::new(), false);
     for r in &reports[1..reports.len() - 1] {
         match r {
             Report::Output { data, .. } => output.extend_from_slice(data),
             Report::Replies { data, .. } => replies.extend_from_slice(data),
+            Report::Unread { .. } if r == &reports[reports.len() - 2] => unread = true,
             other => panic!("{other:?} between start and exit: {reports:?}"),
         }
     }
@@ -175,6 +179,7 @@ fn whole(reports: &[Report]) -> Whole {
         output,
         replies,
         status,
+        unread,
     }
 }
 
@@ -240,13 +245,13 @@ fn runs_report_start_output_and_exit_and_stop_on_request() {
 #[test]
 fn a_kept_open_stdin_takes_three_feeds_and_replies_come_in_order_before_exited() {
     let mut h = Helper::start();
-    let worker = r#"while read l; do echo "{\"ok\":true,\"got\":\"$l\"}" >&3; done; echo bye"#;
+    let worker = r#"while read l; do echo "{\"id\":\"$l\",\"ok\":true}" >&3; done; echo bye"#;
     h.send(&sh(1, worker, None, true, true));
     assert!(matches!(h.next_of(1), Report::Started { .. }));
     // The pipe stays open between jobs: the first line is answered while the
     // worker waits for the next one.
     h.send(&feed(1, b"one\n"));
-    let answer = |l: &str| format!("{{\"ok\":true,\"got\":\"{l}\"}}\n");
+    let answer = |l: &str| format!("{{\"id\":\"{l}\",\"ok\":true}}\n");
     let mut replies = Vec::new();
     while text(&replies) != answer("one") {
         match h.next_of(1) {
@@ -278,7 +283,7 @@ fn an_entry_fed_before_the_answer_waits_for_it_and_is_dropped_at_close() {
     // `cat` echoes its stdin to fd 3: a line that is not an answer releases nothing.
     h.send(&sh(1, "cat >&3", None, true, true));
     h.send(&feed(1, b"first\n"));
-    h.send(&feed(1, b"{\"ok\":true}\n"));
+    h.send(&feed(1, b"{\"id\":\"2\",\"ok\":true}\n"));
     h.send(&feed(1, b"third\n"));
     h.send(&Request::CloseInput { run: 1 });
     let w = whole(&h.reports_of(1));
@@ -288,9 +293,9 @@ fn an_entry_fed_before_the_answer_waits_for_it_and_is_dropped_at_close() {
     // Answers release the entries held, one each, in order.
     h.send(&sh(2, "cat >&3", None, true, true));
     assert!(matches!(h.next_of(2), Report::Started { .. }));
-    h.send(&feed(2, b"{\"ok\":true,\"n\":1}\n"));
-    h.send(&feed(2, b"{\"ok\":false,\"n\":2}\n"));
-    h.send(&feed(2, b"{\"progress\":3}\n"));
+    h.send(&feed(2, b"{\"id\":\"1\",\"ok\":true}\n"));
+    h.send(&feed(2, b"{\"id\":\"2\",\"ok\":false}\n"));
+    h.send(&feed(2, b"{\"id\":\"3\",\"progress\":3}\n"));
     h.send(&feed(2, b"never\n"));
     let mut replies = Vec::new();
     while !text(&replies).contains("progress") {
@@ -302,7 +307,8 @@ fn an_entry_fed_before_the_answer_waits_for_it_and_is_dropped_at_close() {
     h.send(&Request::CloseInput { run: 2 });
     let w = whole(&h.rest_of(2));
     replies.extend(w.replies);
-    let want = "{\"ok\":true,\"n\":1}\n{\"ok\":false,\"n\":2}\n{\"progress\":3}\n";
+    let want =
+        "{\"id\":\"1\",\"ok\":true}\n{\"id\":\"2\",\"ok\":false}\n{\"id\":\"3\",\"progress\":3}\n";
     assert_eq!(text(&replies), want);
     h.finish();
 }
@@ -508,4 +514,33 @@ fn shutdown_closes_kept_open_stdins() {
         assert!(Instant::now() < deadline, "the helper waits for its worker");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn an_entry_released_to_a_worker_that_exits_without_reading_it_is_reported_unread() {
+    let mut h = Helper::start();
+    // Answers its one entry and exits: the entry held for it is written (or tried)
+    // and never read.
+    let answer_and_go = r#"read l; echo "{\"id\":\"$l\",\"ok\":true}" >&3; exit 0"#;
+    h.send(&sh(1, answer_and_go, None, true, true));
+    h.send(&feed(1, b"1\n"));
+    h.send(&feed(1, b"2\n"));
+    let w = whole(&h.reports_of(1));
+    assert_eq!(text(&w.replies), "{\"id\":\"1\",\"ok\":true}\n");
+    assert!(w.unread, "the second entry was never read");
+
+    // Reads its second entry before it exits: nothing unread.
+    let reads_both = r#"read l; echo "{\"id\":\"$l\",\"ok\":true}" >&3; read m; exit 0"#;
+    h.send(&sh(2, reads_both, None, true, true));
+    h.send(&feed(2, b"1\n"));
+    h.send(&feed(2, b"2\n"));
+    let w = whole(&h.reports_of(2));
+    assert!(!w.unread);
+
+    // Exits before answering the entry it read: nothing unread (its attempt fails).
+    h.send(&sh(3, "read l; exit 0", None, true, true));
+    h.send(&feed(3, b"1\n"));
+    let w = whole(&h.reports_of(3));
+    assert!(!w.unread);
+    h.finish();
 }

@@ -28,6 +28,7 @@ use super::stream::{QueueKey, Sid};
 use super::timers::{Timer, Timers};
 use crate::config::Handler;
 use crate::ffi::Reply;
+use crate::reply::{parse_reply, Said};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,6 +54,8 @@ struct Worker {
     partial: Vec<u8>,
     /// What it wrote while no entry was in it.
     log: Log,
+    /// The helper found its last entry unread in its stdin when it exited.
+    unread: bool,
 }
 
 impl Worker {
@@ -141,11 +144,14 @@ pub(super) enum Placed {
     Waiting,
 }
 
-/// The entries a worker held when it ended: the one it worked on (its attempt fails)
-/// and its `next`, which it never had (given to another worker).
+/// The entries a worker held when it ended: the one it worked on (its attempt fails
+/// with the worker's end), and those it never had, which go to another worker as the
+/// same attempt: its `next`, and an entry it was given but left unread in its stdin
+/// (once it has answered an entry: a worker that dies before it answers any fails
+/// its entries, so that a worker broken at start-up does not keep them forever).
 pub(super) struct Left {
-    pub busy: Option<(QueueKey, Sid)>,
-    pub next: Option<(QueueKey, Sid)>,
+    pub failed: Option<(QueueKey, Sid)>,
+    pub unrun: Vec<(QueueKey, Sid)>,
 }
 
 /// Every pool, by handler name.
@@ -282,8 +288,12 @@ impl Pools {
                     let Some((queue, sid)) = w.busy.take() else {
                         continue; // an answer matches only the entry it has (above)
                     };
-                    // The helper has written its next entry to it, if it had one.
-                    w.busy = w.next.take();
+                    // The helper has written its next entry to it, if it had one;
+                    // a worker on its way out keeps it (given to another when it
+                    // has ended: the helper holds nothing for a stopped worker).
+                    if w.leaving.is_none() {
+                        w.busy = w.next.take();
+                    }
                     let promoted = w.busy.clone();
                     let promoted = promoted.map(|(q, s)| (q, s, Run::of_worker(&w.run)));
                     w.served += 1;
@@ -348,8 +358,8 @@ impl Pools {
         timers: &mut Timers,
     ) -> Left {
         let none = Left {
-            busy: None,
-            next: None,
+            failed: None,
+            unrun: Vec::new(),
         };
         let Some(pool) = self.pools.get_mut(name) else {
             return none;
@@ -370,13 +380,21 @@ impl Pools {
         }
         pool.restarts += u64::from(live && leaving == Leaving::Failing);
         pool.recycled += u64::from(leaving == Leaving::Recycled);
-        if w.busy.is_some() {
+        let (mut failed, mut unrun) = (w.busy, Vec::from_iter(w.next));
+        if w.unread && w.served > 0 {
+            unrun.extend(failed.take());
+        }
+        if failed.is_some() {
             pool.failed += 1;
         }
         self.idle.insert(name.to_string());
-        Left {
-            busy: w.busy,
-            next: w.next,
+        Left { failed, unrun }
+    }
+
+    /// The helper found worker `id`'s last entry unread in its stdin at its exit.
+    pub(super) fn unread(&mut self, name: &str, id: u64) {
+        if let Some(w) = self.worker(name, id) {
+            w.unread = true;
         }
     }
 
@@ -499,108 +517,7 @@ fn start_worker(pool: &mut Pool, runs: &mut Runs) {
         leaving: None,
         partial: Vec::new(),
         log: Log::default(),
+        unread: false,
     };
     pool.workers.insert(worker.run.id, worker);
-}
-
-/// One line a worker wrote on fd 3.
-#[derive(Debug, PartialEq)]
-enum Said {
-    /// The entry is done: `error` is `None` if it succeeded.
-    Done {
-        id: String,
-        error: Option<String>,
-    },
-    Progress {
-        id: String,
-    },
-}
-
-#[derive(serde::Deserialize)]
-struct ReplyLine {
-    id: String,
-    ok: Option<bool>,
-    error: Option<serde_json::Value>,
-    progress: Option<serde_json::Value>,
-    #[allow(dead_code)]
-    result: Option<serde_json::Value>,
-}
-
-/// Reads one reply line (without its newline).
-fn parse_reply(line: &[u8]) -> Result<Said, String> {
-    let cut = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned();
-    let r: ReplyLine =
-        serde_json::from_slice(line).map_err(|e| format!("{e} in '{}'", cut(line)))?;
-    match (r.ok, r.progress) {
-        (Some(true), _) => Ok(Said::Done {
-            id: r.id,
-            error: None,
-        }),
-        (Some(false), _) => {
-            let error = match r.error {
-                Some(serde_json::Value::String(s)) => s,
-                Some(other) => other.to_string(),
-                None => "the worker said ok: false".into(),
-            };
-            Ok(Said::Done {
-                id: r.id,
-                error: Some(error),
-            })
-        }
-        (None, Some(_)) => Ok(Said::Progress { id: r.id }),
-        (None, None) => Err(format!(
-            "neither \"ok\" nor \"progress\" in '{}'",
-            cut(line)
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reply_lines() {
-        let done = |id: &str, error: Option<&str>| {
-            Ok(Said::Done {
-                id: id.into(),
-                error: error.map(str::to_string),
-            })
-        };
-        let table: [(&str, Result<Said, String>); 6] = [
-            (r#"{"id":"1-0","ok":true}"#, done("1-0", None)),
-            (
-                r#"{"id":"1-0","ok":true,"result":{"a":[1]}}"#,
-                done("1-0", None),
-            ),
-            (
-                r#"{"id":"1-0","ok":false,"error":"boom"}"#,
-                done("1-0", Some("boom")),
-            ),
-            (
-                r#"{"id":"1-0","ok":false,"error":{"code":3}}"#,
-                done("1-0", Some(r#"{"code":3}"#)),
-            ),
-            (
-                r#"{"id":"1-0","ok":false}"#,
-                done("1-0", Some("the worker said ok: false")),
-            ),
-            (
-                r#"{"id":"1-0","progress":50}"#,
-                Ok(Said::Progress { id: "1-0".into() }),
-            ),
-        ];
-        for (line, want) in table {
-            assert_eq!(parse_reply(line.as_bytes()), want, "{line}");
-        }
-        for bad in [
-            "",
-            "ok",
-            r#"{"ok":true}"#,
-            r#"{"id":"1-0"}"#,
-            r#"{"id":1,"ok":true}"#,
-        ] {
-            assert!(parse_reply(bad.as_bytes()).is_err(), "{bad}");
-        }
-    }
 }

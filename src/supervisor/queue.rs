@@ -445,16 +445,24 @@ impl Queues {
         e.run = Some(run);
     }
 
-    /// The pool worker that held the entry as its `next` ended before it answered the
-    /// one before: the entry never ran, and waits for another worker (same attempt).
+    /// Pool worker `worker` ended without running the entry (held as its `next`, or
+    /// left unread in its stdin): the entry waits for another worker, same attempt.
     pub(super) fn requeue(&mut self, qk: &QueueKey, sid: Sid, worker: u64) {
-        let e = self
-            .queues
-            .get_mut(qk)
-            .and_then(|q| q.entries.get_mut(&sid));
-        if let Some(e) = e.filter(|e| e.queued_at == Some(worker) && e.run.is_none()) {
-            e.queued_at = None;
-            e.waiting = true;
+        let Some(q) = self.queues.get_mut(qk) else {
+            return;
+        };
+        let Some(e) = q.entries.get_mut(&sid) else {
+            return;
+        };
+        let held = e.queued_at == Some(worker) && e.run.is_none();
+        if !held && e.run.take_if(|r| r.id == worker).is_none() {
+            return;
+        }
+        e.queued_at = None;
+        e.log = Log::default();
+        match q.wanted {
+            true => e.waiting = true,
+            false => self.stopped(qk, sid), // its queue stopped meanwhile
         }
     }
 

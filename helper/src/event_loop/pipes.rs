@@ -143,6 +143,9 @@ impl Helper {
                 if input.watched {
                     sys::unwatch(self.epfd, fd);
                 }
+                // What the run never read, if it closed its end first.
+                let in_pipe = sys::readable_bytes(fd).unwrap_or(0);
+                run.unread_input = in_pipe + input.data.len() - input.written;
                 run.input = None;
             }
         }
@@ -173,6 +176,25 @@ impl Helper {
         if !full {
             self.pump_input(id);
         }
+    }
+
+    /// At the run's exit: whether the last entry it was given (a pool worker's) was
+    /// still whole in its stdin, unanswered: it never read it.
+    pub(super) fn entry_unread(&self, id: u64) -> bool {
+        let Some(run) = self.runs.get(&id) else {
+            return false;
+        };
+        let Some(len) = run.answers.unanswered() else {
+            return false;
+        };
+        let unread = match run.input.as_ref() {
+            Some(input) => {
+                let in_pipe = sys::readable_bytes(input.pipe.as_raw_fd()).unwrap_or(0);
+                in_pipe + input.data.len() - input.written
+            }
+            None => run.unread_input,
+        };
+        len > 0 && unread >= len
     }
 
     /// `CloseInput`: the run's stdin is closed once what was fed is written; entries
@@ -261,6 +283,16 @@ impl Helper {
         for (kind, data) in chunks {
             if let Some(run) = self.runs.get_mut(&id) {
                 run.budget.spend(data.len());
+                if kind == Kind::Replies {
+                    // Answers read only now still release what was held, into the
+                    // input left unwritten (see `entry_unread`).
+                    for entry in run.answers.replies(&data) {
+                        match run.input.as_mut() {
+                            Some(input) => input.feed(entry),
+                            None => run.unread_input += entry.len(),
+                        }
+                    }
+                }
             }
             self.total_budget.spend(data.len());
             self.forward(id, kind, data);
