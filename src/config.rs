@@ -242,6 +242,7 @@ struct WatchToml {
     concurrency: Option<Spanned<i64>>,
     max_attempts: Option<Spanned<i64>>,
     deadletter: Option<Spanned<String>>,
+    start: Option<Spanned<DbToml>>,
 }
 
 /// Signal names accepted by `stop-signal` (with or without `SIG`), or a number.
@@ -397,10 +398,14 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
         fn int(v: &Spanned<i64>) -> (Value<'_>, usize) {
             (Value::Int(*v.get_ref()), v.span().start)
         }
-        let db = w.db.as_ref().map(|d| match d.get_ref() {
-            DbToml::Num(n) => (Value::Int(*n), d.span().start),
-            DbToml::Word(s) => (Value::Text(s.as_bytes()), d.span().start),
-        });
+        // A number or a word (`db`: a number or "all"; `start`: 0, "$" or an id).
+        fn num_or_word(d: &Spanned<DbToml>) -> (Value<'_>, usize) {
+            match d.get_ref() {
+                DbToml::Num(n) => (Value::Int(*n), d.span().start),
+                DbToml::Word(s) => (Value::Text(s.as_bytes()), d.span().start),
+            }
+        }
+        let db = w.db.as_ref().map(num_or_word);
         let mut o = Options::new(Syntax::File);
         let set = |o: &mut Options, opt: Opt, v: Option<(Value, usize)>| match v {
             Some((value, offset)) => o.set(opt, value).map_err(|e| at(offset, e)),
@@ -417,14 +422,16 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             (Opt::Concurrency, w.concurrency.as_ref().map(int)),
             (Opt::MaxAttempts, w.max_attempts.as_ref().map(int)),
             (Opt::Deadletter, w.deadletter.as_ref().map(string)),
+            (Opt::Start, w.start.as_ref().map(num_or_word)),
         ];
         for (opt, v) in &stream_opts {
             if let Some((_, offset)) = v {
                 o.applies(*opt).map_err(|e| at(*offset, e))?;
             }
         }
-        let [group, concurrency, max_attempts, deadletter] = stream_opts.map(|(_, v)| v);
+        let [group, concurrency, max_attempts, deadletter, start] = stream_opts.map(|(_, v)| v);
         set(&mut o, Opt::Group, group)?;
+        set(&mut o, Opt::Start, start)?;
         set(&mut o, Opt::Deadletter, deadletter)?;
         set(&mut o, Opt::Concurrency, concurrency)?;
         set(&mut o, Opt::MaxAttempts, max_attempts)?;
