@@ -456,6 +456,10 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 .map_or(wspan.start, |d| d.span().start);
             return Err(at(offset, problem));
         }
+        if let Some(other) = watches.iter().find(|x| spec::same_group(&spec, x)) {
+            let offset = w.group.as_ref().map_or(wspan.start, |g| g.span().start);
+            return Err(at(offset, spec::same_group_problem(&spec, other)));
+        }
         watches.push(spec);
     }
     Ok(Config { handlers, watches })
@@ -569,6 +573,37 @@ db = 0
             parse("f.toml", &glob).is_ok(),
             "a glob's dead letters are excluded"
         );
+    }
+
+    #[test]
+    fn two_watches_cannot_share_a_group_on_one_stream() {
+        let w = |pattern: &str, extra: &str| {
+            format!(
+                "[[watch]]\npattern = \"{pattern}\"\nhandler = \"a\"\ntype = \"stream\"\n{extra}"
+            )
+        };
+        let head = "[handler.a]\ncommand = [\"x\"]\n";
+        let text = format!("{head}{}{}", w("q:*", ""), w("q:1", "start = \"$\"\n"));
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 7: watch 'q:1' would consume the same streams as watch 'q:*' through the same group 'streamwatch'"),
+            "{e}"
+        );
+        for ok in [
+            format!("{head}{}{}", w("q:*", ""), w("q:1", "group = \"other\"\n")),
+            format!("{head}{}{}", w("q:*", ""), w("r:*", "")),
+            format!("{head}{}{}", w("q:*", "db = 1\n"), w("q:1", "db = 2\n")),
+        ] {
+            assert!(parse("f.toml", &ok).is_ok(), "{ok}");
+        }
+        let text = format!("{head}{}", w("q", "start = 0\n"));
+        assert_eq!(
+            parse("f.toml", &text).unwrap().watches[0].stream.start,
+            b"0"
+        );
+        let text = format!("{head}{}", w("q", "start = \"x\"\n"));
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(e.starts_with("f.toml: line 7: start must be 0"), "{e}");
     }
 
     #[test]

@@ -158,6 +158,34 @@ pub fn deadletter_problem(spec: &WatchSpec) -> Option<String> {
     )
 }
 
+/// Could stream watches `a` and `b` both consume one stream through one consumer group
+/// (every entry would then run twice)? Both are stream watches with the same `GROUP`,
+/// their databases meet, and some key could match both patterns (`glob::may_overlap`:
+/// exact, but it does not count the keys a watch leaves out, such as its dead-letter
+/// streams, so it may refuse a pair that could never meet in practice).
+pub fn same_group(a: &WatchSpec, b: &WatchSpec) -> bool {
+    let dbs_meet = match (a.db, b.db) {
+        (DbSel::One(x), DbSel::One(y)) => x == y,
+        _ => true,
+    };
+    a.kind == Kind::Stream
+        && b.kind == Kind::Stream
+        && a.stream.group == b.stream.group
+        && dbs_meet
+        && glob::may_overlap(&a.pattern, &b.pattern)
+}
+
+/// Why watch `new` cannot be added next to `old` (see `same_group`), naming both.
+pub fn same_group_problem(new: &WatchSpec, old: &WatchSpec) -> String {
+    format!(
+        "watch '{}' would consume the same streams as watch '{}' through the same group '{}' \
+         (their patterns can match the same key): give one of them another GROUP",
+        String::from_utf8_lossy(&new.pattern),
+        String::from_utf8_lossy(&old.pattern),
+        String::from_utf8_lossy(&new.stream.group),
+    )
+}
+
 // ---- the option parser ----
 
 /// Where a watch's options come from; it decides their names, strictness and wording.
