@@ -586,6 +586,8 @@ impl Supervisor {
             let ctx = gil::lock(&self.tsc);
             self.watches = watch::snapshot();
             self.node.owned = cluster::enabled(&ctx).then(|| cluster::owned(&ctx));
+            // The runs' server address, in case a config change event was missed.
+            crate::address::refresh(&ctx);
         }
         let poll = self
             .node
