@@ -465,6 +465,34 @@ mod tests {
         }
         keys.sort();
         keys.dedup();
+        // A key as a literal pattern meets a pattern exactly when it matches it.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let parts: [&[u8]; 9] = [
+            b"a", b"b", b"*", b"?", b"[ab]", b"[^a]", b"\\*", b"[a-c]", b"c",
+        ];
+        for _ in 0..20_000 {
+            let pattern: Vec<u8> = (0..1 + next(6))
+                .flat_map(|_| parts[next(9)].to_vec())
+                .collect();
+            let key: Vec<u8> = (0..1 + next(6)).map(|_| b"abc*"[next(4)]).collect();
+            let literal: Vec<u8> = key
+                .iter()
+                .flat_map(|&b| if b == b'*' { vec![b'\\', b] } else { vec![b] })
+                .collect();
+            assert_eq!(
+                may_overlap(&pattern, &literal),
+                matches(&pattern, &key),
+                "{} {}",
+                pattern.escape_ascii(),
+                key.escape_ascii()
+            );
+        }
         for a in pats {
             for b in pats {
                 let common = keys
