@@ -191,3 +191,32 @@ fn a_handlers_own_variable_wins() {
     ok(&mut c, &["HSET", "h:1", "f1", "v1"]);
     assert_eq!(seen(&mut c, "f1")[3], "mine");
 }
+
+#[test]
+fn after_a_failover_the_new_primarys_runs_point_at_it() {
+    let (d1, d2) = (TempDir::new(), TempDir::new());
+    let p = Server::builder(&config(d1.path())).dir(d1.clone()).start();
+    let r = Server::builder(&config(d2.path())).dir(d2.clone()).start();
+    let mut rc = r.conn_db(3);
+    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
+    wait_until("replication link up", WAIT, || {
+        info(&mut rc, "replication")
+            .get("master_link_status")
+            .map(String::as_str)
+            == Some("up")
+    });
+    let mut pc = p.conn_db(3);
+    ok(&mut pc, &["HSET", "h:1", "f1", "v1"]);
+    assert_eq!(
+        seen(&mut pc, "f1")[0],
+        format!("redis://127.0.0.1:{}/3", p.port)
+    );
+    // The replica is promoted: its runs reach it, not the old primary.
+    ok(&mut rc, &["REPLICAOF", "NO", "ONE"]);
+    ok(&mut pc, &["REPLICAOF", "127.0.0.1", &r.port.to_string()]);
+    ok(&mut rc, &["HSET", "h:1", "f2", "v2"]);
+    assert_eq!(
+        seen(&mut rc, "f2")[0],
+        format!("redis://127.0.0.1:{}/3", r.port)
+    );
+}
