@@ -119,7 +119,7 @@ pub struct KeyFieldArgs {
 
 /// `STREAMWATCH.WATCH pattern HANDLER name [TYPE hash|stream] [DB n|ALL]
 /// [ONCHANGE restart|ignore] [GROUP g] [DEADLETTER d] [CONCURRENCY n] [MAX-ATTEMPTS n]
-/// [REPLACE]`.
+/// [START 0|$|id] [REPLACE]`.
 pub fn parse_watch(args: &[&[u8]]) -> Result<WatchArgs, CmdError> {
     let pattern = match args {
         [_, pattern, _, _, ..] => pattern.to_vec(),
@@ -362,6 +362,7 @@ fn options(w: &watch::Watch) -> Reply {
                         None => Reply::str("<key>:dead"),
                     },
                 ),
+                ("start".into(), Reply::str(&o.start)),
             ])
         }
     }

@@ -242,6 +242,7 @@ struct WatchToml {
     concurrency: Option<Spanned<i64>>,
     max_attempts: Option<Spanned<i64>>,
     deadletter: Option<Spanned<String>>,
+    start: Option<Spanned<DbToml>>,
 }
 
 /// Signal names accepted by `stop-signal` (with or without `SIG`), or a number.
@@ -397,10 +398,14 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
         fn int(v: &Spanned<i64>) -> (Value<'_>, usize) {
             (Value::Int(*v.get_ref()), v.span().start)
         }
-        let db = w.db.as_ref().map(|d| match d.get_ref() {
-            DbToml::Num(n) => (Value::Int(*n), d.span().start),
-            DbToml::Word(s) => (Value::Text(s.as_bytes()), d.span().start),
-        });
+        // A number or a word (`db`: a number or "all"; `start`: 0, "$" or an id).
+        fn num_or_word(d: &Spanned<DbToml>) -> (Value<'_>, usize) {
+            match d.get_ref() {
+                DbToml::Num(n) => (Value::Int(*n), d.span().start),
+                DbToml::Word(s) => (Value::Text(s.as_bytes()), d.span().start),
+            }
+        }
+        let db = w.db.as_ref().map(num_or_word);
         let mut o = Options::new(Syntax::File);
         let set = |o: &mut Options, opt: Opt, v: Option<(Value, usize)>| match v {
             Some((value, offset)) => o.set(opt, value).map_err(|e| at(offset, e)),
@@ -417,14 +422,16 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             (Opt::Concurrency, w.concurrency.as_ref().map(int)),
             (Opt::MaxAttempts, w.max_attempts.as_ref().map(int)),
             (Opt::Deadletter, w.deadletter.as_ref().map(string)),
+            (Opt::Start, w.start.as_ref().map(num_or_word)),
         ];
         for (opt, v) in &stream_opts {
             if let Some((_, offset)) = v {
                 o.applies(*opt).map_err(|e| at(*offset, e))?;
             }
         }
-        let [group, concurrency, max_attempts, deadletter] = stream_opts.map(|(_, v)| v);
+        let [group, concurrency, max_attempts, deadletter, start] = stream_opts.map(|(_, v)| v);
         set(&mut o, Opt::Group, group)?;
+        set(&mut o, Opt::Start, start)?;
         set(&mut o, Opt::Deadletter, deadletter)?;
         set(&mut o, Opt::Concurrency, concurrency)?;
         set(&mut o, Opt::MaxAttempts, max_attempts)?;
@@ -448,6 +455,10 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 .as_ref()
                 .map_or(wspan.start, |d| d.span().start);
             return Err(at(offset, problem));
+        }
+        if let Some(other) = watches.iter().find(|x| spec::same_group(&spec, x)) {
+            let offset = w.group.as_ref().map_or(wspan.start, |g| g.span().start);
+            return Err(at(offset, spec::same_group_problem(&spec, other)));
         }
         watches.push(spec);
     }
@@ -562,6 +573,37 @@ db = 0
             parse("f.toml", &glob).is_ok(),
             "a glob's dead letters are excluded"
         );
+    }
+
+    #[test]
+    fn two_watches_cannot_share_a_group_on_one_stream() {
+        let w = |pattern: &str, extra: &str| {
+            format!(
+                "[[watch]]\npattern = \"{pattern}\"\nhandler = \"a\"\ntype = \"stream\"\n{extra}"
+            )
+        };
+        let head = "[handler.a]\ncommand = [\"x\"]\n";
+        let text = format!("{head}{}{}", w("q:*", ""), w("q:1", "start = \"$\"\n"));
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 7: watch 'q:1' would consume the same streams as watch 'q:*' through the same group 'streamwatch'"),
+            "{e}"
+        );
+        for ok in [
+            format!("{head}{}{}", w("q:*", ""), w("q:1", "group = \"other\"\n")),
+            format!("{head}{}{}", w("q:*", ""), w("r:*", "")),
+            format!("{head}{}{}", w("q:*", "db = 1\n"), w("q:1", "db = 2\n")),
+        ] {
+            assert!(parse("f.toml", &ok).is_ok(), "{ok}");
+        }
+        let text = format!("{head}{}", w("q", "start = 0\n"));
+        assert_eq!(
+            parse("f.toml", &text).unwrap().watches[0].stream.start,
+            b"0"
+        );
+        let text = format!("{head}{}", w("q", "start = \"x\"\n"));
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(e.starts_with("f.toml: line 7: start must be 0"), "{e}");
     }
 
     #[test]

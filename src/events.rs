@@ -12,13 +12,17 @@
 //! (HINCRBY). Any other event (DEL, RENAME, EXPIRE, a command inside MULTI/EXEC, ...)
 //! makes it re-read the whole key: it stays level-triggered.
 
+use crate::address;
 use crate::ffi::{self, CommandArgs, EventName};
 use crate::store;
 use crate::supervisor::{self, FieldList, Msg, Written, Wrote, MAX_LOOK_FIELDS};
 use crate::watch;
 use redis_module::server_events::{FlushSubevent, LoadingSubevent, ServerRole};
 use redis_module::{Context, NotifyEvent};
-use redis_module_macros::{flush_event_handler, loading_event_handler, role_changed_event_handler};
+use redis_module_macros::{
+    config_changed_event_handler, flush_event_handler, loading_event_handler,
+    role_changed_event_handler,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -186,6 +190,18 @@ fn on_flush(ctx: &Context, sub: FlushSubevent) {
         if sub == FlushSubevent::Ended {
             supervisor::follow_watches(store::on_flush(ctx));
             supervisor::send(Msg::ReconcileAll { reply: None });
+        }
+    });
+}
+
+/// `CONFIG SET` of a listener (`port`, `bind`, ...): runs started from now on get the
+/// new `STREAMWATCH_REDIS_URL`. A few `CONFIG GET`s, no I/O.
+#[config_changed_event_handler]
+fn on_config_changed(ctx: &Context, names: &[&str]) {
+    ffi::callback("config change event", || {
+        let listener = |n: &&str| address::CONFIGS.iter().any(|c| c.eq_ignore_ascii_case(n));
+        if names.iter().any(listener) {
+            address::refresh(ctx);
         }
     });
 }

@@ -17,6 +17,7 @@
 //! * `ffi` — every `unsafe` call into Redis or libc.
 
 mod acl;
+mod address;
 mod cluster;
 mod commands;
 mod config;

@@ -42,6 +42,10 @@ pub struct StreamOpts {
     pub max_attempts: u32,
     /// The dead-letter stream; `None` means `<key>:dead`.
     pub deadletter: Option<Vec<u8>>,
+    /// Where a group the module creates starts: `0` (the whole backlog), `$` (entries
+    /// added from then on) or an entry id (the entries after it), as XGROUP CREATE takes
+    /// it; checked by `start_id`.
+    pub start: Vec<u8>,
 }
 
 impl Default for StreamOpts {
@@ -51,6 +55,7 @@ impl Default for StreamOpts {
             concurrency: 1,
             max_attempts: 5,
             deadletter: None,
+            start: b"0".to_vec(),
         }
     }
 }
@@ -153,6 +158,34 @@ pub fn deadletter_problem(spec: &WatchSpec) -> Option<String> {
     )
 }
 
+/// Could stream watches `a` and `b` both consume one stream through one consumer group
+/// (every entry would then run twice)? Both are stream watches with the same `GROUP`,
+/// their databases meet, and some key could match both patterns (`glob::may_overlap`:
+/// exact, but it does not count the keys a watch leaves out, such as its dead-letter
+/// streams, so it may refuse a pair that could never meet in practice).
+pub fn same_group(a: &WatchSpec, b: &WatchSpec) -> bool {
+    let dbs_meet = match (a.db, b.db) {
+        (DbSel::One(x), DbSel::One(y)) => x == y,
+        _ => true,
+    };
+    a.kind == Kind::Stream
+        && b.kind == Kind::Stream
+        && a.stream.group == b.stream.group
+        && dbs_meet
+        && glob::may_overlap(&a.pattern, &b.pattern)
+}
+
+/// Why watch `new` cannot be added next to `old` (see `same_group`), naming both.
+pub fn same_group_problem(new: &WatchSpec, old: &WatchSpec) -> String {
+    format!(
+        "watch '{}' would consume the same streams as watch '{}' through the same group '{}' \
+         (their patterns can match the same key): give one of them another GROUP",
+        String::from_utf8_lossy(&new.pattern),
+        String::from_utf8_lossy(&old.pattern),
+        String::from_utf8_lossy(&new.stream.group),
+    )
+}
+
 // ---- the option parser ----
 
 /// Where a watch's options come from; it decides their names, strictness and wording.
@@ -177,10 +210,11 @@ pub enum Opt {
     Deadletter,
     Concurrency,
     MaxAttempts,
+    Start,
 }
 
 impl Opt {
-    pub const ALL: [Opt; 8] = [
+    pub const ALL: [Opt; 9] = [
         Opt::Handler,
         Opt::Type,
         Opt::Db,
@@ -189,6 +223,7 @@ impl Opt {
         Opt::Deadletter,
         Opt::Concurrency,
         Opt::MaxAttempts,
+        Opt::Start,
     ];
 
     /// The name in a TOML table (config file and store).
@@ -202,6 +237,7 @@ impl Opt {
             Opt::Deadletter => "deadletter",
             Opt::Concurrency => "concurrency",
             Opt::MaxAttempts => "max-attempts",
+            Opt::Start => "start",
         }
     }
 
@@ -216,7 +252,7 @@ impl Opt {
     pub fn stream_only(self) -> bool {
         matches!(
             self,
-            Opt::Group | Opt::Deadletter | Opt::Concurrency | Opt::MaxAttempts
+            Opt::Group | Opt::Deadletter | Opt::Concurrency | Opt::MaxAttempts | Opt::Start
         )
     }
 
@@ -335,6 +371,7 @@ impl Options {
             Opt::Deadletter => self.stream.deadletter = Some(stream_name(syntax, opt, value)?),
             Opt::Concurrency => self.stream.concurrency = count(syntax, opt, value)?,
             Opt::MaxAttempts => self.stream.max_attempts = count(syntax, opt, value)?,
+            Opt::Start => self.stream.start = start(syntax, value)?,
         }
         Ok(())
     }
@@ -445,6 +482,44 @@ fn stream_name(syntax: Syntax, opt: Opt, value: Value) -> Result<Vec<u8>, String
         }
         _ => Ok(bytes),
     }
+}
+
+/// Is `s` where XGROUP CREATE can start a group: `$`, or an entry id `MS` or `MS-SEQ`
+/// (decimal, each at most `u64::MAX`)? `0` is the id `0`.
+pub fn start_id(s: &[u8]) -> bool {
+    fn number(n: &[u8]) -> bool {
+        !n.is_empty()
+            && n.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(n).is_ok_and(|t| t.parse::<u64>().is_ok())
+    }
+    if s == b"$" {
+        return true;
+    }
+    match s.iter().position(|&b| b == b'-') {
+        Some(i) => number(&s[..i]) && number(&s[i + 1..]),
+        None => number(s),
+    }
+}
+
+/// START: `0`, `$` or an entry id; the file also takes an integer (`start = 0`).
+fn start(syntax: Syntax, value: Value) -> Result<Vec<u8>, String> {
+    let bytes = match value {
+        Value::Text(t) => t.to_vec(),
+        Value::Int(n) => n.to_string().into_bytes(),
+    };
+    if start_id(&bytes) {
+        return Ok(bytes);
+    }
+    let v = value.show();
+    Err(match syntax {
+        Syntax::Command { .. } => {
+            format!("START must be 0, $ or a stream entry id (MS or MS-SEQ), got '{v}'")
+        }
+        Syntax::File => {
+            format!("start must be 0, \"$\" or a stream entry id (\"MS-SEQ\"), got \"{v}\"")
+        }
+        Syntax::Stored => format!("bad start '{v}'"),
+    })
 }
 
 /// CONCURRENCY and MAX-ATTEMPTS: positive, up to `u32::MAX`. The store's is at least 1.

@@ -84,6 +84,10 @@ struct Stored {
     max_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deadletter: Option<String>,
+    /// Written only when not the default `0` (a store without it stays readable by a
+    /// module that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -106,6 +110,7 @@ fn encode(spec: &WatchSpec) -> String {
         concurrency: None,
         max_attempts: None,
         deadletter: None,
+        start: None,
     };
     let stored = match spec.kind {
         Kind::Hash => stored,
@@ -119,6 +124,7 @@ fn encode(spec: &WatchSpec) -> String {
                     .deadletter
                     .as_ref()
                     .map(|d| String::from_utf8_lossy(d).into_owned()),
+                start: (o.start != b"0").then(|| String::from_utf8_lossy(&o.start).into_owned()),
                 ..stored
             }
         }
@@ -147,6 +153,7 @@ fn decode(pattern: &[u8], value: &[u8]) -> Result<WatchSpec, String> {
         (Opt::Concurrency, s.concurrency.map(int)),
         (Opt::MaxAttempts, s.max_attempts.map(int)),
         (Opt::Deadletter, s.deadletter.as_ref().map(string)),
+        (Opt::Start, s.start.as_ref().map(string)),
     ] {
         if let Some(value) = value {
             o.set(opt, value)?;
@@ -347,9 +354,19 @@ mod tests {
                 concurrency: 4,
                 max_attempts: 2,
                 deadletter: Some(b"failed".to_vec()),
+                start: b"$".to_vec(),
             },
         };
         let text = encode(&spec);
+        assert!(text.contains("start = \"$\""), "{text}");
+        assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec.clone()));
+        // The default start is not written.
+        let spec = WatchSpec {
+            stream: StreamOpts::default(),
+            ..spec
+        };
+        let text = encode(&spec);
+        assert!(!text.contains("start ="), "{text}");
         assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec));
     }
 

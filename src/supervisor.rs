@@ -110,6 +110,9 @@ struct Supervisor {
     pacer: Pacer,
     /// How long the current look held the GIL.
     look_hold: Duration,
+    /// (db, key, watch, rival): a stream watch refused on a key because `rival`
+    /// consumes it through the same group, already said (see `one_per_group`).
+    refused: BTreeSet<(i32, Vec<u8>, u64, u64)>,
     /// Publishing the counts: asked for now, and when last done.
     stats_now: bool,
     stats_published: Instant,
@@ -129,6 +132,7 @@ impl Supervisor {
             events: LifecycleEvents::default(),
             pacer: Pacer::default(),
             look_hold: Duration::ZERO,
+            refused: BTreeSet::new(),
             stats_now: true,
             stats_published: Instant::now(),
         }
@@ -387,6 +391,7 @@ impl Supervisor {
             }
             Msg::Watches(w) => {
                 self.watches = w;
+                self.refused.clear();
                 self.reconcile_all();
             }
             Msg::Unwatch { watches, reply } => {
@@ -479,8 +484,9 @@ impl Supervisor {
             .partition(|w| w.spec.kind == Kind::Stream);
         let has_queue = self.queues.has_queue(db, key);
         if self.active() && (!streams.is_empty() || has_queue) {
+            let running = self.one_per_group(db, key, streams.clone());
             let (_, queues, mut fx) = self.parts();
-            queues.reconcile(db, key, &streams, &mut fx);
+            queues.reconcile(db, key, &running, &mut fx);
         }
         if covering.is_empty() && !self.hash.has_jobs(db, key) {
             self.hash.over_limit.remove(&(db, key.to_vec()));
@@ -528,6 +534,49 @@ impl Supervisor {
         hash.apply(db, key, &covering, plan, &mut fx, tally);
     }
 
+    /// Of the stream watches that cover a key, one per consumer group, so that no entry
+    /// runs twice: the one already consuming the key, else the oldest watch. `WATCH`
+    /// and the config file refuse such pairs; the store may still hold one (edited by
+    /// hand, or older than that check). Each refusal is said once, in the log and as
+    /// a `duplicate-group` event naming both watches.
+    fn one_per_group(&mut self, db: i32, key: &[u8], streams: Vec<Arc<Watch>>) -> Vec<Arc<Watch>> {
+        if streams.len() < 2 {
+            return streams;
+        }
+        let mut streams = streams;
+        let consuming = |w: &Arc<Watch>| {
+            let qk = stream::QueueKey {
+                db,
+                key: key.to_vec(),
+                watch: w.id,
+            };
+            self.queues.queues.contains_key(&qk)
+        };
+        streams.sort_by_key(|w| (!consuming(w), w.id));
+        let mut kept: Vec<Arc<Watch>> = Vec::with_capacity(streams.len());
+        for w in streams {
+            let rival = kept
+                .iter()
+                .find(|k| k.spec.stream.group == w.spec.stream.group);
+            match rival {
+                None => kept.push(w),
+                Some(r) => {
+                    if self.refused.insert((db, key.to_vec(), w.id, r.id)) {
+                        ffi::log_warning(format!(
+                            "streamwatch: watch '{}' does not run stream '{}' (db {db}): watch '{}' consumes it through the same group '{}'",
+                            String::from_utf8_lossy(&w.spec.pattern),
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(&r.spec.pattern),
+                            String::from_utf8_lossy(&w.spec.stream.group),
+                        ));
+                        self.events.duplicate_group(&w, db, key, r);
+                    }
+                }
+            }
+        }
+        kept
+    }
+
     fn not_observed(&mut self, observed: Observed) {
         if let Observed::NotActive = observed {
             self.stop_everything();
@@ -544,6 +593,8 @@ impl Supervisor {
             let ctx = gil::lock(&self.tsc);
             self.watches = watch::snapshot();
             self.node.owned = cluster::enabled(&ctx).then(|| cluster::owned(&ctx));
+            // The runs' server address, in case a config change event was missed.
+            crate::address::refresh(&ctx);
         }
         let poll = self
             .node

@@ -10,7 +10,7 @@
 
 use crate::config::{self, Handler};
 use crate::glob;
-use crate::spec::{deadletter_problem, Kind, Source, WatchSpec};
+use crate::spec::{deadletter_problem, same_group, same_group_problem, Kind, Source, WatchSpec};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -188,6 +188,9 @@ pub fn add_config(spec: WatchSpec) -> Result<Snapshot, String> {
                 String::from_utf8_lossy(&spec.pattern)
             ));
         }
+        if let Some(w) = r.watches.iter().find(|w| same_group(&spec, &w.spec)) {
+            return Err(same_group_problem(&spec, &w.spec));
+        }
         let mut list: Vec<Arc<Watch>> = r.watches.as_ref().clone();
         list.push(r.new_watch(spec, handler));
         r.publish(list);
@@ -238,12 +241,23 @@ pub fn check_add(spec: &WatchSpec, replace: bool) -> Result<(), String> {
         return Err(format!("ERR {problem}"));
     }
     match find(&spec.pattern) {
-        Some(w) if w.spec.source == Source::Config => Err(from_config(&spec.pattern)),
-        Some(_) if !replace => Err(format!(
-            "ERR a watch with pattern '{}' already exists; use REPLACE (pattern)",
-            String::from_utf8_lossy(&spec.pattern)
-        )),
-        _ => Ok(()),
+        Some(w) if w.spec.source == Source::Config => return Err(from_config(&spec.pattern)),
+        Some(_) if !replace => {
+            return Err(format!(
+                "ERR a watch with pattern '{}' already exists; use REPLACE (pattern)",
+                String::from_utf8_lossy(&spec.pattern)
+            ))
+        }
+        _ => {}
+    }
+    // The watch it replaces (same pattern) is no rival.
+    let rival = snapshot()
+        .iter()
+        .find(|w| w.spec.pattern != spec.pattern && same_group(spec, &w.spec))
+        .cloned();
+    match rival {
+        Some(w) => Err(format!("ERR {} (GROUP)", same_group_problem(spec, &w.spec))),
+        None => Ok(()),
     }
 }
 
@@ -290,6 +304,16 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
             if let Some(problem) = deadletter_problem(&spec) {
                 problems.push(format!("stored watch '{pattern}' is ignored: {problem}"));
                 continue;
+            }
+            let rival = list.iter().find(|w| same_group(&spec, &w.spec));
+            if let Some(w) = rival.filter(|_| !old.iter().any(|w| w.spec == spec)) {
+                // Kept (it is the data, and replicas follow it), but a stream both
+                // cover is run by one of them only (see the supervisor). Said once,
+                // when it comes.
+                problems.push(format!(
+                    "stored {}; a stream both cover runs under one of them only",
+                    same_group_problem(&spec, &w.spec)
+                ));
             }
             if let Some(same) = old.iter().find(|w| w.spec == spec) {
                 list.push(same.clone());

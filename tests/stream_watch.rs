@@ -488,3 +488,155 @@ fn a_million_entry_backlog_is_read_only_as_fast_as_it_runs() {
     );
     assert_eq!(jobs(&mut c).len(), 8);
 }
+
+#[test]
+fn start_dollar_skips_the_backlog_and_an_id_starts_after_it() {
+    let dir = TempDir::new();
+    let s = Server::builder(&recorder(dir.path(), ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    // START $: the 5 entries already there never run, the 3 added after do.
+    xadd_many(&mut c, "news", 0, 5);
+    watch_stream_opts(&mut c, "news", "rec", &["START", "$"]);
+    wait_until("the group exists", WAIT, || {
+        !group_info(&mut c, "news", "streamwatch").is_empty()
+    });
+    let new = xadd_many(&mut c, "news", 5, 3);
+    wait_drained(&mut c, "news");
+    assert_eq!(lines(&dir.path().join("done")), new);
+    let o = to_map(&watch_map(&mut c, "news")["options"]);
+    assert_eq!(get_str(&o, "start"), "$");
+    let stored = vstr(&ok(&mut c, &["HGET", "streamwatch:watches", "news"]));
+    assert!(stored.contains("start = \"$\""), "{stored}");
+    // START <id>: the entries after that id run.
+    let old = xadd_many(&mut c, "later", 0, 6);
+    watch_stream_opts(&mut c, "later", "rec", &["START", &old[2]]);
+    wait_drained(&mut c, "later");
+    let done = lines(&dir.path().join("done"));
+    assert_eq!(done[3..], old[3..]);
+    // The default is 0: the whole backlog.
+    let o = to_map(&watch_map(&mut c, "later")["options"]);
+    assert_eq!(get_str(&o, "start"), old[2]);
+    watch_stream_opts(&mut c, "all", "rec", &[]);
+    let o = to_map(&watch_map(&mut c, "all")["options"]);
+    assert_eq!(get_str(&o, "start"), "0");
+}
+
+#[test]
+fn a_bad_start_is_an_error_naming_start() {
+    let s = Server::start(&long_handler("w", ""));
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    for value in ["x", "1-2-3", "-", "1-", "+", "18446744073709551616", ""] {
+        let e = err(
+            &mut c,
+            &[w, "s", "HANDLER", "w", "TYPE", "stream", "START", value],
+        );
+        assert!(
+            e.starts_with("ERR START must be 0, $ or a stream entry id"),
+            "{value}: {e}"
+        );
+    }
+    let e = err(&mut c, &[w, "s", "HANDLER", "w", "START", "$"]);
+    assert!(e.contains("START applies only to TYPE stream"), "{e}");
+    let bad = format!(
+        "{}[[watch]]\npattern = \"x\"\nhandler = \"w\"\ntype = \"stream\"\nstart = \"later\"\n",
+        long_handler("w", "")
+    );
+    let log = Server::start_expect_failure(&bad);
+    assert!(log.contains("start must be 0, \"$\""), "{log}");
+}
+
+#[test]
+fn a_second_watch_on_the_same_streams_and_group_is_refused() {
+    let dir = TempDir::new();
+    let s = Server::builder(&recorder(dir.path(), ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    watch_stream_opts(&mut c, "q:*", "rec", &[]);
+    for (pattern, extra) in [
+        ("q:1", vec![]),
+        ("*:1", vec![]),
+        ("q:[0-9]", vec![]),
+        ("q:1", vec!["DB", "ALL"]),
+        ("*", vec!["GROUP", "streamwatch"]),
+    ] {
+        let mut args = vec![w, pattern, "HANDLER", "rec", "TYPE", "stream"];
+        args.extend(extra);
+        let e = err(&mut c, &args);
+        assert!(
+            e.contains(&format!("watch '{pattern}'")) && e.contains("watch 'q:*'"),
+            "{pattern}: {e}"
+        );
+        assert!(e.contains("'streamwatch'") && e.ends_with("(GROUP)"), "{e}");
+    }
+    // Not refused: the same pattern replaced, another group, other keys, another
+    // database, a hash watch.
+    watch_stream_opts(&mut c, "q:*", "rec", &["CONCURRENCY", "2", "REPLACE"]);
+    watch_stream_opts(&mut c, "q:1", "rec", &["GROUP", "audit"]);
+    watch_stream_opts(&mut c, "r:*", "rec", &[]);
+    watch_stream_opts(&mut c, "q:2", "rec", &["DB", "1"]);
+    ok(&mut c, &[w, "q:3", "HANDLER", "rec"]);
+    // Two groups on one stream: each entry runs once per group.
+    let id = xadd(&mut c, "q:1", &[("n", "1")]);
+    wait_drained(&mut c, "q:1");
+    wait_until("run once per group", WAIT, || {
+        drained(&mut c, "q:1", "audit") && lines(&dir.path().join("done")).len() == 2
+    });
+    assert_eq!(lines(&dir.path().join("done")), vec![id.clone(), id]);
+    // The config file refuses such a pair, naming both.
+    let bad = format!(
+        "{}{}type = \"stream\"\n{}type = \"stream\"\n",
+        long_handler("w", ""),
+        watch_toml("jobs:*", "w", None),
+        watch_toml("jobs:new", "w", None)
+    );
+    let log = Server::start_expect_failure(&bad);
+    assert!(
+        log.contains("watch 'jobs:new' would consume the same streams as watch 'jobs:*'"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_stored_watch_sharing_a_group_runs_nothing_twice() {
+    let dir = TempDir::new();
+    let s = Server::builder(&recorder(dir.path(), ""))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "t:*", "rec", &[]);
+    // A store edited by hand (or older than the check) holds a rival watch.
+    let rival = "handler = \"rec\"\ntype = \"stream\"\ndb = 0\nonchange = \"restart\"\ngroup = \"streamwatch\"\n";
+    ok(&mut c, &["HSET", "streamwatch:watches", "t:1", rival]);
+    wait_until("the rival is a watch", WAIT, || {
+        parse_maps(&ok(&mut c, &["STREAMWATCH.WATCHES"]))
+            .iter()
+            .any(|m| get_str(m, "pattern") == "t:1")
+    });
+    let added = xadd_many(&mut c, "t:1", 0, 5);
+    wait_drained(&mut c, "t:1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        lines(&dir.path().join("done")),
+        added,
+        "each entry ran once"
+    );
+    let refused = wait_for("a duplicate-group event", WAIT, || {
+        events(&mut c)
+            .into_iter()
+            .find(|e| e.get("event").map(String::as_str) == Some("duplicate-group"))
+    });
+    assert_eq!(refused["watch"], "t:1");
+    assert_eq!(refused["other"], "t:*");
+    assert_eq!(refused["key"], "t:1");
+    assert_eq!(refused["group"], "streamwatch");
+    assert!(
+        s.log().contains("watch 't:1' does not run stream 't:1'"),
+        "{}",
+        s.log()
+    );
+}

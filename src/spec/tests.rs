@@ -27,6 +27,7 @@ fn good_options_in_every_syntax() {
         concurrency: c,
         max_attempts: m,
         deadletter: dl.map(|d| d.as_bytes().to_vec()),
+        start: b"0".to_vec(),
     };
     let hash = |db, onchange| Parsed {
         handler: "h".into(),
@@ -304,4 +305,63 @@ fn a_literal_queue_is_not_its_own_dead_letter_stream() {
 fn dbsel_covers() {
     assert!(DbSel::All.covers(5));
     assert!(!DbSel::One(1).covers(0));
+}
+
+#[test]
+fn start_takes_zero_dollar_or_an_id() {
+    for good in [
+        "0",
+        "$",
+        "0-0",
+        "1700000000000",
+        "1700000000000-5",
+        "18446744073709551615-18446744073709551615",
+    ] {
+        assert!(start_id(good.as_bytes()), "{good}");
+        let pairs = vec![
+            (Opt::Handler, t("h")),
+            (Opt::Type, t("stream")),
+            (Opt::Start, t(good)),
+        ];
+        let p = parse(CMD, &pairs).expect(good);
+        assert_eq!(p.stream.start, good.as_bytes());
+    }
+    for bad in [
+        "",
+        "$$",
+        "-",
+        "1-",
+        "-1",
+        "1-2-3",
+        "x",
+        "18446744073709551616",
+        "+",
+        "1-*",
+        " 1",
+    ] {
+        assert!(!start_id(bad.as_bytes()), "{bad}");
+        let pairs = vec![
+            (Opt::Handler, t("h")),
+            (Opt::Type, t("stream")),
+            (Opt::Start, t(bad)),
+        ];
+        let e = parse(CMD, &pairs).expect_err(bad);
+        assert!(e.starts_with("START must be 0, $ or"), "{e}");
+    }
+    // The file also takes an integer; a hash watch takes no START.
+    let pairs = vec![
+        (Opt::Handler, t("h")),
+        (Opt::Type, t("stream")),
+        (Opt::Start, Value::Int(0)),
+    ];
+    assert_eq!(
+        parse(Syntax::File, &pairs).map(|p| p.stream.start),
+        Ok(b"0".to_vec())
+    );
+    let pairs = vec![(Opt::Handler, t("h")), (Opt::Start, t("$"))];
+    assert_eq!(
+        parse(CMD, &pairs),
+        Err("START applies only to TYPE stream watches".into())
+    );
+    assert_eq!(Opt::from_word("start"), Some(Opt::Start));
 }

@@ -78,6 +78,19 @@ impl LifecycleEvents {
         self.pending.push(fields);
     }
 
+    /// Queues `duplicate-group`: stream watch `watch` does not run stream `key`, which
+    /// `other` consumes through the same group.
+    pub(super) fn duplicate_group(&mut self, watch: &Watch, db: i32, key: &[u8], other: &Watch) {
+        self.pending.push(vec![
+            ("event", b"duplicate-group".to_vec()),
+            ("watch", watch.spec.pattern.clone()),
+            ("db", db.to_string().into_bytes()),
+            ("key", key.to_vec()),
+            ("other", other.spec.pattern.clone()),
+            ("group", watch.spec.stream.group.clone()),
+        ]);
+    }
+
     /// The one way an event is built: `event, watch, db, key`, then `field` (a job) or
     /// `id` (an entry), then the event's own fields.
     fn push(

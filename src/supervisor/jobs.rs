@@ -330,6 +330,14 @@ impl HashJobs {
             (b"STREAMWATCH_KEY".to_vec(), jk.key.clone()),
             (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
             (b"STREAMWATCH_FIELD".to_vec(), jk.field.clone()),
+            (
+                b"STREAMWATCH_WATCH".to_vec(),
+                job.watch.spec.pattern.clone(),
+            ),
+            (
+                b"STREAMWATCH_HANDLER".to_vec(),
+                job.watch.handler.name.clone().into_bytes(),
+            ),
         ];
         let owner = RunOf::Job(jk.clone());
         job.run = Some(runs.start(owner, &job.watch.handler, &vars, env, None));

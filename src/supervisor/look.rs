@@ -58,8 +58,8 @@ impl Node {
         stats::PRIMARY.store(primary, Ordering::Relaxed);
     }
 
-    /// Reads the role, `databases` and this node's consumer name; returns the server's
-    /// `dir`.
+    /// Reads the role, `databases`, this node's consumer name and the runs' server
+    /// address (`address`); returns the server's `dir`.
     pub(super) fn read_server_facts(&mut self, tsc: &Tsc) -> Option<String> {
         let ctx = gil::lock(tsc);
         self.set_primary(ctx.get_flags().contains(ContextFlags::MASTER));
@@ -80,6 +80,7 @@ impl Node {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let port = config("port").unwrap_or_default();
         self.consumer = format!("streamwatch@{}:{port}", host.trim()).into_bytes();
+        crate::address::refresh(&ctx);
         config("dir")
     }
 

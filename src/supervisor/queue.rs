@@ -412,6 +412,12 @@ impl Queues {
                 (b"STREAMWATCH_KEY".to_vec(), qk.key.clone()),
                 (b"STREAMWATCH_DB".to_vec(), db.as_bytes().to_vec()),
                 (b"STREAMWATCH_ID".to_vec(), id.as_bytes().to_vec()),
+                (
+                    b"STREAMWATCH_ATTEMPT".to_vec(),
+                    e.attempts.to_string().into_bytes(),
+                ),
+                (b"STREAMWATCH_WATCH".to_vec(), q.watch.spec.pattern.clone()),
+                (b"STREAMWATCH_HANDLER".to_vec(), h.name.clone().into_bytes()),
             ];
             let stdin = entry_text::entry_json(&e.fields);
             let owner = RunOf::Entry(qk.clone(), sid);

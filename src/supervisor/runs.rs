@@ -11,6 +11,7 @@
 use super::jobs::JobKey;
 use super::stream::{QueueKey, Sid};
 use super::Msg;
+use crate::address;
 use crate::config::Handler;
 use crate::ffi;
 use crate::protocol::Request;
@@ -225,6 +226,16 @@ impl Runs {
     ) -> Run {
         let id = self.next;
         self.next += 1;
+        // How to reach this server: in the run's database (a pool worker serves any).
+        let db = match &owner {
+            RunOf::Job(jk) => Some(jk.db),
+            RunOf::Entry(qk, _) => Some(qk.db),
+            RunOf::Worker(_) => None,
+        };
+        let mut extra_env = extra_env;
+        if let Some(url) = address::url(db) {
+            extra_env.push((b"STREAMWATCH_REDIS_URL".to_vec(), url.into_bytes()));
+        }
         self.owners.insert(id, owner);
         stats::bump(&stats::RUNS_STARTED);
         match spawn_request(h, id, vars, extra_env, stdin) {
@@ -380,7 +391,9 @@ impl Runs {
 
 /// The request that starts run `run` of `h`. `vars` are the placeholders and their
 /// values (the first that matches wins); `extra_env` (the `STREAMWATCH_*` variables)
-/// comes after the handler's own environment. `Err` is why execve could not take it.
+/// comes after the handler's own environment, which wins where both name a variable
+/// (a handler may set its own `STREAMWATCH_REDIS_URL`, say, with a password in it).
+/// `Err` is why execve could not take it.
 fn spawn_request(
     h: &Handler,
     run: u64,
@@ -394,7 +407,10 @@ fn spawn_request(
         .iter()
         .map(|(k, v)| (k.as_bytes().to_vec(), substitute(v, vars)))
         .collect();
-    env.extend(extra_env);
+    let ours = extra_env
+        .into_iter()
+        .filter(|(k, _)| !h.env.iter().any(|(hk, _)| hk.as_bytes() == k.as_slice()));
+    env.extend(ours.collect::<Vec<_>>());
     if let Some(problem) = unspawnable(&argv, &env) {
         return Err(problem);
     }
@@ -463,7 +479,7 @@ mod tests {
             &'a [&'a str],
             &'a [(&'a str, &'a str)],
         );
-        let table: [Row; 4] = [
+        let table: [Row; 5] = [
             // A hash job: key, field, value, db; in argv and in the handler's env.
             (
                 &["run", "{key}/{field}", "--v={value}", "{db}", "{nope}"],
@@ -532,6 +548,22 @@ mod tests {
                 None,
                 &["x"],
                 &[("STREAMWATCH_KEY", "k")],
+            ),
+            // The handler's own variable of the same name wins (a URL with a password).
+            (
+                &["x"],
+                &[("STREAMWATCH_REDIS_URL", "redis://:pw@h:1/{db}")],
+                &[("{db}", b"2")],
+                &[
+                    ("STREAMWATCH_KEY", "k"),
+                    ("STREAMWATCH_REDIS_URL", "redis://127.0.0.1:6379/2"),
+                ],
+                None,
+                &["x"],
+                &[
+                    ("STREAMWATCH_REDIS_URL", "redis://:pw@h:1/2"),
+                    ("STREAMWATCH_KEY", "k"),
+                ],
             ),
         ];
         for (i, (command, env, vars, extra, stdin, argv_out, env_out)) in

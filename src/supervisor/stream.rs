@@ -50,6 +50,8 @@ pub struct Group<'a> {
     pub key: &'a [u8],
     pub group: &'a [u8],
     pub consumer: &'a [u8],
+    /// Where the group starts if it must be created (the watch's `START`).
+    pub start: &'a [u8],
 }
 
 impl Group<'_> {
@@ -62,12 +64,16 @@ impl Group<'_> {
         k.key_type() == KeyType::Stream
     }
 
-    /// Calls `read`; if the group does not exist yet, creates it (at `0`, so the
-    /// backlog is processed) and calls `read` once more.
+    /// Calls `read`; if the group does not exist yet, creates it (at `start`: `0` by
+    /// default, so the backlog is processed) and calls `read` once more.
     pub fn created<T>(&self, read: impl Fn(&Self) -> Result<T, ReadError>) -> Result<T, String> {
         let first = match read(self) {
             Err(ReadError::NoGroup) => {
-                let _ = call(self.ctx, "XGROUP", &[b"CREATE", self.key, self.group, b"0"]);
+                let _ = call(
+                    self.ctx,
+                    "XGROUP",
+                    &[b"CREATE", self.key, self.group, self.start],
+                );
                 read(self)
             }
             other => other,

@@ -88,6 +88,7 @@ impl Queues {
             key: &qk.key,
             group: &opts.group,
             consumer: &node.consumer,
+            start: &opts.start,
         };
         // 1. Outcomes: acknowledge, or dead-letter then acknowledge.
         for (sid, outcome) in std::mem::take(&mut q.done) {
