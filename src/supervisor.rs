@@ -19,6 +19,7 @@
 //! - `runs`: every run of both kinds, and the helper process that spawns them;
 //! - `pools`: the long-lived workers of `pool = N` handlers (stream entries);
 //! - `events`: the lifecycle event stream; `views`: the JOBS/JOB replies;
+//! - `groups`: one stream watch per consumer group and key;
 //! - `timers`: every deadline; `pace`: the pacing of looks at hot keys.
 //!
 //! A part changes only its own state; what it may do to the others (start or stop
@@ -27,6 +28,7 @@
 mod entry_text;
 mod events;
 mod gil;
+mod groups;
 mod inbox;
 mod jobs;
 mod log;
@@ -52,6 +54,7 @@ use crate::stats;
 use crate::watch::{self, Snapshot, Watch};
 use crate::{cluster, store};
 use events::{Flushed, LifecycleEvents};
+use groups::Groups;
 use inbox::{Look, TX};
 use jobs::{HashJobs, Tally};
 use look::{Node, Observed, Tsc};
@@ -110,9 +113,8 @@ struct Supervisor {
     pacer: Pacer,
     /// How long the current look held the GIL.
     look_hold: Duration,
-    /// (db, key, watch, rival): a stream watch refused on a key because `rival`
-    /// consumes it through the same group, already said (see `one_per_group`).
-    refused: BTreeSet<(i32, Vec<u8>, u64, u64)>,
+    /// One stream watch per consumer group and key.
+    groups: Groups,
     /// Publishing the counts: asked for now, and when last done.
     stats_now: bool,
     stats_published: Instant,
@@ -132,7 +134,7 @@ impl Supervisor {
             events: LifecycleEvents::default(),
             pacer: Pacer::default(),
             look_hold: Duration::ZERO,
-            refused: BTreeSet::new(),
+            groups: Groups::default(),
             stats_now: true,
             stats_published: Instant::now(),
         }
@@ -391,7 +393,7 @@ impl Supervisor {
             }
             Msg::Watches(w) => {
                 self.watches = w;
-                self.refused.clear();
+                self.groups.watches_changed();
                 self.reconcile_all();
             }
             Msg::Unwatch { watches, reply } => {
@@ -484,7 +486,10 @@ impl Supervisor {
             .partition(|w| w.spec.kind == Kind::Stream);
         let has_queue = self.queues.has_queue(db, key);
         if self.active() && (!streams.is_empty() || has_queue) {
-            let running = self.one_per_group(db, key, streams.clone());
+            let consuming = |w: &Watch| self.queues.consumes(db, key, w.id);
+            let running =
+                self.groups
+                    .one_per_group(db, key, streams.clone(), consuming, &mut self.events);
             let (_, queues, mut fx) = self.parts();
             queues.reconcile(db, key, &running, &mut fx);
         }
@@ -532,49 +537,6 @@ impl Supervisor {
         };
         let (hash, _, mut fx) = self.parts();
         hash.apply(db, key, &covering, plan, &mut fx, tally);
-    }
-
-    /// Of the stream watches that cover a key, one per consumer group, so that no entry
-    /// runs twice: the one already consuming the key, else the oldest watch. `WATCH`
-    /// and the config file refuse such pairs; the store may still hold one (edited by
-    /// hand, or older than that check). Each refusal is said once, in the log and as
-    /// a `duplicate-group` event naming both watches.
-    fn one_per_group(&mut self, db: i32, key: &[u8], streams: Vec<Arc<Watch>>) -> Vec<Arc<Watch>> {
-        if streams.len() < 2 {
-            return streams;
-        }
-        let mut streams = streams;
-        let consuming = |w: &Arc<Watch>| {
-            let qk = stream::QueueKey {
-                db,
-                key: key.to_vec(),
-                watch: w.id,
-            };
-            self.queues.queues.contains_key(&qk)
-        };
-        streams.sort_by_key(|w| (!consuming(w), w.id));
-        let mut kept: Vec<Arc<Watch>> = Vec::with_capacity(streams.len());
-        for w in streams {
-            let rival = kept
-                .iter()
-                .find(|k| k.spec.stream.group == w.spec.stream.group);
-            match rival {
-                None => kept.push(w),
-                Some(r) => {
-                    if self.refused.insert((db, key.to_vec(), w.id, r.id)) {
-                        ffi::log_warning(format!(
-                            "streamwatch: watch '{}' does not run stream '{}' (db {db}): watch '{}' consumes it through the same group '{}'",
-                            String::from_utf8_lossy(&w.spec.pattern),
-                            String::from_utf8_lossy(key),
-                            String::from_utf8_lossy(&r.spec.pattern),
-                            String::from_utf8_lossy(&w.spec.stream.group),
-                        ));
-                        self.events.duplicate_group(&w, db, key, r);
-                    }
-                }
-            }
-        }
-        kept
     }
 
     fn not_observed(&mut self, observed: Observed) {

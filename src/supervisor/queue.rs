@@ -19,6 +19,8 @@
 //!
 //! Every Redis call is made in `flush` (`queue/flush.rs`: one GIL hold per loop turn
 //! for all acks, dead-letters, claims and reads of all queues), through `stream.rs`.
+//! The entries of a pool handler's queue, and the answers of its workers, are in
+//! `queue/pooled.rs`.
 
 use super::entry_text;
 use super::log::Log;
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod flush;
+mod pooled;
 
 /// An entry this node is working on (it is pending in the group until acked).
 pub(super) struct Entry {
@@ -224,6 +227,12 @@ impl Queues {
     pub(super) fn handlers(&self) -> BTreeSet<String> {
         let wanted = self.queues.values().filter(|q| q.wanted);
         wanted.map(|q| q.watch.handler.name.clone()).collect()
+    }
+
+    /// Whether watch `watch` has a queue on stream `key`.
+    pub(super) fn consumes(&self, db: i32, key: &[u8], watch: u64) -> bool {
+        let key = key.to_vec();
+        self.queues.contains_key(&QueueKey { db, key, watch })
     }
 
     pub(super) fn has_queue(&self, db: i32, key: &[u8]) -> bool {
@@ -430,67 +439,6 @@ impl Queues {
         e.run = Some(run);
     }
 
-    /// The pool worker that held the entry as its `next` answered the one before: the
-    /// entry runs now, on `run` (the worker's).
-    pub(super) fn promoted(&mut self, qk: &QueueKey, sid: Sid, run: Run, fx: &mut Effects) {
-        let Some(q) = self.queues.get_mut(qk) else {
-            return;
-        };
-        let h = q.watch.handler.clone();
-        let Some(e) = q.entries.get_mut(&sid) else {
-            return;
-        };
-        if e.queued_at != Some(run.id) || e.run.is_some() {
-            return;
-        }
-        e.queued_at = None;
-        if !h.timeout.is_zero() {
-            let timer = Timer::Timeout(qk.clone(), sid, run.id);
-            fx.timers.push(Instant::now() + h.timeout, timer);
-        }
-        e.run = Some(run);
-    }
-
-    /// Pool worker `worker` ended without running the entry (held as its `next`, or
-    /// left unread in its stdin): the entry waits for another worker, same attempt.
-    pub(super) fn requeue(&mut self, qk: &QueueKey, sid: Sid, worker: u64) {
-        let Some(q) = self.queues.get_mut(qk) else {
-            return;
-        };
-        let Some(e) = q.entries.get_mut(&sid) else {
-            return;
-        };
-        let held = e.queued_at == Some(worker) && e.run.is_none();
-        if !held && e.run.take_if(|r| r.id == worker).is_none() {
-            return;
-        }
-        e.queued_at = None;
-        e.log = Log::default();
-        match q.wanted {
-            true => e.waiting = true,
-            false => self.stopped(qk, sid), // its queue stopped meanwhile
-        }
-    }
-
-    /// Workers of handler `name`'s pool are free: the entries waiting for one start.
-    pub(super) fn start_waiting(&mut self, name: &str, fx: &mut Effects) {
-        let waiting: Vec<(QueueKey, Sid)> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| q.wanted && q.watch.handler.name == name)
-            .flat_map(|(qk, q)| {
-                let waiting = q.entries.iter().filter(|(_, e)| e.waiting);
-                waiting.map(move |(sid, _)| (qk.clone(), *sid))
-            })
-            .collect();
-        for (qk, sid) in waiting {
-            if !fx.pools.can_take(name) {
-                break; // the rest waits for the next free worker
-            }
-            self.start_entry(&qk, sid, fx);
-        }
-    }
-
     /// Stops the entry's run: its process, or the pool worker it is in (which cannot
     /// be told to drop one entry); `failed`: the worker counts as failing (timed out).
     fn stop_run(h: &Handler, run: &mut Run, failed: bool, fx: &mut Effects) {
@@ -585,31 +533,6 @@ impl Queues {
             fields.push(("error", error.clone().into_bytes()));
         }
         self.settle(qk, sid, r.error, (r.event, fields), fx);
-    }
-
-    /// A pool worker answered for the entry (see `pools.rs`): `error` is `None` if it
-    /// succeeded. `live`: this node runs jobs now.
-    pub(super) fn answered(
-        &mut self,
-        qk: &QueueKey,
-        sid: Sid,
-        worker: u64,
-        error: Option<String>,
-        live: bool,
-        fx: &mut Effects,
-    ) {
-        let Some((run, wanted, _)) = self.take_run(qk, sid, worker) else {
-            return;
-        };
-        if !wanted || !live {
-            self.stopped(qk, sid);
-            return;
-        }
-        let mut fields = vec![("pid", run.pid.unwrap_or(0).to_string().into_bytes())];
-        if let Some(error) = &error {
-            fields.push(("error", error.clone().into_bytes()));
-        }
-        self.settle(qk, sid, error, ("error", fields), fx);
     }
 
     /// The entry's run `id`, taken from it (its log finished), and what the end of the
