@@ -77,10 +77,16 @@ pub fn base(l: &Listen) -> Option<Base> {
         (_, p) if p > 0 => ("rediss", p),
         _ => return None,
     };
-    let first = l
+    // The first address the server must have bound; an optional one (`-`) only if
+    // all are optional (it may not be listening: `-::1` on a host without IPv6).
+    let mut addresses = l
         .bind
         .split(u8::is_ascii_whitespace)
-        .find(|a| !a.is_empty())
+        .filter(|a| !a.is_empty());
+    let first = addresses
+        .clone()
+        .find(|a| !a.starts_with(b"-"))
+        .or_else(|| addresses.next())
         .unwrap_or_default();
     let first = first.strip_prefix(b"-").unwrap_or(first);
     let host = match first {
@@ -196,6 +202,11 @@ mod tests {
             ),
             (
                 listen("", 6379, 0, "-127.0.0.1 -::1", ""),
+                Some(0),
+                some("redis://127.0.0.1:6379/0"),
+            ),
+            (
+                listen("", 6379, 0, "-192.0.2.1 127.0.0.1", ""),
                 Some(0),
                 some("redis://127.0.0.1:6379/0"),
             ),

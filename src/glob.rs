@@ -106,8 +106,9 @@ impl Glob {
     }
 }
 
-/// Product states `may_overlap` explores at most; past that it answers "maybe".
-const OVERLAP_STATES: usize = 1 << 22;
+/// Product states `may_overlap` explores at most; past that it answers "maybe". It
+/// runs on the main thread (WATCH), once per watch of the same group: a few ms at most.
+const OVERLAP_STATES: usize = 1 << 18;
 
 /// Could some key match both patterns? Exact for patterns whose tokens fit in
 /// `OVERLAP_STATES` pairs, and otherwise `true`: an answer of `false` is always right.

@@ -84,6 +84,13 @@ pub enum Report {
     Unread {
         run: u64,
     },
+    /// How many `Feed`s the helper took for the run (one with `keep_stdin`) in all: a
+    /// `Feed` that came after the run's end, or after its stdin closed, was not taken.
+    /// Comes just before the run's `Unread` and `Exited`.
+    Fed {
+        run: u64,
+        count: u64,
+    },
     /// The run's leader was reaped; `status` is the raw wait status.
     Exited {
         run: u64,
@@ -101,6 +108,7 @@ const T_OUTPUT: u8 = 13;
 const T_EXITED: u8 = 14;
 const T_REPLIES: u8 = 15;
 const T_UNREAD: u8 = 16;
+const T_FED: u8 = 17;
 
 struct Enc(Vec<u8>);
 
@@ -327,6 +335,12 @@ impl Report {
                 e.u64(*run);
                 e.finish()
             }
+            Report::Fed { run, count } => {
+                let mut e = Enc::new(T_FED);
+                e.u64(*run);
+                e.u64(*count);
+                e.finish()
+            }
             Report::Exited { run, status } => {
                 let mut e = Enc::new(T_EXITED);
                 e.u64(*run);
@@ -358,6 +372,10 @@ impl Report {
                 data: d.bytes()?,
             }),
             T_UNREAD => Ok(Report::Unread { run: d.u64()? }),
+            T_FED => Ok(Report::Fed {
+                run: d.u64()?,
+                count: d.u64()?,
+            }),
             T_EXITED => Ok(Report::Exited {
                 run: d.u64()?,
                 status: d.i32()?,
@@ -460,6 +478,7 @@ mod tests {
                 data: b"{\"ok\":1}\n{\"ok\"".to_vec(),
             },
             Report::Unread { run: 6 },
+            Report::Fed { run: 7, count: 3 },
             Report::Exited {
                 run: 4,
                 status: 7 << 8,
@@ -499,6 +518,7 @@ mod tests {
             T_EXITED,
             T_REPLIES,
             T_UNREAD,
+            T_FED,
         ];
         for (i, a) in tags.iter().enumerate() {
             assert!(!tags[i + 1..].contains(a), "tag {a} twice");

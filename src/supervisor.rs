@@ -655,6 +655,11 @@ impl Supervisor {
                     self.pools.unread(&name, run);
                 }
             }
+            Report::Fed { run, count } => {
+                if let Some(RunOf::Worker(name)) = self.runs.owner(run).cloned() {
+                    self.pools.fed(&name, run, count);
+                }
+            }
             Report::Exited { run, status } => self.run_ended(run, End::Status(status)),
             // No run asks for replies yet (worker pools).
         }

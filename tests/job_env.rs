@@ -220,3 +220,22 @@ fn after_a_failover_the_new_primarys_runs_point_at_it() {
         format!("redis://127.0.0.1:{}/3", r.port)
     );
 }
+
+/// Review 2: a `-` bind address is optional: the server skips it if it cannot bind
+/// it, and listens on the others. The URL takes the first address whatever its `-`,
+/// so here (192.0.2.1, TEST-NET-1, is on no interface) jobs get a URL nothing listens
+/// on, and cannot connect back.
+#[test]
+fn an_optional_bind_address_the_server_could_not_bind_is_not_the_url() {
+    let dir = TempDir::new();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .redis_args(&["--bind", "-192.0.2.1", "127.0.0.1"])
+        .start();
+    let mut c = s.conn_db(3);
+    ok(&mut c, &["HSET", "h:1", "f1", "v1"]);
+    assert_eq!(
+        seen(&mut c, "f1")[0],
+        format!("redis://127.0.0.1:{}/3", s.port)
+    );
+}

@@ -858,3 +858,38 @@ fn a_worker_stopped_by_pause_is_not_given_its_held_next_entry() {
         "the held entry ran while paused: {ran:?}"
     );
 }
+
+/// Review 2: with CONCURRENCY 1 (the default) the next entry waits in its queue, not in
+/// the worker; when a worker answers and exits at once (as `answerexit` does), the
+/// module gives that waiting entry to the worker it believes idle, and the helper,
+/// which has reaped it already, drops the `Feed` silently (unknown run). The worker's
+/// exit then fails an entry it never saw: with MAX-ATTEMPTS 1 it is dead-lettered
+/// unrun. (The CONCURRENCY 2 case, where the entry is a held `next`, is the test
+/// above and passes.)
+#[test]
+fn an_entry_given_to_a_worker_that_already_exited_keeps_its_attempt() {
+    let dir = TempDir::new();
+    let s = pool_server(&dir, 1, "");
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "eq", "pw", &["MAX-ATTEMPTS", "1"]);
+    let first = xadd(&mut c, "eq", &[("mode", "answerexit")]);
+    wait_until("the first entry in its worker", WAIT, || {
+        done(dir.path()).iter().any(|r| r.0 == first)
+    });
+    let next = xadd(&mut c, "eq", &[("mode", "none")]);
+    wait_drained(&mut c, "eq");
+    let ran = done(dir.path());
+    let dead = stream_entries(&mut c, "eq:dead");
+    assert!(
+        !dead.iter().any(|e| e.get("id") == Some(&next)),
+        "dead-lettered without ever running: {dead:?} (ran {ran:?})"
+    );
+    assert_eq!(
+        ran.iter()
+            .filter(|r| r.0 == next)
+            .map(|r| r.2)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "{ran:?}"
+    );
+}

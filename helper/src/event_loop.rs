@@ -45,6 +45,8 @@ struct Run {
     answers: Answers,
     /// Bytes left unread in its stdin when the run closed it (see `entry_unread`).
     unread_input: usize,
+    /// The `Feed`s taken, for a run with a kept-open stdin (reported at its end).
+    fed: Option<u64>,
     stop_signal: i32,
     stop_grace: Duration,
     /// Set when a stop was asked: SIGKILL the group at this time.
@@ -383,6 +385,7 @@ impl Helper {
                         input,
                         answers: Answers::default(),
                         unread_input: 0,
+                        fed: keep_stdin.then_some(0),
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
                         kill_at: None,
@@ -521,6 +524,9 @@ impl Helper {
                 // Whatever the run wrote before it exited goes out first (its replies
                 // all of it).
                 self.last_words(id);
+                if let Some(count) = self.runs.get(&id).and_then(|r| r.fed) {
+                    self.send(Report::Fed { run: id, count });
+                }
                 if self.entry_unread(id) {
                     self.send(Report::Unread { run: id });
                 }

@@ -53,6 +53,7 @@ fn run_of(report: &Report) -> u64 {
         | Report::Output { run, .. }
         | Report::Replies { run, .. }
         | Report::Unread { run }
+        | Report::Fed { run, .. }
         | Report::Exited { run, .. } => *run,
     }
 }
@@ -154,6 +155,8 @@ struct Whole {
     status: i32,
     /// `Unread` came, just before `Exited`.
     unread: bool,
+    /// What `Fed` said (runs with a kept-open stdin).
+    fed: Option<u64>,
 }
 
 /// Checks the order of a run's reports (started first, then output and replies, then
@@ -166,12 +169,13 @@ fn whole(reports: &[Report]) -> Whole {
     let Some(&Report::Exited { status, .. }) = reports.last() else {
         panic!("not exited last: {reports:?}");
     };
-    let (mut output, mut replies, mut unread) = (Vec::new(), Vec::new(), false);
+    let (mut output, mut replies, mut unread, mut fed) = (Vec::new(), Vec::new(), false, None);
     for r in &reports[1..reports.len() - 1] {
         match r {
             Report::Output { data, .. } => output.extend_from_slice(data),
             Report::Replies { data, .. } => replies.extend_from_slice(data),
             Report::Unread { .. } if r == &reports[reports.len() - 2] => unread = true,
+            Report::Fed { count, .. } => fed = Some(*count),
             other => panic!("{other:?} between start and exit: {reports:?}"),
         }
     }
@@ -180,6 +184,7 @@ fn whole(reports: &[Report]) -> Whole {
         replies,
         status,
         unread,
+        fed,
     }
 }
 
@@ -528,6 +533,7 @@ fn an_entry_released_to_a_worker_that_exits_without_reading_it_is_reported_unrea
     let w = whole(&h.reports_of(1));
     assert_eq!(text(&w.replies), "{\"id\":\"1\",\"ok\":true}\n");
     assert!(w.unread, "the second entry was never read");
+    assert_eq!(w.fed, Some(2));
 
     // Reads its second entry before it exits: nothing unread.
     let reads_both = r#"read l; echo "{\"id\":\"$l\",\"ok\":true}" >&3; read m; exit 0"#;
@@ -542,5 +548,8 @@ fn an_entry_released_to_a_worker_that_exits_without_reading_it_is_reported_unrea
     h.send(&feed(3, b"1\n"));
     let w = whole(&h.reports_of(3));
     assert!(!w.unread);
+    assert_eq!(w.fed, Some(1));
+    // A feed after the run's end is not taken.
+    h.send(&feed(3, b"2\n"));
     h.finish();
 }

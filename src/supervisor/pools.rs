@@ -56,6 +56,10 @@ struct Worker {
     log: Log,
     /// The helper found its last entry unread in its stdin when it exited.
     unread: bool,
+    /// Entries sent to it (`Feed`), and how many of them the helper took, as it said
+    /// at the worker's end (one sent after the worker had gone never reached it).
+    fed: u64,
+    taken: Option<u64>,
 }
 
 impl Worker {
@@ -146,9 +150,10 @@ pub(super) enum Placed {
 
 /// The entries a worker held when it ended: the one it worked on (its attempt fails
 /// with the worker's end), and those it never had, which go to another worker as the
-/// same attempt: its `next`, and an entry it was given but left unread in its stdin
-/// (once it has answered an entry: a worker that dies before it answers any fails
-/// its entries, so that a worker broken at start-up does not keep them forever).
+/// same attempt: its `next`, and an entry it was given but left unread in its stdin or
+/// that reached the helper after the worker had gone (once it has answered an entry:
+/// a worker that dies before it answers any fails its entries, so that a worker broken
+/// at start-up does not keep them forever).
 pub(super) struct Left {
     pub failed: Option<(QueueKey, Sid)>,
     pub unrun: Vec<(QueueKey, Sid)>,
@@ -186,6 +191,7 @@ impl Pools {
         if may_run {
             if let Some((&id, w)) = pool.workers.iter_mut().find(|(_, w)| w.idle()) {
                 w.busy = Some(entry);
+                w.fed += 1;
                 runs.feed(id, line.to_vec());
                 return Placed::Running(Run::of_worker(&w.run));
             }
@@ -201,6 +207,7 @@ impl Pools {
         let mut behind = pool.workers.iter_mut();
         if let Some((&id, w)) = behind.find(|(_, w)| w.takes_next(Some(&entry.0), m)) {
             w.next = Some(entry);
+            w.fed += 1;
             runs.feed(id, line.to_vec());
             return Placed::Next(id);
         }
@@ -380,8 +387,12 @@ impl Pools {
         }
         pool.restarts += u64::from(live && leaving == Leaving::Failing);
         pool.recycled += u64::from(leaving == Leaving::Recycled);
+        // The entries sent last that the helper did not take: `next` (sent after
+        // `busy`) first.
+        let untaken = w.taken.map_or(0, |n| w.fed.saturating_sub(n));
+        let busy_untaken = untaken > u64::from(w.next.is_some());
         let (mut failed, mut unrun) = (w.busy, Vec::from_iter(w.next));
-        if w.unread && w.served > 0 {
+        if (w.unread || busy_untaken) && w.served > 0 {
             unrun.extend(failed.take());
         }
         if failed.is_some() {
@@ -389,6 +400,13 @@ impl Pools {
         }
         self.idle.insert(name.to_string());
         Left { failed, unrun }
+    }
+
+    /// The helper took `count` entries for worker `id` in all (said at its end).
+    pub(super) fn fed(&mut self, name: &str, id: u64, count: u64) {
+        if let Some(w) = self.worker(name, id) {
+            w.taken = Some(count);
+        }
     }
 
     /// The helper found worker `id`'s last entry unread in its stdin at its exit.
@@ -518,6 +536,8 @@ fn start_worker(pool: &mut Pool, runs: &mut Runs) {
         partial: Vec::new(),
         log: Log::default(),
         unread: false,
+        fed: 0,
+        taken: None,
     };
     pool.workers.insert(worker.run.id, worker);
 }

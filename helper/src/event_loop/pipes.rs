@@ -161,6 +161,7 @@ impl Helper {
         if !run.input.as_ref().is_some_and(|i| i.keep_open) {
             return;
         }
+        run.fed = run.fed.map(|n| n + 1);
         if let Some(data) = run.answers.feed(data) {
             self.write_input(id, data);
         }
