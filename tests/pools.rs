@@ -588,6 +588,12 @@ for job in jobs():
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["id"], bad);
     assert_eq!(dead[0]["error"], "ValueError: bad input");
+    // The traceback the client printed is in the dead-letter entry.
+    assert!(dead[0]["output"].contains("Traceback"), "{dead:?}");
+    assert!(
+        dead[0]["output"].ends_with("ValueError: bad input"),
+        "{dead:?}"
+    );
     let p = parse_maps(&ok(&mut c, &["STREAMWATCH.POOLS"]))
         .pop()
         .expect("pool");

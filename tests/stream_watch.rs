@@ -173,6 +173,11 @@ fn failing_entries_are_retried_then_dead_lettered() {
     assert_eq!(dead["attempts"], "3");
     assert_eq!(dead["error"], "exit code 3");
     assert_eq!(dead["last_exit"], "3");
+    // And the evidence: its last output lines, and who failed it.
+    assert!(dead["output"].ends_with(&format!("boom {bad}")), "{dead:?}");
+    assert_eq!(dead["watch"], "dq*");
+    assert_eq!(dead["group"], "streamwatch");
+    assert_eq!(dead["handler"], "flaky");
     assert_eq!(stream_entries(&mut c, "dq1:dead").len(), 1);
     wait_eq("WATCHES counters", WAIT, (2, 3, 1), || {
         (

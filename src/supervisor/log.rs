@@ -89,6 +89,26 @@ impl Log {
         }
     }
 
+    /// The last lines, newline-separated, in at most `max` bytes (older lines left
+    /// out; one line longer than `max` keeps its end).
+    pub(super) fn tail(&self, max: usize) -> Vec<u8> {
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let mut size = 0;
+        for line in self.lines.iter().rev() {
+            let room = max.saturating_sub(size + usize::from(!kept.is_empty()));
+            if line.len() > room {
+                if kept.is_empty() {
+                    kept.push(&line[line.len() - room..]);
+                }
+                break;
+            }
+            size += line.len() + usize::from(!kept.is_empty());
+            kept.push(line);
+        }
+        kept.reverse();
+        kept.join(&b'\n')
+    }
+
     pub(super) fn reply(&self) -> Reply {
         Reply::Array(self.lines.iter().map(Reply::str).collect())
     }
@@ -113,6 +133,18 @@ mod tests {
         assert_eq!(lines(&[b"a", b"b\n", b"\n", b"c\n"], 10), ["ab", "", "c"]);
         assert_eq!(lines(&[b"1\n2\n3\n4\n"], 2), ["3", "4"]);
         assert_eq!(lines(&[b"x\n"], 0), Vec::<String>::new());
+        let mut log = Log::default();
+        log.push(b"first\nsecond\nthird\n", 10);
+        let tails: [(usize, &[u8]); 5] = [
+            (100, b"first\nsecond\nthird"),
+            (12, b"second\nthird"),
+            (11, b"third"),
+            (3, b"ird"),
+            (0, b""),
+        ];
+        for (max, want) in tails {
+            assert_eq!(log.tail(max), want, "{max}");
+        }
         let long = vec![b'x'; Log::MAX_LINE];
         let got = lines(&[&long, b"\n", &long, b"yz\n"], 10);
         let sizes: Vec<usize> = got.iter().map(String::len).collect();

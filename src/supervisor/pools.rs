@@ -154,6 +154,7 @@ pub(super) enum Placed {
 /// that reached the helper after the worker had gone (once it has answered an entry:
 /// a worker that dies before it answers any fails its entries, so that a worker broken
 /// at start-up does not keep them forever).
+#[derive(Default)]
 pub(super) struct Left {
     pub failed: Option<(QueueKey, Sid)>,
     pub unrun: Vec<(QueueKey, Sid)>,
@@ -364,18 +365,12 @@ impl Pools {
         live: bool,
         timers: &mut Timers,
     ) -> Left {
-        let none = Left {
-            failed: None,
-            unrun: Vec::new(),
-        };
         let Some(pool) = self.pools.get_mut(name) else {
-            return none;
+            return Left::default();
         };
         let Some(w) = pool.workers.remove(&id) else {
-            return none;
+            return Left::default();
         };
-        // Failing: exited unasked, or had to be stopped for timing out or breaking the
-        // protocol. A pause, a demotion or the helper's death is no failure.
         // Exited unasked (no `leaving`), timed out or broke the protocol: failing. A
         // pause, a demotion or the helper's death (not `live`) is no failure.
         let leaving = w.leaving.unwrap_or(Leaving::Failing);

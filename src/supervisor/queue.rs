@@ -93,8 +93,12 @@ enum Outcome {
         attempts: u32,
         error: String,
         last_exit: Option<i64>,
+        output: Vec<u8>,
     },
 }
+
+/// The most of an entry's last output lines its dead-letter entry carries.
+const DEAD_OUTPUT: usize = 8 << 10;
 
 pub(super) struct Queue {
     pub watch: Arc<Watch>,
@@ -180,20 +184,22 @@ impl Queue {
         self.entries.values().filter_map(|e| e.run.as_ref())
     }
 
-    /// The entry is done with: it goes to the dead-letter stream at the next `flush`.
+    /// The entry is done with: it goes to the dead-letter stream at the next `flush`,
+    /// with the last of its `output`.
     fn dead_letter(
         &mut self,
         sid: Sid,
         fields: Fields,
         attempts: u32,
         error: String,
-        last_exit: Option<i64>,
+        (last_exit, output): (Option<i64>, Vec<u8>),
     ) {
         let outcome = Outcome::DeadLetter {
             fields,
             attempts,
             error,
             last_exit,
+            output,
         };
         self.done.push((sid, outcome));
     }
@@ -599,7 +605,8 @@ impl Queues {
             let attempts = e.attempts;
             let last_exit = e.last_exit;
             if let Some(e) = q.entries.remove(&sid) {
-                q.dead_letter(sid, e.fields, attempts, error, last_exit);
+                let output = e.log.tail(DEAD_OUTPUT);
+                q.dead_letter(sid, e.fields, attempts, error, (last_exit, output));
             }
             self.start_ahead(qk, fx);
             return;

@@ -103,16 +103,21 @@ impl Queues {
                     attempts,
                     error,
                     last_exit,
+                    output,
                 } => {
                     let dl = opts.deadletter_of(&qk.key);
                     let id = sid.to_string();
                     let attempts = attempts.to_string();
                     let last = last_exit.map(|n| n.to_string()).unwrap_or_default();
-                    let about: [(&str, &[u8]); 4] = [
+                    let about: [(&str, &[u8]); 8] = [
                         ("id", id.as_bytes()),
                         ("attempts", attempts.as_bytes()),
                         ("error", error.as_bytes()),
                         ("last_exit", last.as_bytes()),
+                        ("output", &output),
+                        ("watch", &q.watch.spec.pattern),
+                        ("group", &opts.group),
+                        ("handler", q.watch.handler.name.as_bytes()),
                     ];
                     match g.add(&dl, &fields, &about) {
                         Ok(()) => {
@@ -224,7 +229,8 @@ impl Queues {
                         let error = format!(
                             "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
                         );
-                        q.dead_letter(sid, fields.clone(), deliveries, error, None);
+                        let last = (None, Vec::new());
+                        q.dead_letter(sid, fields.clone(), deliveries, error, last);
                         self.dirty.insert(qk.clone());
                         continue;
                     }
