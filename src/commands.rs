@@ -119,7 +119,7 @@ pub struct KeyFieldArgs {
 
 /// `STREAMWATCH.WATCH pattern HANDLER name [TYPE hash|stream] [DB n|ALL]
 /// [ONCHANGE restart|ignore] [GROUP g] [DEADLETTER d] [CONCURRENCY n] [MAX-ATTEMPTS n]
-/// [START 0|$|id] [REPLACE]`.
+/// [START 0|$|id] [ACK keep|delete] [REPLACE]`.
 pub fn parse_watch(args: &[&[u8]]) -> Result<WatchArgs, CmdError> {
     let pattern = match args {
         [_, pattern, _, _, ..] => pattern.to_vec(),
@@ -363,6 +363,7 @@ fn options(w: &watch::Watch) -> Reply {
                     },
                 ),
                 ("start".into(), Reply::str(&o.start)),
+                ("ack".into(), Reply::str(o.ack.name())),
             ])
         }
     }

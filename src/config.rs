@@ -243,6 +243,7 @@ struct WatchToml {
     max_attempts: Option<Spanned<i64>>,
     deadletter: Option<Spanned<String>>,
     start: Option<Spanned<DbToml>>,
+    ack: Option<Spanned<String>>,
 }
 
 /// Signal names accepted by `stop-signal` (with or without `SIG`), or a number.
@@ -423,15 +424,18 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
             (Opt::MaxAttempts, w.max_attempts.as_ref().map(int)),
             (Opt::Deadletter, w.deadletter.as_ref().map(string)),
             (Opt::Start, w.start.as_ref().map(num_or_word)),
+            (Opt::Ack, w.ack.as_ref().map(string)),
         ];
         for (opt, v) in &stream_opts {
             if let Some((_, offset)) = v {
                 o.applies(*opt).map_err(|e| at(*offset, e))?;
             }
         }
-        let [group, concurrency, max_attempts, deadletter, start] = stream_opts.map(|(_, v)| v);
+        let [group, concurrency, max_attempts, deadletter, start, ack] =
+            stream_opts.map(|(_, v)| v);
         set(&mut o, Opt::Group, group)?;
         set(&mut o, Opt::Start, start)?;
+        set(&mut o, Opt::Ack, ack)?;
         set(&mut o, Opt::Deadletter, deadletter)?;
         set(&mut o, Opt::Concurrency, concurrency)?;
         set(&mut o, Opt::MaxAttempts, max_attempts)?;
@@ -604,6 +608,23 @@ db = 0
         let text = format!("{head}{}", w("q", "start = \"x\"\n"));
         let e = parse("f.toml", &text).unwrap_err();
         assert!(e.starts_with("f.toml: line 7: start must be 0"), "{e}");
+        let text = format!("{head}{}", w("q", "ack = \"delete\"\n"));
+        assert_eq!(
+            parse("f.toml", &text).unwrap().watches[0].stream.ack,
+            crate::spec::Ack::Delete
+        );
+        let text = format!("{head}{}", w("q", "ack = \"drop\"\n"));
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(
+            e.starts_with("f.toml: line 7: ack must be \"keep\" or \"delete\""),
+            "{e}"
+        );
+        let text = format!("{head}[[watch]]\npattern = \"h\"\nhandler = \"a\"\nack = \"delete\"\n");
+        let e = parse("f.toml", &text).unwrap_err();
+        assert!(
+            e.contains("ack applies only to type \"stream\" watches"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn canonical_watch(w: &WatchArgs) -> Vec<Vec<u8>> {
                 opt("DEADLETTER", d);
             }
             opt("START", &s.start);
+            opt("ACK", s.ack.name().as_bytes());
         }
     }
     if w.replace {

@@ -46,6 +46,9 @@ pub struct StreamOpts {
     /// added from then on) or an entry id (the entries after it), as XGROUP CREATE takes
     /// it; checked by `start_id`.
     pub start: Vec<u8>,
+    /// What becomes of an entry once acknowledged or dead-lettered: kept in the stream
+    /// (default) or deleted from it.
+    pub ack: Ack,
 }
 
 impl Default for StreamOpts {
@@ -56,6 +59,7 @@ impl Default for StreamOpts {
             max_attempts: 5,
             deadletter: None,
             start: b"0".to_vec(),
+            ack: Ack::Keep,
         }
     }
 }
@@ -74,6 +78,31 @@ impl StreamOpts {
         match &self.deadletter {
             Some(d) => d == key,
             None => key.ends_with(b":dead"),
+        }
+    }
+}
+
+/// What the `ACK` option does to an entry that is done (acknowledged or dead-lettered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// It stays in the stream (only the group forgets it).
+    Keep,
+    /// It is deleted from the stream too.
+    Delete,
+}
+
+impl Ack {
+    pub fn parse(s: &str) -> Option<Ack> {
+        match s.to_ascii_lowercase().as_str() {
+            "keep" => Some(Ack::Keep),
+            "delete" => Some(Ack::Delete),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Ack::Keep => "keep",
+            Ack::Delete => "delete",
         }
     }
 }
@@ -211,10 +240,11 @@ pub enum Opt {
     Concurrency,
     MaxAttempts,
     Start,
+    Ack,
 }
 
 impl Opt {
-    pub const ALL: [Opt; 9] = [
+    pub const ALL: [Opt; 10] = [
         Opt::Handler,
         Opt::Type,
         Opt::Db,
@@ -224,6 +254,7 @@ impl Opt {
         Opt::Concurrency,
         Opt::MaxAttempts,
         Opt::Start,
+        Opt::Ack,
     ];
 
     /// The name in a TOML table (config file and store).
@@ -238,6 +269,7 @@ impl Opt {
             Opt::Concurrency => "concurrency",
             Opt::MaxAttempts => "max-attempts",
             Opt::Start => "start",
+            Opt::Ack => "ack",
         }
     }
 
@@ -252,7 +284,12 @@ impl Opt {
     pub fn stream_only(self) -> bool {
         matches!(
             self,
-            Opt::Group | Opt::Deadletter | Opt::Concurrency | Opt::MaxAttempts | Opt::Start
+            Opt::Group
+                | Opt::Deadletter
+                | Opt::Concurrency
+                | Opt::MaxAttempts
+                | Opt::Start
+                | Opt::Ack
         )
     }
 
@@ -372,6 +409,14 @@ impl Options {
             Opt::Concurrency => self.stream.concurrency = count(syntax, opt, value)?,
             Opt::MaxAttempts => self.stream.max_attempts = count(syntax, opt, value)?,
             Opt::Start => self.stream.start = start(syntax, value)?,
+            Opt::Ack => {
+                let v = value.show();
+                self.stream.ack = Ack::parse(&v).ok_or_else(|| match syntax {
+                    Syntax::Command { .. } => format!("ACK must be keep or delete, got '{v}'"),
+                    Syntax::File => format!("ack must be \"keep\" or \"delete\", got \"{v}\""),
+                    Syntax::Stored => format!("bad ack '{v}'"),
+                })?;
+            }
         }
         Ok(())
     }

@@ -20,7 +20,7 @@
 
 use crate::cluster;
 use crate::ffi;
-use crate::spec::{self, DbSel, Kind, Opt, Options, Source, Syntax, Value, WatchSpec};
+use crate::spec::{self, Ack, DbSel, Kind, Opt, Options, Source, Syntax, Value, WatchSpec};
 use crate::watch::{self, Snapshot};
 use redis_module::key::KeyFlags;
 use redis_module::{CallOptionsBuilder, CallResult, Context, ContextFlags, KeyType, ScanKeyCursor};
@@ -88,6 +88,9 @@ struct Stored {
     /// module that predates it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     start: Option<String>,
+    /// Written only when not the default `keep`, like `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ack: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +114,7 @@ fn encode(spec: &WatchSpec) -> String {
         max_attempts: None,
         deadletter: None,
         start: None,
+        ack: None,
     };
     let stored = match spec.kind {
         Kind::Hash => stored,
@@ -125,6 +129,7 @@ fn encode(spec: &WatchSpec) -> String {
                     .as_ref()
                     .map(|d| String::from_utf8_lossy(d).into_owned()),
                 start: (o.start != b"0").then(|| String::from_utf8_lossy(&o.start).into_owned()),
+                ack: (o.ack != Ack::Keep).then(|| o.ack.name().to_string()),
                 ..stored
             }
         }
@@ -154,6 +159,7 @@ fn decode(pattern: &[u8], value: &[u8]) -> Result<WatchSpec, String> {
         (Opt::MaxAttempts, s.max_attempts.map(int)),
         (Opt::Deadletter, s.deadletter.as_ref().map(string)),
         (Opt::Start, s.start.as_ref().map(string)),
+        (Opt::Ack, s.ack.as_ref().map(string)),
     ] {
         if let Some(value) = value {
             o.set(opt, value)?;
@@ -355,10 +361,12 @@ mod tests {
                 max_attempts: 2,
                 deadletter: Some(b"failed".to_vec()),
                 start: b"$".to_vec(),
+                ack: Ack::Delete,
             },
         };
         let text = encode(&spec);
         assert!(text.contains("start = \"$\""), "{text}");
+        assert!(text.contains("ack = \"delete\""), "{text}");
         assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec.clone()));
         // The default start is not written.
         let spec = WatchSpec {
@@ -366,7 +374,10 @@ mod tests {
             ..spec
         };
         let text = encode(&spec);
-        assert!(!text.contains("start ="), "{text}");
+        assert!(
+            !text.contains("start =") && !text.contains("ack ="),
+            "{text}"
+        );
         assert_eq!(decode(&spec.pattern, text.as_bytes()), Ok(spec));
     }
 

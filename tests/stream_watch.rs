@@ -554,6 +554,76 @@ fn a_bad_start_is_an_error_naming_start() {
 }
 
 #[test]
+fn ack_delete_removes_acked_and_dead_lettered_entries_and_keep_leaves_them() {
+    let dir = TempDir::new();
+    let script = r#"[ "$2" = ok ] && exit 0; echo "boom $1"; exit 3"#;
+    let toml = handler("fl", dir.path(), script, &["{field:mode}"], "");
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let xlen = |c: &mut redis::Connection, key: &str| vint(&ok(c, &["XLEN", key])).unwrap();
+    // ACK delete: the entry that succeeds and the one dead-lettered both leave the stream.
+    let opts = ["MAX-ATTEMPTS", "1", "ACK", "delete"];
+    watch_stream_opts(&mut c, "gone", "fl", &opts);
+    xadd(&mut c, "gone", &[("mode", "ok")]);
+    let bad = xadd(&mut c, "gone", &[("mode", "bad")]);
+    let dead = wait_for("dead-lettered entry", WAIT, || {
+        stream_entries(&mut c, "gone:dead").pop()
+    });
+    assert_eq!(dead["id"], bad);
+    assert_eq!(dead["mode"], "bad");
+    wait_eq("XLEN gone", WAIT, 0, || xlen(&mut c, "gone"));
+    wait_eq("WATCHES counters", WAIT, (1, 1), || {
+        (
+            counter(&mut c, "gone", "acked"),
+            counter(&mut c, "gone", "dead-lettered"),
+        )
+    });
+    let g = group_info(&mut c, "gone", "streamwatch");
+    assert_eq!(g.get("pending").map(String::as_str), Some("0"), "{g:?}");
+    assert_eq!(stream_entries(&mut c, "gone:dead").len(), 1);
+    let o = to_map(&watch_map(&mut c, "gone")["options"]);
+    assert_eq!(get_str(&o, "ack"), "delete");
+    let stored = vstr(&ok(&mut c, &["HGET", "streamwatch:watches", "gone"]));
+    assert!(stored.contains("ack = \"delete\""), "{stored}");
+    // The default, keep: both entries stay in the stream.
+    watch_stream_opts(&mut c, "kept", "fl", &["MAX-ATTEMPTS", "1"]);
+    xadd(&mut c, "kept", &[("mode", "ok")]);
+    let bad = xadd(&mut c, "kept", &[("mode", "bad")]);
+    wait_drained(&mut c, "kept");
+    let dead = wait_for("dead-lettered entry", WAIT, || {
+        stream_entries(&mut c, "kept:dead").pop()
+    });
+    assert_eq!(dead["id"], bad);
+    assert_eq!(xlen(&mut c, "kept"), 2);
+    let o = to_map(&watch_map(&mut c, "kept")["options"]);
+    assert_eq!(get_str(&o, "ack"), "keep");
+    let stored = vstr(&ok(&mut c, &["HGET", "streamwatch:watches", "kept"]));
+    assert!(!stored.contains("ack"), "{stored}");
+}
+
+#[test]
+fn a_bad_ack_is_an_error_naming_ack() {
+    let s = Server::start(&long_handler("w", ""));
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    for value in ["drop", "", "deleted", "1"] {
+        let e = err(
+            &mut c,
+            &[w, "s", "HANDLER", "w", "TYPE", "stream", "ACK", value],
+        );
+        assert_eq!(e, format!("ERR ACK must be keep or delete, got '{value}'"));
+    }
+    let e = err(&mut c, &[w, "s", "HANDLER", "w", "ACK", "delete"]);
+    assert!(e.contains("ACK applies only to TYPE stream"), "{e}");
+    let bad = format!(
+        "{}[[watch]]\npattern = \"x\"\nhandler = \"w\"\ntype = \"stream\"\nack = \"drop\"\n",
+        long_handler("w", "")
+    );
+    let log = Server::start_expect_failure(&bad);
+    assert!(log.contains("ack must be \"keep\" or \"delete\""), "{log}");
+}
+
+#[test]
 fn a_second_watch_on_the_same_streams_and_group_is_refused() {
     let dir = TempDir::new();
     let s = Server::builder(&recorder(dir.path(), ""))

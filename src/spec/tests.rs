@@ -28,6 +28,7 @@ fn good_options_in_every_syntax() {
         max_attempts: m,
         deadletter: dl.map(|d| d.as_bytes().to_vec()),
         start: b"0".to_vec(),
+        ack: Ack::Keep,
     };
     let hash = |db, onchange| Parsed {
         handler: "h".into(),
@@ -364,4 +365,47 @@ fn start_takes_zero_dollar_or_an_id() {
         Err("START applies only to TYPE stream watches".into())
     );
     assert_eq!(Opt::from_word("start"), Some(Opt::Start));
+}
+
+#[test]
+fn ack_is_keep_or_delete() {
+    let stream = |ack| {
+        vec![
+            (Opt::Handler, t("h")),
+            (Opt::Type, t("stream")),
+            (Opt::Ack, ack),
+        ]
+    };
+    let p = parse(CMD, &stream(t("keep"))[..2]).unwrap();
+    assert_eq!(p.stream.ack, Ack::Keep);
+    for (syntax, word, want) in [
+        (CMD, "keep", Ack::Keep),
+        (CMD, "DELETE", Ack::Delete),
+        (Syntax::File, "delete", Ack::Delete),
+        (Syntax::Stored, "delete", Ack::Delete),
+    ] {
+        assert_eq!(
+            parse(syntax, &stream(t(word))).map(|p| p.stream.ack),
+            Ok(want)
+        );
+    }
+    assert_eq!(
+        parse(CMD, &stream(t("drop"))),
+        Err("ACK must be keep or delete, got 'drop'".into())
+    );
+    assert_eq!(
+        parse(Syntax::File, &stream(Value::Int(1))),
+        Err("ack must be \"keep\" or \"delete\", got \"1\"".into())
+    );
+    assert_eq!(
+        parse(Syntax::Stored, &stream(t(""))),
+        Err("bad ack ''".into())
+    );
+    // A hash watch takes no ACK.
+    let pairs = vec![(Opt::Handler, t("h")), (Opt::Ack, t("delete"))];
+    assert_eq!(
+        parse(CMD, &pairs),
+        Err("ACK applies only to TYPE stream watches".into())
+    );
+    assert_eq!(Opt::from_word("ack"), Some(Opt::Ack));
 }

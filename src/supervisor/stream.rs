@@ -1,7 +1,7 @@
 //! The Redis stream calls of stream watches, in one small module: reading through the
 //! consumer group (XREADGROUP, XPENDING, XCLAIM), acknowledging (XACK), dead-lettering
-//! (XADD), creating the group (XGROUP) and its figures (XINFO). Each takes the context
-//! of a GIL hold the caller already has; the writes are replicated.
+//! (XADD), deleting (XDEL), creating the group (XGROUP) and its figures (XINFO). Each
+//! takes the context of a GIL hold the caller already has; the writes are replicated.
 
 use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, ErrorReply, KeyType, RedisString,
@@ -88,6 +88,12 @@ impl Group<'_> {
     pub fn ack(&self, id: Sid) {
         let id = id.to_string();
         let _ = call(self.ctx, "XACK", &[self.key, self.group, id.as_bytes()]);
+    }
+
+    /// `XDEL`: the entry leaves the stream (the watch's `ACK delete`, once it is done).
+    pub fn delete(&self, id: Sid) {
+        let id = id.to_string();
+        let _ = call(self.ctx, "XDEL", &[self.key, id.as_bytes()]);
     }
 
     /// `XADD stream * <fields> extra...`, the entry as it goes to a dead-letter stream.

@@ -6,6 +6,7 @@
 use super::{Entry, Outcome, Queues, STATS_EVERY};
 use crate::cluster;
 use crate::ffi;
+use crate::spec::Ack;
 use crate::supervisor::events::{Flushed, LifecycleEvents};
 use crate::supervisor::gil;
 use crate::supervisor::look::{Node, Tsc};
@@ -90,11 +91,18 @@ impl Queues {
             consumer: &node.consumer,
             start: &opts.start,
         };
-        // 1. Outcomes: acknowledge, or dead-letter then acknowledge.
+        // 1. Outcomes: acknowledge, or dead-letter then acknowledge; with `ACK delete`
+        //    the entry then leaves the stream too (XACK and XDEL in this one hold).
+        let done = |sid: Sid| {
+            g.ack(sid);
+            if opts.ack == Ack::Delete {
+                g.delete(sid);
+            }
+        };
         for (sid, outcome) in std::mem::take(&mut q.done) {
             match outcome {
                 Outcome::Ack => {
-                    g.ack(sid);
+                    done(sid);
                     q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
                     events.entry("acked", qk, &q.watch, sid, vec![]);
                 }
@@ -121,7 +129,7 @@ impl Queues {
                     ];
                     match g.add(&dl, &fields, &about) {
                         Ok(()) => {
-                            g.ack(sid);
+                            done(sid);
                             q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             let extra = vec![
                                 ("deadletter", dl.clone()),
