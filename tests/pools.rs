@@ -74,6 +74,11 @@ fn done(dir: &Path) -> Vec<(String, u32, u32)> {
         .collect()
 }
 
+/// The attempts with which entry `id` ran, in order (from `done`).
+fn attempts(ran: &[(String, u32, u32)], id: &str) -> Vec<u32> {
+    ran.iter().filter(|r| r.0 == id).map(|r| r.2).collect()
+}
+
 fn pool(c: &mut redis::Connection) -> Map {
     parse_maps(&ok(c, &["STREAMWATCH.POOLS"]))
         .into_iter()
@@ -190,7 +195,7 @@ fn a_worker_past_timeout_is_stopped_and_the_entry_retried() {
     let id = xadd(&mut c, "tq", &[("mode", "hang")]);
     wait_drained(&mut c, "tq");
     let ran = done(dir.path());
-    assert_eq!(ran.iter().filter(|r| r.0 == id).count(), 2, "{ran:?}");
+    assert_eq!(attempts(&ran, &id).len(), 2, "{ran:?}");
     let exited = events_named(&mut c, "exited");
     assert!(
         exited.iter().any(|e| e
@@ -799,11 +804,8 @@ fn the_next_entry_of_a_worker_that_exits_after_answering_keeps_its_attempt() {
     let ran = done(dir.path());
     assert!(ran.iter().any(|r| r.0 == first), "{ran:?}");
     assert_eq!(
-        ran.iter()
-            .filter(|r| r.0 == next)
-            .map(|r| r.2)
-            .collect::<Vec<_>>(),
-        vec![1],
+        attempts(&ran, &next),
+        [1],
         "the next entry runs once, as attempt 1: {ran:?}"
     );
     assert!(
@@ -890,12 +892,5 @@ fn an_entry_given_to_a_worker_that_already_exited_keeps_its_attempt() {
         !dead.iter().any(|e| e.get("id") == Some(&next)),
         "dead-lettered without ever running: {dead:?} (ran {ran:?})"
     );
-    assert_eq!(
-        ran.iter()
-            .filter(|r| r.0 == next)
-            .map(|r| r.2)
-            .collect::<Vec<_>>(),
-        vec![1],
-        "{ran:?}"
-    );
+    assert_eq!(attempts(&ran, &next), [1], "{ran:?}");
 }
