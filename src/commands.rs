@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 type CmdResult = Result<Outcome, CmdError>;
 
+mod follow;
+pub use follow::{cancel, wait};
+#[cfg(any(test, fuzzing))]
+pub use follow::{parse_cancel, parse_wait};
+
 /// Number of databases (`databases` config), read at load.
 pub static DATABASES: AtomicI32 = AtomicI32::new(16);
 

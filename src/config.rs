@@ -23,6 +23,9 @@ pub static EVENTS_KEY: StringConfig = StringConfig::new();
 pub static EVENTS_MAXLEN: AtomicI64 = AtomicI64::new(10_000);
 pub static MAX_JOBS: AtomicI64 = AtomicI64::new(10_000);
 pub static LOG_LINES: AtomicI64 = AtomicI64::new(100);
+/// How many outcomes each stream keeps, and how long after its last one (`outcomes.rs`).
+pub static OUTCOMES_MAX: AtomicI64 = AtomicI64::new(10_000);
+pub static OUTCOMES_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
 
 /// A string module config. The crate's own `Mutex<String>` config hands its value to
 /// Redis through a C string, which panics (and so aborts the server) on a NUL byte that

@@ -227,6 +227,30 @@ impl Replier {
         (!bc.is_null()).then_some(Replier { bc, filter: None })
     }
 
+    /// Blocks the calling client without a server-side timeout, as `STREAMWATCH.WAIT`
+    /// does: its timeout is the supervisor's, which answers nil then. (A server-side
+    /// timeout would race with the supervisor's answer: an `UnblockClient` that the
+    /// server has not processed yet when the client times out leaves the client with
+    /// no reply at all, on Redis 7.0.) `None` where the client cannot block.
+    pub fn block_waiting(ctx: &Context) -> Option<Replier> {
+        use redis_module::ContextFlags;
+        let flags = ctx.get_flags();
+        let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
+        if deny || flags.intersects(ContextFlags::MULTI | ContextFlags::LUA) {
+            return None;
+        }
+        let bc = unsafe {
+            raw::RedisModule_BlockClient.unwrap()(
+                ctx.ctx,
+                Some(blocked_reply),
+                Some(blocked_timeout),
+                Some(blocked_free),
+                0,
+            )
+        };
+        (!bc.is_null()).then_some(Replier { bc, filter: None })
+    }
+
     /// The reply will pass through `apply` on the main thread, which can ask the server
     /// (about ACL users, for instance: the supervisor thread cannot).
     pub fn filtered(mut self, apply: FilterFn) -> Replier {

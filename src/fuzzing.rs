@@ -48,6 +48,8 @@ pub fn commands(data: &[u8]) {
     unwatch(&args);
     jobs(&args);
     key_field(&args);
+    wait(&args);
+    cancel(&args);
     no_args(&args);
 }
 
@@ -157,6 +159,33 @@ fn key_field(args: &[&[u8]]) {
             assert_eq!(db.is_some(), args.len() == 5);
             assert!(db.is_none_or(|d| (0..databases()).contains(&d)));
         }
+        Err(e) => check_error(e, args.len() == 3 || args.len() == 5, args),
+    }
+}
+
+/// An entry id the follow commands accept: `<ms>-<seq>`, both numbers.
+fn is_entry_id(id: &[u8]) -> bool {
+    let s = std::str::from_utf8(id).unwrap_or("");
+    s.split_once('-')
+        .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+}
+
+fn wait(args: &[&[u8]]) {
+    match commands::parse_wait(args) {
+        Ok(w) => {
+            assert!((3..=7).contains(&args.len()) && args.len() % 2 == 1);
+            assert_eq!(Some(&w.key[..]), args.get(1).copied());
+            assert_eq!(Some(&w.id[..]), args.get(2).copied());
+            assert!(is_entry_id(&w.id));
+            assert!(w.db.is_none_or(|d| (0..databases()).contains(&d)));
+        }
+        Err(e) => check_error(e, (3..=7).contains(&args.len()), args),
+    }
+}
+
+fn cancel(args: &[&[u8]]) {
+    match commands::parse_cancel(args) {
+        Ok(a) => assert!(is_entry_id(&a.field), "{args:?}"),
         Err(e) => check_error(e, args.len() == 3 || args.len() == 5, args),
     }
 }
@@ -420,6 +449,12 @@ mod tests {
         assert_eq!(
             (&j.key[..], &j.field[..], j.db),
             (&b"cams"[..], &b"cam1"[..], Some(15))
+        );
+        let data = seed("commands", "wait");
+        let w = commands::parse_wait(&lines(&data)).expect("wait parses");
+        assert_eq!(
+            (&w.id[..], w.timeout_ms, w.db),
+            (&b"1700000000000-0"[..], 5000, Some(2))
         );
         let data = seed("config", "demo.toml");
         let text = String::from_utf8_lossy(&data);

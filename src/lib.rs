@@ -25,6 +25,7 @@ mod events;
 mod ffi;
 pub mod fuzzing;
 mod glob;
+mod outcomes;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;
 mod reply;
@@ -74,7 +75,13 @@ fn load(ctx: &Context) -> Result<(), ()> {
             commands::DATABASES.store(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    for (name, write) in [("streamwatch.job", false), ("streamwatch.restart", true)] {
+    let keyed = [
+        ("streamwatch.job", false),
+        ("streamwatch.restart", true),
+        ("streamwatch.wait", false),
+        ("streamwatch.cancel", true),
+    ];
+    for (name, write) in keyed {
         if !ffi::declare_key_arg(ctx, name, write) {
             // The spec Redis derived from the command table stays: full access.
             ctx.log_warning(&format!(
@@ -148,6 +155,8 @@ command!(cmd_resume, "STREAMWATCH.RESUME", commands::resume);
 command!(cmd_reconcile, "STREAMWATCH.RECONCILE", commands::reconcile);
 command!(cmd_status, "STREAMWATCH.STATUS", commands::status);
 command!(cmd_pools, "STREAMWATCH.POOLS", commands::pools);
+command!(cmd_wait, "STREAMWATCH.WAIT", commands::wait);
+command!(cmd_cancel, "STREAMWATCH.CANCEL", commands::cancel);
 
 redis_module! {
     name: "streamwatch",
@@ -160,8 +169,9 @@ redis_module! {
     // modules get no categories, `acl::check_admin` judges them as if they were. WATCH
     // and UNWATCH also write the watches store (`write`: a replica refuses them), and
     // WATCH adds data (`deny-oom`); the rest only read (`readonly`).
-    // Keys: JOB and RESTART name one key, argument 1 (`load` refines the key specs:
-    // JOB reads the key, RESTART updates it), so Redis checks key ACLs and slots.
+    // Keys: JOB, WAIT, RESTART and CANCEL name one key, argument 1 (`load` refines the
+    // key specs: JOB and WAIT read the key, RESTART and CANCEL update it), so Redis
+    // checks key ACLs and slots.
     acl_categories: ["streamwatch",],
     init: init,
     deinit: deinit,
@@ -179,12 +189,16 @@ redis_module! {
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.pools", cmd_pools, "readonly", 0, 0, 0, "", "read streamwatch"],
+        ["streamwatch.wait", cmd_wait, "readonly", 1, 1, 1, "", "read streamwatch"],
+        ["streamwatch.cancel", cmd_cancel, "admin", 1, 1, 1, "", "admin dangerous streamwatch"],
     ],
     configurations: [
         i64: [
             ["events-maxlen", &config::EVENTS_MAXLEN, 10000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
             ["max-jobs", &config::MAX_JOBS, 10000, 0, 100_000_000, ConfigurationFlags::DEFAULT, None],
             ["log-lines", &config::LOG_LINES, 100, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
+            ["outcomes-max", &config::OUTCOMES_MAX, 10000, 0, 10_000_000, ConfigurationFlags::DEFAULT, None],
+            ["outcomes-ttl-ms", &config::OUTCOMES_TTL_MS, 86_400_000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["config", &config::CONFIG_PATH, "", ConfigurationFlags::IMMUTABLE, None],

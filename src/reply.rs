@@ -2,7 +2,8 @@
 //! function on both sides: the helper, to know when the worker has answered and may be
 //! given the entry it holds for it, and the module, to settle the entry. Compiled into
 //! both (the helper includes it with `#[path]`), so the two can never disagree on what
-//! is an answer.
+//! is an answer. A per-entry run's lines on its fd 3 (a result, progress: no id, no
+//! answer) are read here too.
 
 /// One line a worker wrote on fd 3.
 #[derive(Debug, PartialEq)]
@@ -11,10 +12,22 @@ pub enum Said {
     Done {
         id: String,
         error: Option<String>,
+        /// The `"result"`, as JSON text.
+        result: Option<String>,
     },
     Progress {
         id: String,
+        /// The `"progress"`, as JSON text.
+        value: String,
     },
+}
+
+/// One line a per-entry run wrote on fd 3: its `"result"` and/or `"progress"`, as JSON
+/// texts (its exit status decides success).
+#[derive(Debug, PartialEq, Default)]
+pub struct RunSaid {
+    pub result: Option<String>,
+    pub progress: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -23,8 +36,22 @@ struct ReplyLine {
     ok: Option<bool>,
     error: Option<serde_json::Value>,
     progress: Option<serde_json::Value>,
-    #[allow(dead_code)]
     result: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RunLine {
+    result: Option<serde_json::Value>,
+    progress: Option<serde_json::Value>,
+}
+
+/// Reads one line of a per-entry run (without its newline).
+pub fn parse_run_line(line: &[u8]) -> Result<RunSaid, String> {
+    let r: RunLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    Ok(RunSaid {
+        result: r.result.map(|v| v.to_string()),
+        progress: r.progress.map(|v| v.to_string()),
+    })
 }
 
 /// Reads one reply line (without its newline).
@@ -36,6 +63,7 @@ pub fn parse_reply(line: &[u8]) -> Result<Said, String> {
         (Some(true), _) => Ok(Said::Done {
             id: r.id,
             error: None,
+            result: r.result.map(|v| v.to_string()),
         }),
         (Some(false), _) => {
             let error = match r.error {
@@ -46,9 +74,13 @@ pub fn parse_reply(line: &[u8]) -> Result<Said, String> {
             Ok(Said::Done {
                 id: r.id,
                 error: Some(error),
+                result: r.result.map(|v| v.to_string()),
             })
         }
-        (None, Some(_)) => Ok(Said::Progress { id: r.id }),
+        (None, Some(p)) => Ok(Said::Progress {
+            id: r.id,
+            value: p.to_string(),
+        }),
         (None, None) => Err(format!(
             "neither \"ok\" nor \"progress\" in '{}'",
             cut(line)
@@ -66,13 +98,18 @@ mod tests {
             Ok(Said::Done {
                 id: id.into(),
                 error: error.map(str::to_string),
+                result: None,
             })
         };
         let table: [(&str, Result<Said, String>); 6] = [
             (r#"{"id":"1-0","ok":true}"#, done("1-0", None)),
             (
                 r#"{"id":"1-0","ok":true,"result":{"a":[1]}}"#,
-                done("1-0", None),
+                Ok(Said::Done {
+                    id: "1-0".into(),
+                    error: None,
+                    result: Some(r#"{"a":[1]}"#.into()),
+                }),
             ),
             (
                 r#"{"id":"1-0","ok":false,"error":"boom"}"#,
@@ -88,7 +125,10 @@ mod tests {
             ),
             (
                 r#"{"id":"1-0","progress":50}"#,
-                Ok(Said::Progress { id: "1-0".into() }),
+                Ok(Said::Progress {
+                    id: "1-0".into(),
+                    value: "50".into(),
+                }),
             ),
         ];
         for (line, want) in table {
@@ -103,5 +143,23 @@ mod tests {
         ] {
             assert!(parse_reply(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn run_lines() {
+        let said = |r: Option<&str>, p: Option<&str>| RunSaid {
+            result: r.map(str::to_string),
+            progress: p.map(str::to_string),
+        };
+        let table = [
+            (r#"{"result":{"a":1}}"#, said(Some(r#"{"a":1}"#), None)),
+            (r#"{"progress":"half"}"#, said(None, Some(r#""half""#))),
+            (r#"{"result":1,"progress":2}"#, said(Some("1"), Some("2"))),
+            (r#"{"other":1}"#, said(None, None)),
+        ];
+        for (line, want) in table {
+            assert_eq!(parse_run_line(line.as_bytes()), Ok(want), "{line}");
+        }
+        assert!(parse_run_line(b"not json").is_err());
     }
 }

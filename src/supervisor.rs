@@ -27,6 +27,7 @@
 
 mod entry_text;
 mod events;
+mod follow;
 mod gil;
 mod groups;
 mod inbox;
@@ -41,7 +42,9 @@ mod runs;
 mod stream;
 mod timers;
 mod views;
+mod waiters;
 
+pub use follow::NOT_PRIMARY;
 pub use inbox::{
     follow_watches, hint, send, FieldList, JobFilter, Msg, Written, Wrote, MAX_LOOK_FIELDS,
 };
@@ -118,6 +121,8 @@ struct Supervisor {
     /// Publishing the counts: asked for now, and when last done.
     stats_now: bool,
     stats_published: Instant,
+    /// The clients in `STREAMWATCH.WAIT`.
+    waiters: waiters::Waiters,
 }
 
 impl Supervisor {
@@ -137,6 +142,7 @@ impl Supervisor {
             groups: Groups::default(),
             stats_now: true,
             stats_published: Instant::now(),
+            waiters: waiters::Waiters::default(),
         }
     }
 
@@ -294,8 +300,12 @@ impl Supervisor {
                     queues.promoted(&qk, sid, run, &mut fx);
                 }
             }
+            for (qk, sid, value) in fx.pools.take_progress() {
+                queues.progressed(&qk, sid, value);
+            }
             for a in answers {
-                queues.answered(&a.queue, a.sid, a.worker, a.error, active, &mut fx);
+                let said = (a.error, a.result);
+                queues.answered(&a.queue, a.sid, a.worker, said, active, &mut fx);
             }
             if active {
                 for name in idle {
@@ -415,7 +425,21 @@ impl Supervisor {
                 key,
                 field,
                 reply,
-            } => reply.reply(views::job_reply(&self.hash, &self.queues, db, &key, &field)),
+            } => self.job(db, &key, &field, reply),
+            Msg::Wait {
+                db,
+                key,
+                id,
+                timeout,
+                reply,
+            } => match stream::Sid::parse(&id) {
+                Some(sid) => self.wait((db, key, sid), timeout, reply),
+                None => reply.reply(Reply::Nil),
+            },
+            Msg::Cancel { db, key, id, reply } => match stream::Sid::parse(&id) {
+                Some(sid) => self.cancel(db, &key, sid, reply),
+                None => reply.reply(Reply::Int(0)),
+            },
             Msg::Restart {
                 db,
                 key,
@@ -447,6 +471,7 @@ impl Supervisor {
                     self.reconcile_all();
                 } else {
                     self.stop_everything();
+                    self.waiters.release(follow::NOT_PRIMARY);
                 }
             }
             Msg::Report(r) => self.on_report(r),
@@ -602,9 +627,11 @@ impl Supervisor {
             Flushed::Demoted => {
                 self.node.set_primary(false);
                 self.stop_everything();
+                self.waiters.release(follow::NOT_PRIMARY);
             }
             Flushed::WritesPaused => self.writes_paused(),
         }
+        self.answer_waiters();
     }
 
     // ---- runs ----
@@ -645,9 +672,13 @@ impl Supervisor {
             }
             Report::Replies { run, data } => {
                 runner::output_taken(data.len());
-                if let Some(RunOf::Worker(name)) = self.runs.owner(run).cloned() {
-                    let (runs, timers) = (&mut self.runs, &mut self.timers);
-                    self.pools.replies(&name, run, &data, runs, timers);
+                match self.runs.owner(run).cloned() {
+                    Some(RunOf::Worker(name)) => {
+                        let (runs, timers) = (&mut self.runs, &mut self.timers);
+                        self.pools.replies(&name, run, &data, runs, timers);
+                    }
+                    Some(RunOf::Entry(qk, sid)) => self.queues.run_said(&qk, sid, &data),
+                    _ => {}
                 }
             }
             Report::Unread { run } => {
@@ -679,7 +710,7 @@ impl Supervisor {
                     .worker("worker-exited", &name, runs::exit_fields(pid, &end));
                 let left = fx.pools.worker_ended(&name, id, active, fx.timers);
                 for (qk, sid) in left.unrun {
-                    queues.requeue(&qk, sid, id);
+                    queues.requeue(&qk, sid, id, &mut fx);
                 }
                 if let Some((qk, sid)) = left.failed {
                     queues.run_ended(&qk, sid, id, end, active, &mut fx);
@@ -715,6 +746,7 @@ impl Supervisor {
                 }
                 Timer::Pool(name) => self.pools.backoff_over(&name),
                 Timer::Recycle(name, id) => self.pools.recycle_over(&name, id, &mut self.runs),
+                Timer::Waits => self.waiters.expire(now),
             }
         }
     }

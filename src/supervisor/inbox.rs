@@ -58,6 +58,20 @@ pub enum Msg {
         field: Vec<u8>,
         reply: Replier,
     },
+    /// `STREAMWATCH.WAIT`: `id` is an entry id (checked by the command).
+    Wait {
+        db: i32,
+        key: Vec<u8>,
+        id: Vec<u8>,
+        timeout: Option<std::time::Duration>,
+        reply: Replier,
+    },
+    Cancel {
+        db: i32,
+        key: Vec<u8>,
+        id: Vec<u8>,
+        reply: Replier,
+    },
     Pause,
     Resume,
     Role {

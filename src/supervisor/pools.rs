@@ -134,6 +134,8 @@ pub(super) struct Answer {
     pub worker: u64,
     /// `None`: done (ok); else why the attempt failed.
     pub error: Option<String>,
+    /// The worker's `"result"` for it (JSON text).
+    pub result: Option<String>,
     /// The worker's `next` entry, which it now works on, with its run.
     pub promoted: Option<(QueueKey, Sid, Run)>,
 }
@@ -169,6 +171,8 @@ pub(super) struct Pools {
     idle: BTreeSet<String>,
     /// Entries answered by their worker since the last `take_answers`.
     answers: Vec<Answer>,
+    /// Progress the workers reported on their entries (JSON texts), for the queues.
+    progress: Vec<(QueueKey, Sid, String)>,
 }
 
 impl Pools {
@@ -235,6 +239,10 @@ impl Pools {
         std::mem::take(&mut self.answers)
     }
 
+    pub(super) fn take_progress(&mut self) -> Vec<(QueueKey, Sid, String)> {
+        std::mem::take(&mut self.progress)
+    }
+
     /// The helper reported worker `id`'s process: it is free.
     pub(super) fn started(&mut self, name: &str, id: u64, pid: i32, start: Option<u64>) {
         if let Some(w) = self.worker(name, id) {
@@ -283,8 +291,19 @@ impl Pools {
             let reply = parse_reply(&line[..end]);
             let busy_id = w.busy.as_ref().map(|(_, sid)| sid.to_string());
             let error = match reply {
-                Ok(Said::Progress { .. }) => continue,
-                Ok(Said::Done { id: got, error }) if Some(&got) == busy_id.as_ref() => Ok(error),
+                Ok(Said::Progress { id: got, value }) => {
+                    if let Some((qk, sid)) =
+                        w.busy.as_ref().filter(|_| Some(&got) == busy_id.as_ref())
+                    {
+                        self.progress.push((qk.clone(), *sid, value));
+                    }
+                    continue;
+                }
+                Ok(Said::Done {
+                    id: got,
+                    error,
+                    result,
+                }) if Some(&got) == busy_id.as_ref() => Ok((error, result)),
                 Ok(Said::Done { id: got, .. }) => Err(match busy_id {
                     Some(want) => format!("the worker answered for entry {got}, not {want}"),
                     None => format!("the worker answered for entry {got}, which it did not have"),
@@ -292,7 +311,7 @@ impl Pools {
                 Err(e) => Err(e),
             };
             match error {
-                Ok(error) => {
+                Ok((error, result)) => {
                     let Some((queue, sid)) = w.busy.take() else {
                         continue; // an answer matches only the entry it has (above)
                     };
@@ -324,6 +343,7 @@ impl Pools {
                         sid,
                         worker: id,
                         error,
+                        result,
                         promoted,
                     });
                     self.idle.insert(name.to_string());
@@ -338,6 +358,7 @@ impl Pools {
                             sid,
                             worker: id,
                             error: Some(problem),
+                            result: None,
                             promoted: None,
                         });
                     }

@@ -30,6 +30,7 @@ use super::stream::{Fields, QueueKey, Sid};
 use super::timers::Timer;
 use super::Effects;
 use crate::config::Handler;
+use crate::outcomes;
 use crate::stats;
 use crate::watch::{Snapshot, Watch};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -37,8 +38,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod finish;
 mod flush;
 mod pooled;
+
+pub(super) use finish::Cancel;
+use finish::{outcome_of, DeadLetter, Done};
 
 /// An entry this node is working on (it is pending in the group until acked).
 pub(super) struct Entry {
@@ -57,6 +62,14 @@ pub(super) struct Entry {
     queued_at: Option<u64>,
     pub last_exit: Option<i64>,
     pub log: Log,
+    /// What the runs said on fd 3 (JSON texts), and a line not whole yet.
+    pub result: Option<String>,
+    pub progress: Option<String>,
+    said: Vec<u8>,
+    /// When its first attempt started.
+    began: Option<Instant>,
+    /// `STREAMWATCH.CANCEL`: it ends `cancelled` once nothing runs it.
+    cancelled: bool,
 }
 
 impl Entry {
@@ -73,6 +86,11 @@ impl Entry {
             queued_at: None,
             last_exit: None,
             log: Log::default(),
+            result: None,
+            progress: None,
+            said: Vec::new(),
+            began: None,
+            cancelled: false,
         }
     }
 
@@ -83,18 +101,15 @@ impl Entry {
             None => "starting",
         }
     }
-}
 
-/// What becomes of an entry whose work is over, done at the next `flush`.
-enum Outcome {
-    Ack,
-    DeadLetter {
-        fields: Fields,
-        attempts: u32,
-        error: String,
-        last_exit: Option<i64>,
-        output: Vec<u8>,
-    },
+    /// Its state in `STREAMWATCH.JOB`'s words: `queued`, `running` or `backoff`.
+    pub(super) fn status(&self) -> &'static str {
+        match &self.run {
+            Some(_) => "running",
+            None if self.backoff_until.is_some() || self.retry_due => "backoff",
+            None => "queued",
+        }
+    }
 }
 
 /// The most of an entry's last output lines its dead-letter entry carries.
@@ -107,7 +122,11 @@ pub(super) struct Queue {
     /// most `CONCURRENCY`. Dropped whenever the queue stops or rescans: the group still
     /// has them pending, so a rescan claims them back.
     ahead: VecDeque<(Sid, Fields)>,
-    done: Vec<(Sid, Outcome)>,
+    done: Vec<(Sid, Done)>,
+    /// Cancelled before this node read them: acknowledged, not run, when they are.
+    cancelled: BTreeSet<Sid>,
+    /// An outcome could not be kept (logged once).
+    warned: bool,
     /// False once the watch no longer applies here (UNWATCH, pause, demotion, key
     /// gone): its runs are stopped, nothing new starts; it goes when they have ended.
     wanted: bool,
@@ -130,6 +149,8 @@ impl Queue {
             entries: BTreeMap::new(),
             ahead: VecDeque::new(),
             done: Vec::new(),
+            cancelled: BTreeSet::new(),
+            warned: false,
             wanted: true,
             recovering: true,
             after: None,
@@ -184,24 +205,25 @@ impl Queue {
         self.entries.values().filter_map(|e| e.run.as_ref())
     }
 
-    /// The entry is done with: it goes to the dead-letter stream at the next `flush`,
-    /// with the last of its `output`.
+    /// The entry (taken out of `entries`, or `None` if it never ran here, with its
+    /// `fields` and attempts) is done with: it goes to the dead-letter stream at the
+    /// next `flush`, with the last of its output.
     fn dead_letter(
         &mut self,
+        qk: &QueueKey,
         sid: Sid,
-        fields: Fields,
-        attempts: u32,
+        (e, fields, attempts): (Option<Entry>, Fields, u32),
         error: String,
-        (last_exit, output): (Option<i64>, Vec<u8>),
+        fx: &mut Effects,
     ) {
-        let outcome = Outcome::DeadLetter {
+        let mut outcome = outcome_of(self, sid, e.as_ref(), outcomes::DEAD, Some(error));
+        outcome.attempts = attempts;
+        let dead = DeadLetter {
             fields,
-            attempts,
-            error,
-            last_exit,
-            output,
+            last_exit: e.as_ref().and_then(|e| e.last_exit),
+            output: e.map_or(Vec::new(), |e| e.log.tail(DEAD_OUTPUT)),
         };
-        self.done.push((sid, outcome));
+        self.finish_dead(qk, sid, outcome, Some(dead), true, fx);
     }
 
     /// Whether the next `flush` has anything to do for this queue.
@@ -221,12 +243,19 @@ pub(super) struct Queues {
     dirty: BTreeSet<QueueKey>,
     /// When some queue's group figures are next due (see `publish`).
     pub stats_due: Option<Instant>,
+    /// The outcomes kept since the last `take_finished`, for the clients waiting.
+    finished: Vec<(i32, Vec<u8>, Sid, outcomes::Outcome)>,
 }
 
 impl Queues {
     /// Whether a `flush` is due now.
     pub(super) fn has_work(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// The outcomes kept by the last `flush`es: `(db, key, id, outcome)`.
+    pub(super) fn take_finished(&mut self) -> Vec<(i32, Vec<u8>, Sid, outcomes::Outcome)> {
+        std::mem::take(&mut self.finished)
     }
 
     /// The handlers of the queues that run.
@@ -267,6 +296,17 @@ impl Queues {
                 .get(&sid)
                 .filter(|_| qk.db == db && qk.key == key)?;
             Some((qk, q, e))
+        })
+    }
+
+    /// The outcome of entry `sid` of `key` that the next flush keeps, if any.
+    pub(super) fn finishing(&self, db: i32, key: &[u8], sid: Sid) -> Option<outcomes::Outcome> {
+        let mut queues = self.queues.iter();
+        queues.find_map(|(qk, q)| {
+            let done = q.done.iter().filter(|_| qk.db == db && qk.key == key);
+            done.filter(|(s, _)| *s == sid)
+                .map(|(_, d)| d.outcome.clone())
+                .next()
         })
     }
 
@@ -375,6 +415,7 @@ impl Queues {
         e.timed_out = false;
         e.waiting = false;
         e.queued_at = None;
+        e.began.get_or_insert_with(Instant::now);
         let run = if h.pool > 0 {
             let line = e
                 .line
@@ -436,7 +477,7 @@ impl Queues {
             ];
             let stdin = entry_text::entry_json(&e.fields);
             let owner = RunOf::Entry(qk.clone(), sid);
-            fx.runs.start(owner, &h, &vars, env, Some(stdin))
+            fx.runs.start_entry(owner, &h, &vars, env, stdin)
         };
         if !h.timeout.is_zero() {
             let timer = Timer::Timeout(qk.clone(), sid, run.id);
@@ -530,6 +571,11 @@ impl Queues {
         {
             e.last_exit = r.exit.or(e.last_exit);
         }
+        let cancelled = self.entry_mut(qk, sid).is_some_and(|e| e.cancelled);
+        if cancelled && live {
+            self.cancelled(qk, sid, fx);
+            return;
+        }
         if r.stopping && timed_out.is_none() || !wanted || !live {
             self.stopped(qk, sid);
             return;
@@ -594,19 +640,27 @@ impl Queues {
         };
         self.dirty.insert(qk.clone());
         let Some(error) = error else {
-            q.entries.remove(&sid);
-            q.done.push((sid, Outcome::Ack));
+            if let Some(e) = q.entries.remove(&sid) {
+                let outcome = outcome_of(q, sid, Some(&e), outcomes::ACKED, None);
+                q.finish(qk, sid, outcome, true, fx);
+            }
             self.start_ahead(qk, fx);
             return;
         };
         stats::bump(&stats::FAILURES);
         fx.events.entry(event.0, qk, &watch, sid, event.1);
-        if e.attempts >= watch.spec.stream.max_attempts {
-            let attempts = e.attempts;
-            let last_exit = e.last_exit;
-            if let Some(e) = q.entries.remove(&sid) {
-                let output = e.log.tail(DEAD_OUTPUT);
-                q.dead_letter(sid, e.fields, attempts, error, (last_exit, output));
+        if e.attempts >= watch.spec.stream.max_attempts || e.cancelled {
+            if let Some(mut e) = q.entries.remove(&sid) {
+                match e.cancelled {
+                    true => {
+                        let outcome = outcome_of(q, sid, Some(&e), outcomes::CANCELLED, None);
+                        q.finish(qk, sid, outcome, true, fx);
+                    }
+                    false => {
+                        let (fields, attempts) = (std::mem::take(&mut e.fields), e.attempts);
+                        q.dead_letter(qk, sid, (Some(e), fields, attempts), error, fx);
+                    }
+                }
             }
             self.start_ahead(qk, fx);
             return;

@@ -212,7 +212,20 @@ impl Runs {
         extra_env: Vec<(Vec<u8>, Vec<u8>)>,
         stdin: Option<Vec<u8>>,
     ) -> Run {
-        self.start_with(owner, h, vars, extra_env, stdin, false)
+        self.start_with(owner, h, vars, extra_env, stdin, (false, false))
+    }
+
+    /// Starts a stream entry's own run: `stdin` is the entry, and its fd 3 a pipe for
+    /// its result and progress (`Replies`).
+    pub(super) fn start_entry(
+        &mut self,
+        owner: RunOf,
+        h: &Handler,
+        vars: &[(&str, &[u8])],
+        extra_env: Vec<(Vec<u8>, Vec<u8>)>,
+        stdin: Vec<u8>,
+    ) -> Run {
+        self.start_with(owner, h, vars, extra_env, Some(stdin), (false, true))
     }
 
     fn start_with(
@@ -222,7 +235,7 @@ impl Runs {
         vars: &[(&str, &[u8])],
         extra_env: Vec<(Vec<u8>, Vec<u8>)>,
         stdin: Option<Vec<u8>>,
-        worker: bool,
+        (keeps_stdin, says): (bool, bool),
     ) -> Run {
         let id = self.next;
         self.next += 1;
@@ -246,8 +259,8 @@ impl Runs {
                     ..
                 } = &mut req
                 {
-                    *keep_stdin = worker;
-                    *replies = worker;
+                    *keep_stdin = keeps_stdin;
+                    *replies = says;
                 }
                 if let Err(why) = self.send(&req) {
                     self.unreported.push((id, End::SpawnError(why)));
@@ -266,7 +279,7 @@ impl Runs {
         h: &Handler,
         extra_env: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Run {
-        self.start_with(owner, h, &[], extra_env, None, true)
+        self.start_with(owner, h, &[], extra_env, None, (true, true))
     }
 
     /// Writes `line` to pool worker `id`'s stdin.

@@ -37,6 +37,19 @@ pub struct QueueKey {
 /// An entry's fields and values, in stream order.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Where an entry is for a group, as the stream and the group tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Not in the stream (never added, deleted, or the key is not a stream).
+    Missing,
+    /// Not delivered to the group yet (or the group does not exist yet).
+    Unread,
+    /// Delivered and not acknowledged (in the group's PEL).
+    Pending,
+    /// Delivered and acknowledged.
+    Acked,
+}
+
 /// Why a group read failed.
 pub enum ReadError {
     /// The group does not exist (yet).
@@ -184,6 +197,32 @@ impl Group<'_> {
 
     /// `pending` and `lag` of the group (XINFO GROUPS); lag is 0 when unknown.
     pub fn figures(&self) -> Option<(i64, i64)> {
+        self.group_info().map(|(pending, lag, _)| (pending, lag))
+    }
+
+    /// Where entry `sid` is for this group (read only).
+    pub fn stage(&self, sid: Sid) -> Stage {
+        let id = sid.to_string();
+        let id = id.as_bytes();
+        let opts = CallOptionsBuilder::new().build();
+        let r: CallResult = self.ctx.call_ext("XRANGE", &opts, &[self.key, id, id]);
+        if !matches!(&r, Ok(CallReply::Array(a)) if a.len() > 0) {
+            return Stage::Missing;
+        }
+        let args: [&[u8]; 5] = [self.key, self.group, id, id, b"1"];
+        match self.ctx.call_ext("XPENDING", &opts, &args) {
+            Ok(CallReply::Array(a)) if a.len() > 0 => return Stage::Pending,
+            Err(_) => return Stage::Unread, // no group yet
+            _ => {}
+        }
+        match self.group_info() {
+            Some((_, _, Some(last))) if sid <= last => Stage::Acked,
+            _ => Stage::Unread,
+        }
+    }
+
+    /// The group's pending count, lag and last delivered id (XINFO GROUPS).
+    fn group_info(&self) -> Option<(i64, i64, Option<Sid>)> {
         let opts = CallOptionsBuilder::new().build();
         let r: CallResult = self
             .ctx
@@ -197,17 +236,20 @@ impl Group<'_> {
             };
             let items: Vec<CallResult> = kv.iter().collect();
             let mut name = None;
-            let (mut pending, mut lag) = (0, 0);
+            let (mut pending, mut lag, mut last) = (0, 0, None);
             for pair in items.chunks_exact(2) {
                 match bytes_of(&pair[0]).as_deref() {
                     Some(b"name") => name = bytes_of(&pair[1]),
                     Some(b"pending") => pending = int_of(&pair[1]).unwrap_or(0),
                     Some(b"lag") => lag = int_of(&pair[1]).unwrap_or(0),
+                    Some(b"last-delivered-id") => {
+                        last = bytes_of(&pair[1]).and_then(|b| Sid::parse(&b))
+                    }
                     _ => {}
                 }
             }
             if name.as_deref() == Some(self.group) {
-                return Some((pending, lag));
+                return Some((pending, lag, last));
             }
         }
         None

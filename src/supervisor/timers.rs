@@ -27,6 +27,8 @@ pub(super) enum Timer {
     Pool(String),
     /// A recycled pool worker (handler, run id) had its grace to finish.
     Recycle(String, u64),
+    /// Some client in `STREAMWATCH.WAIT` reached its timeout.
+    Waits,
 }
 
 /// A deadline of the supervisor itself: at most one of each is set.

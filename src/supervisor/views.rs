@@ -53,7 +53,12 @@ pub(super) fn entry_map(qk: &QueueKey, watch: &Watch, sid: Sid, e: &Entry, detai
         ("db".into(), Reply::Int(qk.db as i64)),
         ("key".into(), Reply::str(&qk.key)),
         ("id".into(), Reply::str(sid.to_string())),
-        ("state".into(), Reply::str(e.state())),
+        // JOB answers in the words of outcomes (queued, running, backoff); JOBS in
+        // those of runs (starting, running, stopping, backoff).
+        (
+            "state".into(),
+            Reply::str(if detail { e.status() } else { e.state() }),
+        ),
         ("pid".into(), Reply::opt_int(pid)),
         ("started_ms".into(), Reply::opt_int(started)),
         ("uptime_ms".into(), Reply::Int(uptime)),
@@ -66,6 +71,11 @@ pub(super) fn entry_map(qk: &QueueKey, watch: &Watch, sid: Sid, e: &Entry, detai
     ];
     if detail {
         m.push(("handler".into(), Reply::str(&watch.handler.name)));
+        m.push(("group".into(), Reply::str(&watch.spec.stream.group)));
+        m.push(("attempts".into(), Reply::Int(e.attempts.into())));
+        let json = |t: &Option<String>| t.as_ref().map_or(Reply::Nil, Reply::str);
+        m.push(("progress".into(), json(&e.progress)));
+        m.push(("result".into(), json(&e.result)));
         let mut fields = Vec::new();
         for (f, v) in &e.fields {
             fields.push(Reply::str(f));
@@ -77,25 +87,10 @@ pub(super) fn entry_map(qk: &QueueKey, watch: &Watch, sid: Sid, e: &Entry, detai
     Reply::Map(m)
 }
 
-/// `STREAMWATCH.JOB key field|id`: the job of that field, else the entry in flight
-/// with that id, else nil.
-pub(super) fn job_reply(
-    hash: &HashJobs,
-    queues: &Queues,
-    db: i32,
-    key: &[u8],
-    field: &[u8],
-) -> Reply {
-    if let Some((k, j)) = hash.find(db, key, field) {
-        return job_map(k, j, true);
-    }
-    let Some(sid) = Sid::parse(field) else {
-        return Reply::Nil;
-    };
-    match queues.find(db, key, sid) {
-        Some((qk, q, e)) => entry_map(qk, &q.watch, sid, e, true),
-        None => Reply::Nil,
-    }
+/// `STREAMWATCH.JOB key id` of an entry a queue of this node holds.
+pub(super) fn held_entry(queues: &Queues, db: i32, key: &[u8], sid: Sid) -> Option<Reply> {
+    let (qk, q, e) = queues.find(db, key, sid)?;
+    Some(entry_map(qk, &q.watch, sid, e, true))
 }
 
 /// `STREAMWATCH.JOBS`: the jobs and in-flight entries that pass `f`, in order.

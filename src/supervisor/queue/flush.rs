@@ -3,11 +3,12 @@
 //! first, then new ones, and as many read ahead), through the calls of `stream.rs`.
 //! The runs start after the GIL is released.
 
-use super::{Entry, Outcome, Queues, STATS_EVERY};
+use super::{Entry, Queues, STATS_EVERY};
 use crate::cluster;
 use crate::ffi;
+use crate::outcomes;
 use crate::spec::Ack;
-use crate::supervisor::events::{Flushed, LifecycleEvents};
+use crate::supervisor::events::Flushed;
 use crate::supervisor::gil;
 use crate::supervisor::look::{Node, Tsc};
 use crate::supervisor::stream::{Group, QueueKey, Sid};
@@ -52,7 +53,7 @@ impl Queues {
             }
             if !flags.contains(ContextFlags::LOADING) {
                 for qk in &dirty {
-                    self.flush_queue(&ctx, node, qk, &mut to_start, fx.events);
+                    self.flush_queue(&ctx, node, qk, &mut to_start, fx);
                 }
             }
         }
@@ -71,7 +72,7 @@ impl Queues {
         node: &Node,
         qk: &QueueKey,
         to_start: &mut Vec<(QueueKey, Sid)>,
-        events: &mut LifecycleEvents,
+        fx: &mut Effects,
     ) {
         let owned = match &node.owned {
             Some(o) => cluster::key_slot(ctx, &qk.key).is_some_and(|s| o.contains(s)),
@@ -99,56 +100,57 @@ impl Queues {
                 g.delete(sid);
             }
         };
-        for (sid, outcome) in std::mem::take(&mut q.done) {
-            match outcome {
-                Outcome::Ack => {
-                    done(sid);
-                    q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
-                    events.entry("acked", qk, &q.watch, sid, vec![]);
+        for (sid, d) in std::mem::take(&mut q.done) {
+            let o = d.outcome;
+            if let Some(dead) = d.dead {
+                let dl = opts.deadletter_of(&qk.key);
+                let attempts = o.attempts.to_string();
+                let error = o.error.clone().unwrap_or_default();
+                let last = dead.last_exit.map(|n| n.to_string()).unwrap_or_default();
+                let about: [(&str, &[u8]); 8] = [
+                    ("id", o.id.as_bytes()),
+                    ("attempts", attempts.as_bytes()),
+                    ("error", error.as_bytes()),
+                    ("last_exit", last.as_bytes()),
+                    ("output", &dead.output),
+                    ("watch", &q.watch.spec.pattern),
+                    ("group", &opts.group),
+                    ("handler", q.watch.handler.name.as_bytes()),
+                ];
+                if let Err(e) = g.add(&dl, &dead.fields, &about) {
+                    // Not acknowledged: it stays pending for the next recovery.
+                    ffi::log_warning(format!(
+                        "streamwatch: cannot dead-letter entry {} of '{}' to '{}': {e}",
+                        o.id,
+                        String::from_utf8_lossy(&qk.key),
+                        String::from_utf8_lossy(&dl),
+                    ));
+                    continue;
                 }
-                Outcome::DeadLetter {
-                    fields,
-                    attempts,
-                    error,
-                    last_exit,
-                    output,
-                } => {
-                    let dl = opts.deadletter_of(&qk.key);
-                    let id = sid.to_string();
-                    let attempts = attempts.to_string();
-                    let last = last_exit.map(|n| n.to_string()).unwrap_or_default();
-                    let about: [(&str, &[u8]); 8] = [
-                        ("id", id.as_bytes()),
-                        ("attempts", attempts.as_bytes()),
-                        ("error", error.as_bytes()),
-                        ("last_exit", last.as_bytes()),
-                        ("output", &output),
-                        ("watch", &q.watch.spec.pattern),
-                        ("group", &opts.group),
-                        ("handler", q.watch.handler.name.as_bytes()),
-                    ];
-                    match g.add(&dl, &fields, &about) {
-                        Ok(()) => {
-                            done(sid);
-                            q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            let extra = vec![
-                                ("deadletter", dl.clone()),
-                                ("attempts", attempts.into_bytes()),
-                                ("error", error.into_bytes()),
-                            ];
-                            events.entry("dead-lettered", qk, &q.watch, sid, extra);
-                        }
-                        Err(e) => {
-                            // Not acknowledged: it stays pending for the next recovery.
-                            ffi::log_warning(format!(
-                                "streamwatch: cannot dead-letter entry {id} of '{}' to '{}': {e}",
-                                String::from_utf8_lossy(&qk.key),
-                                String::from_utf8_lossy(&dl),
-                            ));
-                        }
-                    }
+                q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let extra = vec![
+                    ("deadletter", dl.clone()),
+                    ("attempts", attempts.into_bytes()),
+                    ("error", error.into_bytes()),
+                ];
+                fx.events.entry("dead-lettered", qk, &q.watch, sid, extra);
+            } else if o.state == outcomes::ACKED {
+                q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
+                fx.events.entry("acked", qk, &q.watch, sid, vec![]);
+            }
+            if d.ack {
+                done(sid);
+            }
+            if let Err(e) = outcomes::keep(ctx, &qk.key, &o) {
+                if !std::mem::replace(&mut q.warned, true) {
+                    ffi::log_warning(format!(
+                        "streamwatch: cannot keep the outcomes of '{}' in '{}': {e}",
+                        String::from_utf8_lossy(&qk.key),
+                        String::from_utf8_lossy(&outcomes::key_of(&qk.key)),
+                    ));
                 }
             }
+            self.finished.push((qk.db, qk.key.clone(), sid, o));
         }
         if !owned {
             if !q.ahead.is_empty() {
@@ -231,14 +233,17 @@ impl Queues {
                         g.ack(sid); // deleted from the stream: drop it from the group too
                         continue;
                     };
+                    if q.cancelled.remove(&sid) {
+                        done(sid); // cancelled before it was claimed: its outcome is kept
+                        continue;
+                    }
                     if deliveries >= opts.max_attempts {
                         // It was delivered that many times already (its runs were cut
                         // short by a restart or failover): no attempt is left.
                         let error = format!(
                             "no attempt left after {deliveries} deliveries (runs cut short by a restart or failover)"
                         );
-                        let last = (None, Vec::new());
-                        q.dead_letter(sid, fields.clone(), deliveries, error, last);
+                        q.dead_letter(qk, sid, (None, fields.clone(), deliveries), error, fx);
                         self.dirty.insert(qk.clone());
                         continue;
                     }
@@ -260,6 +265,10 @@ impl Queues {
                 };
                 let drained = got.len() < want;
                 for (sid, fields) in got {
+                    if q.cancelled.remove(&sid) {
+                        done(sid); // cancelled before it was read: its outcome is kept
+                        continue;
+                    }
                     if q.free() > 0 {
                         q.entries.insert(sid, Entry::new(fields, 1));
                         to_start.push((qk.clone(), sid));

@@ -53,12 +53,21 @@ impl Queues {
             let timer = Timer::Timeout(qk.clone(), sid, run.id);
             fx.timers.push(Instant::now() + h.timeout, timer);
         }
-        e.run = Some(run);
+        let run = e.run.insert(run);
+        if e.cancelled {
+            Queues::stop_run(&h, run, false, fx); // cancelled while it was held
+        }
     }
 
     /// Pool worker `worker` ended without running the entry (held as its `next`, or
     /// left unread in its stdin): the entry waits for another worker, same attempt.
-    pub(in crate::supervisor) fn requeue(&mut self, qk: &QueueKey, sid: Sid, worker: u64) {
+    pub(in crate::supervisor) fn requeue(
+        &mut self,
+        qk: &QueueKey,
+        sid: Sid,
+        worker: u64,
+        fx: &mut Effects,
+    ) {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
@@ -71,9 +80,10 @@ impl Queues {
         }
         e.queued_at = None;
         e.log = Log::default();
-        match q.wanted {
-            true => e.waiting = true,
-            false => self.stopped(qk, sid), // its queue stopped meanwhile
+        match (e.cancelled, q.wanted) {
+            (true, _) => self.cancelled(qk, sid, fx),
+            (false, true) => e.waiting = true,
+            (false, false) => self.stopped(qk, sid), // its queue stopped meanwhile
         }
     }
 
@@ -84,13 +94,16 @@ impl Queues {
         qk: &QueueKey,
         sid: Sid,
         worker: u64,
-        error: Option<String>,
+        (error, result): (Option<String>, Option<String>),
         live: bool,
         fx: &mut Effects,
     ) {
         let Some((run, wanted, _)) = self.take_run(qk, sid, worker) else {
             return;
         };
+        if let Some(e) = self.entry_mut(qk, sid) {
+            e.result = result.or(e.result.take());
+        }
         if !wanted || !live {
             self.stopped(qk, sid);
             return;
