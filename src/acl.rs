@@ -9,6 +9,8 @@
 //! * `JOBS KEY k` needs the right to run `STREAMWATCH.JOB k`, and `JOBS` lists the jobs
 //!   of a key only where the caller could run `STREAMWATCH.JOB` on it, in the job's
 //!   database (see [`JobJudge`]);
+//! * `REPLAY` moves entries out of dead-letter streams, keys it does not name: the caller
+//!   must be allowed to read and write each;
 //! * `WATCH` and `UNWATCH` write the watches store, so the caller must be allowed to
 //!   write that key (the pattern is not a key: the commands are `@admin`, and every
 //!   job's data is still guarded by JOB and JOBS);
@@ -54,6 +56,11 @@ impl Caller {
     /// `NOPERM` naming the key unless the caller may write it.
     pub fn check_write(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
         self.check_key(ctx, key, true, what)
+    }
+
+    /// `NOPERM` naming the key unless the caller may read it.
+    pub fn check_read(&self, ctx: &Context, key: &[u8], what: &str) -> Result<(), CmdError> {
+        self.check_key(ctx, key, false, what)
     }
 
     fn check_key(

@@ -11,6 +11,7 @@
 use crate::acl::{self, Caller};
 use crate::config;
 use crate::ffi::{CmdError, Outcome, Replier, Reply};
+use crate::replay;
 use crate::spec::{self, DbSel, Kind, OnChange, Opt, Options, Source, StreamOpts, Syntax, Value};
 use crate::stats;
 use crate::store;
@@ -213,6 +214,44 @@ pub fn parse_key_field(args: &[&[u8]]) -> Result<KeyFieldArgs, CmdError> {
         }
     }
     Ok(KeyFieldArgs { key, field, db })
+}
+
+/// `STREAMWATCH.REPLAY key [COUNT n] [DB n]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayArgs {
+    pub key: Vec<u8>,
+    /// Entries to move at most: 1 to `replay::MAX_COUNT`, default `replay::DEFAULT_COUNT`.
+    pub count: usize,
+    /// `None`: the database the client has selected.
+    pub db: Option<i32>,
+}
+
+/// `STREAMWATCH.REPLAY key [COUNT n] [DB n]`.
+pub fn parse_replay(args: &[&[u8]]) -> Result<ReplayArgs, CmdError> {
+    let [_, key, ..] = args else {
+        return Err(CmdError::Arity);
+    };
+    let (max, mut count, mut db) = (replay::MAX_COUNT, replay::DEFAULT_COUNT, None);
+    let mut o = Opts::new(args, 2);
+    while let Some(name) = o.next_name() {
+        match name.as_str() {
+            "COUNT" => {
+                let v = text(o.value("COUNT")?);
+                count = match v.parse::<usize>() {
+                    Ok(n) if (1..=max).contains(&n) => n,
+                    _ => {
+                        return err(format!(
+                            "ERR COUNT must be an integer from 1 to {max}, got '{v}'"
+                        ))
+                    }
+                };
+            }
+            "DB" => db = Some(o.db()?),
+            _ => return err(format!("ERR unknown option '{name}'")),
+        }
+    }
+    let key = key.to_vec();
+    Ok(ReplayArgs { key, count, db })
 }
 
 /// The commands without arguments: WATCHES, HANDLERS, PAUSE, RESUME, RECONCILE, STATUS.
@@ -472,23 +511,24 @@ fn visible_jobs(
     )
 }
 
-/// `DB n` of JOB and RESTART, for a database other than the connection's (in its own,
-/// the server has checked the command and its key): the caller must be allowed to use
-/// the database and to run the command on the key there.
-fn check_other_db(ctx: &Context, command: &[u8], a: &KeyFieldArgs) -> Result<i32, CmdError> {
+/// `DB n` of JOB, WAIT, RESTART, CANCEL and REPLAY, for a database other than the connection's (in
+/// its own, the server has checked the command and its key): the caller must be allowed
+/// to use the database and to run the command (`args`, its key first) on the key there.
+fn check_other_db(ctx: &Context, db: Option<i32>, args: &[&[u8]]) -> Result<i32, CmdError> {
     let current = current_db(ctx);
-    let db = a.db.unwrap_or(current);
+    let db = db.unwrap_or(current);
     if db != current {
         let caller = Caller::current(ctx);
         caller.check_db(ctx, db, current)?;
-        caller.check_run_in(ctx, db, &[command, &a.key, &a.field], &a.key)?;
+        let key = args.get(1).copied().unwrap_or_default();
+        caller.check_run_in(ctx, db, args, key)?;
     }
     Ok(db)
 }
 
 pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_key_field(&argv(&args))?;
-    let db = check_other_db(ctx, b"STREAMWATCH.JOB", &a)?;
+    let db = check_other_db(ctx, a.db, &[b"STREAMWATCH.JOB", &a.key, &a.field])?;
     let r = block(ctx, "STREAMWATCH.JOB")?;
     ask(Msg::Job {
         db,
@@ -501,7 +541,7 @@ pub fn job(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_key_field(&argv(&args))?;
     admin(ctx, "streamwatch.restart", false)?;
-    let db = check_other_db(ctx, b"STREAMWATCH.RESTART", &a)?;
+    let db = check_other_db(ctx, a.db, &[b"STREAMWATCH.RESTART", &a.key, &a.field])?;
     let r = block(ctx, "STREAMWATCH.RESTART")?;
     ask(Msg::Restart {
         db,
@@ -509,6 +549,14 @@ pub fn restart(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         field: a.field,
         reply: r,
     })
+}
+
+/// `STREAMWATCH.REPLAY`: checked here, done by `replay` (on this thread, atomically).
+pub fn replay(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    let a = parse_replay(&argv(&args))?;
+    admin(ctx, "streamwatch.replay", false)?;
+    let db = check_other_db(ctx, a.db, &[b"STREAMWATCH.REPLAY", &a.key])?;
+    reply(Reply::Int(replay::run(ctx, db, &a.key, a.count)?))
 }
 
 pub fn pause(ctx: &Context, args: Vec<RedisString>) -> CmdResult {

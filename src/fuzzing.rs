@@ -12,7 +12,7 @@
 //! `--cfg fuzzing`); never part of the module.
 #![cfg(any(test, fuzzing))]
 
-use crate::commands::{self, KeyFieldArgs, WatchArgs};
+use crate::commands::{self, KeyFieldArgs, ReplayArgs, WatchArgs};
 use crate::config;
 use crate::ffi::CmdError;
 use crate::glob;
@@ -50,6 +50,7 @@ pub fn commands(data: &[u8]) {
     key_field(&args);
     wait(&args);
     cancel(&args);
+    replay(&args);
     no_args(&args);
 }
 
@@ -187,6 +188,18 @@ fn cancel(args: &[&[u8]]) {
     match commands::parse_cancel(args) {
         Ok(a) => assert!(is_entry_id(&a.field), "{args:?}"),
         Err(e) => check_error(e, args.len() == 3 || args.len() == 5, args),
+    }
+}
+
+fn replay(args: &[&[u8]]) {
+    match commands::parse_replay(args) {
+        Ok(ReplayArgs { key, count, db }) => {
+            assert!(args.len() >= 2 && args.len().is_multiple_of(2), "{args:?}");
+            assert_eq!(Some(&key[..]), args.get(1).copied());
+            assert!((1..=crate::replay::MAX_COUNT).contains(&count), "{args:?}");
+            assert!(db.is_none_or(|d| (0..databases()).contains(&d)));
+        }
+        Err(e) => check_error(e, args.len() >= 2, args),
     }
 }
 
@@ -456,6 +469,9 @@ mod tests {
             (&w.id[..], w.timeout_ms, w.db),
             (&b"1700000000000-0"[..], 5000, Some(2))
         );
+        let data = seed("commands", "replay");
+        let r = commands::parse_replay(&lines(&data)).expect("replay parses");
+        assert_eq!((&r.key[..], r.count, r.db), (&b"jobs"[..], 1000, Some(3)));
         let data = seed("config", "demo.toml");
         let text = String::from_utf8_lossy(&data);
         let c = crate::config::parse("demo.toml", &text).expect("demo.toml parses");

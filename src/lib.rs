@@ -11,6 +11,7 @@
 //!   stream jobs);
 //! * `spec` — what a watch is and the one parser of its options; `watch` + `store` —
 //!   the watch registry and where command watches persist;
+//! * `replay` — `STREAMWATCH.REPLAY`: dead-lettered entries back onto their stream;
 //! * `cluster` — slot ownership in Redis Cluster;
 //! * `template` — a handler's command template turned into one run's argv;
 //! * `runner` + `helper/` (crate `streamwatch-helper`) — the helper process that is the workers' parent;
@@ -28,6 +29,7 @@ mod glob;
 mod outcomes;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;
+mod replay;
 mod reply;
 mod runner;
 mod spec;
@@ -80,6 +82,7 @@ fn load(ctx: &Context) -> Result<(), ()> {
         ("streamwatch.restart", true),
         ("streamwatch.wait", false),
         ("streamwatch.cancel", true),
+        ("streamwatch.replay", true),
     ];
     for (name, write) in keyed {
         if !ffi::declare_key_arg(ctx, name, write) {
@@ -150,6 +153,7 @@ command!(cmd_handlers, "STREAMWATCH.HANDLERS", commands::handlers);
 command!(cmd_jobs, "STREAMWATCH.JOBS", commands::jobs);
 command!(cmd_job, "STREAMWATCH.JOB", commands::job);
 command!(cmd_restart, "STREAMWATCH.RESTART", commands::restart);
+command!(cmd_replay, "STREAMWATCH.REPLAY", commands::replay);
 command!(cmd_pause, "STREAMWATCH.PAUSE", commands::pause);
 command!(cmd_resume, "STREAMWATCH.RESUME", commands::resume);
 command!(cmd_reconcile, "STREAMWATCH.RECONCILE", commands::reconcile);
@@ -167,11 +171,13 @@ redis_module! {
     // Flags: the commands that control jobs are `admin`, in `@admin` and `@dangerous`
     // (not `@write`: a `+@write` user may not change what runs); on Redis 7.0, where
     // modules get no categories, `acl::check_admin` judges them as if they were. WATCH
-    // and UNWATCH also write the watches store (`write`: a replica refuses them), and
-    // WATCH adds data (`deny-oom`); the rest only read (`readonly`).
-    // Keys: JOB, WAIT, RESTART and CANCEL name one key, argument 1 (`load` refines the
-    // key specs: JOB and WAIT read the key, RESTART and CANCEL update it), so Redis
-    // checks key ACLs and slots.
+    // and UNWATCH also write the watches store, REPLAY the user's streams (`write`: a
+    // replica refuses them), and WATCH and REPLAY add data (`deny-oom`); the rest only
+    // read (`readonly`).
+    // Keys: JOB, WAIT, RESTART, CANCEL and REPLAY name one key, argument 1 (`load`
+    // refines the key specs: JOB and WAIT read the key, RESTART, CANCEL and REPLAY
+    // update it), so Redis checks key ACLs and slots; REPLAY checks the dead-letter
+    // streams it takes from itself.
     acl_categories: ["streamwatch",],
     init: init,
     deinit: deinit,
@@ -184,6 +190,7 @@ redis_module! {
         ["streamwatch.jobs", cmd_jobs, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.job", cmd_job, "readonly", 1, 1, 1, "", "read streamwatch"],
         ["streamwatch.restart", cmd_restart, "admin", 1, 1, 1, "", "admin dangerous streamwatch"],
+        ["streamwatch.replay", cmd_replay, "admin write deny-oom", 1, 1, 1, "", "admin dangerous streamwatch"],
         ["streamwatch.pause", cmd_pause, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],

@@ -92,12 +92,7 @@ fn kept_outcome(ctx: &Context, db: i32, key: &[u8], id: &[u8]) -> Option<Reply> 
 
 pub fn wait(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_wait(&super::argv(&args))?;
-    let as_job = KeyFieldArgs {
-        key: a.key.clone(),
-        field: a.id.clone(),
-        db: a.db,
-    };
-    let db = check_other_db(ctx, b"STREAMWATCH.WAIT", &as_job)?;
+    let db = check_other_db(ctx, a.db, &[b"STREAMWATCH.WAIT", &a.key, &a.id])?;
     if let Some(done) = kept_outcome(ctx, db, &a.key, &a.id) {
         return super::reply(done);
     }
@@ -119,7 +114,7 @@ pub fn wait(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 pub fn cancel(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     let a = parse_cancel(&super::argv(&args))?;
     admin(ctx, "streamwatch.cancel", false)?;
-    let db = check_other_db(ctx, b"STREAMWATCH.CANCEL", &a)?;
+    let db = check_other_db(ctx, a.db, &[b"STREAMWATCH.CANCEL", &a.key, &a.field])?;
     let r = super::block(ctx, "STREAMWATCH.CANCEL")?;
     ask(Msg::Cancel {
         db,
