@@ -50,13 +50,13 @@ clean:
 	cargo clean
 
 # Side by side with the peer and the limit (see bench/main.rs); prints the table and
-# writes bench/results.json and bench/latency.png. Needs redis-py for the stream peer.
+# writes bench/results.json and bench/latency.png. redis-py (the stream peer) comes
+# from `make deps`.
 # The worker is linked statically (its own target dir, so other builds keep theirs):
 # the dynamic loader alone took ~0.4 ms of every start, which hid the module's own cost.
 bench: build
 	cargo build --release --examples
 	cargo rustc --release --example stamp --target-dir target/stamp -- -C target-feature=+crt-static
-	@[ -d .deps/py/redis ] || python3 -m pip install -q --target .deps/py redis
 	REDIS_SERVER=$(REDIS_SERVER) cargo bench --bench bench
 
 # The randomized soak at full size (make test runs 1,500 operations of it), and its

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test streamwatch:
 # redis-server (the server the tests load the module into) and libclang (bindgen,
-# used by the redis-module crate at build time), and the Valkey binary the suite also
-# runs against. Idempotent; installs nothing twice.
+# used by the redis-module crate at build time), the Valkey binary the suite also
+# runs against, and redis-py (the client of examples/wsgi, which a test runs, and of
+# `make bench`). Idempotent; installs nothing twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VALKEY_VERSION=9.1.2
@@ -43,3 +44,11 @@ PY
   rm -rf .deps/wheel
 fi
 echo "deps: $("$valkey" --version | cut -d' ' -f1-3)"
+
+# redis-py, into .deps/py (on PYTHONPATH where it is needed): the examples/wsgi app and
+# job (tests/wsgi_example.rs) and the bench's stream consumer use it.
+if [ ! -d .deps/py/redis ]; then
+  echo "deps: installing redis-py into .deps/py"
+  python3 -m pip install -q --target .deps/py redis
+fi
+echo "deps: redis-py $(PYTHONPATH=.deps/py python3 -c 'import redis; print(redis.__version__)')"

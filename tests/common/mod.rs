@@ -111,9 +111,17 @@ pub struct ServerBuilder {
     module_path: Option<PathBuf>,
     own_group: bool,
     kill_on_drop: bool,
+    env: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
+    /// An environment variable of the server, so of every run it starts (e.g.
+    /// `PYTHONPATH` for Python jobs).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Extra module argument pair, e.g. `module_arg("events-maxlen", "100")`.
     pub fn module_arg(mut self, name: &str, value: &str) -> Self {
         self.module_args.push(name.to_string());
@@ -278,6 +286,7 @@ impl ServerBuilder {
                 .arg(config_path)
                 .args(&self.module_args);
         }
+        cmd.envs(self.env.iter().cloned());
         cmd.stdin(Stdio::null())
             .stdout(stdio.try_clone().unwrap())
             .stderr(stdio);
@@ -340,6 +349,7 @@ impl Server {
             module_path: None,
             own_group: false,
             kill_on_drop: false,
+            env: Vec::new(),
         }
     }
 
