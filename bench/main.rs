@@ -8,7 +8,8 @@
 //! without the module, a raw spawn loop, or a redis-py consumer (`consumer.py`).
 //! Phase 6 (`pools.rs`) measures worker pools against the raw pool limit
 //! (`pool_raw.rs`), redis-py, and the same job without a pool. Phases are chosen with
-//! BENCH_PHASES (default `123456`). Prints one table, writes it as JSON to
+//! BENCH_PHASES (default `1234567`); phase 7 (`outcomes.rs`) the
+//! cost of job outcomes. Prints one table, writes it as JSON to
 //! `bench/results.json` and draws the latency distribution to `bench/latency.png`. No
 //! timed assertion lives in `make test`.
 //!
@@ -17,6 +18,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod outcomes;
 mod peer;
 mod plot;
 mod pool_raw;
@@ -414,7 +416,7 @@ fn main() {
     };
     eprintln!("bench: {version}, {n} samples per latency figure");
 
-    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "123456".into());
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "1234567".into());
     let want = |p: char| phases.contains(p);
     let mut plot_series = Vec::new();
     // 1. HSET -> worker started and HDEL -> worker gone, tiny hash.
@@ -821,6 +823,11 @@ fn main() {
     // 6. Worker pools (`pool = N`): entries/s, latency, memory (see pools.rs).
     if want('6') {
         pools::run(&mut rows, &b, &mut bc, &dir);
+    }
+
+    // 7. Job outcomes kept (the default) against none kept: entries/s, bytes.
+    if want('7') {
+        outcomes::run(&mut rows, &dir);
     }
 
     report(&rows, &version, n);

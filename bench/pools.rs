@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// The pools' size and every watch's CONCURRENCY here.
 const SIZE: u32 = 8;
 
-fn pool_worker_binary() -> PathBuf {
+pub(crate) fn pool_worker_binary() -> PathBuf {
     Path::new(ROOT).join("target/release/examples/pool_worker")
 }
 
@@ -44,7 +44,7 @@ fn script(name: &str) -> String {
 /// The handlers of this phase: `pypool` (the Python job, pool of 8), `pyonce` (the same
 /// work, a process per entry), `rspool` (pool_worker, pool of 8), `rsstamp` (the same
 /// with `STAMP_DIR`) and `stampid` (the stamp worker per entry, stamping under its id).
-fn handlers(pool_stamps: &Path, once_stamps: &Path) -> String {
+pub(crate) fn handlers(pool_stamps: &Path, once_stamps: &Path) -> String {
     let worker = pool_worker_binary();
     format!(
         "[handler.pypool]\ncommand = [\"python3\", \"{py}\"]\npool = {SIZE}\n\n\
@@ -72,7 +72,7 @@ fn pool_stats(c: &mut redis::Connection, name: &str) -> Option<crate::common::Ma
 /// they are all idle, so that no timed figure counts an interpreter's start-up (the raw
 /// limit does not either): batches of entries on `warm-<handler>` until the pool has
 /// its 8 workers.
-fn warm_pool(c: &mut redis::Connection, handler: &str) {
+pub(crate) fn warm_pool(c: &mut redis::Connection, handler: &str) {
     let key = format!("warm-{handler}");
     let _ = ok(
         c,
@@ -113,7 +113,12 @@ fn warm_pool(c: &mut redis::Connection, handler: &str) {
 /// Entries/s of `handler` draining `entries` entries put on `key` beforehand: from
 /// the WATCH (CONCURRENCY 8) to the last acknowledgement, as in phase 5. The stream
 /// is deleted afterwards.
-fn drain_rate(c: &mut redis::Connection, key: &str, handler: &str, entries: usize) -> f64 {
+pub(crate) fn drain_rate(
+    c: &mut redis::Connection,
+    key: &str,
+    handler: &str,
+    entries: usize,
+) -> f64 {
     let last = fill_stream(c, key, entries);
     let t0 = Instant::now();
     watch_stream(c, key, handler, SIZE);
@@ -170,7 +175,7 @@ fn redis_py_rate(
 }
 
 /// Median of the ratios a/b within rounds.
-fn within(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn within(a: &[f64], b: &[f64]) -> f64 {
     let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
     median(&r)
 }
@@ -235,11 +240,11 @@ fn thousands(n: usize) -> String {
     out
 }
 
-fn mb(bytes: f64) -> f64 {
+pub(crate) fn mb(bytes: f64) -> f64 {
     bytes / 1e6
 }
 
-fn info_bytes(c: &mut redis::Connection, section: &str, name: &str) -> f64 {
+pub(crate) fn info_bytes(c: &mut redis::Connection, section: &str, name: &str) -> f64 {
     info(c, section)
         .get(name)
         .and_then(|v| v.parse().ok())

@@ -1,0 +1,93 @@
+//! Phase 7: what keeping job outcomes costs (`outcomes-max`, default 10,000 per
+//! stream), side by side in one run on one server: the same pools as phase 6 drain the
+//! same entries with outcomes kept and with none (`outcomes-max 0`), three rounds, each
+//! side once per round.
+//! a. entries/s of the Python pool (`bench/pool_job.py`, pool of 8, CONCURRENCY 8) and
+//!    of the compiled worker (`examples/pool_worker.rs`, answers at once): the fastest
+//!    queue there is, so the largest share of the outcome's own cost;
+//! b. bytes per kept outcome (`MEMORY USAGE` of `<key>:outcomes` over its members)
+//!    and the server's growth (`used_memory`) once a stream holds the default 10,000.
+
+use crate::common::{ok, vint};
+use crate::pools::{drain_rate, handlers, info_bytes, mb, warm_pool, within};
+use crate::{median, start_server, Row};
+use std::path::Path;
+
+fn set_kept(c: &mut redis::Connection, n: &str) {
+    ok(c, &["CONFIG", "SET", "streamwatch.outcomes-max", n]);
+}
+
+pub fn run(rows: &mut Vec<Row>, dir: &Path) {
+    let n: usize = std::env::var("BENCH_POOL_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let (a, b) = (dir.join("stamps-o1"), dir.join("stamps-o2"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let s = start_server(Some(&handlers(&a, &b)));
+    let mut c = s.conn();
+    let (mut py_on, mut py_off, mut rs_on, mut rs_off) = (vec![], vec![], vec![], vec![]);
+    for round in 0..3 {
+        warm_pool(&mut c, "pypool");
+        set_kept(&mut c, "10000");
+        py_on.push(drain_rate(&mut c, &format!("o{round}"), "pypool", n));
+        set_kept(&mut c, "0");
+        py_off.push(drain_rate(&mut c, &format!("n{round}"), "pypool", n));
+        warm_pool(&mut c, "rspool");
+        set_kept(&mut c, "10000");
+        rs_on.push(drain_rate(&mut c, &format!("ro{round}"), "rspool", n));
+        set_kept(&mut c, "0");
+        rs_off.push(drain_rate(&mut c, &format!("rn{round}"), "rspool", n));
+        eprintln!(
+            "bench: outcomes round {round}: python pool {:.0}/s kept, {:.0}/s none; pool_worker {:.0}/s kept, {:.0}/s none",
+            py_on[round], py_off[round], rs_on[round], rs_off[round]
+        );
+    }
+    for (what, on, off) in [
+        ("Python pool", &py_on, &py_off),
+        ("compiled pool worker", &rs_on, &rs_off),
+    ] {
+        let ratio = within(on, off);
+        rows.push(Row {
+            figure: format!("{what} entries/s with outcomes kept, median of 3"),
+            value: median(on),
+            unit: "entries/s",
+            against: "none kept",
+            other: Some(median(off)),
+            ratio: Some(ratio),
+            target: ">= 0.9x none kept".into(),
+            met: ratio >= 0.9,
+        });
+    }
+    // b. The outcomes of the last round's kept stream (its drain removed the stream,
+    // not its outcomes): the default 10,000 once n >= 10,000.
+    let key = "ro2:outcomes";
+    let members = vint(&ok(&mut c, &["ZCARD", key])).unwrap_or(0);
+    let bytes = vint(&ok(&mut c, &["MEMORY", "USAGE", key, "SAMPLES", "0"])).unwrap_or(0);
+    let before = info_bytes(&mut c, "memory", "used_memory");
+    let _ = ok(&mut c, &["DEL", key]);
+    let after = info_bytes(&mut c, "memory", "used_memory");
+    let per = bytes as f64 / members.max(1) as f64;
+    rows.push(Row {
+        figure: format!("bytes per kept outcome ({members} outcomes of one stream)"),
+        value: per,
+        unit: "bytes",
+        against: "",
+        other: None,
+        ratio: None,
+        target: "measured".into(),
+        met: true,
+    });
+    rows.push(Row {
+        figure: format!("server growth for one stream's {members} outcomes (used_memory)"),
+        value: mb(before - after),
+        unit: "MB",
+        against: "",
+        other: None,
+        ratio: None,
+        target: "measured".into(),
+        met: true,
+    });
+}
