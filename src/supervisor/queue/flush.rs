@@ -100,6 +100,13 @@ impl Queues {
                 g.delete(sid);
             }
         };
+        // A cancel of an entry not read yet is also kept as its outcome (`cancelled`,
+        // this group's), which outlives this queue (PAUSE, UNWATCH, a restart, a
+        // failover): such an entry is acknowledged when read, never run.
+        let was_cancelled = |sid: Sid| {
+            outcomes::find(ctx, &qk.key, &sid.to_string(), Some(&opts.group))
+                .is_some_and(|o| o.state == outcomes::CANCELLED)
+        };
         for (sid, d) in std::mem::take(&mut q.done) {
             let o = d.outcome;
             if let Some(dead) = d.dead {
@@ -233,7 +240,7 @@ impl Queues {
                         g.ack(sid); // deleted from the stream: drop it from the group too
                         continue;
                     };
-                    if q.cancelled.remove(&sid) {
+                    if q.cancelled.remove(&sid) || was_cancelled(sid) {
                         done(sid); // cancelled before it was claimed: its outcome is kept
                         continue;
                     }
@@ -265,7 +272,7 @@ impl Queues {
                 };
                 let drained = got.len() < want;
                 for (sid, fields) in got {
-                    if q.cancelled.remove(&sid) {
+                    if q.cancelled.remove(&sid) || was_cancelled(sid) {
                         done(sid); // cancelled before it was read: its outcome is kept
                         continue;
                     }
