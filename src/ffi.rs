@@ -232,7 +232,9 @@ impl Replier {
     /// timeout would race with the supervisor's answer: an `UnblockClient` that the
     /// server has not processed yet when the client times out leaves the client with
     /// no reply at all, on Redis 7.0.) `None` where the client cannot block.
-    pub fn block_waiting(ctx: &Context) -> Option<Replier> {
+    /// `gone` is called on the main thread with the client's `token` if it
+    /// disconnects while it waits (the reply then goes nowhere).
+    pub fn block_waiting(ctx: &Context, gone: fn(usize)) -> Option<Replier> {
         use redis_module::ContextFlags;
         let flags = ctx.get_flags();
         let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
@@ -248,7 +250,17 @@ impl Replier {
                 0,
             )
         };
-        (!bc.is_null()).then_some(Replier { bc, filter: None })
+        if bc.is_null() {
+            return None;
+        }
+        let _ = WAITER_GONE.set(gone);
+        unsafe { raw::RedisModule_SetDisconnectCallback.unwrap()(bc, Some(waiter_gone)) };
+        Some(Replier { bc, filter: None })
+    }
+
+    /// What identifies this client's wait (for `block_waiting`'s `gone`).
+    pub fn token(&self) -> usize {
+        self.bc as usize
     }
 
     /// The reply will pass through `apply` on the main thread, which can ask the server
@@ -314,6 +326,15 @@ extern "C" fn blocked_timeout(
 ) -> c_int {
     Reply::Error("ERR streamwatch supervisor did not answer in time".into()).emit(ctx);
     raw::REDISMODULE_OK as c_int
+}
+
+/// Told when a client blocked by `Replier::block_waiting` disconnects.
+static WAITER_GONE: std::sync::OnceLock<fn(usize)> = std::sync::OnceLock::new();
+
+extern "C" fn waiter_gone(_ctx: *mut raw::RedisModuleCtx, bc: *mut raw::RedisModuleBlockedClient) {
+    if let Some(gone) = WAITER_GONE.get() {
+        callback("disconnect", || gone(bc as usize));
+    }
 }
 
 extern "C" fn blocked_free(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {

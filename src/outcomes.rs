@@ -4,13 +4,16 @@
 //! still there after a failover, and readable by `STREAMWATCH.JOB` and
 //! `STREAMWATCH.WAIT` on the main thread without asking the supervisor.
 //!
-//! Where: one sorted set per stream, `<key>:outcomes` (a type no watch consumes). A
-//! member is one outcome as a JSON object (`{"id":"…","group":"…",…}`); its score is
-//! the millisecond part of the entry's id, so the outcome of an entry is found among
-//! the few members of its millisecond. Retention: the `outcomes-max` outcomes of the
-//! newest entries of each stream (older ones are evicted as new ones come), and the
-//! whole set expires `outcomes-ttl-ms` after its last write. A stream whose outcomes
-//! key would be in another Cluster slot keeps none (use a hash tag: `{q}`).
+//! Where: each outcome is a string key, `<key>:outcome:<id>` (the outcome as a JSON
+//! object, `{"id":"…","group":"…",…}`; a type no watch consumes), found in O(1); a
+//! sorted set `<key>:outcomes` indexes them for eviction (members are the ids padded to
+//! fixed width with equal scores, so they sort as the ids do). Retention: the
+//! `outcomes-max` outcomes of the newest entries of each stream (older ones are evicted
+//! as new ones finish), each expiring `outcomes-ttl-ms` after it was kept (the index
+//! too, after the stream's last one). One outcome per entry: two watches reading one
+//! stream through two groups keep the last one's. In a Redis Cluster a stream's
+//! outcome keys are in its slot only if its name has a hash tag (`{q}`): a stream
+//! without one keeps none there.
 //!
 //! Every call takes the context of a GIL hold (or a command) the caller already has,
 //! in the stream's database; the writes are replicated.
@@ -79,32 +82,53 @@ pub fn max_kept() -> i64 {
     config::OUTCOMES_MAX.load(Ordering::Relaxed).max(0)
 }
 
-/// The sorted set of `key`'s outcomes.
-pub fn key_of(key: &[u8]) -> Vec<u8> {
+/// The index (sorted set) of `key`'s outcomes.
+pub fn index_of(key: &[u8]) -> Vec<u8> {
     [key, b":outcomes"].concat()
 }
 
-/// The outcomes key of `key`, if outcomes are kept and it is in the same Cluster slot.
-fn usable_key(ctx: &Context, key: &[u8]) -> Option<Vec<u8>> {
-    if max_kept() == 0 {
-        return None;
-    }
-    let okey = key_of(key);
-    match cluster::enabled(ctx) && cluster::key_slot(ctx, &okey) != cluster::key_slot(ctx, key) {
-        true => None,
-        false => Some(okey),
-    }
+/// The key of the outcome of entry `id` of `key`.
+pub fn key_of(key: &[u8], id: &str) -> Vec<u8> {
+    [key, b":outcome:", id.as_bytes()].concat()
 }
 
-/// The score of entry `id`'s outcome: its millisecond part, written the one way Redis
-/// will parse back to the same double.
-fn score(id: &str) -> String {
-    let ms: u64 = id
-        .split('-')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    format!("{}", ms as f64)
+/// Whether outcomes of `key` may be kept: some are kept, and in a Cluster the key has
+/// a hash tag, so that its outcome keys are in its slot.
+fn usable(ctx: &Context, key: &[u8]) -> bool {
+    max_kept() > 0 && (!cluster::enabled(ctx) || has_hash_tag(key))
+}
+
+/// A non-empty `{...}` part, as Redis Cluster hashes keys.
+fn has_hash_tag(key: &[u8]) -> bool {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return false;
+    };
+    key[open + 1..]
+        .iter()
+        .position(|&b| b == b'}')
+        .is_some_and(|close| close > 0)
+}
+
+/// Entry `id` as a member of the index: both numbers padded to 20 digits, so that
+/// members of equal score sort as the ids do.
+fn member(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    Some(format!(
+        "{:020}-{:020}",
+        ms.parse::<u64>().ok()?,
+        seq.parse::<u64>().ok()?
+    ))
+}
+
+/// The entry id of an index member.
+fn id_of(member: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(member).ok()?;
+    let (ms, seq) = s.split_once('-')?;
+    Some(format!(
+        "{}-{}",
+        ms.parse::<u64>().ok()?,
+        seq.parse::<u64>().ok()?
+    ))
 }
 
 fn call<'a>(ctx: &'a Context, cmd: &str, args: &[&[u8]]) -> CallResult<'a> {
@@ -112,66 +136,59 @@ fn call<'a>(ctx: &'a Context, cmd: &str, args: &[&[u8]]) -> CallResult<'a> {
     ctx.call_ext(cmd, &opts, args)
 }
 
-/// The outcomes members of entry `id`'s millisecond, with their text.
-fn members(ctx: &Context, okey: &[u8], id: &str) -> Vec<(Vec<u8>, Outcome)> {
-    let s = score(id);
-    let Ok(CallReply::Array(list)) =
-        call(ctx, "ZRANGEBYSCORE", &[okey, s.as_bytes(), s.as_bytes()])
-    else {
-        return Vec::new();
-    };
-    let prefix = format!("{{\"id\":{}", serde_json::Value::from(id));
-    let mut out = Vec::new();
-    for item in list.iter() {
-        let Ok(CallReply::String(m)) = item else {
-            continue;
-        };
-        let text = m.as_bytes();
-        if !text.starts_with(prefix.as_bytes()) {
-            continue;
-        }
-        if let Ok(o) = serde_json::from_slice::<Outcome>(text) {
-            out.push((text.to_vec(), o));
-        }
-    }
-    out
-}
-
-/// The outcome of entry `id` of `key`: through `group` if given, else any group's.
+/// The outcome of entry `id` of `key`: through `group` if given, else whichever kept.
 pub fn find(ctx: &Context, key: &[u8], id: &str, group: Option<&[u8]>) -> Option<Outcome> {
-    let okey = usable_key(ctx, key)?;
-    let mut found = members(ctx, &okey, id);
-    found.retain(|(_, o)| group.is_none_or(|g| o.group.as_bytes() == g));
-    found.pop().map(|(_, o)| o)
+    if !usable(ctx, key) {
+        return None;
+    }
+    let Ok(CallReply::String(text)) = call(ctx, "GET", &[&key_of(key, id)]) else {
+        return None;
+    };
+    let o: Outcome = serde_json::from_slice(text.as_bytes()).ok()?;
+    (o.id == id && group.is_none_or(|g| o.group.as_bytes() == g)).then_some(o)
 }
 
-/// Keeps `o`, the outcome of an entry of `key` (replacing the same group's earlier
-/// one), then evicts the oldest past `outcomes-max` and sets the expiry. `Err`: why it
-/// could not be kept (the outcomes key holds another type, say).
+/// Keeps `o`, the outcome of an entry of `key` (replacing an earlier one), then evicts
+/// the oldest past `outcomes-max`. `Err`: why it could not be kept (the key holds
+/// another type, say).
 pub fn keep(ctx: &Context, key: &[u8], o: &Outcome) -> Result<(), String> {
-    let Some(okey) = usable_key(ctx, key) else {
+    let (Some(m), true) = (member(&o.id), usable(ctx, key)) else {
         return Ok(());
     };
-    for (text, old) in members(ctx, &okey, &o.id) {
-        if old.group == o.group {
-            let _ = call(ctx, "ZREM", &[&okey, &text]);
-        }
-    }
-    let member = serde_json::to_vec(o).map_err(|e| e.to_string())?;
-    let s = score(&o.id);
-    if let Err(e) = call(ctx, "ZADD", &[&okey, s.as_bytes(), &member]) {
+    let text = serde_json::to_vec(o).map_err(|e| e.to_string())?;
+    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
+    let okey = key_of(key, &o.id);
+    let set = match ttl.as_str() {
+        "0" => call(ctx, "SET", &[&okey, &text]),
+        _ => call(ctx, "SET", &[&okey, &text, b"PX", ttl.as_bytes()]),
+    };
+    if let Err(e) = set {
         return Err(e.to_utf8_string().unwrap_or_default());
     }
-    if let Ok(CallReply::I64(n)) = call(ctx, "ZCARD", &[&okey]) {
+    let index = index_of(key);
+    if let Err(e) = call(ctx, "ZADD", &[&index, b"0", m.as_bytes()]) {
+        return Err(e.to_utf8_string().unwrap_or_default());
+    }
+    if let Ok(CallReply::I64(n)) = call(ctx, "ZCARD", &[&index]) {
         let over = n.to_i64() - max_kept();
         if over > 0 {
-            let last = (over - 1).to_string();
-            let _ = call(ctx, "ZREMRANGEBYRANK", &[&okey, b"0", last.as_bytes()]);
+            let count = over.to_string();
+            if let Ok(CallReply::Array(popped)) = call(ctx, "ZPOPMIN", &[&index, count.as_bytes()])
+            {
+                // [member, score, member, score, ...]
+                let items: Vec<_> = popped.iter().collect();
+                for pair in items.chunks(2) {
+                    if let Some(Ok(CallReply::String(m))) = pair.first() {
+                        if let Some(id) = id_of(m.as_bytes()) {
+                            let _ = call(ctx, "UNLINK", &[&key_of(key, &id)]);
+                        }
+                    }
+                }
+            }
         }
     }
-    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed);
-    if ttl > 0 {
-        let _ = call(ctx, "PEXPIRE", &[&okey, ttl.to_string().as_bytes()]);
+    if ttl != "0" {
+        let _ = call(ctx, "PEXPIRE", &[&index, ttl.as_bytes()]);
     }
     Ok(())
 }
@@ -183,11 +200,26 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A JSON text a run wrote (its result or progress), or the text itself as a JSON
-/// string if it is not valid JSON.
-pub fn json_value(text: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(text)
-        .unwrap_or_else(|_| serde_json::Value::from(String::from_utf8_lossy(text).into_owned()))
+/// The most bytes of a result, a progress or an error an outcome keeps.
+pub const MAX_PART: usize = 16 << 10;
+
+/// A JSON text a run wrote (its result or progress) as kept: the value, or if it is
+/// longer than `MAX_PART` a string saying so.
+pub fn json_kept(text: &str) -> serde_json::Value {
+    if text.len() > MAX_PART {
+        let note = format!("(not kept: {} bytes, more than {MAX_PART})", text.len());
+        return serde_json::Value::from(note);
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::from(text))
+}
+
+/// `text` cut to at most `MAX_PART` bytes (at a character boundary).
+pub fn cut(text: &str) -> String {
+    let mut end = text.len().min(MAX_PART);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 #[cfg(test)]
@@ -195,14 +227,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scores_round_trip_through_a_double() {
-        for (id, want) in [
-            ("1700000000000-0", "1700000000000"),
-            ("0-1", "0"),
-            ("5-0", "5"),
-            ("18446744073709551615-0", "18446744073709552000"),
+    fn index_members_sort_as_the_ids_do() {
+        let ids = [
+            "1-9",
+            "1-10",
+            "2-0",
+            "18446744073709551615-18446744073709551615",
+        ];
+        let members: Vec<String> = ids.iter().map(|i| member(i).unwrap()).collect();
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(sorted, members);
+        for (i, m) in ids.iter().zip(&members) {
+            assert_eq!(id_of(m.as_bytes()).as_deref(), Some(*i));
+        }
+        assert_eq!(member("x-1"), None);
+    }
+
+    #[test]
+    fn hash_tags_as_cluster_reads_them() {
+        for (key, tagged) in [
+            (&b"{q}"[..], true),
+            (b"a{q}b", true),
+            (b"{}q", false),
+            (b"q", false),
+            (b"q}{", false),
+            (b"{q", false),
         ] {
-            assert_eq!(score(id), want, "{id}");
+            assert_eq!(has_hash_tag(key), tagged, "{key:?}");
         }
     }
 

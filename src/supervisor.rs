@@ -260,6 +260,9 @@ impl Supervisor {
             self.timers.set(Deadline::Record, record);
             let outbox = self.runs.flush_outbox().then(|| done + OUTBOX_RETRY);
             self.timers.set(Deadline::Outbox, outbox);
+            if let Some(at) = self.waiters.changed() {
+                self.timers.set(Deadline::Waits, at);
+            }
         }
     }
 
@@ -436,6 +439,7 @@ impl Supervisor {
                 Some(sid) => self.wait((db, key, sid), timeout, reply),
                 None => reply.reply(Reply::Nil),
             },
+            Msg::WaiterGone { token } => self.waiters.gone(token),
             Msg::Cancel { db, key, id, reply } => match stream::Sid::parse(&id) {
                 Some(sid) => self.cancel(db, &key, sid, reply),
                 None => reply.reply(Reply::Int(0)),
@@ -723,6 +727,10 @@ impl Supervisor {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         self.timers.due(Deadline::Writes, now); // writes are tried again this turn
+        if self.timers.due(Deadline::Waits, now) {
+            self.waiters.expire(now);
+            self.sweep_waiters(now);
+        }
         if self.timers.due(Deadline::Helper, now) && !self.runs.helper_running() {
             self.restart_helper();
         }
@@ -746,7 +754,6 @@ impl Supervisor {
                 }
                 Timer::Pool(name) => self.pools.backoff_over(&name),
                 Timer::Recycle(name, id) => self.pools.recycle_over(&name, id, &mut self.runs),
-                Timer::Waits => self.waiters.expire(now),
             }
         }
     }

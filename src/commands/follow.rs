@@ -99,7 +99,10 @@ pub fn wait(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     if !ctx.get_flags().contains(ContextFlags::MASTER) {
         return err(crate::supervisor::NOT_PRIMARY);
     }
-    let r = Replier::block_waiting(ctx).ok_or_else(|| {
+    let gone = |token| {
+        crate::supervisor::send(Msg::WaiterGone { token });
+    };
+    let r = Replier::block_waiting(ctx, gone).ok_or_else(|| {
         CmdError::Msg("ERR STREAMWATCH.WAIT cannot be used inside MULTI or a script".into())
     })?;
     ask(Msg::Wait {

@@ -4,11 +4,13 @@
 //! the stream, waiting to be read or claimed; the group and the stream tell which.
 
 use super::stream::{Group, Sid, Stage};
+use super::waiters::EntryKey;
 use super::{gil, views, Supervisor};
 use crate::ffi::{self, Replier, Reply};
 use crate::outcomes::{self, Outcome};
 use crate::spec::Kind;
 use crate::watch::Watch;
+use redis_module::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,8 +64,7 @@ impl Supervisor {
         match self.find_entry(db, &key, sid) {
             Found::Held(_) | Found::Queued(_) => {
                 let deadline = timeout.map(|t| Instant::now() + t);
-                self.waiters
-                    .add((db, key, sid), reply, deadline, &mut self.timers);
+                self.waiters.add((db, key, sid), reply, deadline);
             }
             Found::Finished(o) => reply.reply(o.reply(db, &key)),
             Found::Acked(w) => reply.reply(short_map(&w, db, &key, sid, outcomes::ACKED)),
@@ -114,7 +115,41 @@ impl Supervisor {
     /// The clients waiting for the entries the last flush finished get their outcome.
     pub(super) fn answer_waiters(&mut self) {
         for (db, key, sid, o) in self.queues.take_finished() {
-            self.waiters.answer(db, &key, sid, &o);
+            let reply = o.reply(db, &key);
+            self.waiters.answer(&(db, key, sid), reply);
+        }
+    }
+
+    /// A look at the entries waited for that no queue here holds (in one GIL hold):
+    /// one that has left the stream, or that its group acknowledged without this node
+    /// keeping an outcome (an XACK by hand, say), is answered now.
+    pub(super) fn sweep_waiters(&mut self, now: Instant) {
+        let batch = self.waiters.sweep_due(now);
+        let batch: Vec<EntryKey> = batch
+            .into_iter()
+            .filter(|(db, key, sid)| {
+                views::held_entry(&self.queues, *db, key, *sid).is_none()
+                    && self.queues.finishing(*db, key, *sid).is_none()
+            })
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let mut answers = Vec::new();
+        {
+            let ctx = gil::lock(&self.tsc);
+            for (db, key, sid) in batch {
+                let reply = match self.look(&ctx, db, &key, sid) {
+                    Found::Held(_) | Found::Queued(_) => continue,
+                    Found::Finished(o) => o.reply(db, &key),
+                    Found::Acked(w) => short_map(&w, db, &key, sid, outcomes::ACKED),
+                    Found::Missing => Reply::Nil,
+                };
+                answers.push(((db, key, sid), reply));
+            }
+        }
+        for (entry, reply) in answers {
+            self.waiters.answer(&entry, reply);
         }
     }
 
@@ -125,24 +160,29 @@ impl Supervisor {
         if let Some(o) = self.queues.finishing(db, key, sid) {
             return Found::Finished(o);
         }
+        let ctx = gil::lock(&self.tsc);
+        self.look(&ctx, db, key, sid)
+    }
+
+    /// Where an entry no queue here holds is, as Redis tells (under the GIL).
+    fn look(&self, ctx: &Context, db: i32, key: &[u8], sid: Sid) -> Found {
         let streams: Vec<Arc<Watch>> = self
             .watches
             .iter()
             .filter(|w| w.spec.kind == Kind::Stream && w.covers(db, key))
             .cloned()
             .collect();
-        let ctx = gil::lock(&self.tsc);
-        if !ffi::select_db(&ctx, db) {
+        if !ffi::select_db(ctx, db) {
             return Found::Missing;
         }
-        if let Some(o) = outcomes::find(&ctx, key, &sid.to_string(), None) {
+        if let Some(o) = outcomes::find(ctx, key, &sid.to_string(), None) {
             return Found::Finished(o);
         }
         // Queued if some group of it still has it; acked if they all acknowledged it.
         let mut acked = None;
         for w in streams {
             let g = Group {
-                ctx: &ctx,
+                ctx,
                 key,
                 group: &w.spec.stream.group,
                 consumer: b"",

@@ -66,6 +66,10 @@ pub enum Msg {
         timeout: Option<std::time::Duration>,
         reply: Replier,
     },
+    /// A client in `STREAMWATCH.WAIT` disconnected (its `Replier::token`).
+    WaiterGone {
+        token: usize,
+    },
     Cancel {
         db: i32,
         key: Vec<u8>,

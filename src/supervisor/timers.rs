@@ -27,8 +27,6 @@ pub(super) enum Timer {
     Pool(String),
     /// A recycled pool worker (handler, run id) had its grace to finish.
     Recycle(String, u64),
-    /// Some client in `STREAMWATCH.WAIT` reached its timeout.
-    Waits,
 }
 
 /// A deadline of the supervisor itself: at most one of each is set.
@@ -50,9 +48,12 @@ pub(super) enum Deadline {
     Outbox,
     /// Writes were paused (CLIENT PAUSE WRITE, FAILOVER): try again then.
     Writes,
+    /// A client in `STREAMWATCH.WAIT` reaches its timeout, or the entries waited for
+    /// are due a look (see `Waiters`).
+    Waits,
 }
 
-const DEADLINES: usize = 8;
+const DEADLINES: usize = 9;
 
 #[derive(Default)]
 pub(super) struct Timers {

@@ -1,86 +1,135 @@
 //! The clients blocked in `STREAMWATCH.WAIT` (only they are blocked, never the
-//! server), by the entry they wait for: each is answered with the entry's outcome when
-//! the queue keeps it, or nil at its timeout (kept here, not by the server: see
-//! `Replier::block_waiting`). Bounded: past `MAX_WAITING` clients a WAIT is
-//! refused. A node that stops being a primary answers its waiting clients with an
-//! error, so they ask the new primary.
+//! server), by the entry they wait for. Each is answered once: with the entry's outcome
+//! when the queue keeps it, nil at its timeout (kept here, not by the server: see
+//! `Replier::block_waiting`), nil when a sweep finds the entry gone from the stream
+//! (deleted, or acknowledged by someone else), or an error when this node stops being
+//! a primary (so that it asks the new one). A client that disconnects is let go at
+//! once. Bounded: past `MAX_WAITING` clients a WAIT is refused.
 
 use super::stream::Sid;
-use super::timers::{Timer, Timers};
 use crate::ffi::{Replier, Reply};
-use crate::outcomes::Outcome;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The most clients waiting at once.
 pub(super) const MAX_WAITING: usize = 10_000;
 
-type EntryKey = (i32, Vec<u8>, Sid);
+/// How often the entries waited for are looked at in the stream, and how many each
+/// time (the oldest looked at first).
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+pub(super) const SWEEP_BATCH: usize = 256;
+
+pub(super) type EntryKey = (i32, Vec<u8>, Sid);
+
+struct Waiter {
+    reply: Replier,
+    deadline: Option<Instant>,
+}
 
 #[derive(Default)]
 pub(super) struct Waiters {
-    by_entry: HashMap<EntryKey, Vec<(Replier, Option<Instant>)>>,
+    by_entry: HashMap<EntryKey, Vec<Waiter>>,
     count: usize,
+    /// When the entries are next looked at; `None` while nobody waits.
+    sweep_at: Option<Instant>,
+    /// The entries, oldest sweep first (an entry's place moves to the end each time).
+    order: Vec<EntryKey>,
+    /// Whether the next deadline may have changed since `changed` was last asked.
+    changed: bool,
 }
 
 impl Waiters {
     /// Client `r` waits for entry `sid` of `key` until `deadline`.
-    pub(super) fn add(
-        &mut self,
-        (db, key, sid): EntryKey,
-        r: Replier,
-        deadline: Option<Instant>,
-        timers: &mut Timers,
-    ) {
+    pub(super) fn add(&mut self, entry: EntryKey, reply: Replier, deadline: Option<Instant>) {
         if self.count >= MAX_WAITING {
             let why = format!("ERR STREAMWATCH.WAIT: {MAX_WAITING} clients wait already");
-            r.reply(Reply::Error(why));
+            reply.reply(Reply::Error(why));
             return;
         }
-        if let Some(at) = deadline {
-            timers.push(at, Timer::Waits);
+        let list = self.by_entry.entry(entry.clone()).or_default();
+        if list.is_empty() {
+            self.order.push(entry);
         }
-        self.by_entry
-            .entry((db, key, sid))
-            .or_default()
-            .push((r, deadline));
+        list.push(Waiter { reply, deadline });
         self.count += 1;
+        self.changed = true;
+        self.sweep_at
+            .get_or_insert_with(|| Instant::now() + SWEEP_EVERY);
     }
 
-    /// Entry `sid` of `key` has outcome `o`: its clients get it.
-    pub(super) fn answer(&mut self, db: i32, key: &[u8], sid: Sid, o: &Outcome) {
-        if let Some(list) = self.by_entry.remove(&(db, key.to_vec(), sid)) {
+    /// When `expire` or a sweep is next due (if anyone waits), if that may have
+    /// changed since the last call.
+    pub(super) fn changed(&mut self) -> Option<Option<Instant>> {
+        if !std::mem::replace(&mut self.changed, false) {
+            return None;
+        }
+        let first = self.by_entry.values().flatten().filter_map(|w| w.deadline);
+        Some(first.chain(self.sweep_at).min())
+    }
+
+    /// Entry `entry` is done with: its clients get `reply` (its outcome map; nil if it
+    /// is gone).
+    pub(super) fn answer(&mut self, entry: &EntryKey, reply: Reply) {
+        if let Some(list) = self.by_entry.remove(entry) {
             self.count -= list.len();
-            for (r, _) in list {
-                r.reply(o.reply(db, key));
+            self.changed = true;
+            self.order.retain(|e| e != entry);
+            for w in list {
+                w.reply.reply(reply.clone());
             }
+        }
+        if self.count == 0 {
+            self.sweep_at = None;
         }
     }
 
     /// The clients whose timeout has passed get nil.
     pub(super) fn expire(&mut self, now: Instant) {
-        let mut gone = 0;
-        for list in self.by_entry.values_mut() {
-            let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(list)
-                .into_iter()
-                .partition(|(_, at)| at.is_some_and(|at| at <= now));
-            *list = kept;
-            gone += due.len();
-            for (r, _) in due {
-                r.reply(Reply::Nil);
-            }
-        }
-        self.by_entry.retain(|_, list| !list.is_empty());
-        self.count -= gone;
+        self.take(|w| w.deadline.is_some_and(|at| at <= now), Reply::Nil);
+    }
+
+    /// The client of `Replier::token` `token` disconnected.
+    pub(super) fn gone(&mut self, token: usize) {
+        self.take(|w| w.reply.token() == token, Reply::Nil);
     }
 
     /// Every waiting client gets error `why` (this node no longer runs the jobs).
     pub(super) fn release(&mut self, why: &str) {
-        for (_, list) in self.by_entry.drain() {
-            for (r, _) in list {
-                r.reply(Reply::Error(why.to_string()));
+        self.take(|_| true, Reply::Error(why.to_string()));
+    }
+
+    /// The entries to look at now (at most `SWEEP_BATCH`), if a sweep is due.
+    pub(super) fn sweep_due(&mut self, now: Instant) -> Vec<EntryKey> {
+        if self.sweep_at.is_none_or(|at| at > now) {
+            return Vec::new();
+        }
+        self.sweep_at = Some(now + SWEEP_EVERY);
+        self.changed = true;
+        let n = self.order.len().min(SWEEP_BATCH);
+        let batch: Vec<EntryKey> = self.order.drain(..n).collect();
+        self.order.extend(batch.iter().cloned());
+        batch
+    }
+
+    /// The waiters for which `which` is true get `reply` and go.
+    fn take(&mut self, which: impl Fn(&Waiter) -> bool, reply: Reply) {
+        let mut gone = 0;
+        for list in self.by_entry.values_mut() {
+            let (due, kept): (Vec<Waiter>, Vec<Waiter>) =
+                std::mem::take(list).into_iter().partition(&which);
+            *list = kept;
+            gone += due.len();
+            for w in due {
+                w.reply.reply(reply.clone());
             }
         }
-        self.count = 0;
+        self.by_entry.retain(|_, list| !list.is_empty());
+        let by_entry = &self.by_entry;
+        self.order.retain(|e| by_entry.contains_key(e));
+        self.count -= gone;
+        self.changed |= gone > 0;
+        if self.count == 0 {
+            self.sweep_at = None;
+        }
     }
 }

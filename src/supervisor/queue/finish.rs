@@ -38,7 +38,7 @@ pub(super) fn outcome_of(
     state: &str,
     error: Option<String>,
 ) -> Outcome {
-    let json = |t: &Option<String>| t.as_deref().map(|t| outcomes::json_value(t.as_bytes()));
+    let json = |t: &Option<String>| t.as_deref().map(outcomes::json_kept);
     Outcome {
         id: sid.to_string(),
         group: String::from_utf8_lossy(&q.watch.spec.stream.group).into_owned(),
@@ -46,7 +46,7 @@ pub(super) fn outcome_of(
         watch: String::from_utf8_lossy(&q.watch.spec.pattern).into_owned(),
         attempts: e.map_or(0, |e| e.attempts),
         result: e.and_then(|e| json(&e.result)),
-        error,
+        error: error.map(|e| outcomes::cut(&e)),
         progress: e.and_then(|e| json(&e.progress)),
         output: e.map_or(String::new(), |e| {
             String::from_utf8_lossy(&e.log.tail(outcomes::OUTPUT_BYTES)).into_owned()

@@ -153,7 +153,7 @@ impl Queues {
                     ffi::log_warning(format!(
                         "streamwatch: cannot keep the outcomes of '{}' in '{}': {e}",
                         String::from_utf8_lossy(&qk.key),
-                        String::from_utf8_lossy(&outcomes::key_of(&qk.key)),
+                        String::from_utf8_lossy(&outcomes::key_of(&qk.key, &o.id)),
                     ));
                 }
             }

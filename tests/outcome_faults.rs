@@ -1,4 +1,7 @@
-//! Breaks found in review of the job-outcomes change (see the review report).
+//! Job outcomes under what a hostile or unlucky client does: a cancel that must
+//! outlive the queue that took it, WAIT on an entry deleted meanwhile, clients that
+//! disconnect while they wait, ids that share a millisecond, results too large to keep.
+//! (Found by the adversarial review of the outcomes change; each failed before its fix.)
 
 mod common;
 
@@ -47,11 +50,16 @@ fn fill(c: &mut redis::Connection) -> String {
 #[test]
 fn a_cancelled_unread_entry_does_not_run_after_pause_and_resume() {
     let dir = TempDir::new();
-    let s = Server::builder(&config(dir.path())).dir(dir.clone()).start();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
     let mut c = s.conn();
     let last = fill(&mut c);
     assert_eq!(state_of(&mut c, &last), "queued");
-    assert_eq!(vint(&ok(&mut c, &["STREAMWATCH.CANCEL", "q", &last])), Some(1));
+    assert_eq!(
+        vint(&ok(&mut c, &["STREAMWATCH.CANCEL", "q", &last])),
+        Some(1)
+    );
     wait_until("cancelled", WAIT, || state_of(&mut c, &last) == "cancelled");
     ok(&mut c, &["STREAMWATCH.PAUSE"]);
     wait_until("runs stopped", WAIT, || jobs(&mut c).is_empty());
@@ -72,7 +80,10 @@ fn a_cancelled_unread_entry_does_not_run_after_a_restart() {
     let mut s = Server::builder(&cfg).dir(dir.clone()).save("1 1").start();
     let mut c = s.conn();
     let last = fill(&mut c);
-    assert_eq!(vint(&ok(&mut c, &["STREAMWATCH.CANCEL", "q", &last])), Some(1));
+    assert_eq!(
+        vint(&ok(&mut c, &["STREAMWATCH.CANCEL", "q", &last])),
+        Some(1)
+    );
     wait_until("cancelled", WAIT, || state_of(&mut c, &last) == "cancelled");
     ok(&mut c, &["SAVE"]);
     s.stop();
@@ -90,7 +101,9 @@ fn a_cancelled_unread_entry_does_not_run_after_a_restart() {
 #[test]
 fn wait_on_an_entry_deleted_while_waiting_is_answered() {
     let dir = TempDir::new();
-    let s = Server::builder(&config(dir.path())).dir(dir.clone()).start();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
     let mut c = s.conn();
     let last = fill(&mut c);
     let mut w = s.conn();
@@ -113,7 +126,9 @@ fn wait_on_an_entry_deleted_while_waiting_is_answered() {
 fn disconnected_waiters_do_not_lock_everyone_out() {
     use std::io::Write;
     let dir = TempDir::new();
-    let s = Server::builder(&config(dir.path())).dir(dir.clone()).start();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
     let mut c = s.conn();
     let last = fill(&mut c);
     let port = s.port;
@@ -130,4 +145,55 @@ fn disconnected_waiters_do_not_lock_everyone_out() {
     let got = run(&mut c, &["STREAMWATCH.WAIT", "q", &last, "TIMEOUT", "100"]);
     std::fs::write(dir.path().join("go"), "").unwrap();
     assert_eq!(got.map_err(|e| e.to_string()), Ok(Value::Nil));
+}
+
+/// Eviction keeps the newest entries even when their ids share a millisecond: ids are
+/// ordered as numbers (`1-9` before `1-10`), not as text.
+#[test]
+fn eviction_keeps_the_newest_of_ids_that_share_a_millisecond() {
+    let dir = TempDir::new();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    ok(&mut c, &["CONFIG", "SET", "streamwatch.outcomes-max", "5"]);
+    for seq in 1..=12 {
+        ok(&mut c, &["XADD", "q", &format!("1-{seq}"), "x", "1"]);
+    }
+    wait_until("drained", WAIT, || drained(&mut c, "q", "streamwatch"));
+    wait_until("five kept", WAIT, || {
+        vint(&ok(&mut c, &["ZCARD", "q:outcomes"])) == Some(5)
+    });
+    for seq in 1..=12 {
+        let key = format!("q:outcome:1-{seq}");
+        let kept = vint(&ok(&mut c, &["EXISTS", &key])) == Some(1);
+        assert_eq!(kept, seq >= 8, "{key}");
+    }
+}
+
+/// A run's result larger than an outcome keeps is replaced by a note, not kept whole.
+#[test]
+fn a_result_too_large_is_not_kept_whole() {
+    let dir = TempDir::new();
+    let script = r#"read -r entry
+head -c 30000 /dev/zero | tr '\0' a | { printf '{"result": "'; cat; printf '"}\n'; } >&3"#;
+    let toml = format!(
+        "[handler.big]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''']\n\n[[watch]]\npattern = \"q\"\nhandler = \"big\"\ntype = \"stream\"\n"
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let id = xadd(&mut c, "q", &[("x", "1")]);
+    let m = to_map(&ok(
+        &mut c,
+        &["STREAMWATCH.WAIT", "q", &id, "TIMEOUT", "20000"],
+    ));
+    assert_eq!(get_str(&m, "state"), "acked");
+    let result = get_str(&m, "result");
+    assert!(
+        result.contains("not kept"),
+        "{}",
+        &result[..result.len().min(200)]
+    );
+    let size = vint(&ok(&mut c, &["STRLEN", &format!("q:outcome:{id}")])).unwrap();
+    assert!(size < 20_000, "outcome of {size} bytes");
 }
