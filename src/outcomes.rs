@@ -4,16 +4,19 @@
 //! still there after a failover, and readable by `STREAMWATCH.JOB` and
 //! `STREAMWATCH.WAIT` on the main thread without asking the supervisor.
 //!
-//! Where: each outcome is a string key, `<key>:outcome:<id>` (the outcome as a JSON
-//! object, `{"id":"…","group":"…",…}`; a type no watch consumes), found in O(1); a
-//! sorted set `<key>:outcomes` indexes them for eviction (members are the ids padded to
-//! fixed width with equal scores, so they sort as the ids do). Retention: the
-//! `outcomes-max` outcomes of the newest entries of each stream (older ones are evicted
-//! as new ones finish), each expiring `outcomes-ttl-ms` after it was kept (the index
-//! too, after the stream's last one). One outcome per entry: two watches reading one
-//! stream through two groups keep the last one's. In a Redis Cluster a stream's
-//! outcome keys are in its slot only if its name has a hash tag (`{q}`): a stream
-//! without one keeps none there.
+//! Where: beside the stream, a hash `<key>:outcomes` (field: the entry id; value: the
+//! outcome as a JSON object, `{"id":"…","group":"…",…}`), so that a flush keeps all its
+//! outcomes of a stream in one `HSET`, and a sorted set `<key>:outcomes:index` that
+//! orders them for eviction (the ids padded to a fixed width, equal scores, so they
+//! sort as the ids do). Keys ending in `:outcomes` are never hash jobs (`Watch::covers`).
+//! Retention (`tend`, at most every second or tenth of the bound): the
+//! `outcomes-max` outcomes of the newest entries of each stream, and all of a stream's
+//! outcomes expire `outcomes-ttl-ms` after its last one. Entries cancelled before they
+//! were read are noted in the set `<key>:cancels`, so that whoever reads them (after a
+//! restart, on a new primary) acknowledges them without running them. One outcome per
+//! entry: two watches reading one stream through two groups keep the last one's. In a
+//! Redis Cluster a stream keeps outcomes only if its name has a hash tag (`{q}`: the
+//! keys beside it are then in its slot).
 //!
 //! Every call takes the context of a GIL hold (or a command) the caller already has,
 //! in the stream's database; the writes are replicated.
@@ -82,14 +85,19 @@ pub fn max_kept() -> i64 {
     config::OUTCOMES_MAX.load(Ordering::Relaxed).max(0)
 }
 
-/// The index (sorted set) of `key`'s outcomes.
-pub fn index_of(key: &[u8]) -> Vec<u8> {
+/// The hash of `key`'s outcomes.
+pub fn key_of(key: &[u8]) -> Vec<u8> {
     [key, b":outcomes"].concat()
 }
 
-/// The key of the outcome of entry `id` of `key`.
-pub fn key_of(key: &[u8], id: &str) -> Vec<u8> {
-    [key, b":outcome:", id.as_bytes()].concat()
+/// Whether `key` is where some stream keeps its outcomes (never a hash job).
+pub fn is_outcomes_key(key: &[u8]) -> bool {
+    key.ends_with(b":outcomes")
+}
+
+/// The index (sorted set) of `key`'s outcomes.
+pub fn index_of(key: &[u8]) -> Vec<u8> {
+    [key, b":outcomes:index"].concat()
 }
 
 /// Whether outcomes of `key` may be kept: some are kept, and in a Cluster the key has
@@ -141,56 +149,131 @@ pub fn find(ctx: &Context, key: &[u8], id: &str, group: Option<&[u8]>) -> Option
     if !usable(ctx, key) {
         return None;
     }
-    let Ok(CallReply::String(text)) = call(ctx, "GET", &[&key_of(key, id)]) else {
+    let Ok(CallReply::String(text)) = call(ctx, "HGET", &[&key_of(key), id.as_bytes()]) else {
         return None;
     };
     let o: Outcome = serde_json::from_slice(text.as_bytes()).ok()?;
     (o.id == id && group.is_none_or(|g| o.group.as_bytes() == g)).then_some(o)
 }
 
-/// Keeps `o`, the outcome of an entry of `key` (replacing an earlier one), then evicts
-/// the oldest past `outcomes-max`. `Err`: why it could not be kept (the key holds
+/// The set of `key`'s entries cancelled before they were read.
+pub fn cancels_of(key: &[u8]) -> Vec<u8> {
+    [key, b":cancels"].concat()
+}
+
+fn error_text(e: redis_module::ErrorReply) -> String {
+    e.to_utf8_string().unwrap_or_default()
+}
+
+/// Keeps the outcomes `os` of entries of `key` (one flush's, replacing earlier ones)
+/// in one `HSET` and one `ZADD`, and notes those of `unread` (cancelled before they
+/// were read) in `cancels_of(key)`. `Err`: why they could not be kept (a key holds
 /// another type, say).
-pub fn keep(ctx: &Context, key: &[u8], o: &Outcome) -> Result<(), String> {
-    let (Some(m), true) = (member(&o.id), usable(ctx, key)) else {
+pub fn keep_all(ctx: &Context, key: &[u8], os: &[Outcome], unread: &[&str]) -> Result<(), String> {
+    if os.is_empty() || !usable(ctx, key) {
         return Ok(());
-    };
-    let text = serde_json::to_vec(o).map_err(|e| e.to_string())?;
-    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
-    let okey = key_of(key, &o.id);
-    let set = match ttl.as_str() {
-        "0" => call(ctx, "SET", &[&okey, &text]),
-        _ => call(ctx, "SET", &[&okey, &text, b"PX", ttl.as_bytes()]),
-    };
-    if let Err(e) = set {
-        return Err(e.to_utf8_string().unwrap_or_default());
     }
+    let mut texts = Vec::with_capacity(os.len());
+    let mut members = Vec::with_capacity(os.len());
+    for o in os {
+        if let Some(m) = member(&o.id) {
+            texts.push((o.id.as_bytes(), serde_json::to_vec(o).map_err(|e| e.to_string())?));
+            members.push(m);
+        }
+    }
+    let okey = key_of(key);
+    let mut args: Vec<&[u8]> = vec![&okey];
+    for (id, text) in &texts {
+        args.push(id);
+        args.push(text);
+    }
+    call(ctx, "HSET", &args).map_err(error_text)?;
     let index = index_of(key);
-    if let Err(e) = call(ctx, "ZADD", &[&index, b"0", m.as_bytes()]) {
-        return Err(e.to_utf8_string().unwrap_or_default());
+    let mut args: Vec<&[u8]> = vec![&index];
+    for m in &members {
+        args.push(b"0");
+        args.push(m.as_bytes());
     }
+    call(ctx, "ZADD", &args).map_err(error_text)?;
+    if !unread.is_empty() {
+        let cancels = cancels_of(key);
+        let mut args: Vec<&[u8]> = vec![&cancels];
+        args.extend(unread.iter().map(|id| id.as_bytes()));
+        call(ctx, "SADD", &args).map_err(error_text)?;
+    }
+    Ok(())
+}
+
+/// Retention for `key`'s outcomes: the oldest past `outcomes-max` go, and the keys
+/// beside the stream expire `outcomes-ttl-ms` from now.
+pub fn tend(ctx: &Context, key: &[u8]) {
+    if !usable(ctx, key) {
+        return;
+    }
+    let (okey, index) = (key_of(key), index_of(key));
     if let Ok(CallReply::I64(n)) = call(ctx, "ZCARD", &[&index]) {
         let over = n.to_i64() - max_kept();
         if over > 0 {
-            let count = over.to_string();
-            if let Ok(CallReply::Array(popped)) = call(ctx, "ZPOPMIN", &[&index, count.as_bytes()])
-            {
-                // [member, score, member, score, ...]
-                let items: Vec<_> = popped.iter().collect();
-                for pair in items.chunks(2) {
-                    if let Some(Ok(CallReply::String(m))) = pair.first() {
-                        if let Some(id) = id_of(m.as_bytes()) {
-                            let _ = call(ctx, "UNLINK", &[&key_of(key, &id)]);
-                        }
-                    }
-                }
-            }
+            evict(ctx, &okey, &index, over);
         }
     }
+    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
     if ttl != "0" {
-        let _ = call(ctx, "PEXPIRE", &[&index, ttl.as_bytes()]);
+        for k in [okey, index, cancels_of(key)] {
+            let _ = call(ctx, "PEXPIRE", &[&k, ttl.as_bytes()]);
+        }
     }
-    Ok(())
+}
+
+/// Evicts the `n` oldest outcomes of the hash `okey`.
+fn evict(ctx: &Context, okey: &[u8], index: &[u8], n: i64) {
+    let count = n.to_string();
+    let Ok(CallReply::Array(popped)) = call(ctx, "ZPOPMIN", &[index, count.as_bytes()]) else {
+        return;
+    };
+    // [member, score, member, score, ...]
+    let items: Vec<_> = popped.iter().collect();
+    let ids: Vec<String> = items
+        .chunks(2)
+        .filter_map(|pair| match pair.first() {
+            Some(Ok(CallReply::String(m))) => id_of(m.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    for chunk in ids.chunks(1024) {
+        let mut args: Vec<&[u8]> = vec![okey];
+        args.extend(chunk.iter().map(|id| id.as_bytes()));
+        let _ = call(ctx, "HDEL", &args);
+    }
+}
+
+/// Which of `ids` (entries of `key` just read) were cancelled before they were read:
+/// they are taken out of `cancels_of(key)` and are not to run.
+pub fn take_cancelled(ctx: &Context, key: &[u8], ids: &[String]) -> Vec<String> {
+    let cancels = cancels_of(key);
+    if ids.is_empty() || !usable(ctx, key) {
+        return Vec::new();
+    }
+    if !matches!(call(ctx, "EXISTS", &[&cancels]), Ok(CallReply::I64(n)) if n.to_i64() > 0) {
+        return Vec::new();
+    }
+    let mut args: Vec<&[u8]> = vec![&cancels];
+    args.extend(ids.iter().map(|id| id.as_bytes()));
+    let Ok(CallReply::Array(flags)) = call(ctx, "SMISMEMBER", &args) else {
+        return Vec::new();
+    };
+    let found: Vec<String> = flags
+        .iter()
+        .zip(ids)
+        .filter(|(f, _)| matches!(f, Ok(CallReply::I64(n)) if n.to_i64() == 1))
+        .map(|(_, id)| id.clone())
+        .collect();
+    if !found.is_empty() {
+        let mut args: Vec<&[u8]> = vec![&cancels];
+        args.extend(found.iter().map(|id| id.as_bytes()));
+        let _ = call(ctx, "SREM", &args);
+    }
+    found
 }
 
 /// Milliseconds since the epoch.

@@ -43,8 +43,9 @@ pub struct QueueStats {
     pub lag: AtomicI64,
 }
 
-/// Keys no watch covers, whatever its pattern: the watches store (`store`) and, for a
-/// stream watch, the events stream (`config`). The registry knows neither; the module's
+/// Keys no watch covers, whatever its pattern: the watches store (`store`), for a
+/// stream watch the events stream (`config`) and dead-letter streams, and for a hash
+/// watch the streams' outcomes (`outcomes`). The registry knows neither; the module's
 /// load hands it the two checks once (`set_reserved`), plain functions, so `covers`
 /// stays a few comparisons on the main thread's path of every write.
 #[derive(Debug, Clone, Copy)]
@@ -81,8 +82,10 @@ impl Watch {
         self.spec.db.covers(db)
             && self.glob.matches(key)
             && !(reserved.store)(db, key)
-            && (self.spec.kind == Kind::Hash
-                || !(self.spec.stream.is_deadletter(key) || (reserved.events)(key)))
+            && match self.spec.kind {
+                Kind::Hash => !crate::outcomes::is_outcomes_key(key),
+                Kind::Stream => !(self.spec.stream.is_deadletter(key) || (reserved.events)(key)),
+            }
     }
     pub fn job_count(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)

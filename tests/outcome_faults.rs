@@ -162,12 +162,12 @@ fn eviction_keeps_the_newest_of_ids_that_share_a_millisecond() {
     }
     wait_until("drained", WAIT, || drained(&mut c, "q", "streamwatch"));
     wait_until("five kept", WAIT, || {
-        vint(&ok(&mut c, &["ZCARD", "q:outcomes"])) == Some(5)
+        vint(&ok(&mut c, &["HLEN", "q:outcomes"])) == Some(5)
     });
     for seq in 1..=12 {
-        let key = format!("q:outcome:1-{seq}");
-        let kept = vint(&ok(&mut c, &["EXISTS", &key])) == Some(1);
-        assert_eq!(kept, seq >= 8, "{key}");
+        let id = format!("1-{seq}");
+        let kept = vint(&ok(&mut c, &["HEXISTS", "q:outcomes", &id])) == Some(1);
+        assert_eq!(kept, seq >= 8, "{id}");
     }
 }
 
@@ -194,6 +194,26 @@ head -c 30000 /dev/zero | tr '\0' a | { printf '{"result": "'; cat; printf '"}\n
         "{}",
         &result[..result.len().min(200)]
     );
-    let size = vint(&ok(&mut c, &["STRLEN", &format!("q:outcome:{id}")])).unwrap();
+    let size = vint(&ok(&mut c, &["HSTRLEN", "q:outcomes", &id])).unwrap();
     assert!(size < 20_000, "outcome of {size} bytes");
+}
+
+/// A hash watch whose pattern matches everything makes no jobs of a stream's outcomes.
+#[test]
+fn outcomes_are_never_hash_jobs() {
+    let dir = TempDir::new();
+    let toml = format!(
+        "{}[handler.h]\ncommand = [\"/bin/sleep\", \"30\"]\n\n[[watch]]\npattern = \"*\"\nhandler = \"h\"\n",
+        config(dir.path())
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    let id = xadd(&mut c, "q", &[("x", "1")]);
+    wait_until("acked", WAIT, || state_of(&mut c, &id) == "acked");
+    assert_eq!(vint(&ok(&mut c, &["HLEN", "q:outcomes"])), Some(1));
+    ok(&mut c, &["HSET", "cams", "cam1", "u"]);
+    wait_until("the real hash has its job", WAIT, || {
+        jobs_filtered(&mut c, &["KEY", "cams"]).len() == 1
+    });
+    assert!(jobs_filtered(&mut c, &["KEY", "q:outcomes"]).is_empty());
 }

@@ -115,8 +115,11 @@ impl Supervisor {
     /// The clients waiting for the entries the last flush finished get their outcome.
     pub(super) fn answer_waiters(&mut self) {
         for (db, key, sid, o) in self.queues.take_finished() {
-            let reply = o.reply(db, &key);
-            self.waiters.answer(&(db, key, sid), reply);
+            let entry = (db, key, sid);
+            if self.waiters.waits_for(&entry) {
+                let reply = o.reply(db, &entry.1);
+                self.waiters.answer(&entry, reply);
+            }
         }
     }
 

@@ -127,6 +127,9 @@ pub(super) struct Queue {
     cancelled: BTreeSet<Sid>,
     /// An outcome could not be kept (logged once).
     warned: bool,
+    /// Outcomes kept since the retention was last applied (`outcomes::tend`), and when.
+    kept_since: usize,
+    tended_at: Option<Instant>,
     /// False once the watch no longer applies here (UNWATCH, pause, demotion, key
     /// gone): its runs are stopped, nothing new starts; it goes when they have ended.
     wanted: bool,
@@ -141,6 +144,8 @@ pub(super) struct Queue {
 }
 
 const STATS_EVERY: Duration = Duration::from_millis(200);
+/// How often at most a queue applies the retention of its outcomes.
+const TEND_EVERY: Duration = Duration::from_secs(1);
 
 impl Queue {
     fn new(watch: Arc<Watch>) -> Queue {
@@ -151,6 +156,8 @@ impl Queue {
             done: Vec::new(),
             cancelled: BTreeSet::new(),
             warned: false,
+            kept_since: 0,
+            tended_at: None,
             wanted: true,
             recovering: true,
             after: None,
@@ -226,9 +233,18 @@ impl Queue {
         self.finish_dead(qk, sid, outcome, Some(dead), true, fx);
     }
 
+    /// Whether the retention of the outcomes is due: a tenth of `outcomes-max` kept
+    /// since it was last applied, or a second passed with some kept.
+    fn tend_due(&self) -> bool {
+        let tenth = (outcomes::max_kept() as usize / 10).max(1);
+        self.kept_since >= tenth
+            || self.kept_since > 0 && self.tended_at.is_none_or(|t| t.elapsed() >= TEND_EVERY)
+    }
+
     /// Whether the next `flush` has anything to do for this queue.
     fn has_work(&self, now: Instant) -> bool {
-        !self.done.is_empty()
+        self.tend_due()
+            || !self.done.is_empty()
             || self.entries.values().any(|e| e.retry_due)
             || (self.wanted && self.free() > 0)
             || self.stats_at.is_none_or(|t| now - t >= STATS_EVERY)

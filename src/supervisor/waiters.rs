@@ -57,6 +57,11 @@ impl Waiters {
             .get_or_insert_with(|| Instant::now() + SWEEP_EVERY);
     }
 
+    /// Whether a client waits for `entry`.
+    pub(super) fn waits_for(&self, entry: &EntryKey) -> bool {
+        self.by_entry.contains_key(entry)
+    }
+
     /// When `expire` or a sweep is next due (if anyone waits), if that may have
     /// changed since the last call.
     pub(super) fn changed(&mut self) -> Option<Option<Instant>> {

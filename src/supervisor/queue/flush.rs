@@ -14,6 +14,7 @@ use crate::supervisor::look::{Node, Tsc};
 use crate::supervisor::stream::{Group, QueueKey, Sid};
 use crate::supervisor::Effects;
 use redis_module::{Context, ContextFlags};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -100,13 +101,14 @@ impl Queues {
                 g.delete(sid);
             }
         };
-        // A cancel of an entry not read yet is also kept as its outcome (`cancelled`,
-        // this group's), which outlives this queue (PAUSE, UNWATCH, a restart, a
-        // failover): such an entry is acknowledged when read, never run.
-        let was_cancelled = |sid: Sid| {
-            outcomes::find(ctx, &qk.key, &sid.to_string(), Some(&opts.group))
-                .is_some_and(|o| o.state == outcomes::CANCELLED)
+        // A cancel of an entry not read yet is kept (`outcomes::take_cancelled`), so it
+        // outlives this queue (PAUSE, UNWATCH, a restart, a failover): such an entry is
+        // acknowledged when read, never run.
+        let cancelled_of = |ids: Vec<String>| -> BTreeSet<Sid> {
+            let found = outcomes::take_cancelled(ctx, &qk.key, &ids);
+            found.iter().filter_map(|id| Sid::parse(id.as_bytes())).collect()
         };
+        let (mut kept, mut unread) = (Vec::new(), Vec::new());
         for (sid, d) in std::mem::take(&mut q.done) {
             let o = d.outcome;
             if let Some(dead) = d.dead {
@@ -145,19 +147,27 @@ impl Queues {
                 q.watch.queue.acked.fetch_add(1, Ordering::Relaxed);
                 fx.events.entry("acked", qk, &q.watch, sid, vec![]);
             }
-            if d.ack {
-                done(sid);
+            match d.ack {
+                true => done(sid),
+                false => unread.push(o.id.clone()),
             }
-            if let Err(e) = outcomes::keep(ctx, &qk.key, &o) {
-                if !std::mem::replace(&mut q.warned, true) {
-                    ffi::log_warning(format!(
-                        "streamwatch: cannot keep the outcomes of '{}' in '{}': {e}",
-                        String::from_utf8_lossy(&qk.key),
-                        String::from_utf8_lossy(&outcomes::key_of(&qk.key, &o.id)),
-                    ));
-                }
+            self.finished.push((qk.db, qk.key.clone(), sid, o.clone()));
+            kept.push(o);
+        }
+        let unread: Vec<&str> = unread.iter().map(String::as_str).collect();
+        if let Err(e) = outcomes::keep_all(ctx, &qk.key, &kept, &unread) {
+            if !std::mem::replace(&mut q.warned, true) {
+                ffi::log_warning(format!(
+                    "streamwatch: cannot keep the outcomes of '{}' beside it: {e}",
+                    String::from_utf8_lossy(&qk.key),
+                ));
             }
-            self.finished.push((qk.db, qk.key.clone(), sid, o));
+        }
+        q.kept_since += kept.len();
+        if q.tend_due() {
+            outcomes::tend(ctx, &qk.key);
+            q.kept_since = 0;
+            q.tended_at = Some(Instant::now());
         }
         if !owned {
             if !q.ahead.is_empty() {
@@ -235,12 +245,13 @@ impl Queues {
                 }
                 let sids: Vec<Sid> = ids.iter().map(|(s, _)| *s).collect();
                 let claimed = g.claim(&sids);
+                let cancelled = cancelled_of(sids.iter().map(Sid::to_string).collect());
                 for (sid, deliveries) in ids {
                     let Some(fields) = claimed.get(&sid) else {
                         g.ack(sid); // deleted from the stream: drop it from the group too
                         continue;
                     };
-                    if q.cancelled.remove(&sid) || was_cancelled(sid) {
+                    if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
                         done(sid); // cancelled before it was claimed: its outcome is kept
                         continue;
                     }
@@ -271,8 +282,9 @@ impl Queues {
                     }
                 };
                 let drained = got.len() < want;
+                let cancelled = cancelled_of(got.iter().map(|(s, _)| s.to_string()).collect());
                 for (sid, fields) in got {
-                    if q.cancelled.remove(&sid) || was_cancelled(sid) {
+                    if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
                         done(sid); // cancelled before it was read: its outcome is kept
                         continue;
                     }
