@@ -447,10 +447,19 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                 ("log-lines".into(), Reply::Int(h.log_lines() as i64)),
                 ("pool".into(), Reply::Int(h.pool.into())),
                 ("max-requests".into(), Reply::Int(h.max_requests as i64)),
+                ("heartbeat-ms".into(), ms(h.heartbeat)),
+                (
+                    "no-restart-exit-codes".into(),
+                    exit_codes(&h.no_restart_exit_codes),
+                ),
             ])
         })
         .collect();
     reply(Reply::Array(list))
+}
+
+fn exit_codes(codes: &[u8]) -> Reply {
+    Reply::Array(codes.iter().map(|&c| Reply::Int(c.into())).collect())
 }
 
 /// `STREAMWATCH.POOLS`: per pool handler, its workers (busy, idle, starting), their

@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use toml::Spanned;
 
+mod supervision;
+use supervision::exit_codes;
+
 // ---- module configs (registered in lib.rs) ----
 
 pub static CONFIG_PATH: StringConfig = StringConfig::new();
@@ -146,6 +149,11 @@ pub struct Handler {
     pub pool: u32,
     /// A pool worker is recycled after this many entries (0: never).
     pub max_requests: u64,
+    /// A run that writes nothing this long is hung: stopped, and a failure (0: never).
+    pub heartbeat: Duration,
+    /// A run exiting with one of these ends its hash job `failed` (0: `exited`) without
+    /// a restart, and its stream entry without a retry (dead-lettered).
+    pub no_restart_exit_codes: Vec<u8>,
 }
 
 /// The most workers a pool may have.
@@ -201,6 +209,9 @@ struct HandlerToml {
     pool: Option<Spanned<u32>>,
     #[serde(default)]
     max_requests: u64,
+    #[serde(default)]
+    heartbeat_ms: u64,
+    no_restart_exit_codes: Option<Spanned<Vec<i64>>>,
     /// Lets a placeholder choose the program (see `program_placeholder`).
     #[serde(default)]
     allow_program_placeholder: bool,
@@ -347,6 +358,8 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 ));
             }
         }
+        let no_restart =
+            exit_codes(&name, pool, h.no_restart_exit_codes).map_err(|(o, e)| at(o, e))?;
         let sig_span = h.stop_signal.span();
         let stop_signal = parse_signal(h.stop_signal.get_ref()).ok_or_else(|| {
             at(
@@ -376,6 +389,8 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 log_lines: h.log_lines,
                 pool,
                 max_requests: h.max_requests,
+                heartbeat: Duration::from_millis(h.heartbeat_ms),
+                no_restart_exit_codes: no_restart,
             }),
         );
     }

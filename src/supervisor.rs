@@ -20,7 +20,8 @@
 //! - `pools`: the long-lived workers of `pool = N` handlers (stream entries);
 //! - `events`: the lifecycle event stream; `views`: the JOBS/JOB replies;
 //! - `groups`: one stream watch per consumer group and key;
-//! - `timers`: every deadline; `pace`: the pacing of looks at hot keys.
+//! - `timers`: every deadline; `pace`: the pacing of looks at hot keys;
+//! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner.
 //!
 //! A part changes only its own state; what it may do to the others (start or stop
 //! runs, set timers, queue events) it is given as `Effects`.
@@ -30,6 +31,7 @@ mod events;
 mod follow;
 mod gil;
 mod groups;
+mod heartbeat;
 mod inbox;
 mod jobs;
 mod log;
@@ -641,6 +643,7 @@ impl Supervisor {
     // ---- runs ----
 
     fn on_report(&mut self, r: Report) {
+        heartbeat::report(&r, &mut self.runs, &mut self.timers);
         match r {
             Report::Started {
                 run,
@@ -751,6 +754,10 @@ impl Supervisor {
                 Timer::Timeout(qk, sid, run) => {
                     let (_, queues, mut fx) = self.parts();
                     queues.time_out(&qk, sid, run, &mut fx);
+                }
+                Timer::Heartbeat(id) => {
+                    let (hash, queues, mut fx) = self.parts();
+                    heartbeat::fire(hash, queues, id, now, &mut fx);
                 }
                 Timer::Pool(name) => self.pools.backoff_over(&name),
                 Timer::Recycle(name, id) => self.pools.recycle_over(&name, id, &mut self.runs),

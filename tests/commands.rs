@@ -109,7 +109,7 @@ fn handlers_lists_config_handlers_with_options() {
         sh_handler(
             "full",
             "exit 0",
-            "env = { A = \"{value}\" }\ncwd = \"/tmp\"\nrestart = \"on-failure\"\nbackoff-initial-ms = 11\nbackoff-max-ms = 222\nstable-after-ms = 3333\nmax-failures = 4\nstop-signal = \"INT\"\nstop-grace-ms = 555\ntimeout-ms = 66\nlog-lines = 7"
+            "env = { A = \"{value}\" }\ncwd = \"/tmp\"\nrestart = \"on-failure\"\nbackoff-initial-ms = 11\nbackoff-max-ms = 222\nstable-after-ms = 3333\nmax-failures = 4\nstop-signal = \"INT\"\nstop-grace-ms = 555\ntimeout-ms = 66\nlog-lines = 7\nheartbeat-ms = 77\nno-restart-exit-codes = [3, 64]"
         )
     );
     let s = Server::start(&toml);
@@ -134,6 +134,10 @@ fn handlers_lists_config_handlers_with_options() {
         "stop-grace-ms",
         "timeout-ms",
         "log-lines",
+        "pool",
+        "max-requests",
+        "heartbeat-ms",
+        "no-restart-exit-codes",
     ] {
         assert!(w.contains_key(k), "HANDLERS entry lacks {k}: {w:?}");
     }
@@ -157,6 +161,14 @@ fn handlers_lists_config_handlers_with_options() {
     assert_eq!(get_int(f, "stop-grace-ms"), Some(555));
     assert_eq!(get_int(f, "timeout-ms"), Some(66));
     assert_eq!(get_int(f, "log-lines"), Some(7));
+    assert_eq!(get_int(f, "heartbeat-ms"), Some(77));
+    let codes: Vec<Option<i64>> = to_array(&f["no-restart-exit-codes"])
+        .iter()
+        .map(vint)
+        .collect();
+    assert_eq!(codes, [Some(3), Some(64)]);
+    assert_eq!(get_int(w, "heartbeat-ms"), Some(0), "off by default");
+    assert!(to_array(&w["no-restart-exit-codes"]).is_empty());
     assert_eq!(get_str(f, "cwd"), "/tmp");
     let env = to_map(f.get("env").unwrap());
     assert_eq!(get_str(&env, "A"), "{value}");

@@ -4,6 +4,7 @@
 //! tables), then applied: jobs started, restarted (the value changed) or stopped (the
 //! field is gone). What follows a run's end is the restart policy (`policy.rs`).
 
+use super::heartbeat::hung_fields;
 use super::log::Log;
 use super::policy;
 use super::runs::{run_end, End, Run, RunOf, Runs};
@@ -16,7 +17,7 @@ use crate::watch::Watch;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct JobKey {
@@ -464,17 +465,20 @@ impl HashJobs {
             job.last_exit = e.exit;
         }
         let failed = e.error.is_some();
-        let fields = match (e.exit, e.error) {
-            (None, Some(error)) => vec![("error", error.into_bytes())],
-            _ => e.fields,
-        };
+        let mut fields = e.fields;
+        // Why, when the exit does not say it: a spawn error, a hung run.
+        if let Some(error) = e.error.filter(|_| e.exit.is_none() || run.hung.is_some()) {
+            fields.push(("error", error.into_bytes()));
+        }
         fx.events.job(e.event, jk, job, fields);
+        let exit = e.exit.filter(|_| run.hung.is_none());
         let ended = policy::Ended {
             wanted: job.wanted && live,
             restart_pending: job.restart_pending,
             failures: job.failures,
             failed,
             ran_for: e.ran_for,
+            exit,
         };
         let (next, failures) = policy::after_run(&h, ended);
         job.failures = failures;
@@ -491,8 +495,12 @@ impl HashJobs {
             policy::Next::Failed => {
                 stats::bump(&stats::FAILURES);
                 job.finished = Some(Finished::Failed);
-                let failures = vec![("failures", failures.to_string().into_bytes())];
-                fx.events.job("failed", jk, job, failures);
+                let mut fields = vec![("failures", failures.to_string().into_bytes())];
+                if let Some(n) = exit.filter(|_| h.no_restart(exit)) {
+                    let why = format!("exit code {n} is in no-restart-exit-codes");
+                    fields.push(("error", why.into_bytes()));
+                }
+                fx.events.job("failed", jk, job, fields);
             }
             policy::Next::Backoff(delay) => {
                 stats::bump_if(&stats::FAILURES, failed);
@@ -503,6 +511,21 @@ impl HashJobs {
                 fx.events.job("backoff", jk, job, delay_ms);
             }
         }
+    }
+
+    /// Run `id` wrote nothing for `every` (`heartbeat-ms`): it is hung, and stopped;
+    /// its end is a failure (see `run_end`), and the restart policy decides.
+    pub(super) fn hung(&mut self, jk: &JobKey, id: u64, every: Duration, fx: &mut Effects) {
+        let Some(job) = self.jobs.get_mut(jk) else {
+            return;
+        };
+        let Some(run) = job.run.as_mut().filter(|r| r.id == id && !r.stopping) else {
+            return;
+        };
+        run.hung = Some(every);
+        let fields = hung_fields(run.pid, every);
+        fx.runs.stop(run);
+        fx.events.job("hung", jk, job, fields);
     }
 
     /// The job's backoff (set for `at`) is over: it starts again, if it still waits.

@@ -34,11 +34,15 @@ pub struct Ended {
     pub failed: bool,
     /// How long it ran.
     pub ran_for: Duration,
+    /// Its exit (the code, or minus the signal) if it ended by itself: `None` if it
+    /// never ran or was stopped for hanging (`heartbeat-ms`).
+    pub exit: Option<i64>,
 }
 
 /// What comes next, and the failures in a row counting this run. A run that lasted
 /// `stable-after-ms` starts the count again (so it is not a crash loop), and the delay
-/// doubles per failure in a row from `backoff-initial-ms` to `backoff-max-ms`.
+/// doubles per failure in a row from `backoff-initial-ms` to `backoff-max-ms`. An exit
+/// code in `no-restart-exit-codes` ends the job: `failed` (`exited` for code 0).
 pub fn after_run(h: &Handler, e: Ended) -> (Next, u32) {
     if !e.wanted {
         return (Next::Remove, e.failures);
@@ -52,6 +56,11 @@ pub fn after_run(h: &Handler, e: Ended) -> (Next, u32) {
         e.failures
     };
     failures += u32::from(e.failed);
+    if h.no_restart(e.exit) {
+        // `no-restart-exit-codes`: whatever `restart` says.
+        let next = if e.failed { Next::Failed } else { Next::Exited };
+        return (next, failures);
+    }
     let restart = match h.restart {
         Restart::Never => false,
         Restart::OnFailure => e.failed,
@@ -89,6 +98,8 @@ mod tests {
             log_lines: None,
             pool: 0,
             max_requests: 0,
+            heartbeat: Duration::ZERO,
+            no_restart_exit_codes: Vec::new(),
         }
     }
 
@@ -158,12 +169,82 @@ mod tests {
                 failures: before,
                 failed,
                 ran_for,
+                exit: Some(i64::from(failed)),
             };
             assert_eq!(
                 after_run(&handler(restart, max), e),
                 (next, after),
                 "row {i}: {e:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_exit_code_in_no_restart_exit_codes_ends_the_job() {
+        use Next::*;
+        use Restart::*;
+        let (short, long) = (Duration::from_millis(100), Duration::from_secs(10));
+        // (restart, max-failures, exit, failures before, ran for, restart pending) ->
+        // (next, failures after); the handler's no-restart-exit-codes are [0, 3].
+        let table = [
+            // Code 3: failed at once, whatever restart and max-failures say.
+            (Always, 0, Some(3), 0, short, false, Failed, 1),
+            (Always, 5, Some(3), 1, short, false, Failed, 2),
+            (OnFailure, 0, Some(3), 0, long, false, Failed, 1),
+            (Never, 0, Some(3), 0, short, false, Failed, 1),
+            // Code 0: exited, not restarted (restart = always would).
+            (Always, 0, Some(0), 2, short, false, Exited, 2),
+            // Other codes, a signal, a hung run (no exit): the policy as before.
+            (
+                Always,
+                0,
+                Some(4),
+                0,
+                short,
+                false,
+                Backoff(Duration::from_millis(250)),
+                1,
+            ),
+            (
+                Always,
+                0,
+                Some(-3),
+                0,
+                short,
+                false,
+                Backoff(Duration::from_millis(250)),
+                1,
+            ),
+            (
+                Always,
+                0,
+                None,
+                1,
+                short,
+                false,
+                Backoff(Duration::from_millis(500)),
+                2,
+            ),
+            // A restart asked while it ran comes first (the code was its answer to TERM).
+            (Always, 0, Some(3), 0, short, true, Start, 0),
+        ];
+        for (i, (restart, max, exit, before, ran_for, pending, next, after)) in
+            table.into_iter().enumerate()
+        {
+            let e = Ended {
+                wanted: true,
+                restart_pending: pending,
+                failures: before,
+                failed: exit != Some(0),
+                ran_for,
+                exit,
+            };
+            let h = Handler {
+                no_restart_exit_codes: vec![0, 3],
+                ..handler(restart, max)
+            };
+            let got = after_run(&h, e);
+            assert_eq!(got, (next, after), "row {i}: {e:?}");
         }
     }
 }

@@ -198,6 +198,7 @@ impl Pools {
                 w.busy = Some(entry);
                 w.fed += 1;
                 runs.feed(id, line.to_vec());
+                runs.heartbeats.heard(id, Instant::now); // its silence counts from now
                 return Placed::Running(Run::of_worker(&w.run));
             }
             // In backoff, the timer set when the last worker failed brings them back.

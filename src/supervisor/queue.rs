@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 mod finish;
 mod flush;
+mod hung;
 mod pooled;
 
 pub(super) use finish::Cancel;
@@ -55,6 +56,8 @@ pub(super) struct Entry {
     /// Backoff is over: claim it again and run it (next `flush`).
     retry_due: bool,
     timed_out: bool,
+    /// Its run exited with a code of `no-restart-exit-codes`: not retried.
+    no_retry: bool,
     /// Waits for a free worker of its handler's pool, with its line (see `pools.rs`).
     waiting: bool,
     line: Option<Vec<u8>>,
@@ -81,6 +84,7 @@ impl Entry {
             backoff_until: None,
             retry_due: false,
             timed_out: false,
+            no_retry: false,
             waiting: false,
             line: None,
             queued_at: None,
@@ -580,19 +584,19 @@ impl Queues {
             // A pool worker that ends, even with 0, has not answered for its entry.
             r.error = Some("the pool worker exited (code 0) before answering".into());
         }
-        if let Some(e) = self
-            .queues
-            .get_mut(qk)
-            .and_then(|q| q.entries.get_mut(&sid))
-        {
-            e.last_exit = r.exit.or(e.last_exit);
+        if let Some(q) = self.queues.get_mut(qk) {
+            let no_retry = hung::no_retry(&q.watch.handler, &run, &mut r, timed_out);
+            if let Some(e) = q.entries.get_mut(&sid) {
+                e.last_exit = r.exit.or(e.last_exit);
+                e.no_retry = no_retry;
+            }
         }
         let cancelled = self.entry_mut(qk, sid).is_some_and(|e| e.cancelled);
         if cancelled && live {
             self.cancelled(qk, sid, fx);
             return;
         }
-        if r.stopping && timed_out.is_none() || !wanted || !live {
+        if r.stopping && timed_out.is_none() && run.hung.is_none() || !wanted || !live {
             self.stopped(qk, sid);
             return;
         }
@@ -665,7 +669,7 @@ impl Queues {
         };
         stats::bump(&stats::FAILURES);
         fx.events.entry(event.0, qk, &watch, sid, event.1);
-        if e.attempts >= watch.spec.stream.max_attempts || e.cancelled {
+        if e.attempts >= watch.spec.stream.max_attempts || e.cancelled || e.no_retry {
             if let Some(mut e) = q.entries.remove(&sid) {
                 match e.cancelled {
                     true => {

@@ -8,6 +8,7 @@
 //! A run that cannot be spawned (or sent to the helper) ends without a report: it is
 //! queued in `unreported` and ended by the loop like a run the helper reported.
 
+use super::heartbeat::{hung_error, Heartbeats};
 use super::jobs::JobKey;
 use super::stream::{QueueKey, Sid};
 use super::Msg;
@@ -50,10 +51,12 @@ pub(super) struct Run {
     pub started: Instant,
     pub started_ms: i64,
     pub stopping: bool,
+    /// Stopped for writing nothing this long (`heartbeat-ms`): its end is a failure.
+    pub hung: Option<Duration>,
 }
 
 impl Run {
-    fn new(id: u64) -> Run {
+    pub(super) fn new(id: u64) -> Run {
         Run {
             id,
             pid: None,
@@ -61,6 +64,7 @@ impl Run {
             started: Instant::now(),
             started_ms: now_ms(),
             stopping: false,
+            hung: None,
         }
     }
 
@@ -146,7 +150,8 @@ pub(super) fn exit_fields(pid: i32, end: &End) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// The one end-of-run path: `timed_out` is the handler's `timeout-ms` when the run was
-/// stopped for reaching it (its end is then a failure whatever its exit).
+/// stopped for reaching it (its end is then a failure whatever its exit, as is the end
+/// of a run stopped as hung).
 pub(super) fn run_end(run: &Run, end: End, timed_out: Option<Duration>) -> RunEnd {
     let fields = exit_fields(run.pid.unwrap_or(0), &end);
     let (exit, error, event) = match end {
@@ -155,6 +160,7 @@ pub(super) fn run_end(run: &Run, end: End, timed_out: Option<Duration>) -> RunEn
             let n = exit_number(status);
             let error = match timed_out {
                 Some(t) => Some(format!("timed out after {} ms", t.as_millis())),
+                None if run.hung.is_some() => run.hung.map(hung_error),
                 None if n == 0 => None,
                 None if n > 0 => Some(format!("exit code {n}")),
                 None => Some(format!("killed by signal {}", -n)),
@@ -187,6 +193,8 @@ pub(super) struct Runs {
     helper_started: Instant,
     /// Live runs on disk, for the next load if the helper dies with the server.
     pub record: runner::RunRecord,
+    /// When each run with a `heartbeat-ms` was last heard from.
+    pub heartbeats: Heartbeats,
 }
 
 impl Runs {
@@ -200,6 +208,7 @@ impl Runs {
             helper_failures: 0,
             helper_started: Instant::now(),
             record: runner::RunRecord::new(None),
+            heartbeats: Heartbeats::default(),
         }
     }
 
@@ -250,6 +259,7 @@ impl Runs {
             extra_env.push((b"STREAMWATCH_REDIS_URL".to_vec(), url.into_bytes()));
         }
         self.owners.insert(id, owner);
+        self.heartbeats.expect(id, h.heartbeat);
         stats::bump(&stats::RUNS_STARTED);
         match spawn_request(h, id, vars, extra_env, stdin) {
             Ok(mut req) => {
@@ -329,6 +339,7 @@ impl Runs {
     /// Run `id` has ended: whose it was (once).
     pub(super) fn ended(&mut self, id: u64) -> Option<RunOf> {
         let owner = self.owners.remove(&id)?;
+        self.heartbeats.forget(id);
         self.record.mark();
         Some(owner)
     }
@@ -467,6 +478,8 @@ mod tests {
             log_lines: None,
             pool: 0,
             max_requests: 0,
+            heartbeat: Duration::ZERO,
+            no_restart_exit_codes: Vec::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Every deadline the supervisor keeps, in one set: the loop sleeps until the soonest
 //! (`next`), then asks which are due. Two kinds:
 //! - per job or entry (`Timer`), as many as there are: a backoff over, a run reaching
-//!   its handler's `timeout-ms`. A timer that has become moot (the job went, the run
+//!   its handler's `timeout-ms` or (one timer per run, set again when it fires early)
+//!   its `heartbeat-ms` of silence. A timer that has become moot (the job went, the run
 //!   ended) is not taken out; whoever it is for checks it still applies when it fires.
 //! - one of each (`Deadline`), set and cleared in place: restarting the helper, polling
 //!   the cluster's slot ownership, the queues' group figures, keys waiting for their
@@ -23,6 +24,8 @@ pub(super) enum Timer {
     Entry(QueueKey, Sid),
     /// A stream entry's run (the id) reached the handler's `timeout-ms`.
     Timeout(QueueKey, Sid, u64),
+    /// Run `id` may have been silent for its handler's `heartbeat-ms`.
+    Heartbeat(u64),
     /// A pool's backoff is over (the handler's name).
     Pool(String),
     /// A recycled pool worker (handler, run id) had its grace to finish.
