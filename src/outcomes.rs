@@ -177,7 +177,10 @@ pub fn keep_all(ctx: &Context, key: &[u8], os: &[Outcome], unread: &[&str]) -> R
     let mut members = Vec::with_capacity(os.len());
     for o in os {
         if let Some(m) = member(&o.id) {
-            texts.push((o.id.as_bytes(), serde_json::to_vec(o).map_err(|e| e.to_string())?));
+            texts.push((
+                o.id.as_bytes(),
+                serde_json::to_vec(o).map_err(|e| e.to_string())?,
+            ));
             members.push(m);
         }
     }

@@ -23,7 +23,6 @@
 //! `queue/pooled.rs`.
 
 use super::entry_text;
-use super::log::Log;
 use super::pools::{self, Placed};
 use super::runs::{run_end, End, Run, RunOf};
 use super::stream::{Fields, QueueKey, Sid};
@@ -32,89 +31,22 @@ use super::Effects;
 use crate::config::Handler;
 use crate::outcomes;
 use crate::stats;
-use crate::watch::{Snapshot, Watch};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use crate::watch::Watch;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod entry;
+mod figures;
 mod finish;
 mod flush;
 mod hung;
 mod pooled;
 
+pub(super) use entry::Entry;
 pub(super) use finish::Cancel;
 use finish::{outcome_of, DeadLetter, Done};
-
-/// An entry this node is working on (it is pending in the group until acked).
-pub(super) struct Entry {
-    pub fields: Fields,
-    /// This entry's attempt number (its delivery count in the group).
-    pub attempts: u32,
-    pub run: Option<Run>,
-    backoff_until: Option<Instant>,
-    /// Backoff is over: claim it again and run it (next `flush`).
-    retry_due: bool,
-    timed_out: bool,
-    /// Its run exited with a code of `no-restart-exit-codes`: not retried.
-    no_retry: bool,
-    /// Waits for a free worker of its handler's pool, with its line (see `pools.rs`).
-    waiting: bool,
-    line: Option<Vec<u8>>,
-    /// Given to this pool worker as its `next` entry: it runs when the worker answers.
-    queued_at: Option<u64>,
-    pub last_exit: Option<i64>,
-    pub log: Log,
-    /// What the runs said on fd 3 (JSON texts), and a line not whole yet.
-    pub result: Option<String>,
-    pub progress: Option<String>,
-    said: Vec<u8>,
-    /// When its first attempt started.
-    began: Option<Instant>,
-    /// `STREAMWATCH.CANCEL`: it ends `cancelled` once nothing runs it.
-    cancelled: bool,
-}
-
-impl Entry {
-    fn new(fields: Fields, attempts: u32) -> Entry {
-        Entry {
-            fields,
-            attempts,
-            run: None,
-            backoff_until: None,
-            retry_due: false,
-            timed_out: false,
-            no_retry: false,
-            waiting: false,
-            line: None,
-            queued_at: None,
-            last_exit: None,
-            log: Log::default(),
-            result: None,
-            progress: None,
-            said: Vec::new(),
-            began: None,
-            cancelled: false,
-        }
-    }
-
-    pub(super) fn state(&self) -> &'static str {
-        match &self.run {
-            Some(r) => r.state(),
-            None if self.backoff_until.is_some() || self.retry_due => "backoff",
-            None => "starting",
-        }
-    }
-
-    /// Its state in `STREAMWATCH.JOB`'s words: `queued`, `running` or `backoff`.
-    pub(super) fn status(&self) -> &'static str {
-        match &self.run {
-            Some(_) => "running",
-            None if self.backoff_until.is_some() || self.retry_due => "backoff",
-            None => "queued",
-        }
-    }
-}
 
 /// The most of an entry's last output lines its dead-letter entry carries.
 const DEAD_OUTPUT: usize = 8 << 10;
@@ -729,46 +661,6 @@ impl Queues {
             e.backoff_until = None;
             e.retry_due = true;
             self.dirty.insert(qk.clone());
-        }
-    }
-
-    /// Adds the entries' states to `counts`, publishes the figures per watch, and keeps
-    /// them fresh while anything is queued or in flight: such queues are flushed again
-    /// when their figures are due (`stats_due` wakes the loop).
-    pub(super) fn publish(&mut self, watches: &Snapshot, counts: &mut [u64; 6]) {
-        let mut per_watch: HashMap<u64, (i64, i64, usize)> = HashMap::new();
-        for (qk, q) in &self.queues {
-            for e in q.entries.values() {
-                if let Some(i) = stats::state_index(e.state()) {
-                    counts[i] += 1;
-                }
-            }
-            let s = per_watch.entry(qk.watch).or_default();
-            s.0 += q.pending;
-            s.1 += q.lag;
-            s.2 += q.entries.len();
-        }
-        for w in watches.iter() {
-            if w.spec.kind == crate::spec::Kind::Stream {
-                let (pending, lag, n) = per_watch.get(&w.id).copied().unwrap_or_default();
-                w.queue.pending.store(pending, Ordering::Relaxed);
-                w.queue.lag.store(lag, Ordering::Relaxed);
-                w.jobs.store(n, Ordering::Relaxed);
-            }
-        }
-        let now = Instant::now();
-        self.stats_due = None;
-        for (qk, q) in &self.queues {
-            if q.wanted && (q.pending > 0 || q.lag > 0 || !q.entries.is_empty()) {
-                match q.stats_at.map(|t| t + STATS_EVERY).filter(|&due| due > now) {
-                    None => {
-                        self.dirty.insert(qk.clone());
-                    }
-                    Some(due) => {
-                        self.stats_due = Some(self.stats_due.map_or(due, |d| d.min(due)));
-                    }
-                }
-            }
         }
     }
 }

@@ -106,7 +106,10 @@ impl Queues {
         // acknowledged when read, never run.
         let cancelled_of = |ids: Vec<String>| -> BTreeSet<Sid> {
             let found = outcomes::take_cancelled(ctx, &qk.key, &ids);
-            found.iter().filter_map(|id| Sid::parse(id.as_bytes())).collect()
+            found
+                .iter()
+                .filter_map(|id| Sid::parse(id.as_bytes()))
+                .collect()
         };
         let (mut kept, mut unread) = (Vec::new(), Vec::new());
         for (sid, d) in std::mem::take(&mut q.done) {
