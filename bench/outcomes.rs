@@ -2,7 +2,7 @@
 //! stream), side by side in one run on one server: the same pools as phase 6 drain the
 //! same entries with outcomes kept and with none (`outcomes-max 0`), three rounds, each
 //! side once per round.
-//! a. entries/s of the Python pool (`bench/pool_job.py`, pool of 8, CONCURRENCY 8) and
+//! a. entries/s of `/bin/true` run per entry (CONCURRENCY 8, as phase 5), of the Python pool (`bench/pool_job.py`, pool of 8, CONCURRENCY 8) and
 //!    of the compiled worker (`examples/pool_worker.rs`, answers at once): the fastest
 //!    queue there is, so the largest share of the outcome's own cost;
 //! b. bytes per kept outcome and the server's growth once a stream holds the default
@@ -26,10 +26,20 @@ pub fn run(rows: &mut Vec<Row>, dir: &Path) {
     for d in [&a, &b] {
         std::fs::create_dir_all(d).expect("mkdir");
     }
-    let s = start_server(Some(&handlers(&a, &b)));
+    let toml = format!(
+        "{}\n[handler.true]\ncommand = [\"/bin/true\"]\n",
+        handlers(&a, &b)
+    );
+    let s = start_server(Some(&toml));
     let mut c = s.conn();
     let (mut py_on, mut py_off, mut rs_on, mut rs_off) = (vec![], vec![], vec![], vec![]);
+    let (mut one_on, mut one_off) = (vec![], vec![]);
+    let n_once = (n / 4).max(500);
     for round in 0..3 {
+        set_kept(&mut c, "10000");
+        one_on.push(drain_rate(&mut c, &format!("to{round}"), "true", n_once));
+        set_kept(&mut c, "0");
+        one_off.push(drain_rate(&mut c, &format!("tn{round}"), "true", n_once));
         warm_pool(&mut c, "pypool");
         set_kept(&mut c, "10000");
         py_on.push(drain_rate(&mut c, &format!("o{round}"), "pypool", n));
@@ -41,11 +51,12 @@ pub fn run(rows: &mut Vec<Row>, dir: &Path) {
         set_kept(&mut c, "0");
         rs_off.push(drain_rate(&mut c, &format!("rn{round}"), "rspool", n));
         eprintln!(
-            "bench: outcomes round {round}: python pool {:.0}/s kept, {:.0}/s none; pool_worker {:.0}/s kept, {:.0}/s none",
-            py_on[round], py_off[round], rs_on[round], rs_off[round]
+            "bench: outcomes round {round}: /bin/true per entry {:.0}/s kept, {:.0}/s none; python pool {:.0}/s kept, {:.0}/s none; pool_worker {:.0}/s kept, {:.0}/s none",
+            one_on[round], one_off[round], py_on[round], py_off[round], rs_on[round], rs_off[round]
         );
     }
     for (what, on, off) in [
+        ("/bin/true, a process per entry,", &one_on, &one_off),
         ("Python pool", &py_on, &py_off),
         ("compiled pool worker", &rs_on, &rs_off),
     ] {
