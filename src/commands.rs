@@ -420,7 +420,7 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         .handlers
         .values()
         .map(|h| {
-            Reply::Map(vec![
+            let mut m = vec![
                 ("name".into(), Reply::str(&h.name)),
                 (
                     "command".into(),
@@ -447,10 +447,32 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                 ("log-lines".into(), Reply::Int(h.log_lines() as i64)),
                 ("pool".into(), Reply::Int(h.pool.into())),
                 ("max-requests".into(), Reply::Int(h.max_requests as i64)),
-            ])
+            ];
+            m.extend(limits_reply(&h.limits));
+            Reply::Map(m)
         })
         .collect();
     reply(Reply::Array(list))
+}
+
+/// A handler's limits in `STREAMWATCH.HANDLERS`: each option, nil when not set (a
+/// resource limit "unlimited", or bytes, seconds or a count).
+fn limits_reply(l: &crate::limits::Limits) -> Vec<(String, Reply)> {
+    use crate::protocol::{Rlimit, UNLIMITED};
+    let opt = |v: Option<u64>| match v {
+        None => Reply::Nil,
+        Some(UNLIMITED) => Reply::str("unlimited"),
+        Some(n) => Reply::Int(n.min(i64::MAX as u64) as i64),
+    };
+    let mut m = vec![
+        ("nice".into(), Reply::opt_int(l.nice.map(i64::from))),
+        ("oom-score-adj".into(), Reply::Int(l.oom_score_adj.into())),
+    ];
+    m.extend(Rlimit::ALL.map(|r| (r.option().to_string(), opt(l.rlimit(r)))));
+    m.push(("memory-max".into(), opt(l.memory_max)));
+    let cpu = l.cpu_max.map(|p| Reply::str(format!("{p}%")));
+    m.push(("cpu-max".into(), cpu.unwrap_or(Reply::Nil)));
+    m
 }
 
 /// `STREAMWATCH.POOLS`: per pool handler, its workers (busy, idle, starting), their

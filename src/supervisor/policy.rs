@@ -89,6 +89,7 @@ mod tests {
             log_lines: None,
             pool: 0,
             max_requests: 0,
+            limits: Default::default(),
         }
     }
 
