@@ -420,7 +420,7 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
         .handlers
         .values()
         .map(|h| {
-            Reply::Map(vec![
+            let mut m = vec![
                 ("name".into(), Reply::str(&h.name)),
                 (
                     "command".into(),
@@ -452,7 +452,9 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                     "no-restart-exit-codes".into(),
                     exit_codes(&h.no_restart_exit_codes),
                 ),
-            ])
+            ];
+            m.extend(limits_reply(&h.limits));
+            Reply::Map(m)
         })
         .collect();
     reply(Reply::Array(list))
@@ -460,6 +462,26 @@ pub fn handlers(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
 
 fn exit_codes(codes: &[u8]) -> Reply {
     Reply::Array(codes.iter().map(|&c| Reply::Int(c.into())).collect())
+}
+
+/// A handler's limits in `STREAMWATCH.HANDLERS`: each option, nil when not set (a
+/// resource limit "unlimited", or bytes, seconds or a count).
+fn limits_reply(l: &crate::limits::Limits) -> Vec<(String, Reply)> {
+    use crate::protocol::{Rlimit, UNLIMITED};
+    let opt = |v: Option<u64>| match v {
+        None => Reply::Nil,
+        Some(UNLIMITED) => Reply::str("unlimited"),
+        Some(n) => Reply::Int(n.min(i64::MAX as u64) as i64),
+    };
+    let mut m = vec![
+        ("nice".into(), Reply::opt_int(l.nice.map(i64::from))),
+        ("oom-score-adj".into(), Reply::Int(l.oom_score_adj.into())),
+    ];
+    m.extend(Rlimit::ALL.map(|r| (r.option().to_string(), opt(l.rlimit(r)))));
+    m.push(("memory-max".into(), opt(l.memory_max)));
+    let cpu = l.cpu_max.map(|p| Reply::str(format!("{p}%")));
+    m.push(("cpu-max".into(), cpu.unwrap_or(Reply::Nil)));
+    m
 }
 
 /// `STREAMWATCH.POOLS`: per pool handler, its workers (busy, idle, starting), their

@@ -6,6 +6,8 @@
 //! not parse, names an unknown handler, has an empty `command` or an unknown key is
 //! rejected with one message naming the file, the line and the problem.
 
+use crate::limits::{self, CgroupFinder, Limits};
+use crate::protocol::Rlimit;
 use crate::spec::{self, DbSel, Opt, Options, Source, Syntax, Value, WatchSpec};
 use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
 use redis_module::{RedisError, RedisString};
@@ -154,6 +156,8 @@ pub struct Handler {
     /// A run exiting with one of these ends its hash job `failed` (0: `exited`) without
     /// a restart, and its stream entry without a retry (dead-lettered).
     pub no_restart_exit_codes: Vec<u8>,
+    /// `nice`, `oom-score-adj`, `limit-*`, `memory-max`, `cpu-max` (see `limits`).
+    pub limits: Limits,
 }
 
 /// The most workers a pool may have.
@@ -215,6 +219,46 @@ struct HandlerToml {
     /// Lets a placeholder choose the program (see `program_placeholder`).
     #[serde(default)]
     allow_program_placeholder: bool,
+    nice: Option<Spanned<i64>>,
+    oom_score_adj: Option<Spanned<i64>>,
+    limit_as: Option<Spanned<DbToml>>,
+    limit_nofile: Option<Spanned<DbToml>>,
+    limit_cpu: Option<Spanned<DbToml>>,
+    limit_nproc: Option<Spanned<DbToml>>,
+    limit_core: Option<Spanned<DbToml>>,
+    memory_max: Option<Spanned<DbToml>>,
+    cpu_max: Option<Spanned<DbToml>>,
+}
+
+impl HandlerToml {
+    /// Its limit options, for `limits::check`.
+    fn limits(&self) -> limits::Raw<'_> {
+        let int = |v: &Option<Spanned<i64>>| v.as_ref().map(|v| (*v.get_ref(), v.span().start));
+        fn value(v: &Spanned<DbToml>) -> (limits::Value<'_>, usize) {
+            let value = match v.get_ref() {
+                DbToml::Num(n) => limits::Value::Num(*n),
+                DbToml::Word(s) => limits::Value::Text(s),
+            };
+            (value, v.span().start)
+        }
+        let rlimits = [
+            (Rlimit::As, &self.limit_as),
+            (Rlimit::Nofile, &self.limit_nofile),
+            (Rlimit::Cpu, &self.limit_cpu),
+            (Rlimit::Nproc, &self.limit_nproc),
+            (Rlimit::Core, &self.limit_core),
+        ];
+        limits::Raw {
+            nice: int(&self.nice),
+            oom_score_adj: int(&self.oom_score_adj),
+            rlimits: rlimits
+                .into_iter()
+                .filter_map(|(r, v)| v.as_ref().map(value).map(|(v, at)| (r, v, at)))
+                .collect(),
+            memory_max: self.memory_max.as_ref().map(value),
+            cpu_max: self.cpu_max.as_ref().map(value),
+        }
+    }
 }
 
 fn always() -> Restart {
@@ -290,7 +334,13 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Parses the file's text; the error names the file, the line and the problem.
+/// `memory-max` and `cpu-max` are checked against this machine (`limits::cgroup_parent`).
 pub fn parse(path: &str, text: &str) -> Result<Config, String> {
+    parse_with(path, text, &limits::cgroup_parent)
+}
+
+/// `parse`, with `cgroups` saying where runs' cgroups can be made, or why not.
+pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Config, String> {
     let at = |offset: usize, msg: String| format!("{path}: line {}: {msg}", line_of(text, offset));
     let raw: FileToml = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(text, s.start));
@@ -307,6 +357,8 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
     let resolve = |p: &str| base.join(p).to_string_lossy().into_owned();
     let mut handlers = BTreeMap::new();
     for (name, h) in raw.handler {
+        let limits = limits::check(&h.limits(), cgroups)
+            .map_err(|(offset, e)| at(offset, format!("handler '{name}' has {e}")))?;
         let span = h.command.span();
         let mut command = h.command.into_inner();
         if command.is_empty() || command[0].is_empty() {
@@ -391,6 +443,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, String> {
                 max_requests: h.max_requests,
                 heartbeat: Duration::from_millis(h.heartbeat_ms),
                 no_restart_exit_codes: no_restart,
+                limits,
             }),
         );
     }
@@ -527,221 +580,4 @@ pub fn load(path: &str) -> Result<Config, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::{Kind, OnChange};
-
-    #[test]
-    fn parses_the_spec_example() {
-        let text = r#"
-[handler.transcode]
-command = ["/usr/local/bin/transcode", "--id", "{field}", "--url", "{value}"]
-env = { STREAM_ID = "{field}" }
-cwd = "/var/lib/transcode"
-restart = "always"
-backoff-initial-ms = 250
-backoff-max-ms = 30000
-stable-after-ms = 10000
-max-failures = 0
-stop-signal = "TERM"
-stop-grace-ms = 5000
-timeout-ms = 0
-log-lines = 100
-
-[[watch]]
-pattern = "cams"
-handler = "transcode"
-type = "hash"
-db = 0
-"#;
-        let c = parse("x.toml", text).unwrap();
-        assert_eq!(c.handlers["transcode"].stop_signal, libc::SIGTERM);
-        assert_eq!(c.watches.len(), 1);
-        assert_eq!(c.watches[0].db, DbSel::One(0));
-    }
-
-    #[test]
-    fn a_placeholder_may_pick_the_program_only_when_allowed() {
-        for (program, found) in [
-            ("{value}", Some("{value}")),
-            ("/bin/{key}-run", Some("{key}")),
-            ("/opt/{field:tool}/run", Some("{field:tool}")),
-            ("/usr/bin/env", None),
-            ("/bin/{x}", None),
-        ] {
-            assert_eq!(program_placeholder(program), found, "{program}");
-        }
-        let text = "[handler.a]\ncommand = [\"{value}\", \"x\"]\n";
-        let e = parse("f.toml", text).unwrap_err();
-        assert!(
-            e.starts_with("f.toml: line 2: handler 'a' has the placeholder {value}"),
-            "{e}"
-        );
-        let allowed = format!("{text}allow-program-placeholder = true\n");
-        assert!(parse("f.toml", &allowed).is_ok());
-    }
-
-    #[test]
-    fn a_dead_letter_stream_cannot_be_the_queue_itself() {
-        let text = "[handler.a]\ncommand = [\"x\"]\n[[watch]]\npattern = \"q\"\nhandler = \"a\"\n\
-                    type = \"stream\"\ndeadletter = \"q\"\n";
-        let e = parse("f.toml", text).unwrap_err();
-        assert!(
-            e.starts_with("f.toml: line 7: the dead-letter stream 'q'"),
-            "{e}"
-        );
-        let glob = text.replace("pattern = \"q\"", "pattern = \"q*\"");
-        assert!(
-            parse("f.toml", &glob).is_ok(),
-            "a glob's dead letters are excluded"
-        );
-    }
-
-    #[test]
-    fn two_watches_cannot_share_a_group_on_one_stream() {
-        let w = |pattern: &str, extra: &str| {
-            format!(
-                "[[watch]]\npattern = \"{pattern}\"\nhandler = \"a\"\ntype = \"stream\"\n{extra}"
-            )
-        };
-        let head = "[handler.a]\ncommand = [\"x\"]\n";
-        let text = format!("{head}{}{}", w("q:*", ""), w("q:1", "start = \"$\"\n"));
-        let e = parse("f.toml", &text).unwrap_err();
-        assert!(
-            e.starts_with("f.toml: line 7: watch 'q:1' would consume the same streams as watch 'q:*' through the same group 'streamwatch'"),
-            "{e}"
-        );
-        for ok in [
-            format!("{head}{}{}", w("q:*", ""), w("q:1", "group = \"other\"\n")),
-            format!("{head}{}{}", w("q:*", ""), w("r:*", "")),
-            format!("{head}{}{}", w("q:*", "db = 1\n"), w("q:1", "db = 2\n")),
-        ] {
-            assert!(parse("f.toml", &ok).is_ok(), "{ok}");
-        }
-        let text = format!("{head}{}", w("q", "start = 0\n"));
-        assert_eq!(
-            parse("f.toml", &text).unwrap().watches[0].stream.start,
-            b"0"
-        );
-        let text = format!("{head}{}", w("q", "start = \"x\"\n"));
-        let e = parse("f.toml", &text).unwrap_err();
-        assert!(e.starts_with("f.toml: line 7: start must be 0"), "{e}");
-        let text = format!("{head}{}", w("q", "ack = \"delete\"\n"));
-        assert_eq!(
-            parse("f.toml", &text).unwrap().watches[0].stream.ack,
-            crate::spec::Ack::Delete
-        );
-        let text = format!("{head}{}", w("q", "ack = \"drop\"\n"));
-        let e = parse("f.toml", &text).unwrap_err();
-        assert!(
-            e.starts_with("f.toml: line 7: ack must be \"keep\" or \"delete\""),
-            "{e}"
-        );
-        let text = format!("{head}[[watch]]\npattern = \"h\"\nhandler = \"a\"\nack = \"delete\"\n");
-        let e = parse("f.toml", &text).unwrap_err();
-        assert!(
-            e.contains("ack applies only to type \"stream\" watches"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn watch_option_errors_name_their_line() {
-        let head = "[handler.a]\ncommand = [\"x\"]\n[[watch]]\npattern = \"p\"\nhandler = \"a\"\n";
-        for (rest, want) in [
-            (
-                "type = \"list\"\n",
-                "line 6: type must be \"hash\" or \"stream\", got \"list\"",
-            ),
-            (
-                "db = -1\n",
-                "line 6: db must be a database number or \"all\"",
-            ),
-            (
-                "onchange = \"x\"\n",
-                "line 6: onchange must be \"restart\" or \"ignore\"",
-            ),
-            (
-                "group = \"\"\ndeadletter = \"d\"\n",
-                "line 6: group applies only to type \"stream\" watches",
-            ),
-            (
-                "deadletter = \"\"\nconcurrency = 0\n",
-                "line 7: concurrency applies only to type \"stream\" watches",
-            ),
-            (
-                "type = \"stream\"\nconcurrency = 0\ndeadletter = \"\"\n",
-                "line 8: deadletter must not be empty",
-            ),
-            (
-                "type = \"stream\"\nmax-attempts = 4294967296\n",
-                "line 7: max-attempts must be a positive integer",
-            ),
-        ] {
-            let text = format!("{head}{rest}");
-            let e = parse("f.toml", &text).unwrap_err();
-            assert!(e.starts_with(&format!("f.toml: {want}")), "{rest:?}: {e}");
-        }
-        let text = format!("{head}type = \"stream\"\ndb = \"ALL\"\nonchange = \"ignore\"\n");
-        let w = &parse("f.toml", &text).unwrap().watches[0];
-        assert_eq!(
-            (w.kind, w.db, w.onchange),
-            (Kind::Stream, DbSel::All, OnChange::Ignore)
-        );
-        assert_eq!(w.source, Source::Config);
-    }
-
-    #[test]
-    fn string_configs_refuse_nul_bytes() {
-        assert!(checked_config_value(b"a\0b").is_err());
-        assert!(checked_config_value(&[0xff]).is_err());
-        assert_eq!(checked_config_value(b"events").ok(), Some("events"));
-    }
-
-    #[test]
-    fn errors_name_file_line_and_problem() {
-        let e = parse("f.toml", "[handler.a]\ncommand = [\"x\"]\ncomand = 1\n").unwrap_err();
-        assert!(e.starts_with("f.toml: line 3:"), "{e}");
-        assert!(e.contains("comand"), "{e}");
-        let e = parse(
-            "f.toml",
-            "[handler.a]\ncommand = [\"x\"]\n\n[[watch]]\npattern = \"p\"\nhandler = \"b\"\n",
-        )
-        .unwrap_err();
-        assert!(e.starts_with("f.toml: line 6:") && e.contains("'b'"), "{e}");
-        let e = parse("f.toml", "[handler.a]\ncommand = []\n").unwrap_err();
-        assert!(
-            e.starts_with("f.toml: line 2:") && e.contains("empty"),
-            "{e}"
-        );
-        let e = parse("f.toml", "[handler.a\n").unwrap_err();
-        assert!(e.starts_with("f.toml: line 1:"), "{e}");
-    }
-
-    #[test]
-    fn relative_paths_are_relative_to_the_file() {
-        let c = parse(
-            "/etc/sw/x.toml",
-            "[handler.a]\ncommand = [\"./w.sh\", \"./arg\"]\ncwd = \"data\"\n",
-        )
-        .unwrap();
-        let h = &c.handlers["a"];
-        assert_eq!(h.command, ["/etc/sw/./w.sh", "./arg"]);
-        assert_eq!(h.cwd.as_deref(), Some("/etc/sw/data"));
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let c = parse(
-            "f",
-            "[handler.a]\ncommand=[\"x\"]\nbackoff-initial-ms=100\nbackoff-max-ms=350\n",
-        )
-        .unwrap();
-        let h = &c.handlers["a"];
-        let ms = |n| h.backoff(n).as_millis();
-        assert_eq!(
-            (ms(0), ms(1), ms(2), ms(3), ms(40)),
-            (100, 100, 200, 350, 350)
-        );
-    }
-}
+mod tests;

@@ -218,7 +218,9 @@ const CONFIG_PATH: &str = "/etc/streamwatch/fuzz.toml";
 /// them is refused before parsing).
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let c = match config::parse(CONFIG_PATH, &text) {
+    // Whatever this machine's cgroups: `memory-max` and `cpu-max` are possible here.
+    let cgroups = |_: &[&str]| Ok("/sys/fs/cgroup/fuzz".to_string());
+    let c = match config::parse_with(CONFIG_PATH, &text, &cgroups) {
         Ok(c) => c,
         Err(e) => {
             // "<path>: line <n>: <problem>", n a line of the file.
@@ -243,6 +245,11 @@ pub fn config(data: &[u8]) {
         assert!(h.cwd.as_ref().is_none_or(|c| c.starts_with('/')), "{name}");
         assert!((1..=64).contains(&h.stop_signal), "{name}");
         assert!(h.backoff_max >= h.backoff_initial, "{name}");
+        let l = &h.limits;
+        assert!(l.nice.is_none_or(|n| (-20..=19).contains(&n)), "{name}");
+        assert!((-1000..=1000).contains(&l.oom_score_adj), "{name}");
+        let cgroup = l.memory_max.is_some() || l.cpu_max.is_some();
+        assert_eq!(l.cgroup_parent.is_some(), cgroup, "{name}");
         for n in [0, 1, 2, 30, 31, 32, u32::MAX] {
             assert!(h.backoff(n) <= h.backoff_max, "{name}: backoff({n})");
         }
@@ -476,6 +483,14 @@ mod tests {
         let text = String::from_utf8_lossy(&data);
         let c = crate::config::parse("demo.toml", &text).expect("demo.toml parses");
         assert_eq!((c.handlers.len(), c.watches.len()), (2, 2));
+        let data = seed("config", "limits.toml");
+        let text = String::from_utf8_lossy(&data);
+        let c = crate::config::parse("limits.toml", &text).expect("limits.toml parses");
+        let l = &c.handlers["transcode"].limits;
+        assert_eq!(
+            (l.nice, l.oom_score_adj, l.rlimits.len()),
+            (Some(10), 500, 5)
+        );
     }
 
     /// Every seed and every input that once crashed a target, through its harness.

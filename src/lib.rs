@@ -26,6 +26,7 @@ mod events;
 mod ffi;
 pub mod fuzzing;
 mod glob;
+mod limits;
 mod outcomes;
 #[allow(dead_code)] // shared with the helper: each side uses half of it
 mod protocol;

@@ -38,6 +38,9 @@ pub enum Request {
         /// The run gets a pipe as its descriptor 3; what it writes there is reported as
         /// `Report::Replies`, all of it before the run's `Exited`. Without: no fd 3.
         replies: bool,
+        /// What the run is limited to, set before its exec (the handler's `nice`,
+        /// `oom-score-adj`, `limit-*`, `memory-max`, `cpu-max`).
+        limits: Limits,
     },
     /// Send the run's stop signal to its process group, then SIGKILL after the grace.
     Stop { run: u64 },
@@ -50,6 +53,74 @@ pub enum Request {
     /// Close the run's kept-open standard input once everything fed is written; the
     /// entries `Feed` still holds for the run's answer are dropped.
     CloseInput { run: u64 },
+}
+
+/// A resource limit a run may be given (`setrlimit`), soft and hard alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rlimit {
+    /// RLIMIT_AS, bytes of address space.
+    As = 0,
+    /// RLIMIT_NOFILE, open descriptors.
+    Nofile = 1,
+    /// RLIMIT_CPU, seconds of CPU time.
+    Cpu = 2,
+    /// RLIMIT_NPROC, processes (threads) of the run's user.
+    Nproc = 3,
+    /// RLIMIT_CORE, bytes of a core dump.
+    Core = 4,
+}
+
+impl Rlimit {
+    pub const ALL: [Rlimit; 5] = [
+        Rlimit::As,
+        Rlimit::Nofile,
+        Rlimit::Cpu,
+        Rlimit::Nproc,
+        Rlimit::Core,
+    ];
+
+    /// The handler option that sets it.
+    pub fn option(self) -> &'static str {
+        match self {
+            Rlimit::As => "limit-as",
+            Rlimit::Nofile => "limit-nofile",
+            Rlimit::Cpu => "limit-cpu",
+            Rlimit::Nproc => "limit-nproc",
+            Rlimit::Core => "limit-core",
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Rlimit> {
+        Rlimit::ALL.get(code as usize).copied()
+    }
+}
+
+/// A limit's value meaning none (the kernel's RLIM_INFINITY).
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// What a run is limited to; each is set in the run before its exec, and a run whose
+/// limit cannot be set does not start (its spawn error names the option).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Its nice value (-20 to 19); `None`: the helper's (the server's).
+    pub nice: Option<i32>,
+    /// Its `/proc/PID/oom_score_adj` (-1000 to 1000); `None`: the helper's.
+    pub oom_score_adj: Option<i32>,
+    /// Resource limits, each set as soft and hard limit (`UNLIMITED`: none).
+    pub rlimits: Vec<(Rlimit, u64)>,
+    /// A cgroup v2 of the run's own, made for it and removed after it.
+    pub cgroup: Option<Cgroup>,
+}
+
+/// A run's own cgroup: made in `parent` (a directory of the cgroup v2 filesystem),
+/// with these limits written before the run is moved into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub parent: Vec<u8>,
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: microseconds of CPU time per period, and the period.
+    pub cpu_max: Option<(u64, u64)>,
 }
 
 /// What the helper reports.
@@ -131,6 +202,30 @@ impl Enc {
         self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
         self.0.extend_from_slice(b);
     }
+    /// A flag, then the value if there is one.
+    fn opt<T>(&mut self, x: &Option<T>, put: impl FnOnce(&mut Self, &T)) {
+        self.bool(x.is_some());
+        if let Some(x) = x {
+            put(self, x);
+        }
+    }
+    fn limits(&mut self, l: &Limits) {
+        self.opt(&l.nice, |e, n| e.i32(*n));
+        self.opt(&l.oom_score_adj, |e, n| e.i32(*n));
+        self.i32(l.rlimits.len() as i32);
+        for (r, v) in &l.rlimits {
+            self.0.push(*r as u8);
+            self.u64(*v);
+        }
+        self.opt(&l.cgroup, |e, c| {
+            e.bytes(&c.parent);
+            e.opt(&c.memory_max, |e, m| e.u64(*m));
+            e.opt(&c.cpu_max, |e, (quota, period)| {
+                e.u64(*quota);
+                e.u64(*period);
+            });
+        });
+    }
     fn finish(mut self) -> Vec<u8> {
         let len = (self.0.len() - 4) as u32;
         self.0[..4].copy_from_slice(&len.to_le_bytes());
@@ -185,6 +280,42 @@ impl Dec<'_> {
             None
         })
     }
+    /// A flag, then the value if there is one (see `Enc::opt`).
+    fn maybe<T>(&mut self, get: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<Option<T>> {
+        Ok(if self.bool()? { Some(get(self)?) } else { None })
+    }
+    fn limits(&mut self) -> io::Result<Limits> {
+        let nice = self.maybe(Dec::i32)?;
+        let oom_score_adj = self.maybe(Dec::i32)?;
+        let n = self.i32()? as u32 as usize;
+        if n > Rlimit::ALL.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{n} resource limits"),
+            ));
+        }
+        let mut rlimits = Vec::with_capacity(n);
+        for _ in 0..n {
+            let code = self.take(1)?[0];
+            let r = Rlimit::from_code(code).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad rlimit {code}"))
+            })?;
+            rlimits.push((r, self.u64()?));
+        }
+        let cgroup = self.maybe(|d| {
+            Ok(Cgroup {
+                parent: d.bytes()?,
+                memory_max: d.maybe(Dec::u64)?,
+                cpu_max: d.maybe(|d| Ok((d.u64()?, d.u64()?)))?,
+            })
+        })?;
+        Ok(Limits {
+            nice,
+            oom_score_adj,
+            rlimits,
+            cgroup,
+        })
+    }
     fn list(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let n = self.i32()? as u32 as usize;
         if n > self.0.len() {
@@ -207,6 +338,7 @@ impl Request {
                 stop_grace_ms,
                 keep_stdin,
                 replies,
+                limits,
             } => {
                 let mut e = Enc::new(T_SPAWN);
                 e.u64(*run);
@@ -228,6 +360,7 @@ impl Request {
                         None => e.i32(0),
                     }
                 }
+                e.limits(limits);
                 e.bool(*keep_stdin);
                 e.bool(*replies);
                 e.finish()
@@ -270,6 +403,7 @@ impl Request {
                 }
                 let cwd = d.opt()?;
                 let stdin = d.opt()?;
+                let limits = d.limits()?;
                 let keep_stdin = d.bool()?;
                 let replies = d.bool()?;
                 Ok(Request::Spawn {
@@ -282,6 +416,7 @@ impl Request {
                     stop_grace_ms,
                     keep_stdin,
                     replies,
+                    limits,
                 })
             }
             T_STOP => Ok(Request::Stop { run: d.u64()? }),
@@ -413,175 +548,8 @@ pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
     w.write_all(frame)
 }
 
+// A path relative to this file's directory, so that the helper (which includes this
+// file with `#[path]`) finds the same tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strip(frame: Vec<u8>) -> Vec<u8> {
-        frame[4..].to_vec()
-    }
-
-    fn spawn(keep_stdin: bool, replies: bool) -> Request {
-        Request::Spawn {
-            run: 7,
-            argv: vec![b"/bin/sh".to_vec(), vec![0xff, b';', b'\n']],
-            env: vec![(b"A".to_vec(), b"1".to_vec())],
-            cwd: Some(b"/tmp".to_vec()),
-            stdin: Some(b"{\"a\":\"1\"}".to_vec()),
-            stop_signal: 15,
-            stop_grace_ms: 5000,
-            keep_stdin,
-            replies,
-        }
-    }
-
-    #[test]
-    fn requests_round_trip() {
-        for r in [
-            spawn(false, false),
-            spawn(true, false),
-            spawn(false, true),
-            spawn(true, true),
-            Request::Stop { run: 9 },
-            Request::Feed {
-                run: 10,
-                data: b"line\n".to_vec(),
-            },
-            Request::Feed {
-                run: u64::MAX,
-                data: Vec::new(),
-            },
-            Request::CloseInput { run: 11 },
-        ] {
-            assert_eq!(Request::decode(&strip(r.encode())).unwrap(), r);
-        }
-    }
-
-    #[test]
-    fn reports_round_trip() {
-        for r in [
-            Report::Started {
-                run: 1,
-                pid: 42,
-                start_ticks: 123_456,
-            },
-            Report::SpawnFailed {
-                run: 2,
-                error: "No such file".into(),
-            },
-            Report::Output {
-                run: 3,
-                data: b"hi\n".to_vec(),
-            },
-            Report::Replies {
-                run: 5,
-                data: b"{\"ok\":1}\n{\"ok\"".to_vec(),
-            },
-            Report::Unread { run: 6 },
-            Report::Fed { run: 7, count: 3 },
-            Report::Exited {
-                run: 4,
-                status: 7 << 8,
-            },
-        ] {
-            assert_eq!(Report::decode(&strip(r.encode())).unwrap(), r);
-        }
-    }
-
-    #[test]
-    fn the_pool_flags_are_the_last_two_bytes_of_a_spawn() {
-        let plain = strip(spawn(false, false).encode());
-        let both = strip(spawn(true, true).encode());
-        assert_eq!(plain.len(), both.len());
-        assert_eq!(plain[plain.len() - 2..], [0, 0]);
-        assert_eq!(both[both.len() - 2..], [1, 1]);
-        assert_eq!(
-            strip(spawn(true, false).encode())[plain.len() - 2..],
-            [1, 0]
-        );
-        // A flag that is neither 0 nor 1 is not a frame either side wrote.
-        let mut bad = both.clone();
-        *bad.last_mut().unwrap() = 2;
-        assert!(Request::decode(&bad).is_err());
-    }
-
-    #[test]
-    fn tags_are_distinct() {
-        let tags = [
-            T_SPAWN,
-            T_STOP,
-            T_FEED,
-            T_CLOSE_INPUT,
-            T_STARTED,
-            T_SPAWN_FAILED,
-            T_OUTPUT,
-            T_EXITED,
-            T_REPLIES,
-            T_UNREAD,
-            T_FED,
-        ];
-        for (i, a) in tags.iter().enumerate() {
-            assert!(!tags[i + 1..].contains(a), "tag {a} twice");
-        }
-        // Requests and reports never decode as each other.
-        let feed = strip(
-            Request::Feed {
-                run: 1,
-                data: b"x".to_vec(),
-            }
-            .encode(),
-        );
-        assert!(Report::decode(&feed).is_err());
-        let replies = strip(
-            Report::Replies {
-                run: 1,
-                data: b"x".to_vec(),
-            }
-            .encode(),
-        );
-        assert!(Request::decode(&replies).is_err());
-    }
-
-    #[test]
-    fn truncated_frames_are_errors_not_panics() {
-        let frames = [
-            strip(
-                Request::Spawn {
-                    run: 1,
-                    argv: vec![b"x".to_vec()],
-                    env: vec![],
-                    cwd: None,
-                    stdin: None,
-                    stop_signal: 15,
-                    stop_grace_ms: 1,
-                    keep_stdin: true,
-                    replies: true,
-                }
-                .encode(),
-            ),
-            strip(
-                Request::Feed {
-                    run: 1,
-                    data: b"abc".to_vec(),
-                }
-                .encode(),
-            ),
-            strip(Request::CloseInput { run: 1 }.encode()),
-        ];
-        for frame in frames {
-            for n in 0..frame.len() {
-                assert!(Request::decode(&frame[..n]).is_err());
-            }
-        }
-        let frame = strip(
-            Report::Replies {
-                run: 1,
-                data: b"abc".to_vec(),
-            }
-            .encode(),
-        );
-        for n in 0..frame.len() {
-            assert!(Report::decode(&frame[..n]).is_err());
-        }
-    }
-}
+#[path = "protocol/tests.rs"]
+mod tests;

@@ -134,11 +134,12 @@ fn handlers_lists_config_handlers_with_options() {
         "stop-grace-ms",
         "timeout-ms",
         "log-lines",
-        "pool",
-        "max-requests",
-        "heartbeat-ms",
-        "no-restart-exit-codes",
-    ] {
+    ]
+    .into_iter()
+    .chain("pool max-requests nice oom-score-adj memory-max cpu-max".split(' '))
+    .chain("limit-as limit-nofile limit-cpu limit-nproc limit-core".split(' '))
+    .chain(["heartbeat-ms", "no-restart-exit-codes"])
+    {
         assert!(w.contains_key(k), "HANDLERS entry lacks {k}: {w:?}");
     }
     let cmd: Vec<String> = to_array(w.get("command").unwrap())

@@ -16,7 +16,7 @@
 use crate::answers::Answers;
 use crate::budget::{Budget, READ_PER_TURN, RUN_BURST, TOTAL_BURST};
 use crate::protocol::{Report, Request};
-use crate::{identity, inbox, log, spawn, sys};
+use crate::{cgroup, identity, inbox, log, spawn, sys};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -51,6 +51,8 @@ struct Run {
     stop_grace: Duration,
     /// Set when a stop was asked: SIGKILL the group at this time.
     kill_at: Option<Instant>,
+    /// The run's own cgroup (`memory-max`, `cpu-max`), removed when it is over.
+    cgroup: Option<std::path::PathBuf>,
 }
 
 impl Run {
@@ -124,6 +126,8 @@ pub struct Helper {
     reaped: Instant,
     /// When adopted processes were last looked for (`kill_adopted`).
     adopted_checked: Instant,
+    /// Cgroups of runs over, still busy when their run ended.
+    cgroups_left: cgroup::Leftovers,
 }
 
 impl Helper {
@@ -147,6 +151,7 @@ impl Helper {
             total_budget: Budget::full(TOTAL_BURST, Instant::now()),
             paused: std::collections::BTreeSet::new(),
             reaped: Instant::now(),
+            cgroups_left: cgroup::Leftovers::default(),
         }
     }
 
@@ -322,9 +327,24 @@ impl Helper {
             stop_grace_ms,
             keep_stdin,
             replies,
+            limits,
         } = req
         else {
             return;
+        };
+        let group = match limits
+            .cgroup
+            .as_ref()
+            .map(|c| cgroup::make(c, id))
+            .transpose()
+        {
+            Ok(group) => group,
+            Err(e) => {
+                return self.send(Report::SpawnFailed {
+                    run: id,
+                    error: e.to_string(),
+                })
+            }
         };
         type Started = (i32, u64, File, Option<File>, Option<Input>);
         let result = (|| -> io::Result<Started> {
@@ -333,14 +353,12 @@ impl Helper {
             let replies = replies.then(io::pipe).transpose()?;
             let input = (stdin.is_some() || keep_stdin).then(io::pipe).transpose()?;
             let before = identity::now_ns();
-            let pid = spawn::run(
-                &argv,
-                &env,
-                cwd.as_deref(),
-                input.as_ref().map(|(r, _)| r.as_raw_fd()),
-                writer.as_raw_fd(),
-                replies.as_ref().map(|(_, w)| w.as_raw_fd()),
-            )?;
+            let fds = spawn::Fds {
+                stdin: input.as_ref().map(|(r, _)| r.as_raw_fd()),
+                out: writer.as_raw_fd(),
+                replies: replies.as_ref().map(|(_, w)| w.as_raw_fd()),
+            };
+            let pid = spawn::run(&argv, &env, cwd.as_deref(), fds, &limits, group.as_deref())?;
             let started = identity::of(pid, before, identity::now_ns());
             drop(writer);
             let nonblocking = |fd: OwnedFd| {
@@ -389,16 +407,22 @@ impl Helper {
                         stop_signal,
                         stop_grace: Duration::from_millis(stop_grace_ms),
                         kill_at: None,
+                        cgroup: group,
                     },
                 );
                 self.by_pid.insert(pid, id);
                 self.starting.insert(pid, start_ticks);
                 self.pump_input(id);
             }
-            Err(e) => self.send(Report::SpawnFailed {
-                run: id,
-                error: e.to_string(),
-            }),
+            Err(e) => {
+                if let Some(dir) = group {
+                    self.cgroups_left.remove(dir);
+                }
+                self.send(Report::SpawnFailed {
+                    run: id,
+                    error: e.to_string(),
+                })
+            }
         }
     }
 
@@ -423,6 +447,9 @@ impl Helper {
                     if let Some(run) = self.runs.remove(&id) {
                         if let Some(at) = run.kill_at {
                             self.kills.remove(&(at, id));
+                        }
+                        if let Some(dir) = run.cgroup {
+                            self.cgroups_left.remove(dir);
                         }
                     }
                     self.send(Report::SpawnFailed {
@@ -506,6 +533,7 @@ impl Helper {
     fn reap(&mut self) {
         // A run is reported started before it is reported exited.
         self.settle();
+        self.cgroups_left.retry();
         while let Some(pid) = sys::peek_exited_child() {
             if self.starting.contains_key(&pid) {
                 // Launched, exec'ed and exited since the settle above (an exited child
@@ -530,10 +558,14 @@ impl Helper {
                 if self.entry_unread(id) {
                     self.send(Report::Unread { run: id });
                 }
-                if let Some(at) = self.runs.remove(&id).and_then(|r| r.kill_at) {
+                let run = self.runs.remove(&id);
+                if let Some(at) = run.as_ref().and_then(|r| r.kill_at) {
                     // Stopped in time: its SIGKILL deadline goes too (else the helper
                     // wakes for nothing when it comes).
                     self.kills.remove(&(at, id));
+                }
+                if let Some(dir) = run.and_then(|r| r.cgroup) {
+                    self.cgroups_left.remove(dir);
                 }
                 self.send(Report::Exited { run: id, status });
             }

@@ -73,6 +73,7 @@ mod tests {
                 stop_grace_ms: 500,
                 keep_stdin: true,
                 replies: true,
+                limits: Default::default(),
             },
             Request::Feed {
                 run: 8,

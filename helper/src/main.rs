@@ -32,6 +32,7 @@
 
 mod answers;
 mod budget;
+mod cgroup;
 mod event_loop;
 mod identity;
 mod inbox;

@@ -2,7 +2,10 @@
 //! mask; every signal at its default, glibc's internal 32 and 33 included (an
 //! ignored signal stays ignored across exec); stdin `/dev/null` or the input pipe,
 //! stdout and stderr on `out`, descriptor 3 on the replies pipe if it has one (and no
-//! descriptor 3 at all if not); `cwd` if given; the helper's environment plus `env`.
+//! descriptor 3 at all if not); `cwd` if given; the helper's environment plus `env`;
+//! its limits: its own cgroup, nice value and resource limits (set by the child, see
+//! `child`) and its oom_score_adj (the helper's own at the clone, see
+//! `Launcher::set_oom`).
 //!
 //! How: a `clone` that shares the helper's memory (CLONE_VM: cheap whatever the
 //! helper's size) and descriptor table (CLONE_FILES), and whose child first calls
@@ -27,12 +30,15 @@
 
 mod child;
 
+use crate::protocol::{Limits, Rlimit, UNLIMITED};
+use crate::sys::error_text;
 use child::Child;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// How many runs may be between their clone and their exec at once; one more waits
@@ -54,8 +60,89 @@ struct Launch {
     /// Its index in `Launcher::slots`.
     set: usize,
     stack: Vec<u128>,
+    /// Its limits (the child reads the cgroup's path), and for the error's words.
+    setup: Setup,
     _strings: Vec<CString>,
     _pointers: [Vec<*const c_char>; 2],
+}
+
+/// What a run's child sets before its exec besides its descriptors and signals.
+#[derive(Default)]
+struct Setup {
+    limits: Limits,
+    /// `cgroup.procs` of the run's own cgroup.
+    cgroup_procs: Option<CString>,
+}
+
+impl Setup {
+    /// Why the child failed at `step` (a `child::STEP_*`) with `errno`: the option
+    /// named, e.g. `nice -5: Permission denied`; the system's words alone for the
+    /// exec and what comes before it.
+    fn error(&self, step: i32, errno: i32) -> io::Error {
+        let os = io::Error::from_raw_os_error(errno);
+        let named =
+            |what: String| io::Error::new(os.kind(), format!("{what}: {}", error_text(&os)));
+        let l = &self.limits;
+        match step {
+            child::STEP_CGROUP => {
+                let option = l.cgroup.as_ref().map_or("cgroup", crate::cgroup::options);
+                let procs = self.cgroup_procs.as_deref().unwrap_or_default();
+                named(format!("{option}: {}", procs.to_string_lossy()))
+            }
+            child::STEP_NICE => named(format!("nice {}", l.nice.unwrap_or_default())),
+            s if s >= child::STEP_RLIMIT => {
+                match l.rlimits.get((s - child::STEP_RLIMIT) as usize) {
+                    Some((r, v)) => named(format!("{} {}", r.option(), shown(*v))),
+                    None => os,
+                }
+            }
+            _ => os,
+        }
+    }
+
+    /// The child's copy of its limits.
+    fn for_child(&self) -> (c_int, [child::KernelRlimit; 5], usize, *const c_char) {
+        let mut rlimits = [child::KernelRlimit::default(); 5];
+        for (slot, (r, v)) in rlimits.iter_mut().zip(&self.limits.rlimits) {
+            *slot = child::KernelRlimit {
+                resource: resource(*r),
+                limit: [*v, *v],
+            };
+        }
+        let procs = self
+            .cgroup_procs
+            .as_ref()
+            .map_or(std::ptr::null(), |p| p.as_ptr());
+        let nice = self.limits.nice.unwrap_or(child::NO_NICE);
+        (nice, rlimits, self.limits.rlimits.len().min(5), procs)
+    }
+}
+
+/// A limit as an error shows it.
+fn shown(v: u64) -> String {
+    match v {
+        UNLIMITED => "unlimited".into(),
+        v => v.to_string(),
+    }
+}
+
+fn resource(r: Rlimit) -> c_uint {
+    (match r {
+        Rlimit::As => libc::RLIMIT_AS,
+        Rlimit::Nofile => libc::RLIMIT_NOFILE,
+        Rlimit::Cpu => libc::RLIMIT_CPU,
+        Rlimit::Nproc => libc::RLIMIT_NPROC,
+        Rlimit::Core => libc::RLIMIT_CORE,
+    }) as c_uint
+}
+
+/// Writes the helper's own oom_score_adj.
+fn write_oom_score_adj(v: i32) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/oom_score_adj")?
+        .write_all(v.to_string().as_bytes())
 }
 
 /// The clone path's state (the helper is single-threaded).
@@ -74,6 +161,8 @@ struct Launcher {
     stacks: Vec<Vec<u128>>,
     /// Launches over: (pid, the error if the exec did not happen).
     settled: Vec<(i32, Option<io::Error>)>,
+    /// The helper's own oom_score_adj as it last wrote it (`None`: never written).
+    oom: Option<i32>,
 }
 
 thread_local! {
@@ -87,6 +176,7 @@ thread_local! {
             launches: Vec::new(),
             stacks: Vec::new(),
             settled: Vec::new(),
+            oom: None,
         })
     };
 }
@@ -192,8 +282,10 @@ impl Launcher {
             dup3(self.null, slots.replies, libc::O_CLOEXEC);
         }
         self.free_slots.push(l.set);
-        let error = (l.child.failed.load(Ordering::Acquire) != 0)
-            .then(|| io::Error::from_raw_os_error(l.child.errno.load(Ordering::Relaxed)));
+        let error = (l.child.failed.load(Ordering::Acquire) != 0).then(|| {
+            let step = l.child.step.load(Ordering::Relaxed);
+            l.setup.error(step, l.child.errno.load(Ordering::Relaxed))
+        });
         self.stacks.push(std::mem::take(&mut l.stack));
         self.settled.push((l.pid, error));
     }
@@ -210,6 +302,26 @@ impl Launcher {
         self.finish(*l);
     }
 
+    /// Gives the helper the oom_score_adj a run is to start with: a clone child gets
+    /// the helper's value, and cannot set its own before its exec, because the kernel
+    /// gives a value written then to every process sharing its memory (the helper and
+    /// the other launches too). So the helper takes the run's value before the clone,
+    /// once every launch that started with another one is over; it keeps it after
+    /// (runs of one value, the usual case, cost nothing more).
+    fn set_oom(&mut self, v: i32) -> io::Result<()> {
+        if self.oom == Some(v) {
+            return Ok(());
+        }
+        while !self.launches.is_empty() {
+            self.wait_oldest();
+        }
+        write_oom_score_adj(v).map_err(|e| {
+            io::Error::new(e.kind(), format!("oom-score-adj {v}: {}", error_text(&e)))
+        })?;
+        self.oom = Some(v);
+        Ok(())
+    }
+
     fn launch(
         &mut self,
         path: CString,
@@ -217,6 +329,7 @@ impl Launcher {
         pointers: [Vec<*const c_char>; 2],
         dir: Option<CString>,
         fds: Fds,
+        setup: Setup,
     ) -> io::Result<i32> {
         let Fds {
             stdin,
@@ -237,6 +350,7 @@ impl Launcher {
             .stacks
             .pop()
             .unwrap_or_else(|| vec![0u128; STACK_WORDS]);
+        let (nice, rlimits, n_rlimits, cgroup_procs) = setup.for_child();
         let mut l = Box::new(Launch {
             pid: 0,
             tid: AtomicI32::new(1),
@@ -251,11 +365,17 @@ impl Launcher {
                 keep_below: self.keep_below,
                 reset: child::non_default_signals(),
                 parent: std::process::id() as c_int,
+                cgroup_procs,
+                nice,
+                rlimits,
+                n_rlimits,
+                step: AtomicI32::new(child::STEP_EXEC),
                 errno: AtomicI32::new(0),
                 failed: AtomicI32::new(0),
             },
             set,
             stack,
+            setup,
             _strings: strings.into_iter().chain([path]).chain(dir).collect(),
             _pointers: pointers,
         });
@@ -334,15 +454,16 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 }
 
 /// Starts a run; its outcome (exec'ed, or why not) comes later from `settled`.
-/// `stdin`: its descriptor 0 (`None`: /dev/null); `out`: its 1 and 2; `replies`: its
-/// 3 (`None`: it has no descriptor 3).
+/// `fds`: its descriptors; `limits`: what it is limited to, set before its exec, with
+/// `cgroup` the directory of its own cgroup (made by `cgroup::make`) if it has one.
+/// A limit that cannot be set fails the run with an error naming the option.
 pub fn run(
     argv: &[Vec<u8>],
     env: &[(Vec<u8>, Vec<u8>)],
     cwd: Option<&[u8]>,
-    stdin: Option<RawFd>,
-    out: RawFd,
-    replies: Option<RawFd>,
+    fds: Fds,
+    limits: &Limits,
+    cgroup: Option<&Path>,
 ) -> io::Result<i32> {
     let program = argv
         .first()
@@ -367,14 +488,34 @@ pub fn run(
     let argp = list(&strings[..nargs]);
     let envp = list(&strings[nargs..]);
     let dir = cwd.map(cstring).transpose()?;
-    let fds = Fds {
-        stdin,
-        out,
-        replies,
+    let setup = Setup {
+        limits: limits.clone(),
+        cgroup_procs: cgroup
+            .map(|d| cstring(d.join("cgroup.procs").as_os_str().as_bytes()))
+            .transpose()?,
     };
-    if LAUNCHER.with_borrow(|l| l.fast) {
+    let fast = LAUNCHER.with_borrow(|l| l.fast);
+    if !fast {
+        // posix_spawn sets none of these in the child.
+        let clone_only = [
+            limits.cgroup.as_ref().map(crate::cgroup::options),
+            limits.nice.map(|_| "nice"),
+            limits.rlimits.first().map(|(r, _)| r.option()),
+        ];
+        if let Some(option) = clone_only.into_iter().flatten().next() {
+            return Err(io::Error::other(format!(
+                "{option}: this kernel has no close_range (Linux 5.9), so runs start \
+                 with posix_spawn, which cannot set it"
+            )));
+        }
+    }
+    if let Some(v) = limits.oom_score_adj {
+        LAUNCHER.with_borrow_mut(|l| l.set_oom(v))?;
+    }
+    if fast {
         let path = resolve(program)?;
-        return LAUNCHER.with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, fds));
+        return LAUNCHER
+            .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, fds, setup));
     }
     let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), fds)?;
     LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
@@ -410,11 +551,12 @@ fn sigset_of(mask: u64) -> libc::sigset_t {
     }
 }
 
-/// A run's descriptors as `run` takes them.
-struct Fds {
-    stdin: Option<RawFd>,
-    out: RawFd,
-    replies: Option<RawFd>,
+/// A run's descriptors as `run` takes them: `stdin` its 0 (`None`: /dev/null), `out`
+/// its 1 and 2, `replies` its 3 (`None`: it has no descriptor 3).
+pub struct Fds {
+    pub stdin: Option<RawFd>,
+    pub out: RawFd,
+    pub replies: Option<RawFd>,
 }
 
 /// glibc's `posix_spawn`, where the clone path is not available (it returns once

@@ -170,6 +170,15 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// An error's text without Rust's " (os error N)": what spawn errors end with.
+pub fn error_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 /// CLOCK_BOOTTIME, in nanoseconds.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -229,6 +238,13 @@ mod tests {
         for fd in [r, w, ep] {
             close(fd);
         }
+    }
+
+    #[test]
+    fn error_texts_drop_the_number() {
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(error_text(&e), "Permission denied");
+        assert_eq!(error_text(&io::Error::other("as it is")), "as it is");
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn spawn_request(run: u64, argv: &[&str]) -> Request {
         stop_grace_ms: 5000,
         keep_stdin: false,
         replies: false,
+        limits: Default::default(),
     }
 }
 
@@ -36,6 +37,7 @@ fn sh(run: u64, script: &str, stdin: Option<&[u8]>, keep_stdin: bool, replies: b
         stop_grace_ms: 5000,
         keep_stdin,
         replies,
+        limits: Default::default(),
     }
 }
 
@@ -504,6 +506,7 @@ fn shutdown_closes_kept_open_stdins() {
         stop_grace_ms: 60_000,
         keep_stdin: true,
         replies: false,
+        limits: Default::default(),
     });
     assert!(matches!(h.next_of(1), Report::Started { .. }));
     let Helper {

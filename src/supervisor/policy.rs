@@ -100,6 +100,7 @@ mod tests {
             max_requests: 0,
             heartbeat: Duration::ZERO,
             no_restart_exit_codes: Vec::new(),
+            limits: Default::default(),
         }
     }
 

@@ -88,9 +88,35 @@ pub(super) struct Child {
     pub reset: u64,
     /// The helper's pid: the child dies with it (see `child`).
     pub parent: c_int,
-    /// Written by the child when a step fails: the errno, and 1.
+    /// `cgroup.procs` of the run's own cgroup (null: none): the child moves in.
+    pub cgroup_procs: *const c_char,
+    /// Its nice value (`NO_NICE`: the helper's).
+    pub nice: c_int,
+    /// Resource limits set before the exec: the first `n_rlimits`.
+    pub rlimits: [KernelRlimit; 5],
+    pub n_rlimits: usize,
+    /// Written by the child when a step fails: which (`STEP_*`), the errno, and 1.
+    pub step: AtomicI32,
     pub errno: AtomicI32,
     pub failed: AtomicI32,
+}
+
+/// No nice value to set (`Child::nice`).
+pub(super) const NO_NICE: c_int = c_int::MIN;
+/// What failed in the child (`Child::step`): a descriptor, the cwd or the exec itself;
+/// moving into its cgroup; its nice value; its resource limit `STEP_RLIMIT + i`.
+pub(super) const STEP_EXEC: i32 = 0;
+pub(super) const STEP_CGROUP: i32 = 1;
+pub(super) const STEP_NICE: i32 = 2;
+pub(super) const STEP_RLIMIT: i32 = 8;
+
+/// One resource limit as prlimit64 takes it (resource, then `struct rlimit64`).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(super) struct KernelRlimit {
+    pub resource: c_uint,
+    /// Soft, hard (`u64::MAX`: RLIM_INFINITY).
+    pub limit: [u64; 2],
 }
 
 /// Whether close_range with CLOSE_RANGE_UNSHARE works here (Linux 5.9): called on a
@@ -124,7 +150,8 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` points to the `Child` of a boxed launch the helper keeps, unchanged,
     // until the kernel clears the launch's tid word at this child's exec or exit.
     let c = unsafe { &*arg.cast::<Child>() };
-    let fail = |r: isize| -> ! {
+    let fail_at = |step: i32, r: isize| -> ! {
+        c.step.store(step, Ordering::Relaxed);
         c.errno.store(-r as i32, Ordering::Relaxed);
         c.failed.store(1, Ordering::Release);
         // SAFETY: exit takes no pointer and does not return.
@@ -132,6 +159,7 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
         #[allow(clippy::empty_loop)]
         loop {}
     };
+    let fail = |r: isize| -> ! { fail_at(STEP_EXEC, r) };
     // SAFETY (every `raw` below): the pointers passed are to `c`'s strings and arrays
     // (alive, see above) or to locals of this function, each of the type the system call
     // takes; descriptor numbers are the launch's slots and the range it may close.
@@ -209,6 +237,43 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
             let r = raw(libc::SYS_chdir, c.dir as usize, 0, 0, 0);
             if r < 0 {
                 fail(r);
+            }
+        }
+        // The handler's limits, the cgroup first (a low limit-nofile could refuse the
+        // descriptor it takes). Each touches this process only: not oom_score_adj,
+        // which the kernel would give the helper too (see `Launcher::set_oom`).
+        if !c.cgroup_procs.is_null() {
+            let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as usize;
+            let at = libc::AT_FDCWD as isize as usize;
+            let fd = raw(libc::SYS_openat, at, c.cgroup_procs as usize, flags, 0);
+            if fd < 0 {
+                fail_at(STEP_CGROUP, fd);
+            }
+            // "0": the writer itself.
+            let r = raw(libc::SYS_write, fd as usize, b"0".as_ptr() as usize, 1, 0);
+            raw(libc::SYS_close, fd as usize, 0, 0, 0);
+            if r < 0 {
+                fail_at(STEP_CGROUP, r);
+            }
+        }
+        if c.nice != NO_NICE {
+            let nice = c.nice as isize as usize;
+            let r = raw(
+                libc::SYS_setpriority,
+                libc::PRIO_PROCESS as usize,
+                0,
+                nice,
+                0,
+            );
+            if r < 0 {
+                fail_at(STEP_NICE, r);
+            }
+        }
+        for (i, l) in c.rlimits[..c.n_rlimits.min(5)].iter().enumerate() {
+            let limit = l.limit.as_ptr() as usize;
+            let r = raw(libc::SYS_prlimit64, 0, l.resource as usize, limit, 0);
+            if r < 0 {
+                fail_at(STEP_RLIMIT + i as i32, r);
             }
         }
         // The helper blocked every signal around the clone: unblock them last.

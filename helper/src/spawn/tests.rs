@@ -5,6 +5,23 @@ use super::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+/// `super::run` without limits, its descriptors as arguments.
+fn run(
+    argv: &[Vec<u8>],
+    env: &[(Vec<u8>, Vec<u8>)],
+    cwd: Option<&[u8]>,
+    stdin: Option<RawFd>,
+    out: RawFd,
+    replies: Option<RawFd>,
+) -> io::Result<i32> {
+    let fds = Fds {
+        stdin,
+        out,
+        replies,
+    };
+    super::run(argv, env, cwd, fds, &Limits::default(), None)
+}
+
 fn strings(v: &[&str]) -> Vec<Vec<u8>> {
     v.iter().map(|s| s.as_bytes().to_vec()).collect()
 }
@@ -421,4 +438,174 @@ fn sigsets_hold_what_the_mask_says() {
     let empty = sigset_of(0);
     // SAFETY: `empty` is a valid sigset_t.
     assert_eq!(unsafe { libc::sigismember(&empty, libc::SIGTERM) }, 0);
+}
+
+/// Starts `sleep 30` with `limits` (and a cgroup directory): its pid, or why not.
+fn start_limited(fast: bool, limits: &Limits, cgroup: Option<&Path>) -> Result<i32, io::Error> {
+    launcher(fast);
+    let (_reader, writer) = io::pipe().unwrap();
+    let fds = Fds {
+        stdin: None,
+        out: writer.as_raw_fd(),
+        replies: None,
+    };
+    let pid = super::run(&strings(&["sleep", "30"]), &[], None, fds, limits, cgroup)?;
+    drop(writer);
+    if let Some(e) = settle(pid) {
+        // The child exited 127 after saying why.
+        assert_eq!(exit_code(Some(wait(pid))), Some(127));
+        return Err(e);
+    }
+    Ok(pid)
+}
+
+fn kill_and_wait(pid: i32) {
+    // SAFETY: no pointer arguments.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    wait(pid);
+}
+
+/// A line of /proc/PID/limits: (soft, hard).
+fn proc_limit(pid: i32, name: &str) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+    let f: Vec<&str> = line[name.len()..].split_whitespace().collect();
+    (f[0].to_string(), f[1].to_string())
+}
+
+fn nice_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    // Field 19; `after` starts at field 3.
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_run_gets_its_nice_value_and_resource_limits() {
+    if !child::has_close_range() {
+        return; // the fallback refuses them (below)
+    }
+    let limits = Limits {
+        nice: Some(7),
+        rlimits: vec![
+            (Rlimit::As, 1 << 30),
+            (Rlimit::Nofile, 64),
+            (Rlimit::Cpu, UNLIMITED),
+            (Rlimit::Core, 0),
+        ],
+        ..Limits::default()
+    };
+    let pid = start_limited(true, &limits, None).unwrap();
+    assert_eq!(nice_of(pid), 7);
+    let both = |s: &str| (s.to_string(), s.to_string());
+    assert_eq!(proc_limit(pid, "Max address space"), both("1073741824"));
+    assert_eq!(proc_limit(pid, "Max open files"), both("64"));
+    assert_eq!(proc_limit(pid, "Max cpu time"), both("unlimited"));
+    assert_eq!(proc_limit(pid, "Max core file size"), both("0"));
+    kill_and_wait(pid);
+    // The helper's own are untouched (the child changed only itself).
+    let me = std::process::id() as i32;
+    assert_ne!(proc_limit(me, "Max open files"), both("64"));
+    assert_ne!(nice_of(me), 7);
+}
+
+#[test]
+fn a_limit_that_cannot_be_set_fails_the_run_naming_it() {
+    if !child::has_close_range() {
+        return;
+    }
+    // Above fs.nr_open (1048576 by default), which no one may pass.
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let limits = Limits {
+        rlimits: vec![(Rlimit::Core, 0), (Rlimit::Nofile, nr_open + 1)],
+        ..Limits::default()
+    };
+    let e = start_limited(true, &limits, None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("limit-nofile {}: Operation not permitted", nr_open + 1)
+    );
+    // posix_spawn cannot set it: said before anything starts.
+    let e = start_limited(false, &limits, None).unwrap_err().to_string();
+    assert!(
+        e.starts_with("limit-core: this kernel has no close_range (Linux 5.9)"),
+        "{e}"
+    );
+    let nice = Limits {
+        nice: Some(0),
+        ..Limits::default()
+    };
+    let e = start_limited(false, &nice, None).unwrap_err().to_string();
+    assert!(e.starts_with("nice: "), "{e}");
+}
+
+#[test]
+fn a_run_moves_itself_into_its_cgroup() {
+    if !child::has_close_range() {
+        return;
+    }
+    // A plain directory stands in for the cgroup: the child writes "0" (itself) to
+    // its cgroup.procs before its exec.
+    let dir = std::env::temp_dir().join(format!("sw-procs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cgroup.procs"), b"").unwrap();
+    let limits = Limits {
+        cgroup: Some(crate::protocol::Cgroup {
+            parent: Vec::new(),
+            memory_max: Some(1 << 30),
+            cpu_max: None,
+        }),
+        ..Limits::default()
+    };
+    let pid = start_limited(true, &limits, Some(&dir)).unwrap();
+    assert_eq!(std::fs::read(dir.join("cgroup.procs")).unwrap(), b"0");
+    kill_and_wait(pid);
+    std::fs::remove_file(dir.join("cgroup.procs")).unwrap();
+    let e = start_limited(true, &limits, Some(&dir)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "memory-max: {}/cgroup.procs: No such file or directory",
+            dir.display()
+        )
+    );
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn a_run_starts_with_its_oom_score_adj() {
+    // The value is the helper's own (here the test process's) at the clone; raising it
+    // needs no privilege. Every test of this process may now run with it: harmless.
+    let read = |pid: i32| -> i32 {
+        let p = format!("/proc/{pid}/oom_score_adj");
+        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+    };
+    let me = std::process::id() as i32;
+    let target = read(me).max(900);
+    for fast in [true, false] {
+        let limits = Limits {
+            oom_score_adj: Some(target),
+            ..Limits::default()
+        };
+        let pid = start_limited(fast, &limits, None).unwrap();
+        assert_eq!(read(pid), target, "fast: {fast}");
+        kill_and_wait(pid);
+    }
+    // Lowering it below what the process may (oom_score_adj_min) needs
+    // CAP_SYS_RESOURCE: without it the run does not start, and says why.
+    let low = Limits {
+        oom_score_adj: Some(-1000),
+        ..Limits::default()
+    };
+    match start_limited(true, &low, None) {
+        Ok(pid) => {
+            assert_eq!(read(pid), -1000);
+            kill_and_wait(pid);
+        }
+        Err(e) => assert_eq!(e.to_string(), "oom-score-adj -1000: Permission denied"),
+    }
 }
