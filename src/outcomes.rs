@@ -4,15 +4,15 @@
 //! still there after a failover, and readable by `STREAMWATCH.JOB` and
 //! `STREAMWATCH.WAIT` on the main thread without asking the supervisor.
 //!
-//! Where: beside the stream, a hash `<key>:outcomes` (field: the entry id; value: the
-//! outcome as a JSON object, `{"id":"…","group":"…",…}`), so that a flush keeps all its
-//! outcomes of a stream in one `HSET`, and a sorted set `<key>:outcomes:index` that
-//! orders them for eviction (the ids padded to a fixed width, equal scores, so they
-//! sort as the ids do). Keys ending in `:outcomes` are never hash jobs (`Watch::covers`).
-//! Retention (`tend`, at most every second or tenth of the bound): the
-//! `outcomes-max` outcomes of the newest entries of each stream, and all of a stream's
-//! outcomes expire `outcomes-ttl-ms` after its last one. Entries cancelled before they
-//! were read are noted in the set `<key>:cancels`, so that whoever reads them (after a
+//! Where: beside the stream, in two generations of a hash: `<key>:outcomes` (field:
+//! the entry id; value: the outcome as a JSON object, `{"id":"…","group":"…",…}`),
+//! where a flush keeps all its outcomes of a stream in one `HSET`, and
+//! `<key>:outcomes:old`. When the first holds half of `outcomes-max`, it becomes the
+//! second (the one before is dropped): so each stream keeps between half and all of
+//! `outcomes-max` of its most recent outcomes, for two calls per flush at most and no
+//! index to maintain. Both expire `outcomes-ttl-ms` after the stream's last outcome.
+//! Such keys are never hash jobs (`Watch::covers`). Entries cancelled before they were
+//! read are noted in the set `<key>:cancels`, so that whoever reads them (after a
 //! restart, on a new primary) acknowledges them without running them. One outcome per
 //! entry: two watches reading one stream through two groups keep the last one's. In a
 //! Redis Cluster a stream keeps outcomes only if its name has a hash tag (`{q}`: the
@@ -85,19 +85,19 @@ pub fn max_kept() -> i64 {
     config::OUTCOMES_MAX.load(Ordering::Relaxed).max(0)
 }
 
-/// The hash of `key`'s outcomes.
+/// The hash of `key`'s recent outcomes.
 pub fn key_of(key: &[u8]) -> Vec<u8> {
     [key, b":outcomes"].concat()
 }
 
-/// Whether `key` is where some stream keeps its outcomes (never a hash job).
-pub fn is_outcomes_key(key: &[u8]) -> bool {
-    key.ends_with(b":outcomes")
+/// The hash of `key`'s older outcomes (the generation before).
+pub fn old_of(key: &[u8]) -> Vec<u8> {
+    [key, b":outcomes:old"].concat()
 }
 
-/// The index (sorted set) of `key`'s outcomes.
-pub fn index_of(key: &[u8]) -> Vec<u8> {
-    [key, b":outcomes:index"].concat()
+/// Whether `key` is where some stream keeps its outcomes (never a hash job).
+pub fn is_outcomes_key(key: &[u8]) -> bool {
+    key.ends_with(b":outcomes") || key.ends_with(b":outcomes:old")
 }
 
 /// Whether outcomes of `key` may be kept: some are kept, and in a Cluster the key has
@@ -117,28 +117,6 @@ fn has_hash_tag(key: &[u8]) -> bool {
         .is_some_and(|close| close > 0)
 }
 
-/// Entry `id` as a member of the index: both numbers padded to 20 digits, so that
-/// members of equal score sort as the ids do.
-fn member(id: &str) -> Option<String> {
-    let (ms, seq) = id.split_once('-')?;
-    Some(format!(
-        "{:020}-{:020}",
-        ms.parse::<u64>().ok()?,
-        seq.parse::<u64>().ok()?
-    ))
-}
-
-/// The entry id of an index member.
-fn id_of(member: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(member).ok()?;
-    let (ms, seq) = s.split_once('-')?;
-    Some(format!(
-        "{}-{}",
-        ms.parse::<u64>().ok()?,
-        seq.parse::<u64>().ok()?
-    ))
-}
-
 fn call<'a>(ctx: &'a Context, cmd: &str, args: &[&[u8]]) -> CallResult<'a> {
     let opts = CallOptionsBuilder::new().replicate().build();
     ctx.call_ext(cmd, &opts, args)
@@ -149,10 +127,11 @@ pub fn find(ctx: &Context, key: &[u8], id: &str, group: Option<&[u8]>) -> Option
     if !usable(ctx, key) {
         return None;
     }
-    let Ok(CallReply::String(text)) = call(ctx, "HGET", &[&key_of(key), id.as_bytes()]) else {
-        return None;
+    let get = |hash: Vec<u8>| match call(ctx, "HGET", &[&hash, id.as_bytes()]) {
+        Ok(CallReply::String(text)) => serde_json::from_slice::<Outcome>(text.as_bytes()).ok(),
+        _ => None,
     };
-    let o: Outcome = serde_json::from_slice(text.as_bytes()).ok()?;
+    let o = get(key_of(key)).or_else(|| get(old_of(key)))?;
     (o.id == id && group.is_none_or(|g| o.group.as_bytes() == g)).then_some(o)
 }
 
@@ -166,98 +145,100 @@ fn error_text(e: redis_module::ErrorReply) -> String {
 }
 
 /// Keeps the outcomes `os` of entries of `key` (one flush's, replacing earlier ones)
-/// in one `HSET` and one `ZADD`, and notes those of `unread` (cancelled before they
-/// were read) in `cancels_of(key)`. `Err`: why they could not be kept (a key holds
-/// another type, say).
-pub fn keep_all(ctx: &Context, key: &[u8], os: &[Outcome], unread: &[&str]) -> Result<(), String> {
+/// in one `HSET`, and notes those of `unread` (cancelled before they were read) in
+/// `cancels_of(key)`. `len`: how many the recent generation holds, if known (asked
+/// once, then kept by the caller); at half of `outcomes-max` it becomes the old one.
+/// `Err`: why they could not be kept (a key holds another type, say).
+pub fn keep_all(
+    ctx: &Context,
+    key: &[u8],
+    os: &[Outcome],
+    unread: &[&str],
+    len: &mut Option<i64>,
+) -> Result<(), String> {
     if os.is_empty() || !usable(ctx, key) {
         return Ok(());
     }
-    let mut texts = Vec::with_capacity(os.len());
-    let mut members = Vec::with_capacity(os.len());
-    for o in os {
-        if let Some(m) = member(&o.id) {
-            texts.push((
-                o.id.as_bytes(),
-                serde_json::to_vec(o).map_err(|e| e.to_string())?,
-            ));
-            members.push(m);
-        }
-    }
     let okey = key_of(key);
+    let int = |r: CallResult| match r {
+        Ok(CallReply::I64(n)) => Ok(n.to_i64()),
+        Ok(_) => Ok(0),
+        Err(e) => Err(error_text(e)),
+    };
+    let before = match *len {
+        Some(n) => n,
+        None => int(call(ctx, "HLEN", &[&okey]))?,
+    };
+    let mut texts = Vec::with_capacity(os.len());
+    for o in os {
+        texts.push(serde_json::to_vec(o).map_err(|e| e.to_string())?);
+    }
     let mut args: Vec<&[u8]> = vec![&okey];
-    for (id, text) in &texts {
-        args.push(id);
+    for (o, text) in os.iter().zip(&texts) {
+        args.push(o.id.as_bytes());
         args.push(text);
     }
-    call(ctx, "HSET", &args).map_err(error_text)?;
-    let index = index_of(key);
-    let mut args: Vec<&[u8]> = vec![&index];
-    for m in &members {
-        args.push(b"0");
-        args.push(m.as_bytes());
+    let added = int(call(ctx, "HSET", &args))?;
+    *len = Some(before + added);
+    // A key made now expires like the others from the start (`tend` then extends
+    // them while outcomes keep coming).
+    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
+    let expire = |k: &[u8]| {
+        if ttl != "0" {
+            let _ = call(ctx, "PEXPIRE", &[k, ttl.as_bytes()]);
+        }
+    };
+    if before == 0 {
+        expire(&okey);
     }
-    call(ctx, "ZADD", &args).map_err(error_text)?;
     if !unread.is_empty() {
         let cancels = cancels_of(key);
         let mut args: Vec<&[u8]> = vec![&cancels];
         args.extend(unread.iter().map(|id| id.as_bytes()));
         call(ctx, "SADD", &args).map_err(error_text)?;
+        expire(&cancels);
+    }
+    let half = (max_kept() + 1) / 2;
+    if before + added >= half {
+        // The old generation goes (freed in the background), the recent one takes
+        // its place.
+        let old = old_of(key);
+        let _ = call(ctx, "UNLINK", &[&old]);
+        call(ctx, "RENAME", &[&okey, &old]).map_err(error_text)?;
+        *len = Some(0);
     }
     Ok(())
 }
 
-/// Retention for `key`'s outcomes: the oldest past `outcomes-max` go, and the keys
-/// beside the stream expire `outcomes-ttl-ms` from now.
+/// The expiry of the keys beside `key`: `outcomes-ttl-ms` from now.
 pub fn tend(ctx: &Context, key: &[u8]) {
-    if !usable(ctx, key) {
-        return;
-    }
-    let (okey, index) = (key_of(key), index_of(key));
-    if let Ok(CallReply::I64(n)) = call(ctx, "ZCARD", &[&index]) {
-        let over = n.to_i64() - max_kept();
-        if over > 0 {
-            evict(ctx, &okey, &index, over);
-        }
-    }
     let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
-    if ttl != "0" {
-        for k in [okey, index, cancels_of(key)] {
-            let _ = call(ctx, "PEXPIRE", &[&k, ttl.as_bytes()]);
-        }
-    }
-}
-
-/// Evicts the `n` oldest outcomes of the hash `okey`.
-fn evict(ctx: &Context, okey: &[u8], index: &[u8], n: i64) {
-    let count = n.to_string();
-    let Ok(CallReply::Array(popped)) = call(ctx, "ZPOPMIN", &[index, count.as_bytes()]) else {
+    if ttl == "0" || !usable(ctx, key) {
         return;
-    };
-    // [member, score, member, score, ...]
-    let items: Vec<_> = popped.iter().collect();
-    let ids: Vec<String> = items
-        .chunks(2)
-        .filter_map(|pair| match pair.first() {
-            Some(Ok(CallReply::String(m))) => id_of(m.as_bytes()),
-            _ => None,
-        })
-        .collect();
-    for chunk in ids.chunks(1024) {
-        let mut args: Vec<&[u8]> = vec![okey];
-        args.extend(chunk.iter().map(|id| id.as_bytes()));
-        let _ = call(ctx, "HDEL", &args);
+    }
+    for k in [key_of(key), old_of(key), cancels_of(key)] {
+        let _ = call(ctx, "PEXPIRE", &[&k, ttl.as_bytes()]);
     }
 }
 
 /// Which of `ids` (entries of `key` just read) were cancelled before they were read:
 /// they are taken out of `cancels_of(key)` and are not to run.
-pub fn take_cancelled(ctx: &Context, key: &[u8], ids: &[String]) -> Vec<String> {
+/// `known`: whether the set exists, if known (asked once, then kept by the caller: only
+/// the primary adds to it, in `keep_all`).
+pub fn take_cancelled(
+    ctx: &Context,
+    key: &[u8],
+    ids: &[String],
+    known: &mut Option<bool>,
+) -> Vec<String> {
     let cancels = cancels_of(key);
-    if ids.is_empty() || !usable(ctx, key) {
+    if ids.is_empty() || !usable(ctx, key) || *known == Some(false) {
         return Vec::new();
     }
-    if !matches!(call(ctx, "EXISTS", &[&cancels]), Ok(CallReply::I64(n)) if n.to_i64() > 0) {
+    let exists = *known.get_or_insert_with(
+        || matches!(call(ctx, "EXISTS", &[&cancels]), Ok(CallReply::I64(n)) if n.to_i64() > 0),
+    );
+    if !exists {
         return Vec::new();
     }
     let mut args: Vec<&[u8]> = vec![&cancels];
@@ -275,6 +256,7 @@ pub fn take_cancelled(ctx: &Context, key: &[u8], ids: &[String]) -> Vec<String> 
         let mut args: Vec<&[u8]> = vec![&cancels];
         args.extend(found.iter().map(|id| id.as_bytes()));
         let _ = call(ctx, "SREM", &args);
+        *known = None; // it may be empty (gone) now
     }
     found
 }
@@ -311,24 +293,6 @@ pub fn cut(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn index_members_sort_as_the_ids_do() {
-        let ids = [
-            "1-9",
-            "1-10",
-            "2-0",
-            "18446744073709551615-18446744073709551615",
-        ];
-        let members: Vec<String> = ids.iter().map(|i| member(i).unwrap()).collect();
-        let mut sorted = members.clone();
-        sorted.sort();
-        assert_eq!(sorted, members);
-        for (i, m) in ids.iter().zip(&members) {
-            assert_eq!(id_of(m.as_bytes()).as_deref(), Some(*i));
-        }
-        assert_eq!(member("x-1"), None);
-    }
 
     #[test]
     fn hash_tags_as_cluster_reads_them() {

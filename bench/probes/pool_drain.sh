@@ -20,6 +20,7 @@ redis-server --port $port --save '' --appendonly no --daemonize yes --dir $dir \
 for _ in $(seq 100); do cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 cli ping >/dev/null 2>&1 || { echo "server did not start: $dir/redis.log"; exit 1; }
 # Warm the pool: all 8 workers started.
+[ -n "${OUTCOMES_MAX:-}" ] && cli CONFIG SET streamwatch.outcomes-max "$OUTCOMES_MAX" >/dev/null
 cli STREAMWATCH.WATCH warm HANDLER rspool TYPE stream CONCURRENCY 8 >/dev/null
 for i in $(seq 1 200); do echo "XADD warm * a $i"; done | cli >/dev/null
 sleep 1

@@ -61,11 +61,16 @@ pub(super) struct Queue {
     done: Vec<(Sid, Done)>,
     /// Cancelled before this node read them: acknowledged, not run, when they are.
     cancelled: BTreeSet<Sid>,
+    /// Whether the stream's set of entries cancelled before they were read exists, once
+    /// asked (see `outcomes::take_cancelled`).
+    cancels: Option<bool>,
     /// An outcome could not be kept (logged once).
     warned: bool,
-    /// Outcomes kept since the retention was last applied (`outcomes::tend`), and when.
+    /// Outcomes kept since their expiry was last set (`outcomes::tend`), and when; how
+    /// many the recent generation holds, once known (`outcomes::keep_all`).
     kept_since: usize,
     tended_at: Option<Instant>,
+    kept_len: Option<i64>,
     /// False once the watch no longer applies here (UNWATCH, pause, demotion, key
     /// gone): its runs are stopped, nothing new starts; it goes when they have ended.
     wanted: bool,
@@ -80,7 +85,7 @@ pub(super) struct Queue {
 }
 
 const STATS_EVERY: Duration = Duration::from_millis(200);
-/// How often at most a queue applies the retention of its outcomes.
+/// How often at most a queue sets the expiry of its outcomes.
 const TEND_EVERY: Duration = Duration::from_secs(1);
 
 impl Queue {
@@ -91,9 +96,11 @@ impl Queue {
             ahead: VecDeque::new(),
             done: Vec::new(),
             cancelled: BTreeSet::new(),
+            cancels: None,
             warned: false,
             kept_since: 0,
             tended_at: None,
+            kept_len: None,
             wanted: true,
             recovering: true,
             after: None,
@@ -169,12 +176,10 @@ impl Queue {
         self.finish_dead(qk, sid, outcome, Some(dead), true, fx);
     }
 
-    /// Whether the retention of the outcomes is due: a tenth of `outcomes-max` kept
-    /// since it was last applied, or a second passed with some kept.
+    /// Whether the outcomes' expiry is due: some were kept since it was last set, a
+    /// second ago or more.
     fn tend_due(&self) -> bool {
-        let tenth = (outcomes::max_kept() as usize / 10).max(1);
-        self.kept_since >= tenth
-            || self.kept_since > 0 && self.tended_at.is_none_or(|t| t.elapsed() >= TEND_EVERY)
+        self.kept_since > 0 && self.tended_at.is_none_or(|t| t.elapsed() >= TEND_EVERY)
     }
 
     /// Whether the next `flush` has anything to do for this queue.

@@ -104,8 +104,8 @@ impl Queues {
         // A cancel of an entry not read yet is kept (`outcomes::take_cancelled`), so it
         // outlives this queue (PAUSE, UNWATCH, a restart, a failover): such an entry is
         // acknowledged when read, never run.
-        let cancelled_of = |ids: Vec<String>| -> BTreeSet<Sid> {
-            let found = outcomes::take_cancelled(ctx, &qk.key, &ids);
+        let cancelled_of = |ids: Vec<String>, known: &mut Option<bool>| -> BTreeSet<Sid> {
+            let found = outcomes::take_cancelled(ctx, &qk.key, &ids, known);
             found
                 .iter()
                 .filter_map(|id| Sid::parse(id.as_bytes()))
@@ -157,8 +157,11 @@ impl Queues {
             self.finished.push((qk.db, qk.key.clone(), sid, o.clone()));
             kept.push(o);
         }
+        if !unread.is_empty() {
+            q.cancels = Some(true);
+        }
         let unread: Vec<&str> = unread.iter().map(String::as_str).collect();
-        if let Err(e) = outcomes::keep_all(ctx, &qk.key, &kept, &unread) {
+        if let Err(e) = outcomes::keep_all(ctx, &qk.key, &kept, &unread, &mut q.kept_len) {
             if !std::mem::replace(&mut q.warned, true) {
                 ffi::log_warning(format!(
                     "streamwatch: cannot keep the outcomes of '{}' beside it: {e}",
@@ -248,7 +251,8 @@ impl Queues {
                 }
                 let sids: Vec<Sid> = ids.iter().map(|(s, _)| *s).collect();
                 let claimed = g.claim(&sids);
-                let cancelled = cancelled_of(sids.iter().map(Sid::to_string).collect());
+                let cancelled =
+                    cancelled_of(sids.iter().map(Sid::to_string).collect(), &mut q.cancels);
                 for (sid, deliveries) in ids {
                     let Some(fields) = claimed.get(&sid) else {
                         g.ack(sid); // deleted from the stream: drop it from the group too
@@ -285,7 +289,10 @@ impl Queues {
                     }
                 };
                 let drained = got.len() < want;
-                let cancelled = cancelled_of(got.iter().map(|(s, _)| s.to_string()).collect());
+                let cancelled = cancelled_of(
+                    got.iter().map(|(s, _)| s.to_string()).collect(),
+                    &mut q.cancels,
+                );
                 for (sid, fields) in got {
                     if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
                         done(sid); // cancelled before it was read: its outcome is kept
