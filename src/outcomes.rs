@@ -9,7 +9,7 @@
 //! where a flush keeps all its outcomes of a stream in one `HSET`, and
 //! `<key>:outcomes:old`. When the first holds half of `outcomes-max`, it becomes the
 //! second (the one before is dropped): so each stream keeps between half and all of
-//! `outcomes-max` of its most recent outcomes, for two calls per flush at most and no
+//! `outcomes-max` of its most recent outcomes, for three calls per flush at most and no
 //! index to maintain. Both expire `outcomes-ttl-ms` after the stream's last outcome.
 //! Such keys are never hash jobs (`Watch::covers`). Entries cancelled before they were
 //! read are noted in the set `<key>:cancels`, so that whoever reads them (after a
@@ -103,7 +103,13 @@ pub fn is_outcomes_key(key: &[u8]) -> bool {
 /// Whether outcomes of `key` may be kept: some are kept, and in a Cluster the key has
 /// a hash tag, so that its outcome keys are in its slot.
 fn usable(ctx: &Context, key: &[u8]) -> bool {
-    max_kept() > 0 && (!cluster::enabled(ctx) || has_hash_tag(key))
+    max_kept() > 0 && beside(ctx, key)
+}
+
+/// Whether keys beside `key` are in its slot (always, outside a Cluster): where its
+/// cancels are noted, also when no outcome is kept (`outcomes-max 0`).
+fn beside(ctx: &Context, key: &[u8]) -> bool {
+    !cluster::enabled(ctx) || has_hash_tag(key)
 }
 
 /// A non-empty `{...}` part, as Redis Cluster hashes keys.
@@ -156,6 +162,20 @@ pub fn keep_all(
     unread: &[&str],
     len: &mut Option<i64>,
 ) -> Result<(), String> {
+    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
+    let expire = |k: &[u8]| {
+        if ttl != "0" {
+            let _ = call(ctx, "PEXPIRE", &[k, ttl.as_bytes()]);
+        }
+    };
+    // A cancel is noted even where no outcome is kept: CANCEL said 1.
+    if !unread.is_empty() && beside(ctx, key) {
+        let cancels = cancels_of(key);
+        let mut args: Vec<&[u8]> = vec![&cancels];
+        args.extend(unread.iter().map(|id| id.as_bytes()));
+        call(ctx, "SADD", &args).map_err(error_text)?;
+        expire(&cancels);
+    }
     if os.is_empty() || !usable(ctx, key) {
         return Ok(());
     }
@@ -180,24 +200,10 @@ pub fn keep_all(
     }
     let added = int(call(ctx, "HSET", &args))?;
     *len = Some(before + added);
-    // A key made now expires like the others from the start (`tend` then extends
-    // them while outcomes keep coming).
-    let ttl = config::OUTCOMES_TTL_MS.load(Ordering::Relaxed).to_string();
-    let expire = |k: &[u8]| {
-        if ttl != "0" {
-            let _ = call(ctx, "PEXPIRE", &[k, ttl.as_bytes()]);
-        }
-    };
-    if before == 0 {
-        expire(&okey);
-    }
-    if !unread.is_empty() {
-        let cancels = cancels_of(key);
-        let mut args: Vec<&[u8]> = vec![&cancels];
-        args.extend(unread.iter().map(|id| id.as_bytes()));
-        call(ctx, "SADD", &args).map_err(error_text)?;
-        expire(&cancels);
-    }
+    // The recent generation's expiry, every time: the HSET may have made it again
+    // although `before` (kept, not asked) says it holds some (a client deleted it,
+    // another watch's queue on this stream renamed it), and `tend` may not come again.
+    expire(&okey);
     let half = (max_kept() + 1) / 2;
     if before + added >= half {
         // The old generation goes (freed in the background), the recent one takes
@@ -232,7 +238,7 @@ pub fn take_cancelled(
     known: &mut Option<bool>,
 ) -> Vec<String> {
     let cancels = cancels_of(key);
-    if ids.is_empty() || !usable(ctx, key) || *known == Some(false) {
+    if ids.is_empty() || !beside(ctx, key) || *known == Some(false) {
         return Vec::new();
     }
     let exists = *known.get_or_insert_with(

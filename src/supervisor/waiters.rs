@@ -32,8 +32,12 @@ pub(super) struct Waiters {
     count: usize,
     /// When the entries are next looked at; `None` while nobody waits.
     sweep_at: Option<Instant>,
-    /// The entries, oldest sweep first (an entry's place moves to the end each time).
+    /// The entries, oldest sweep first (an entry's place moves to the end each time);
+    /// entries answered since are dropped lazily (`compact`), so that answering one
+    /// entry or letting one client go is not a scan of every waiter.
     order: Vec<EntryKey>,
+    /// The entry each client (`Replier::token`) waits for.
+    tokens: HashMap<usize, EntryKey>,
     /// Whether the next deadline may have changed since `changed` was last asked.
     changed: bool,
 }
@@ -48,8 +52,9 @@ impl Waiters {
         }
         let list = self.by_entry.entry(entry.clone()).or_default();
         if list.is_empty() {
-            self.order.push(entry);
+            self.order.push(entry.clone());
         }
+        self.tokens.insert(reply.token(), entry);
         list.push(Waiter { reply, deadline });
         self.count += 1;
         self.changed = true;
@@ -78,13 +83,27 @@ impl Waiters {
         if let Some(list) = self.by_entry.remove(entry) {
             self.count -= list.len();
             self.changed = true;
-            self.order.retain(|e| e != entry);
             for w in list {
+                self.tokens.remove(&w.reply.token());
                 w.reply.reply(reply.clone());
             }
         }
+        self.compact();
+    }
+
+    /// Drops from `order` the entries nobody waits for any more, once they are as
+    /// many as the others (amortized O(1) per answer).
+    fn compact(&mut self) {
         if self.count == 0 {
             self.sweep_at = None;
+            self.order.clear();
+            return;
+        }
+        if self.order.len() > 2 * self.by_entry.len() + 64 {
+            let by_entry = &self.by_entry;
+            let mut seen = std::collections::HashSet::new();
+            self.order
+                .retain(|e| by_entry.contains_key(e) && seen.insert(e.clone()));
         }
     }
 
@@ -95,7 +114,23 @@ impl Waiters {
 
     /// The client of `Replier::token` `token` disconnected.
     pub(super) fn gone(&mut self, token: usize) {
-        self.take(|w| w.reply.token() == token, Reply::Nil);
+        let Some(entry) = self.tokens.remove(&token) else {
+            return;
+        };
+        let Some(list) = self.by_entry.get_mut(&entry) else {
+            return;
+        };
+        let Some(at) = list.iter().position(|w| w.reply.token() == token) else {
+            return;
+        };
+        let w = list.swap_remove(at);
+        if list.is_empty() {
+            self.by_entry.remove(&entry);
+        }
+        self.count -= 1;
+        self.changed = true;
+        w.reply.reply(Reply::Nil);
+        self.compact();
     }
 
     /// Every waiting client gets error `why` (this node no longer runs the jobs).
@@ -110,8 +145,17 @@ impl Waiters {
         }
         self.sweep_at = Some(now + SWEEP_EVERY);
         self.changed = true;
-        let n = self.order.len().min(SWEEP_BATCH);
-        let batch: Vec<EntryKey> = self.order.drain(..n).collect();
+        let by_entry = &self.by_entry;
+        let mut batch: Vec<EntryKey> = Vec::new();
+        let mut looked = 0;
+        while looked < self.order.len() && batch.len() < SWEEP_BATCH {
+            let e = &self.order[looked];
+            looked += 1;
+            if by_entry.contains_key(e) && !batch.contains(e) {
+                batch.push(e.clone());
+            }
+        }
+        self.order.drain(..looked);
         self.order.extend(batch.iter().cloned());
         batch
     }
@@ -125,16 +169,13 @@ impl Waiters {
             *list = kept;
             gone += due.len();
             for w in due {
+                self.tokens.remove(&w.reply.token());
                 w.reply.reply(reply.clone());
             }
         }
         self.by_entry.retain(|_, list| !list.is_empty());
-        let by_entry = &self.by_entry;
-        self.order.retain(|e| by_entry.contains_key(e));
         self.count -= gone;
         self.changed |= gone > 0;
-        if self.count == 0 {
-            self.sweep_at = None;
-        }
+        self.compact();
     }
 }
