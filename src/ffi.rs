@@ -209,22 +209,7 @@ impl Replier {
     /// Blocks the calling client; `None` inside MULTI, a script or any other context
     /// that cannot block.
     pub fn block(ctx: &Context) -> Option<Replier> {
-        use redis_module::ContextFlags;
-        let flags = ctx.get_flags();
-        let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
-        if deny || flags.intersects(ContextFlags::MULTI | ContextFlags::LUA) {
-            return None;
-        }
-        let bc = unsafe {
-            raw::RedisModule_BlockClient.unwrap()(
-                ctx.ctx,
-                Some(blocked_reply),
-                Some(blocked_timeout),
-                Some(blocked_free),
-                BLOCK_TIMEOUT_MS,
-            )
-        };
-        (!bc.is_null()).then_some(Replier { bc, filter: None })
+        block_client(ctx, BLOCK_TIMEOUT_MS).map(|bc| Replier { bc, filter: None })
     }
 
     /// Blocks the calling client without a server-side timeout, as `STREAMWATCH.WAIT`
@@ -235,24 +220,7 @@ impl Replier {
     /// `gone` is called on the main thread with the client's `token` if it
     /// disconnects while it waits (the reply then goes nowhere).
     pub fn block_waiting(ctx: &Context, gone: fn(usize)) -> Option<Replier> {
-        use redis_module::ContextFlags;
-        let flags = ctx.get_flags();
-        let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
-        if deny || flags.intersects(ContextFlags::MULTI | ContextFlags::LUA) {
-            return None;
-        }
-        let bc = unsafe {
-            raw::RedisModule_BlockClient.unwrap()(
-                ctx.ctx,
-                Some(blocked_reply),
-                Some(blocked_timeout),
-                Some(blocked_free),
-                0,
-            )
-        };
-        if bc.is_null() {
-            return None;
-        }
+        let bc = block_client(ctx, 0)?;
         let _ = WAITER_GONE.set(gone);
         unsafe { raw::RedisModule_SetDisconnectCallback.unwrap()(bc, Some(waiter_gone)) };
         Some(Replier { bc, filter: None })
@@ -275,6 +243,28 @@ impl Replier {
         let filter = self.filter.take();
         unblock(bc, Unblocked { reply, filter });
     }
+}
+
+/// Blocks the calling client, answered by `blocked_reply` (or an error after
+/// `timeout_ms`, 0: none); `None` inside MULTI, a script or any other context that
+/// cannot block.
+fn block_client(ctx: &Context, timeout_ms: i64) -> Option<*mut raw::RedisModuleBlockedClient> {
+    use redis_module::ContextFlags;
+    let flags = ctx.get_flags();
+    let deny = flags.bits() & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING as c_int != 0;
+    if deny || flags.intersects(ContextFlags::MULTI | ContextFlags::LUA) {
+        return None;
+    }
+    let bc = unsafe {
+        raw::RedisModule_BlockClient.unwrap()(
+            ctx.ctx,
+            Some(blocked_reply),
+            Some(blocked_timeout),
+            Some(blocked_free),
+            timeout_ms,
+        )
+    };
+    (!bc.is_null()).then_some(bc)
 }
 
 fn unblock(bc: *mut raw::RedisModuleBlockedClient, data: Unblocked) {

@@ -1,7 +1,9 @@
 //! Job outcomes under what a hostile or unlucky client does: a cancel that must
-//! outlive the queue that took it, WAIT on an entry deleted meanwhile, clients that
-//! disconnect while they wait, ids that share a millisecond, results too large to keep.
-//! (Found by the adversarial review of the outcomes change; each failed before its fix.)
+//! outlive the queue that took it (with or without outcomes kept), WAIT on an entry
+//! deleted meanwhile, clients that disconnect while they wait, ids that share a
+//! millisecond, results too large to keep, an outcomes hash deleted and made again.
+//! (Found by the two adversarial reviews of the outcomes change; each failed before
+//! its fix.)
 
 mod common;
 
@@ -229,4 +231,54 @@ fn outcomes_are_never_hash_jobs() {
         jobs_filtered(&mut c, &["KEY", "cams"]).len() == 1
     });
     assert!(jobs_filtered(&mut c, &["KEY", "q:outcomes"]).is_empty());
+}
+
+/// A cancel of an unread entry outlives its queue also with `outcomes-max 0` (keep no
+/// outcomes): the note in `q:cancels` is written all the same.
+#[test]
+fn a_cancel_outlives_the_queue_also_when_no_outcomes_are_kept() {
+    let dir = TempDir::new();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    ok(&mut c, &["CONFIG", "SET", "streamwatch.outcomes-max", "0"]);
+    let last = fill(&mut c);
+    assert_eq!(
+        vint(&ok(&mut c, &["STREAMWATCH.CANCEL", "q", &last])),
+        Some(1)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&mut c, &["STREAMWATCH.PAUSE"]);
+    wait_until("runs stopped", WAIT, || jobs(&mut c).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&mut c, &["STREAMWATCH.RESUME"]);
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    wait_drained(&mut c, "q");
+    let ran = lines(&dir.path().join("ran"));
+    assert!(!ran.contains(&last), "the cancelled entry ran: {ran:?}");
+}
+
+/// `q:outcomes` deleted by a client (or renamed away by another watch's queue on the
+/// same stream) leaves the queue's `kept_len` stale: the next HSET creates the hash
+/// again with `before != 0`, so no PEXPIRE, and `tend` is not due (less than a second
+/// since the last): the hash never expires.
+#[test]
+fn an_outcomes_hash_made_again_expires() {
+    let dir = TempDir::new();
+    let s = Server::builder(&config(dir.path()))
+        .dir(dir.clone())
+        .start();
+    let mut c = s.conn();
+    let a = xadd(&mut c, "q", &[("x", "1")]);
+    wait_until("a acked", WAIT, || state_of(&mut c, &a) == "acked");
+    assert!(vint(&ok(&mut c, &["PTTL", "q:outcomes"])).unwrap() > 0);
+    ok(&mut c, &["DEL", "q:outcomes"]);
+    let b = xadd(&mut c, "q", &[("x", "1")]);
+    wait_until("b kept", WAIT, || {
+        vint(&ok(&mut c, &["HEXISTS", "q:outcomes", &b])) == Some(1)
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let pttl = vint(&ok(&mut c, &["PTTL", "q:outcomes"])).unwrap();
+    assert!(pttl > 0, "q:outcomes has no expiry: PTTL {pttl}");
 }
