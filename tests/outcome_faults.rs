@@ -80,9 +80,9 @@ fn cancelled_unread_survives_pause(keep: Option<&str>) {
     }
 }
 
-/// CANCEL of an entry not read yet answers 1 and keeps the outcome `cancelled`, but
-/// what makes it skipped when it is read is only in the queue's memory: after
-/// PAUSE + RESUME (likewise a restart, a failover, UNWATCH/WATCH, REPLACE) it runs.
+/// A cancel of an entry not read yet outlives the queue that took it (PAUSE + RESUME;
+/// likewise UNWATCH/WATCH, REPLACE, a failover). It once lived in that queue's memory
+/// only, and the entry ran.
 #[test]
 fn a_cancelled_unread_entry_does_not_run_after_pause_and_resume() {
     cancelled_unread_survives_pause(None);
@@ -111,9 +111,9 @@ fn a_cancelled_unread_entry_does_not_run_after_a_restart() {
     assert!(!ran.contains(&last), "the cancelled entry ran: {ran:?}");
 }
 
-/// A WAIT without TIMEOUT on an entry deleted from the stream (XDEL: any client that
-/// may write the stream) is never answered: the docs say nil for an entry the stream
-/// does not have.
+/// A WAIT without TIMEOUT on an entry deleted from the stream meanwhile (XDEL: any
+/// client that may write the stream) is answered nil, as for an entry the stream does
+/// not have. It once waited forever.
 #[test]
 fn wait_on_an_entry_deleted_while_waiting_is_answered() {
     let dir = TempDir::new();
@@ -134,10 +134,9 @@ fn wait_on_an_entry_deleted_while_waiting_is_answered() {
     assert_eq!(got.ok(), Some(Value::Nil), "WAIT got no answer");
 }
 
-/// Clients that disconnect while they WAIT stay counted (and their blocked-client
-/// handles, ~33 KB of server memory each, stay allocated) until the entry finishes:
-/// a read-only client fills the 10,000 slots in a second, after which every WAIT
-/// is refused.
+/// Clients that disconnect while they WAIT are let go at once. They once stayed counted
+/// (with ~33 KB of server memory each) until the entry finished, so a read-only client
+/// filled the 10,000 slots in a second and every later WAIT was refused.
 #[test]
 fn disconnected_waiters_do_not_lock_everyone_out() {
     use std::io::Write;
