@@ -23,9 +23,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 type CmdResult = Result<Outcome, CmdError>;
 
 mod follow;
+mod pause;
 pub use follow::{cancel, wait};
 #[cfg(any(test, fuzzing))]
 pub use follow::{parse_cancel, parse_wait};
+#[cfg(any(test, fuzzing))]
+pub use pause::parse_pause;
 
 /// Number of databases (`databases` config), read at load.
 pub static DATABASES: AtomicI32 = AtomicI32::new(16);
@@ -254,7 +257,7 @@ pub fn parse_replay(args: &[&[u8]]) -> Result<ReplayArgs, CmdError> {
     Ok(ReplayArgs { key, count, db })
 }
 
-/// The commands without arguments: WATCHES, HANDLERS, PAUSE, RESUME, RECONCILE, STATUS.
+/// The commands without arguments: WATCHES, HANDLERS, RECONCILE, STATUS.
 pub fn parse_no_args(args: &[&[u8]]) -> Result<(), CmdError> {
     match args {
         [_] => Ok(()),
@@ -322,6 +325,7 @@ pub fn watch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     }
     .into_spec(w.pattern, Source::Command, DbSel::One(current));
     watch::check_add(&spec, w.replace)?;
+    pause::clear_stale(ctx, &spec.pattern)?;
     supervisor::follow_watches(store::write(ctx, &spec.pattern, Some(&spec))?);
     reply(Reply::Ok)
 }
@@ -331,6 +335,7 @@ pub fn unwatch(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     admin(ctx, "streamwatch.unwatch", true)?;
     let removed = watch::check_remove(&pattern)?;
     let watches = store::write(ctx, &pattern, None)?.unwrap_or_else(watch::snapshot);
+    pause::forget(ctx, &pattern);
     match Replier::block(ctx) {
         Some(r) => ask(Msg::Unwatch {
             watches,
@@ -365,6 +370,7 @@ pub fn watches(_ctx: &Context, args: Vec<RedisString>) -> CmdResult {
                 ),
                 ("options".into(), options(w)),
                 ("source".into(), Reply::str(w.spec.source.name())),
+                ("paused".into(), Reply::Bool(w.is_paused())),
                 ("jobs".into(), Reply::Int(w.job_count() as i64)),
             ];
             if w.spec.kind == Kind::Stream {
@@ -590,20 +596,14 @@ pub fn replay(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     reply(Reply::Int(replay::run(ctx, db, &a.key, a.count)?))
 }
 
+/// `STREAMWATCH.PAUSE [pattern]` (see `pause`).
 pub fn pause(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    parse_no_args(&argv(&args))?;
-    admin(ctx, "streamwatch.pause", false)?;
-    supervisor::send(Msg::Pause);
-    stats::PAUSED.store(true, Ordering::Relaxed);
-    reply(Reply::Ok)
+    pause::pause_or_resume(ctx, args, true)
 }
 
+/// `STREAMWATCH.RESUME [pattern]` (see `pause`).
 pub fn resume(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
-    parse_no_args(&argv(&args))?;
-    admin(ctx, "streamwatch.resume", false)?;
-    supervisor::send(Msg::Resume);
-    stats::PAUSED.store(false, Ordering::Relaxed);
-    reply(Reply::Ok)
+    pause::pause_or_resume(ctx, args, false)
 }
 
 pub fn reconcile(ctx: &Context, args: Vec<RedisString>) -> CmdResult {

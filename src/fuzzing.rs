@@ -52,6 +52,7 @@ pub fn commands(data: &[u8]) {
     cancel(&args);
     replay(&args);
     no_args(&args);
+    pause(&args);
 }
 
 /// An error is a wrong arity exactly when `arity_ok` is false, else an `ERR ` message.
@@ -200,6 +201,13 @@ fn replay(args: &[&[u8]]) {
             assert!(db.is_none_or(|d| (0..databases()).contains(&d)));
         }
         Err(e) => check_error(e, args.len() >= 2, args),
+    }
+}
+
+fn pause(args: &[&[u8]]) {
+    match commands::parse_pause(args) {
+        Ok(p) => assert_eq!(p.as_deref(), args.get(1).copied(), "{args:?}"),
+        Err(e) => check_error(e, args.len() <= 2, args),
     }
 }
 

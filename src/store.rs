@@ -15,6 +15,9 @@
 //! registry is the truth there: the supervisor rewrites the store when a reshard
 //! carries the key away or the shard's slots change (`ensure`).
 //!
+//! Next to the store, `paused` keeps the patterns of the paused watches
+//! (`STREAMWATCH.PAUSE pattern`) the same way, and is followed with it.
+//!
 //! Everything here runs on Redis's main thread. A key with thousands of watches would
 //! make the re-read O(watches); watches are few by design.
 
@@ -28,16 +31,21 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+pub mod paused;
+
 /// The key, and the database it lives in.
 pub const KEY: &[u8] = b"streamwatch:watches";
 pub const DB: i32 = 0;
 
-/// In cluster mode each shard has its own store, `streamwatch:watches{swN}`.
-const CLUSTER_PREFIX: &[u8] = b"streamwatch:watches{";
-
-/// Is this a store (never treated as a watched hash)?
+/// Is this a store, or the paused watches' key next to one (never treated as a watched
+/// key; a change to either means a re-read)? In cluster mode each shard has its own,
+/// `streamwatch:watches{swN}` and `streamwatch:paused{swN}`.
 pub fn is_store(db: i32, key: &[u8]) -> bool {
-    db == DB && (key == KEY || (key.starts_with(CLUSTER_PREFIX) && key.ends_with(b"}")))
+    let named = |base: &[u8]| {
+        key.strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || (rest.starts_with(b"{") && rest.ends_with(b"}")))
+    };
+    db == DB && (named(KEY) || named(paused::KEY))
 }
 
 /// The store's name on this node: `streamwatch:watches`, or in cluster mode this
@@ -298,13 +306,17 @@ pub fn ensure(ctx: &Context) {
             }
         }
     });
+    paused::ensure(ctx, &key, &last);
     *last = key;
 }
 
 fn reload(ctx: &Context) -> Option<Snapshot> {
     let Some(key) = name(ctx) else {
-        return watch::set_command_watches(Vec::new()).0;
+        let resumed = watch::set_paused(Default::default());
+        return watch::set_command_watches(Vec::new()).0.or(resumed);
     };
+    // First the paused patterns, so that a watch the store adds starts out paused.
+    let marked = paused::reload(ctx, &key);
     let entries = read(ctx, &key);
     let mut specs = Vec::with_capacity(entries.len());
     let mut problems = Vec::new();
@@ -322,7 +334,7 @@ fn reload(ctx: &Context) -> Option<Snapshot> {
     for p in problems.iter().chain(more.iter()) {
         ffi::log_warning(format!("streamwatch: {p}"));
     }
-    snapshot
+    snapshot.or(marked)
 }
 
 #[cfg(test)]

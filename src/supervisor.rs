@@ -21,7 +21,8 @@
 //! - `events`: the lifecycle event stream; `views`: the JOBS/JOB replies;
 //! - `groups`: one stream watch per consumer group and key;
 //! - `timers`: every deadline; `pace`: the pacing of looks at hot keys;
-//! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner.
+//! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner;
+//! - `paused`: watches paused one by one (`STREAMWATCH.PAUSE pattern`).
 //!
 //! A part changes only its own state; what it may do to the others (start or stop
 //! runs, set timers, queue events) it is given as `Effects`.
@@ -37,6 +38,7 @@ mod jobs;
 mod log;
 mod look;
 mod pace;
+mod paused;
 mod policy;
 mod pools;
 mod queue;
@@ -472,6 +474,11 @@ impl Supervisor {
                 }
                 self.reconcile_all();
             }
+            Msg::WatchPaused {
+                pattern,
+                paused,
+                watches,
+            } => self.watch_paused(pattern, paused, watches),
             Msg::Role { primary } => {
                 self.node.set_primary(primary);
                 if primary {
@@ -510,7 +517,7 @@ impl Supervisor {
         if key == b"panic-test:supervisor" {
             panic!("panic-test: a bug in the supervisor");
         }
-        let (streams, covering): (Vec<Arc<Watch>>, Vec<Arc<Watch>>) = self
+        let (streams, mut covering): (Vec<Arc<Watch>>, Vec<Arc<Watch>>) = self
             .watches
             .iter()
             .filter(|w| w.covers(db, key))
@@ -519,12 +526,17 @@ impl Supervisor {
         let has_queue = self.queues.has_queue(db, key);
         if self.active() && (!streams.is_empty() || has_queue) {
             let consuming = |w: &Watch| self.queues.consumes(db, key, w.id);
-            let running =
+            let mut running =
                 self.groups
                     .one_per_group(db, key, streams.clone(), consuming, &mut self.events);
+            // A paused watch still counts against a rival on its streams (the rival
+            // does not take them over), and runs nothing.
+            running.retain(|w| !w.is_paused());
             let (_, queues, mut fx) = self.parts();
             queues.reconcile(db, key, &running, &mut fx);
         }
+        // A paused watch covers nothing: its jobs stop, none start.
+        covering.retain(|w| !w.is_paused());
         if covering.is_empty() && !self.hash.has_jobs(db, key) {
             self.hash.over_limit.remove(&(db, key.to_vec()));
             return;
@@ -590,6 +602,7 @@ impl Supervisor {
             // The runs' server address, in case a config change event was missed.
             crate::address::refresh(&ctx);
         }
+        self.stop_paused();
         let poll = self
             .node
             .owned

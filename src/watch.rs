@@ -7,12 +7,19 @@
 //! touches it; it receives an immutable snapshot over its channel after every change.
 //! Command watches are persisted and replicated as data (see `store`); the registry
 //! follows that data.
+//!
+//! So does each watch's paused state (`STREAMWATCH.PAUSE pattern`): the patterns of the
+//! paused watches are data too (`store::paused`), config watches included; the registry
+//! keeps the set it last read and marks each watch by its pattern (`Watch::is_paused`).
+//! The mark lives in the watch itself, not in a copy: the supervisor, whose snapshot
+//! may be a message behind, sees a pause at once and starts nothing for a paused watch.
 
 use crate::config::{self, Handler};
 use crate::glob;
 use crate::spec::{deadletter_problem, same_group, same_group_problem, Kind, Source, WatchSpec};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 /// A live watch. `id` is new for every WATCH (also with REPLACE), so jobs of a replaced
@@ -29,6 +36,9 @@ pub struct Watch {
     pub jobs: AtomicUsize,
     /// Stream watches: counters and gauges kept by the supervisor.
     pub queue: QueueStats,
+    /// Paused by `STREAMWATCH.PAUSE pattern`: set by the registry only (on the main
+    /// thread), from the paused patterns it last read.
+    paused: AtomicBool,
 }
 
 /// What `STREAMWATCH.WATCHES` shows of a stream watch. Counters count since load;
@@ -90,6 +100,11 @@ impl Watch {
     pub fn job_count(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
     }
+    /// Is this watch paused (`STREAMWATCH.PAUSE pattern`)? Its jobs are stopped and
+    /// changes to its keys ignored until it is resumed.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
 }
 
 pub type Snapshot = Arc<Vec<Arc<Watch>>>;
@@ -103,6 +118,9 @@ struct Registry {
     /// flushed and reloaded by DEBUG RELOAD or a full resync) keeps its identity, so
     /// its jobs are not restarted.
     retired: Vec<Arc<Watch>>,
+    /// The paused patterns as last read (see `set_paused`); patterns no watch has are
+    /// kept and mean nothing until such a watch exists.
+    paused: BTreeSet<Vec<u8>>,
 }
 
 const RETIRED_MAX: usize = 1024;
@@ -113,6 +131,7 @@ static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
         patterns: Arc::default(),
         next_id: 1,
         retired: Vec::new(),
+        paused: BTreeSet::new(),
     })
 });
 
@@ -126,9 +145,15 @@ pub fn snapshot() -> Snapshot {
     with(|r| r.watches.clone())
 }
 
-/// Is `key` in `db` covered by any watch? Called for every keyspace event.
+/// Is `key` in `db` covered by any watch that is not paused? Called for every keyspace
+/// event (a paused watch ignores changes; its resume looks at every key again).
 pub fn any_covers(db: i32, key: &[u8]) -> bool {
-    pattern_tags(key) != 0 && with(|r| r.watches.iter().any(|w| w.covers(db, key)))
+    pattern_tags(key) != 0
+        && with(|r| {
+            r.watches
+                .iter()
+                .any(|w| w.covers(db, key) && !w.is_paused())
+        })
 }
 
 /// Could a hash watch cover `key` in some database? The command filter's check, before
@@ -173,8 +198,19 @@ fn pattern_tags(key: &[u8]) -> u8 {
 }
 
 impl Registry {
+    /// Marks each watch of `list` paused or not, by its pattern; true if any changed.
+    fn mark_paused(&self, list: &[Arc<Watch>]) -> bool {
+        let mut changed = false;
+        for w in list {
+            let paused = self.paused.contains(&w.spec.pattern);
+            changed |= w.paused.swap(paused, Ordering::SeqCst) != paused;
+        }
+        changed
+    }
+
     /// Makes `list` the watches.
     fn publish(&mut self, list: Vec<Arc<Watch>>) {
+        self.mark_paused(&list);
         self.patterns = Arc::new(patterns_of(&list));
         self.watches = Arc::new(list);
         PATTERNS_VERSION.fetch_add(1, Ordering::Release);
@@ -220,6 +256,7 @@ impl Registry {
             handler,
             jobs: AtomicUsize::new(0),
             queue: QueueStats::default(),
+            paused: AtomicBool::new(false),
         })
     }
 }
@@ -356,4 +393,27 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
         }
     });
     (snapshot, problems)
+}
+
+/// Makes the paused patterns exactly `patterns` (read from the store) and marks the
+/// watches by them. Returns the snapshot when a watch was paused or resumed by it.
+pub fn set_paused(patterns: BTreeSet<Vec<u8>>) -> Option<Snapshot> {
+    with(|r| {
+        if r.paused == patterns {
+            return None;
+        }
+        r.paused = patterns;
+        let watches = r.watches.clone();
+        r.mark_paused(&watches).then_some(watches)
+    })
+}
+
+/// Is the pattern paused (as last read; a pattern no watch has may be)?
+pub fn is_paused(pattern: &[u8]) -> bool {
+    with(|r| r.paused.contains(pattern))
+}
+
+/// The paused patterns as last read, sorted.
+pub fn paused_patterns() -> Vec<Vec<u8>> {
+    with(|r| r.paused.iter().cloned().collect())
 }

@@ -38,6 +38,15 @@ impl LifecycleEvents {
         self.pending.push(vec![("event", name.as_bytes().to_vec())]);
     }
 
+    /// Queues an event about one watch (`paused`, `resumed` by `STREAMWATCH.PAUSE
+    /// pattern` / `RESUME pattern`).
+    pub(super) fn push_watch(&mut self, name: &'static str, pattern: &[u8]) {
+        self.pending.push(vec![
+            ("event", name.as_bytes().to_vec()),
+            ("watch", pattern.to_vec()),
+        ]);
+    }
+
     /// Queues one lifecycle event about a job.
     pub(super) fn job(
         &mut self,

@@ -78,6 +78,13 @@ pub enum Msg {
     },
     Pause,
     Resume,
+    /// `STREAMWATCH.PAUSE pattern` / `RESUME pattern` changed that watch's paused state
+    /// (`watches`: the registry after it, if it changed).
+    WatchPaused {
+        pattern: Vec<u8>,
+        paused: bool,
+        watches: Option<Snapshot>,
+    },
     Role {
         primary: bool,
     },

@@ -195,14 +195,14 @@ impl Node {
     }
 }
 
-/// Every key a watch covers, in every database (`databases` of them): the literal
-/// patterns as they are, the others found by `scan_db`.
+/// Every key a watch that is not paused covers, in every database (`databases` of
+/// them): the literal patterns as they are, the others found by `scan_db`.
 pub(super) fn watched_keys(tsc: &Tsc, databases: i32, watches: &Snapshot) -> Vec<(i32, Vec<u8>)> {
     let mut keys = Vec::new();
     for db in 0..databases {
         let watches: Vec<&Watch> = watches
             .iter()
-            .filter(|w| w.spec.db.covers(db))
+            .filter(|w| w.spec.db.covers(db) && !w.is_paused())
             .map(|w| w.as_ref())
             .collect();
         let (literal, globs): (Vec<&Watch>, Vec<&Watch>) = watches

@@ -27,7 +27,12 @@ impl Queues {
         }
         for w in watches.iter() {
             if w.spec.kind == crate::spec::Kind::Stream {
-                let (pending, lag, n) = per_watch.get(&w.id).copied().unwrap_or_default();
+                let (pending, lag, n) = match per_watch.get(&w.id) {
+                    Some(&figures) => figures,
+                    // Paused: its groups are not read, so their figures are not known.
+                    None if w.is_paused() => (-1, -1, 0),
+                    None => Default::default(),
+                };
                 w.queue.pending.store(pending, Ordering::Relaxed);
                 w.queue.lag.store(lag, Ordering::Relaxed);
                 w.jobs.store(n, Ordering::Relaxed);
