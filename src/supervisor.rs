@@ -529,8 +529,8 @@ impl Supervisor {
             let mut running =
                 self.groups
                     .one_per_group(db, key, streams.clone(), consuming, &mut self.events);
-            // A paused watch still counts against a rival on its streams (the rival
-            // does not take them over), and runs nothing.
+            // A paused watch still takes part in choosing one watch per group (see
+            // `groups`), and runs nothing.
             running.retain(|w| !w.is_paused());
             let (_, queues, mut fx) = self.parts();
             queues.reconcile(db, key, &running, &mut fx);
