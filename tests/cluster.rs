@@ -2,7 +2,8 @@
 //! MEET and REPLICATE (what `redis-cli --cluster create` does). Each primary runs the
 //! jobs of the keys in its own slots; resharding a slot moves its jobs with no moment
 //! where both nodes run them; a killed primary's jobs move to its promoted replica;
-//! watches sent to every primary live in each shard's own store key.
+//! watches sent to every primary live in each shard's own store key, and so do the
+//! watches paused there.
 
 mod common;
 
@@ -370,4 +371,98 @@ fn cluster_watches_sent_to_every_primary_follow_reshard_and_failover() {
     let r2 = &cl.replicas[2];
     assert!(has_watch(r2, "cw:*"));
     assert_workers(r2, &mut r2.conn(), &[(keys[2].as_str(), "f", "2")]);
+}
+
+/// The names of the paused watches keys on one node.
+fn paused_keys(s: &Server) -> Vec<String> {
+    to_array(&ok(&mut s.conn(), &["KEYS", "streamwatch:paused*"]))
+        .iter()
+        .map(vstr)
+        .collect()
+}
+
+fn is_paused(s: &Server, pattern: &str) -> bool {
+    parse_maps(&ok(&mut s.conn(), &["STREAMWATCH.WATCHES"]))
+        .iter()
+        .any(|w| get_str(w, "pattern") == pattern && get_int(w, "paused") == Some(1))
+}
+
+/// `PAUSE pattern` is per shard, like WATCH: the paused key sits beside the shard's
+/// store (same hash tag, same slot), moves back with it after a reshard, and a
+/// promoted replica keeps the watches paused (config and command alike).
+#[test]
+fn cluster_paused_watches_follow_reshard_and_failover() {
+    let mut cl = Cluster::start(&simple_config("cfg:*"));
+    for p in &cl.primaries {
+        ok(
+            &mut p.conn(),
+            &["STREAMWATCH.WATCH", "cw:*", "HANDLER", "w"],
+        );
+    }
+    let cw: Vec<String> = (0..3).map(|i| cl.key_on("cw:", i)).collect();
+    let cfg0 = cl.key_on("cfg:", 0);
+    for (i, k) in cw.iter().enumerate() {
+        ok(&mut cl.primaries[i].conn(), &["HSET", k, "f", "1"]);
+    }
+    ok(&mut cl.primaries[0].conn(), &["HSET", &cfg0, "g", "1"]);
+    let p0 = &cl.primaries[0];
+    assert_workers(
+        p0,
+        &mut p0.conn(),
+        &[(cw[0].as_str(), "f", "1"), (cfg0.as_str(), "g", "1")],
+    );
+    ok(&mut p0.conn(), &["STREAMWATCH.PAUSE", "cw:*"]);
+    ok(&mut p0.conn(), &["STREAMWATCH.PAUSE", "cfg:*"]);
+    assert_workers(p0, &mut p0.conn(), &[]);
+    // The other shards run on.
+    for i in 1..3 {
+        let p = &cl.primaries[i];
+        assert!(!is_paused(p, "cw:*"));
+        assert_workers(p, &mut p.conn(), &[(cw[i].as_str(), "f", "1")]);
+    }
+    // Beside the store, in the same slot.
+    let store0 = stores(p0).remove(0);
+    let paused0 = paused_keys(p0).remove(0);
+    assert_eq!(cl.slot(&store0), cl.slot(&paused0));
+    wait_until("replica 0 follows the pauses", WAIT, || {
+        is_paused(&cl.replicas[0], "cw:*") && is_paused(&cl.replicas[0], "cfg:*")
+    });
+
+    // A reshard carries both keys away; shard 0 writes them again, still paused.
+    let slot0 = cl.slot(&store0);
+    reshard(&cl, slot0, 0, 1);
+    wait_until("shard 0's paused key back in a slot it owns", WAIT, || {
+        let names = paused_keys(p0);
+        names.len() == 1 && names[0] != paused0 && {
+            let s = cl.slot(&names[0]);
+            s != slot0 && (RANGES[0].0..=RANGES[0].1).contains(&s)
+        }
+    });
+    assert!(is_paused(p0, "cw:*") && is_paused(p0, "cfg:*"));
+    assert!(
+        !is_paused(&cl.primaries[1], "cw:*"),
+        "a carried copy is ignored"
+    );
+    wait_until("replica 0 follows the moved key", WAIT, || {
+        paused_keys(&cl.replicas[0]) == paused_keys(p0)
+    });
+
+    // Shard 0's primary dies: the promoted replica keeps both watches paused.
+    let old0: Vec<u32> = job_pids(&mut p0.conn()).into_iter().collect();
+    cl.primaries[0].kill9();
+    wait_gone("killed primary's workers", &old0);
+    wait_until("replica 0 promoted", Duration::from_secs(60), || {
+        is_primary(&cl.replicas[0])
+    });
+    let r0 = &cl.replicas[0];
+    assert!(is_paused(r0, "cw:*") && is_paused(r0, "cfg:*"));
+    ok(&mut r0.conn(), &["STREAMWATCH.RECONCILE"]);
+    assert_workers(r0, &mut r0.conn(), &[]);
+    ok(&mut r0.conn(), &["STREAMWATCH.RESUME", "cw:*"]);
+    ok(&mut r0.conn(), &["STREAMWATCH.RESUME", "cfg:*"]);
+    assert_workers(
+        r0,
+        &mut r0.conn(),
+        &[(cw[0].as_str(), "f", "1"), (cfg0.as_str(), "g", "1")],
+    );
 }
