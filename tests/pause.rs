@@ -382,4 +382,16 @@ fn bad_arguments_are_errors_naming_them() {
     assert_eq!(vint(&ok(&mut c, &["EXISTS", PAUSED_KEY])), Some(0));
     let st = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
     assert_eq!(get_int(&st, "paused"), Some(0));
+
+    // The pattern form writes the paused watches key: a user who may not is refused.
+    ok(
+        &mut c,
+        &["ACL", "SETUSER", "app", "on", ">pw", "~app:*", "+@all"],
+    );
+    let mut app = s.conn();
+    ok(&mut app, &["AUTH", "app", "pw"]);
+    let e = run(&mut app, &["STREAMWATCH.PAUSE", "cfg:*"]).unwrap_err();
+    assert_eq!(e.code(), Some("NOPERM"), "{e}");
+    assert!(e.to_string().contains(PAUSED_KEY), "{e}");
+    assert_eq!(paused(&mut c, "cfg:*"), 0);
 }
