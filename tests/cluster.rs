@@ -415,10 +415,9 @@ fn cluster_paused_watches_follow_reshard_and_failover() {
     ok(&mut p0.conn(), &["STREAMWATCH.PAUSE", "cfg:*"]);
     assert_workers(p0, &mut p0.conn(), &[]);
     // The other shards run on.
-    for i in 1..3 {
-        let p = &cl.primaries[i];
+    for (p, k) in cl.primaries.iter().zip(&cw).skip(1) {
         assert!(!is_paused(p, "cw:*"));
-        assert_workers(p, &mut p.conn(), &[(cw[i].as_str(), "f", "1")]);
+        assert_workers(p, &mut p.conn(), &[(k.as_str(), "f", "1")]);
     }
     // Beside the store, in the same slot.
     let store0 = stores(p0).remove(0);
