@@ -40,6 +40,7 @@ mod pace;
 mod policy;
 mod pools;
 mod queue;
+mod reload;
 mod reports;
 mod runs;
 mod stream;
@@ -126,6 +127,8 @@ struct Supervisor {
     stats_published: Instant,
     /// The clients in `STREAMWATCH.WAIT`.
     waiters: waiters::Waiters,
+    /// The hash jobs a RELOAD restarts, a batch at a time.
+    rollout: reload::Rollout,
 }
 
 impl Supervisor {
@@ -146,6 +149,7 @@ impl Supervisor {
             stats_now: true,
             stats_published: Instant::now(),
             waiters: waiters::Waiters::default(),
+            rollout: reload::Rollout::default(),
         }
     }
 
@@ -244,6 +248,7 @@ impl Supervisor {
             self.flush_dirty(&mut dirty, false);
             self.timers.set(Deadline::Paced, paced);
             self.guarded("timers", |s| s.fire_timers());
+            self.guarded("reload", |s| s.roll());
             // The runs this turn started or fed go now, before the queues' GIL hold.
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
@@ -456,6 +461,7 @@ impl Supervisor {
                 let n = self.hash.restart_field(db, &key, &field, &mut self.runs);
                 reply.reply(Reply::Int(n));
             }
+            Msg::Reload { reply } => self.reload(reply),
             Msg::Pause => {
                 if !self.node.paused {
                     self.node.paused = true;

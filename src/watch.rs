@@ -25,10 +25,11 @@ pub struct Watch {
     /// to a key the pattern index says may be watched.
     glob: glob::Glob,
     pub handler: Arc<Handler>,
-    /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`.
-    pub jobs: AtomicUsize,
-    /// Stream watches: counters and gauges kept by the supervisor.
-    pub queue: QueueStats,
+    /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`. Shared with
+    /// the same watch given a new handler by RELOAD (`reload.rs`).
+    pub jobs: Arc<AtomicUsize>,
+    /// Stream watches: counters and gauges kept by the supervisor (shared likewise).
+    pub queue: Arc<QueueStats>,
 }
 
 /// What `STREAMWATCH.WATCHES` shows of a stream watch. Counters count since load;
@@ -55,6 +56,9 @@ pub struct Reserved {
     /// Is this key the events stream?
     pub events: fn(&[u8]) -> bool,
 }
+
+mod reload;
+pub use reload::reload;
 
 static RESERVED: OnceLock<Reserved> = OnceLock::new();
 
@@ -218,8 +222,8 @@ impl Registry {
             glob: glob::Glob::new(&spec.pattern),
             spec,
             handler,
-            jobs: AtomicUsize::new(0),
-            queue: QueueStats::default(),
+            jobs: Arc::default(),
+            queue: Arc::default(),
         })
     }
 }
