@@ -613,6 +613,14 @@ pub fn reconcile(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
     ask(Msg::ReconcileAll { reply: Some(r) })
 }
 
+/// `STREAMWATCH.RELOAD`: the supervisor re-reads the config file (`supervisor/reload.rs`).
+pub fn reload(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
+    parse_no_args(&argv(&args))?;
+    admin(ctx, "streamwatch.reload", false)?;
+    let r = block(ctx, "STREAMWATCH.RELOAD")?;
+    ask(Msg::Reload { reply: r })
+}
+
 fn role(ctx: &Context) -> &'static str {
     if ctx.get_flags().contains(ContextFlags::MASTER) {
         "primary"

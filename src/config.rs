@@ -1,8 +1,9 @@
 //! Configuration: the module configs (`CONFIG GET/SET streamwatch.*`) and the TOML file
 //! with handlers and static watches.
 //!
-//! Handlers exist only in the file the server was started with, so a client that can
-//! write keys can never make the server run a program of its choosing. A file that does
+//! Handlers exist only in the file the server was started with (read again by the
+//! admin command `STREAMWATCH.RELOAD`), so a client that can write keys can never make
+//! the server run a program of its choosing. A file that does
 //! not parse, names an unknown handler, has an empty `command` or an unknown key is
 //! rejected with one message naming the file, the line and the problem.
 
@@ -14,7 +15,7 @@ use redis_module::{RedisError, RedisString};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -31,6 +32,8 @@ pub static LOG_LINES: AtomicI64 = AtomicI64::new(100);
 /// How many outcomes each stream keeps, and how long after its last one (`outcomes.rs`).
 pub static OUTCOMES_MAX: AtomicI64 = AtomicI64::new(10_000);
 pub static OUTCOMES_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
+/// At most this many hash jobs restart at once after a RELOAD (0: all at once).
+pub static RELOAD_BATCH: AtomicI64 = AtomicI64::new(0);
 
 /// A string module config. The crate's own `Mutex<String>` config hands its value to
 /// Redis through a C string, which panics (and so aborts the server) on a NUL byte that
@@ -96,13 +99,19 @@ pub fn default_log_lines() -> usize {
 
 // ---- the TOML file ----
 
-/// The parsed file, fixed for the life of the module.
-pub static FILE: OnceLock<Config> = OnceLock::new();
+/// The parsed file: read at load, replaced by `STREAMWATCH.RELOAD` (see
+/// `supervisor/reload.rs`), which swaps it under the GIL together with the watches
+/// that use its handlers.
+static FILE: LazyLock<RwLock<Arc<Config>>> = LazyLock::new(RwLock::default);
 
-pub fn file() -> &'static Config {
-    static EMPTY: OnceLock<Config> = OnceLock::new();
-    FILE.get()
-        .unwrap_or_else(|| EMPTY.get_or_init(Config::default))
+/// The config file as last read (one `Arc` clone).
+pub fn file() -> Arc<Config> {
+    FILE.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Makes `config` the file's contents (at load, and by RELOAD).
+pub fn set_file(config: Config) {
+    *FILE.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
 }
 
 #[derive(Debug, Default)]
@@ -129,8 +138,9 @@ impl Restart {
     }
 }
 
-/// A named recipe for what a job runs.
-#[derive(Debug)]
+/// A named recipe for what a job runs. Two are equal when every option is: RELOAD
+/// restarts the jobs of a handler that is not equal to its old self.
+#[derive(Debug, PartialEq)]
 pub struct Handler {
     pub name: String,
     pub command: Vec<String>,

@@ -67,7 +67,7 @@ fn load(ctx: &Context) -> Result<(), ()> {
     let file = config::load(&path).map_err(|e| {
         ctx.log_warning(&format!("streamwatch: bad config file {e}"));
     })?;
-    let _ = config::FILE.set(file);
+    config::set_file(file);
     if let Ok(redis_module::RedisValue::Array(v)) = ctx.call("CONFIG", &["GET", "databases"]) {
         if let Some(Ok(n)) = v.get(1).map(|x| match x {
             redis_module::RedisValue::SimpleString(s) | redis_module::RedisValue::BulkString(s) => {
@@ -158,6 +158,7 @@ command!(cmd_replay, "STREAMWATCH.REPLAY", commands::replay);
 command!(cmd_pause, "STREAMWATCH.PAUSE", commands::pause);
 command!(cmd_resume, "STREAMWATCH.RESUME", commands::resume);
 command!(cmd_reconcile, "STREAMWATCH.RECONCILE", commands::reconcile);
+command!(cmd_reload, "STREAMWATCH.RELOAD", commands::reload);
 command!(cmd_status, "STREAMWATCH.STATUS", commands::status);
 command!(cmd_pools, "STREAMWATCH.POOLS", commands::pools);
 command!(cmd_wait, "STREAMWATCH.WAIT", commands::wait);
@@ -195,6 +196,7 @@ redis_module! {
         ["streamwatch.pause", cmd_pause, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.resume", cmd_resume, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.reconcile", cmd_reconcile, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
+        ["streamwatch.reload", cmd_reload, "admin", 0, 0, 0, "", "admin dangerous streamwatch"],
         ["streamwatch.status", cmd_status, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.pools", cmd_pools, "readonly", 0, 0, 0, "", "read streamwatch"],
         ["streamwatch.wait", cmd_wait, "readonly", 1, 1, 1, "", "read streamwatch"],
@@ -207,6 +209,7 @@ redis_module! {
             ["log-lines", &config::LOG_LINES, 100, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
             ["outcomes-max", &config::OUTCOMES_MAX, 10000, 0, 10_000_000, ConfigurationFlags::DEFAULT, None],
             ["outcomes-ttl-ms", &config::OUTCOMES_TTL_MS, 86_400_000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
+            ["reload-batch", &config::RELOAD_BATCH, 0, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["config", &config::CONFIG_PATH, "", ConfigurationFlags::IMMUTABLE, None],

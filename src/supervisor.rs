@@ -42,6 +42,7 @@ mod paused;
 mod policy;
 mod pools;
 mod queue;
+mod reload;
 mod reports;
 mod runs;
 mod stream;
@@ -128,6 +129,8 @@ struct Supervisor {
     stats_published: Instant,
     /// The clients in `STREAMWATCH.WAIT`.
     waiters: waiters::Waiters,
+    /// The hash jobs a RELOAD restarts, a batch at a time.
+    rollout: reload::Rollout,
 }
 
 impl Supervisor {
@@ -148,6 +151,7 @@ impl Supervisor {
             stats_now: true,
             stats_published: Instant::now(),
             waiters: waiters::Waiters::default(),
+            rollout: reload::Rollout::default(),
         }
     }
 
@@ -246,6 +250,7 @@ impl Supervisor {
             self.flush_dirty(&mut dirty, false);
             self.timers.set(Deadline::Paced, paced);
             self.guarded("timers", |s| s.fire_timers());
+            self.guarded("reload", |s| s.roll());
             // The runs this turn started or fed go now, before the queues' GIL hold.
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
@@ -458,6 +463,7 @@ impl Supervisor {
                 let n = self.hash.restart_field(db, &key, &field, &mut self.runs);
                 reply.reply(Reply::Int(n));
             }
+            Msg::Reload { reply } => self.reload(reply),
             Msg::Pause => {
                 if !self.node.paused {
                     self.node.paused = true;

@@ -32,10 +32,11 @@ pub struct Watch {
     /// to a key the pattern index says may be watched.
     glob: glob::Glob,
     pub handler: Arc<Handler>,
-    /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`.
-    pub jobs: AtomicUsize,
-    /// Stream watches: counters and gauges kept by the supervisor.
-    pub queue: QueueStats,
+    /// Number of jobs, kept by the supervisor for `STREAMWATCH.WATCHES`. Shared with
+    /// the same watch given a new handler by RELOAD (`reload.rs`).
+    pub jobs: Arc<AtomicUsize>,
+    /// Stream watches: counters and gauges kept by the supervisor (shared likewise).
+    pub queue: Arc<QueueStats>,
     /// Paused by `STREAMWATCH.PAUSE pattern`: set by the registry only (on the main
     /// thread), from the paused patterns it last read.
     paused: AtomicBool,
@@ -65,6 +66,9 @@ pub struct Reserved {
     /// Is this key the events stream?
     pub events: fn(&[u8]) -> bool,
 }
+
+mod reload;
+pub use reload::reload;
 
 static RESERVED: OnceLock<Reserved> = OnceLock::new();
 
@@ -254,8 +258,8 @@ impl Registry {
             glob: glob::Glob::new(&spec.pattern),
             spec,
             handler,
-            jobs: AtomicUsize::new(0),
-            queue: QueueStats::default(),
+            jobs: Arc::default(),
+            queue: Arc::default(),
             paused: AtomicBool::new(false),
         })
     }

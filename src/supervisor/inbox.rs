@@ -76,6 +76,10 @@ pub enum Msg {
         id: Vec<u8>,
         reply: Replier,
     },
+    /// `STREAMWATCH.RELOAD` (see `reload.rs`).
+    Reload {
+        reply: Replier,
+    },
     Pause,
     Resume,
     /// `STREAMWATCH.PAUSE pattern` / `RESUME pattern` changed that watch's paused state

@@ -72,6 +72,11 @@ impl Job {
             (None, None) => "starting",
         }
     }
+
+    /// Not restarting: no run being stopped to start again, and none still starting.
+    pub(super) fn settled(&self) -> bool {
+        !self.restart_pending && self.run.as_ref().is_none_or(|r| r.pid.is_some())
+    }
 }
 
 /// What a job is meant to be, as far as a plan is concerned.

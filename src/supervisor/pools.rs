@@ -50,6 +50,8 @@ struct Worker {
     served: u64,
     /// It is on its way out and takes no more entries, and why.
     leaving: Option<Leaving>,
+    /// Started from a definition RELOAD changed: replaced when it has no entry.
+    outdated: bool,
     /// Reply bytes after the last newline.
     partial: Vec<u8>,
     /// What it wrote while no entry was in it.
@@ -74,6 +76,7 @@ impl Worker {
         let same = |(q, _): &(QueueKey, Sid)| queue.is_none_or(|want| q == want);
         self.next.is_none()
             && self.leaving.is_none()
+            && !self.outdated
             && self.busy.as_ref().is_some_and(same)
             && (max_requests == 0 || self.served + 2 <= max_requests)
     }
@@ -331,7 +334,8 @@ impl Pools {
                     }
                     pool.failures = 0;
                     let recycle = pool.handler.max_requests;
-                    if recycle > 0 && w.served >= recycle && w.leaving.is_none() {
+                    let spent = recycle > 0 && w.served >= recycle;
+                    if (spent || (w.outdated && w.busy.is_none())) && w.leaving.is_none() {
                         // Its stdin closed, it should finish; if it has not after the
                         // grace, it is stopped.
                         w.leaving = Some(Leaving::Recycled);
@@ -482,6 +486,31 @@ impl Pools {
         }
     }
 
+    /// RELOAD changed `name`'s definition to `h`: each worker is replaced once it has
+    /// no entry (an idle one now); the new ones start from `h`.
+    pub(super) fn turn_over(
+        &mut self,
+        name: &str,
+        h: &Arc<Handler>,
+        runs: &mut Runs,
+        timers: &mut Timers,
+    ) {
+        let Some(pool) = self.pools.get_mut(name) else {
+            return;
+        };
+        pool.handler = h.clone();
+        for (&id, w) in pool.workers.iter_mut().filter(|(_, w)| w.leaving.is_none()) {
+            w.outdated = true;
+            if w.busy.is_none() {
+                w.leaving = Some(Leaving::Recycled);
+                runs.close_input(id);
+                let at = Instant::now() + h.stop_grace;
+                timers.push(at, Timer::Recycle(name.to_string(), id));
+            }
+        }
+        self.idle.insert(name.to_string());
+    }
+
     /// Every worker stops (pause, demotion).
     pub(super) fn stop_all(&mut self, runs: &mut Runs) {
         for pool in self.pools.values_mut() {
@@ -550,6 +579,7 @@ fn start_worker(pool: &mut Pool, runs: &mut Runs) {
         next: None,
         served: 0,
         leaving: None,
+        outdated: false,
         partial: Vec::new(),
         log: Log::default(),
         unread: false,

@@ -1,0 +1,315 @@
+//! `STREAMWATCH.RELOAD` (issue 19): the config file is read again while the server
+//! runs. The jobs of a handler whose definition changed restart (at most `reload-batch`
+//! at a time), untouched jobs keep their pids, watches added to or removed from the
+//! file follow, and a bad file changes nothing and says where it is bad.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+
+/// Rewrites the server's config file (as an operator edits it) with `toml`.
+fn rewrite(s: &Server, toml: &str) {
+    std::fs::write(s.config_path(), toml.replace(TAG, s.tag())).expect("write config");
+}
+
+fn reload(c: &mut redis::Connection) -> Map {
+    to_map(&ok(c, &["STREAMWATCH.RELOAD"]))
+}
+
+fn names(m: &Map, k: &str) -> Vec<String> {
+    to_array(&m[k]).iter().map(vstr).collect()
+}
+
+/// Two hash handlers: `a` (its workers print `a1` first) and `b`.
+fn two_handlers(a_word: &str, a_extra: &str) -> String {
+    format!(
+        "{}\n{}\n{}\n{}",
+        sh_handler(
+            "a",
+            &format!("echo {a_word}; {LONG_SCRIPT}"),
+            &format!("stop-grace-ms = 500\n{a_extra}")
+        ),
+        long_handler("b", "stop-grace-ms = 500"),
+        watch_toml("ra:*", "a", None),
+        watch_toml("rb:*", "b", None),
+    )
+}
+
+/// The pids of the running jobs of `key`, by field.
+fn pids(c: &mut redis::Connection, key: &str, fields: &[&str]) -> BTreeMap<String, u32> {
+    fields
+        .iter()
+        .map(|f| (f.to_string(), running_pid(c, key, f)))
+        .collect()
+}
+
+#[test]
+fn a_changed_handler_restarts_its_jobs_and_untouched_jobs_keep_their_pids() {
+    let toml = two_handlers("a1", "");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f1", "x", "f2", "y"]);
+    ok(&mut c, &["HSET", "rb:k", "g1", "x", "g2", "y"]);
+    let a_before = pids(&mut c, "ra:k", &["f1", "f2"]);
+    let b_before = pids(&mut c, "rb:k", &["g1", "g2"]);
+
+    // Only the `a` handler's script changes.
+    rewrite(&s, &two_handlers("a2", ""));
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "handlers_changed"), vec!["a"], "{r:?}");
+    assert!(names(&r, "handlers_added").is_empty(), "{r:?}");
+    assert!(names(&r, "watches_added").is_empty(), "{r:?}");
+    assert_eq!(get_int(&r, "jobs_restarting"), Some(2), "{r:?}");
+
+    for (f, old) in &a_before {
+        let new = wait_for(&format!("ra:k/{f} restarted"), WAIT, || {
+            let pid = running_pid(&mut c, "ra:k", f);
+            (pid != *old).then_some(pid)
+        });
+        let argv = cmdline(new);
+        assert!(
+            String::from_utf8_lossy(&argv[2]).starts_with("echo a2;"),
+            "the new run has the new command: {argv:?}"
+        );
+        wait_until("the new run's output", WAIT, || {
+            job_log(&mut c, "ra:k", f).iter().any(|l| l == "a2")
+        });
+    }
+    assert_eq!(
+        pids(&mut c, "rb:k", &["g1", "g2"]),
+        b_before,
+        "b's jobs untouched"
+    );
+    for pid in b_before.values() {
+        assert!(pid_alive(*pid));
+    }
+    // The restarts are restarts, not failures.
+    for f in ["f1", "f2"] {
+        let j = job(&mut c, "ra:k", f).expect("job");
+        assert_eq!(get_int(&j, "failures"), Some(0), "{j:?}");
+    }
+
+    // The same file again: nothing changes.
+    let r = reload(&mut c);
+    assert!(names(&r, "handlers_changed").is_empty(), "{r:?}");
+    assert_eq!(get_int(&r, "jobs_restarting"), Some(0), "{r:?}");
+}
+
+#[test]
+fn a_bad_file_changes_nothing_and_the_error_names_line_and_key() {
+    let toml = two_handlers("a1", "");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f", "x"]);
+    let before = running_pid(&mut c, "ra:k", "f");
+
+    // A changed handler with an unknown key further down: nothing of it applies.
+    let bad = format!(
+        "{}\n[handler.c]\ncommand = [\"/bin/true\"]\nbogus-key = 1\n",
+        two_handlers("a2", "")
+    );
+    rewrite(&s, &bad);
+    let e = err(&mut c, &["STREAMWATCH.RELOAD"]);
+    let path = s.config_path().display().to_string();
+    assert!(e.starts_with("ERR "), "{e}");
+    assert!(e.contains(&path), "names the file: {e}");
+    assert!(e.contains("line "), "names the line: {e}");
+    assert!(e.contains("bogus-key"), "names the key: {e}");
+    assert!(e.contains("nothing changed"), "{e}");
+
+    // Not TOML at all.
+    rewrite(&s, "[handler.a\ncommand = 1\n");
+    let e = err(&mut c, &["STREAMWATCH.RELOAD"]);
+    assert!(e.contains("line 1"), "{e}");
+
+    assert_eq!(
+        running_pid(&mut c, "ra:k", "f"),
+        before,
+        "the job kept running"
+    );
+    let handlers: Vec<String> = parse_maps(&ok(&mut c, &["STREAMWATCH.HANDLERS"]))
+        .iter()
+        .map(|h| get_str(h, "name"))
+        .collect();
+    assert_eq!(handlers, vec!["a", "b"], "the handlers are the old ones");
+    // The old definition still applies to new jobs.
+    ok(&mut c, &["HSET", "ra:k", "g", "x"]);
+    let pid = running_pid(&mut c, "ra:k", "g");
+    assert!(String::from_utf8_lossy(&cmdline(pid)[2]).starts_with("echo a1;"));
+}
+
+#[test]
+fn watches_added_and_removed_in_the_file_follow() {
+    let toml = two_handlers("a1", "");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f", "x"]);
+    ok(&mut c, &["HSET", "rb:k", "g", "x"]);
+    ok(&mut c, &["HSET", "rc:k", "h", "x"]);
+    let a = running_pid(&mut c, "ra:k", "f");
+    let b = running_pid(&mut c, "rb:k", "g");
+
+    // rb:* goes, rc:* comes; ra:* stays as it was.
+    let next = format!(
+        "{}\n{}\n{}\n{}",
+        sh_handler(
+            "a",
+            &format!("echo a1; {LONG_SCRIPT}"),
+            "stop-grace-ms = 500\n"
+        ),
+        long_handler("b", "stop-grace-ms = 500"),
+        watch_toml("ra:*", "a", None),
+        watch_toml("rc:*", "b", None),
+    );
+    rewrite(&s, &next);
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "watches_added"), vec!["rc:*"], "{r:?}");
+    assert_eq!(names(&r, "watches_removed"), vec!["rb:*"], "{r:?}");
+    assert!(names(&r, "handlers_changed").is_empty(), "{r:?}");
+
+    running_pid(&mut c, "rc:k", "h");
+    wait_gone("rb:k's worker", &[b]);
+    wait_until("rb:k has no job", WAIT, || {
+        job(&mut c, "rb:k", "g").is_none()
+    });
+    assert_eq!(running_pid(&mut c, "ra:k", "f"), a, "ra:k untouched");
+    let patterns: Vec<String> = parse_maps(&ok(&mut c, &["STREAMWATCH.WATCHES"]))
+        .iter()
+        .map(|w| get_str(w, "pattern"))
+        .collect();
+    assert_eq!(patterns, vec!["ra:*", "rc:*"]);
+}
+
+#[test]
+fn reload_batch_restarts_one_job_at_a_time() {
+    // A worker that takes a while to stop, so two restarts at once would overlap.
+    let slow = |word: &str| {
+        format!(
+            "{}\n{}",
+            sh_handler(
+                "a",
+                &format!(
+                    r#"echo "start $3 {word}"; trap 'sleep 0.3; exit 0' TERM; while :; do sleep 1; done"#
+                ),
+                "stop-grace-ms = 3000"
+            ),
+            watch_toml("ra:*", "a", None)
+        )
+    };
+    let s = Server::builder(&slow("one"))
+        .module_arg("reload-batch", "1")
+        .start();
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f1", "x", "f2", "y", "f3", "z"]);
+    let before = pids(&mut c, "ra:k", &["f1", "f2", "f3"]);
+    let from = events(&mut c).len();
+
+    rewrite(&s, &slow("two"));
+    let r = reload(&mut c);
+    assert_eq!(get_int(&r, "jobs_restarting"), Some(3), "{r:?}");
+    for (f, old) in &before {
+        wait_until(&format!("ra:k/{f} restarted"), WAIT, || {
+            running_pid(&mut c, "ra:k", f) != *old
+        });
+    }
+    // In the events: each job's old run ends and its new one starts before the next
+    // job's old run ends.
+    let seq: Vec<(String, String)> = events(&mut c)[from..]
+        .iter()
+        .filter(|e| e.get("key").map(String::as_str) == Some("ra:k"))
+        .map(|e| (e["event"].clone(), e["field"].clone()))
+        .collect();
+    let ends: Vec<usize> = (0..seq.len()).filter(|&i| seq[i].0 == "exited").collect();
+    assert_eq!(ends.len(), 3, "{seq:?}");
+    for pair in ends.windows(2) {
+        let field = &seq[pair[0]].1;
+        let restarted = seq[pair[0]..pair[1]]
+            .iter()
+            .any(|(e, f)| e == "started" && f == field);
+        assert!(
+            restarted,
+            "{field} was running again before the next stopped: {seq:?}"
+        );
+    }
+    assert_eq!(
+        ok_str(&mut c, &["CONFIG", "GET", "streamwatch.reload-batch"]),
+        "1"
+    );
+}
+
+fn ok_str(c: &mut redis::Connection, args: &[&str]) -> String {
+    to_array(&ok(c, args)).get(1).map(vstr).unwrap_or_default()
+}
+
+#[test]
+fn a_pool_turns_over_to_the_new_definition_and_keeps_serving() {
+    let dir = TempDir::new();
+    let pool = |word: &str| {
+        let script = format!(
+            r#"while IFS= read -r line; do id=${{line#*\"id\":\"}}; id=${{id%%\"*}}; echo "$id {word} $$" >> {}/done; printf '{{"id":"%s","ok":true}}\n' "$id" >&3; done"#,
+            dir.path().display()
+        );
+        format!(
+            "[handler.pw]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\"]\npool = 2\n\n[[watch]]\npattern = \"rq\"\nhandler = \"pw\"\ntype = \"stream\"\n"
+        )
+    };
+    let s = Server::start(&pool("old"));
+    let mut c = s.conn();
+    let first = xadd(&mut c, "rq", &[("n", "1")]);
+    wait_drained(&mut c, "rq");
+    let done = dir.path().join("done");
+    assert!(lines(&done)
+        .iter()
+        .any(|l| l.starts_with(&format!("{first} old"))));
+
+    rewrite(&s, &pool("new"));
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "handlers_changed"), vec!["pw"], "{r:?}");
+    let id = xadd(&mut c, "rq", &[("n", "2")]);
+    wait_drained(&mut c, "rq");
+    wait_until(
+        "the entry after the reload ran on a new worker",
+        WAIT,
+        || {
+            lines(&done)
+                .iter()
+                .any(|l| l.starts_with(&format!("{id} new")))
+        },
+    );
+}
+
+#[test]
+fn a_file_that_drops_a_handler_a_command_watch_uses_is_refused() {
+    let toml = two_handlers("a1", "");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["STREAMWATCH.WATCH", "rx:*", "HANDLER", "b"]);
+    ok(&mut c, &["HSET", "rx:k", "f", "x"]);
+    let pid = running_pid(&mut c, "rx:k", "f");
+
+    // `b` is gone from the file.
+    let next = format!(
+        "{}\n{}",
+        sh_handler(
+            "a",
+            &format!("echo a1; {LONG_SCRIPT}"),
+            "stop-grace-ms = 500\n"
+        ),
+        watch_toml("ra:*", "a", None),
+    );
+    rewrite(&s, &next);
+    let e = err(&mut c, &["STREAMWATCH.RELOAD"]);
+    assert!(e.contains("'b'") && e.contains("'rx:*'"), "{e}");
+    assert!(e.contains("nothing changed"), "{e}");
+    assert_eq!(running_pid(&mut c, "rx:k", "f"), pid);
+    assert_eq!(
+        parse_maps(&ok(&mut c, &["STREAMWATCH.WATCHES"])).len(),
+        3,
+        "the watches are the old ones"
+    );
+
+    // Arguments are refused by name.
+    let e = err(&mut c, &["STREAMWATCH.RELOAD", "now"]);
+    assert!(e.starts_with("ERR"), "{e}");
+}
