@@ -313,3 +313,30 @@ fn a_file_that_drops_a_handler_a_command_watch_uses_is_refused() {
     let e = err(&mut c, &["STREAMWATCH.RELOAD", "now"]);
     assert!(e.starts_with("ERR"), "{e}");
 }
+
+#[test]
+fn a_paused_watch_stays_paused_across_a_reload_and_resumes_with_the_new_handler() {
+    let s = Server::start(&two_handlers("a1", ""));
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f", "x"]);
+    let old = running_pid(&mut c, "ra:k", "f");
+    ok(&mut c, &["STREAMWATCH.PAUSE", "ra:*"]);
+    wait_gone("the paused watch's worker", &[old]);
+
+    rewrite(&s, &two_handlers("a2", ""));
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "handlers_changed"), vec!["a"], "{r:?}");
+    ok(&mut c, &["HSET", "ra:k", "g", "y"]);
+    let w = watch_map(&mut c, "ra:*");
+    assert_eq!(vint(&w["paused"]), Some(1), "{w:?}");
+    assert!(
+        job(&mut c, "ra:k", "g").is_none(),
+        "nothing runs while paused"
+    );
+
+    ok(&mut c, &["STREAMWATCH.RESUME", "ra:*"]);
+    for f in ["f", "g"] {
+        let pid = running_pid(&mut c, "ra:k", f);
+        assert!(String::from_utf8_lossy(&cmdline(pid)[2]).starts_with("echo a2;"));
+    }
+}
