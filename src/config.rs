@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use toml::Spanned;
 
+mod start_paused;
 mod supervision;
+pub use start_paused::{StartPaused, START_PAUSED};
 use supervision::exit_codes;
 
 // ---- module configs (registered in lib.rs) ----

@@ -10,7 +10,7 @@
 //! or by a full reconcile.
 //!
 //! Only a primary runs jobs: the role is read under the GIL before every look, and a
-//! demotion (or PAUSE) stops everything.
+//! demotion (or PAUSE, or the gate closing) stops everything.
 //!
 //! This file is the loop and the dispatch of messages; the parts it owns:
 //! - `jobs`: hash jobs (plan, apply, the restart policy of `policy`);
@@ -21,7 +21,8 @@
 //! - `events`: the lifecycle event stream; `views`: the JOBS/JOB replies;
 //! - `groups`: one stream watch per consumer group and key;
 //! - `timers`: every deadline; `pace`: the pacing of looks at hot keys;
-//! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner.
+//! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner;
+//! - `gate`: no jobs while the server would refuse writes, or `start-paused` holds.
 //!
 //! A part changes only its own state; what it may do to the others (start or stop
 //! runs, set timers, queue events) it is given as `Effects`.
@@ -29,6 +30,7 @@
 mod entry_text;
 mod events;
 mod follow;
+mod gate;
 mod gil;
 mod groups;
 mod heartbeat;
@@ -48,6 +50,7 @@ mod views;
 mod waiters;
 
 pub use follow::NOT_PRIMARY;
+pub use gate::{at_load as gate_at_load, current as gate};
 pub use inbox::{
     follow_watches, hint, send, FieldList, JobFilter, Msg, Written, Wrote, MAX_LOOK_FIELDS,
 };
@@ -126,6 +129,8 @@ struct Supervisor {
     stats_published: Instant,
     /// The clients in `STREAMWATCH.WAIT`.
     waiters: waiters::Waiters,
+    /// What holds the jobs back besides the role and PAUSE.
+    gate: gate::GateState,
 }
 
 impl Supervisor {
@@ -146,6 +151,7 @@ impl Supervisor {
             stats_now: true,
             stats_published: Instant::now(),
             waiters: waiters::Waiters::default(),
+            gate: gate::GateState::default(),
         }
     }
 
@@ -160,9 +166,9 @@ impl Supervisor {
         (&mut self.hash, &mut self.queues, fx)
     }
 
-    /// This node runs jobs now: a primary, not paused.
+    /// This node runs jobs now: a primary, not paused, the gate open.
     fn live(&self) -> bool {
-        self.node.primary && !self.node.paused
+        self.node.primary && !self.node.paused && self.gate.open()
     }
 
     /// ...and runs can start (a helper is running).
@@ -178,10 +184,11 @@ impl Supervisor {
     }
 
     /// How long the loop may wait for a message before it has work of its own: none
-    /// when queues or lifecycle events wait (unless writes are paused), else until the
-    /// first deadline.
+    /// when queues or lifecycle events wait (unless writes are paused or refused), else
+    /// until the first deadline.
     fn next_wakeup(&self, now: Instant) -> Duration {
-        let waiting = self.queues.has_work() || !self.events.is_empty();
+        let waiting =
+            (self.queues.has_work() || !self.events.is_empty()) && !self.gate.writes_refused();
         if waiting && !self.timers.is_set(Deadline::Writes) {
             return Duration::ZERO;
         }
@@ -202,7 +209,9 @@ impl Supervisor {
         }
         self.start_helper();
         self.guarded("reconcile", |s| {
-            s.reconcile_all();
+            if !s.check_gate() {
+                s.reconcile_all();
+            }
         });
         let mut dirty: BTreeSet<(i32, Vec<u8>)> = BTreeSet::new();
         loop {
@@ -248,6 +257,9 @@ impl Supervisor {
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| {
+                if s.gate.writes_refused() {
+                    return; // they wait for the gate to open
+                }
                 if s.events.flush(&s.tsc, s.node.owned.is_some()) == Flushed::WritesPaused {
                     s.writes_paused();
                 }
@@ -365,8 +377,8 @@ impl Supervisor {
             .set(Deadline::SlotPoll, Some(Instant::now() + cluster::POLL));
         let now = {
             let ctx = gil::lock(&self.tsc);
-            if !ctx.avoid_replication_traffic() {
-                store::ensure(&ctx); // a write: never while writes are paused
+            if !ctx.avoid_replication_traffic() && !self.gate.writes_refused() {
+                store::ensure(&ctx); // a write: never while writes are paused or refused
             }
             cluster::owned(&ctx)
         };
@@ -470,15 +482,19 @@ impl Supervisor {
                     stats::PAUSED.store(false, Ordering::Relaxed);
                     self.events.push_plain("resumed");
                 }
+                self.release_hold();
                 self.reconcile_all();
             }
             Msg::Role { primary } => {
                 self.node.set_primary(primary);
                 if primary {
-                    self.reconcile_all();
+                    if !self.check_gate() {
+                        self.reconcile_all();
+                    }
                 } else {
                     self.stop_everything();
                     self.waiters.release(follow::NOT_PRIMARY);
+                    self.check_gate();
                 }
             }
             Msg::Report(r) => self.on_report(r),

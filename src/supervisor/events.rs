@@ -38,6 +38,13 @@ impl LifecycleEvents {
         self.pending.push(vec![("event", name.as_bytes().to_vec())]);
     }
 
+    /// Queues an event about the module itself with fields of its own (`gated`).
+    pub(super) fn push_fields(&mut self, name: &'static str, extra: Vec<(&'static str, Vec<u8>)>) {
+        let mut fields = vec![("event", name.as_bytes().to_vec())];
+        fields.extend(extra);
+        self.pending.push(fields);
+    }
+
     /// Queues one lifecycle event about a job.
     pub(super) fn job(
         &mut self,
