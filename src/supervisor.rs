@@ -637,8 +637,12 @@ impl Supervisor {
         fx.pools.stop_all(fx.runs);
     }
 
-    /// Every queue's pending work; a demoted node stops everything.
+    /// Every queue's pending work; a demoted node stops everything. While the server
+    /// would refuse writes, the queues' writes (acks, dead letters) wait.
     fn flush_queues(&mut self) {
+        if self.gate.writes_refused() {
+            return;
+        }
         let mut fx = Effects {
             runs: &mut self.runs,
             timers: &mut self.timers,

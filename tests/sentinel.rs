@@ -8,7 +8,8 @@
 //!   (`STREAMWATCH_REDIS_URL`) to a file, so the test sees which node ran what.
 //! * Without Sentinel: a primary with `min-replicas-to-write 1` runs nothing at load,
 //!   starts its jobs when a replica comes, stops them when it goes, and follows
-//!   `CONFIG SET`.
+//!   `CONFIG SET`; a stream entry in flight is stopped and stays pending until writes
+//!   are accepted again.
 //! * `start-paused until-resume` and `until-replica`.
 //!
 //! Every wait is on a condition, with generous deadlines; nothing is timed.
@@ -261,6 +262,43 @@ fn a_primary_without_enough_replicas_runs_no_job() {
             })
             .collect::<Vec<_>>()
     });
+}
+
+#[test]
+fn an_entry_in_flight_stops_and_stays_pending_while_writes_are_refused() {
+    let dir = TempDir::new();
+    let (rec, go) = (dir.path().join("ran"), dir.path().join("go"));
+    // Each run notes its entry, then waits until `go` exists and succeeds.
+    let script = format!(
+        r#"echo "$1" >> {}; while [ ! -e {} ]; do sleep 0.05; done"#,
+        rec.display(),
+        go.display()
+    );
+    let config = format!(
+        "[handler.h]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\", \"{{id}}\"]\n\
+         [[watch]]\npattern = \"gq\"\nhandler = \"h\"\ntype = \"stream\"\n"
+    );
+    let s = Server::start(&config);
+    let mut c = s.conn();
+    let id = xadd(&mut c, "gq", &[("n", "1")]);
+    wait_until("the entry runs", WAIT, || lines(&rec) == [id.clone()]);
+    let pid = wait_for("its pid", WAIT, || {
+        jobs(&mut c).first().and_then(|j| get_int(j, "pid"))
+    }) as u32;
+
+    // Writes refused: the run is stopped, the entry stays pending, unacknowledged.
+    ok(&mut c, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    wait_gone("the run stopped", &[pid]);
+    wait_until("no entry in flight", WAIT, || jobs(&mut c).is_empty());
+    assert_eq!(gate(&mut c), "writes-refused");
+    assert_eq!(group_info(&mut c, "gq", "streamwatch")["pending"], "1");
+
+    // Accepted again: the entry runs again, succeeds and is acknowledged.
+    std::fs::write(&go, b"").unwrap();
+    ok(&mut c, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    wait_drained(&mut c, "gq");
+    assert_eq!(lines(&rec), [id.clone(), id]);
+    assert_eq!(gate(&mut c), "open");
 }
 
 #[test]
