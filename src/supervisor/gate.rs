@@ -11,7 +11,7 @@
 //!   replication's `min_slaves_good_slaves` (so named on Redis 7.0 and Valkey 9 alike,
 //!   and shown only while both configs are non-zero). The module's own writes are not
 //!   refused by the server (only a script-mode call is), so the module holds them back
-//!   itself: lifecycle events wait and are written when the gate opens.
+//!   itself: lifecycle events and stream acks wait, written when the gate opens.
 //! * **`start-paused`** (see `config/start_paused.rs`): a hold taken at load, released
 //!   by `STREAMWATCH.RESUME` or, for `until-replica`, once the node is a replica or a
 //!   primary with a replica in sync (`state=online`).
