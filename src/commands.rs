@@ -648,6 +648,7 @@ pub fn status(ctx: &Context, args: Vec<RedisString>) -> CmdResult {
             "paused".into(),
             Reply::Bool(stats::PAUSED.load(Ordering::Relaxed)),
         ),
+        ("gate".into(), Reply::str(supervisor::gate().name())),
         ("watches".into(), Reply::Int(watch::snapshot().len() as i64)),
         ("jobs".into(), Reply::Map(jobs)),
         ("jobs_over_limit".into(), n(&stats::JOBS_OVER_LIMIT)),
@@ -673,6 +674,7 @@ pub fn info(ctx: &redis_module::InfoContext) {
     let primary = stats::PRIMARY.load(Ordering::Relaxed);
     let _ = ctx.add_info_section(None);
     let _ = ctx.add_info_field_str("role", if primary { "primary" } else { "replica" });
+    let _ = ctx.add_info_field_str("gate", supervisor::gate().name());
     let n = |c| stats::get(c) as i64;
     let fields: [(&str, i64); 12] = [
         ("paused", stats::PAUSED.load(Ordering::Relaxed) as i64),

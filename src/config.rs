@@ -19,7 +19,9 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 use toml::Spanned;
 
+mod start_paused;
 mod supervision;
+pub use start_paused::{StartPaused, START_PAUSED};
 use supervision::exit_codes;
 
 // ---- module configs (registered in lib.rs) ----

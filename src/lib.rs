@@ -115,6 +115,7 @@ fn load(ctx: &Context) -> Result<(), ()> {
         ctx.log_warning("streamwatch: cannot subscribe to SWAPDB events");
         return Err(());
     }
+    supervisor::gate_at_load(ctx);
     supervisor::start(snapshot).map_err(|e| ctx.log_warning(&format!("streamwatch: {e}")))?;
     // Watches made by command, when the module is loaded into a server that has data.
     supervisor::follow_watches(store::sync(ctx));
@@ -216,7 +217,9 @@ redis_module! {
             ["events-key", &config::EVENTS_KEY, "streamwatch:events", ConfigurationFlags::DEFAULT, None],
         ],
         bool: [],
-        enum: [],
+        enum: [
+            ["start-paused", &config::START_PAUSED, config::StartPaused::No, ConfigurationFlags::IMMUTABLE, None],
+        ],
         module_args_as_configuration: true,
     ]
 }

@@ -10,7 +10,7 @@
 //! or by a full reconcile.
 //!
 //! Only a primary runs jobs: the role is read under the GIL before every look, and a
-//! demotion (or PAUSE) stops everything.
+//! demotion (or PAUSE, or the gate closing) stops everything.
 //!
 //! This file is the loop and the dispatch of messages; the parts it owns:
 //! - `jobs`: hash jobs (plan, apply, the restart policy of `policy`);
@@ -23,6 +23,7 @@
 //! - `timers`: every deadline; `pace`: the pacing of looks at hot keys;
 //! - `heartbeat`: runs silent for their `heartbeat-ms` (hung), handed to their owner;
 //! - `paused`: watches paused one by one (`STREAMWATCH.PAUSE pattern`).
+//! - `gate`: no jobs while the server would refuse writes, or `start-paused` holds.
 //!
 //! A part changes only its own state; what it may do to the others (start or stop
 //! runs, set timers, queue events) it is given as `Effects`.
@@ -30,6 +31,7 @@
 mod entry_text;
 mod events;
 mod follow;
+mod gate;
 mod gil;
 mod groups;
 mod heartbeat;
@@ -51,6 +53,7 @@ mod views;
 mod waiters;
 
 pub use follow::NOT_PRIMARY;
+pub use gate::{at_load as gate_at_load, current as gate};
 pub use inbox::{
     follow_watches, hint, send, FieldList, JobFilter, Msg, Written, Wrote, MAX_LOOK_FIELDS,
 };
@@ -131,6 +134,8 @@ struct Supervisor {
     waiters: waiters::Waiters,
     /// The hash jobs a RELOAD restarts, a batch at a time.
     rollout: reload::Rollout,
+    /// What holds the jobs back besides the role and PAUSE.
+    gate: gate::GateState,
 }
 
 impl Supervisor {
@@ -152,6 +157,7 @@ impl Supervisor {
             stats_published: Instant::now(),
             waiters: waiters::Waiters::default(),
             rollout: reload::Rollout::default(),
+            gate: gate::GateState::default(),
         }
     }
 
@@ -166,9 +172,9 @@ impl Supervisor {
         (&mut self.hash, &mut self.queues, fx)
     }
 
-    /// This node runs jobs now: a primary, not paused.
+    /// This node runs jobs now: a primary, not paused, the gate open.
     fn live(&self) -> bool {
-        self.node.primary && !self.node.paused
+        self.node.primary && !self.node.paused && self.gate.open()
     }
 
     /// ...and runs can start (a helper is running).
@@ -184,10 +190,11 @@ impl Supervisor {
     }
 
     /// How long the loop may wait for a message before it has work of its own: none
-    /// when queues or lifecycle events wait (unless writes are paused), else until the
-    /// first deadline.
+    /// when queues or lifecycle events wait (unless writes are paused or refused), else
+    /// until the first deadline.
     fn next_wakeup(&self, now: Instant) -> Duration {
-        let waiting = self.queues.has_work() || !self.events.is_empty();
+        let waiting =
+            (self.queues.has_work() || !self.events.is_empty()) && !self.gate.writes_refused();
         if waiting && !self.timers.is_set(Deadline::Writes) {
             return Duration::ZERO;
         }
@@ -208,7 +215,9 @@ impl Supervisor {
         }
         self.start_helper();
         self.guarded("reconcile", |s| {
-            s.reconcile_all();
+            if !s.check_gate() {
+                s.reconcile_all();
+            }
         });
         let mut dirty: BTreeSet<(i32, Vec<u8>)> = BTreeSet::new();
         loop {
@@ -255,6 +264,9 @@ impl Supervisor {
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
             self.guarded("events", |s| {
+                if s.gate.writes_refused() {
+                    return; // they wait for the gate to open
+                }
                 if s.events.flush(&s.tsc, s.node.owned.is_some()) == Flushed::WritesPaused {
                     s.writes_paused();
                 }
@@ -372,8 +384,8 @@ impl Supervisor {
             .set(Deadline::SlotPoll, Some(Instant::now() + cluster::POLL));
         let now = {
             let ctx = gil::lock(&self.tsc);
-            if !ctx.avoid_replication_traffic() {
-                store::ensure(&ctx); // a write: never while writes are paused
+            if !ctx.avoid_replication_traffic() && !self.gate.writes_refused() {
+                store::ensure(&ctx); // a write: never while writes are paused or refused
             }
             cluster::owned(&ctx)
         };
@@ -478,6 +490,7 @@ impl Supervisor {
                     stats::PAUSED.store(false, Ordering::Relaxed);
                     self.events.push_plain("resumed");
                 }
+                self.release_hold();
                 self.reconcile_all();
             }
             Msg::WatchPaused {
@@ -488,10 +501,13 @@ impl Supervisor {
             Msg::Role { primary } => {
                 self.node.set_primary(primary);
                 if primary {
-                    self.reconcile_all();
+                    if !self.check_gate() {
+                        self.reconcile_all();
+                    }
                 } else {
                     self.stop_everything();
                     self.waiters.release(follow::NOT_PRIMARY);
+                    self.check_gate();
                 }
             }
             Msg::Report(r) => self.on_report(r),
@@ -640,8 +656,12 @@ impl Supervisor {
         fx.pools.stop_all(fx.runs);
     }
 
-    /// Every queue's pending work; a demoted node stops everything.
+    /// Every queue's pending work; a demoted node stops everything. While the server
+    /// would refuse writes, the queues' writes (acks, dead letters) wait.
     fn flush_queues(&mut self) {
+        if self.gate.writes_refused() {
+            return;
+        }
         let mut fx = Effects {
             runs: &mut self.runs,
             timers: &mut self.timers,

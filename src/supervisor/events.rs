@@ -41,10 +41,14 @@ impl LifecycleEvents {
     /// Queues an event about one watch (`paused`, `resumed` by `STREAMWATCH.PAUSE
     /// pattern` / `RESUME pattern`).
     pub(super) fn push_watch(&mut self, name: &'static str, pattern: &[u8]) {
-        self.pending.push(vec![
-            ("event", name.as_bytes().to_vec()),
-            ("watch", pattern.to_vec()),
-        ]);
+        self.push_fields(name, vec![("watch", pattern.to_vec())]);
+    }
+
+    /// Queues an event about the module itself with fields of its own (`gated`).
+    pub(super) fn push_fields(&mut self, name: &'static str, extra: Vec<(&'static str, Vec<u8>)>) {
+        let mut fields = vec![("event", name.as_bytes().to_vec())];
+        fields.extend(extra);
+        self.pending.push(fields);
     }
 
     /// Queues one lifecycle event about a job.

@@ -103,6 +103,11 @@ impl Supervisor {
         if self.timers.due(Deadline::QueueStats, now) {
             self.stats_now = true; // published this turn: due queues are flushed next
         }
+        if self.timers.due(Deadline::Gate, now) {
+            self.guarded("gate", |s| {
+                s.check_gate();
+            });
+        }
         if self.timers.due(Deadline::SlotPoll, now) {
             self.guarded("slot ownership", |s| s.poll_slots());
         }

@@ -7,7 +7,7 @@
 //! - one of each (`Deadline`), set and cleared in place: restarting the helper, polling
 //!   the cluster's slot ownership, the queues' group figures, keys waiting for their
 //!   pace, publishing the counts, writing the record of live runs, sending the requests
-//!   the helper has not taken yet.
+//!   the helper has not taken yet, checking the gate.
 
 use super::jobs::JobKey;
 use super::stream::{QueueKey, Sid};
@@ -54,9 +54,11 @@ pub(super) enum Deadline {
     /// A client in `STREAMWATCH.WAIT` reaches its timeout, or the entries waited for
     /// are due a look (see `Waiters`).
     Waits,
+    /// Check the gate again (see `gate.rs`).
+    Gate,
 }
 
-const DEADLINES: usize = 9;
+const DEADLINES: usize = 10;
 
 #[derive(Default)]
 pub(super) struct Timers {

@@ -112,9 +112,17 @@ pub struct ServerBuilder {
     own_group: bool,
     kill_on_drop: bool,
     env: Vec<(String, String)>,
+    port: Option<u16>,
 }
 
 impl ServerBuilder {
+    /// Listen on this port instead of a free one (a server restarted where a Sentinel
+    /// or its replicas expect it).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// An environment variable of the server, so of every run it starts (e.g.
     /// `PYTHONPATH` for Python jobs).
     pub fn env(mut self, name: &str, value: &str) -> Self {
@@ -189,7 +197,7 @@ impl ServerBuilder {
 
         let mut last_log = String::new();
         for _attempt in 0..5 {
-            let port = free_port();
+            let port = self.port.unwrap_or_else(free_port);
             let _ = fs::remove_file(&log_path);
             let mut child = self.spawn(dir.path(), port, &config_path, &log_path, &stdio_path);
             let deadline = Instant::now() + WAIT;
@@ -350,6 +358,7 @@ impl Server {
             own_group: false,
             kill_on_drop: false,
             env: Vec::new(),
+            port: None,
         }
     }
 
@@ -1232,4 +1241,104 @@ pub fn watch_map(c: &mut redis::Connection, pattern: &str) -> Map {
         .into_iter()
         .find(|m| get_str(m, "pattern") == pattern)
         .expect("watch listed")
+}
+
+// ---------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------
+
+/// A Sentinel (the server binary under test in `--sentinel` mode) monitoring one
+/// primary as `sw`, quorum 1, down after 1 s; killed on drop.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+}
+
+impl Sentinel {
+    pub fn start(dir: &TempDir, primary_port: u16) -> Sentinel {
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
+                 sentinel monitor sw 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds sw 1000\n\
+                 sentinel failover-timeout sw 10000\n",
+                dir.path().display(),
+                dir.path().join("sentinel.log").display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new(redis_server_binary())
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sentinel");
+        let s = Sentinel { child, port };
+        wait_until("sentinel answers", WAIT, || s.conn().is_some());
+        s
+    }
+
+    fn conn(&self) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()
+    }
+
+    /// The port Sentinel currently names as the primary of `sw`.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut c = self.conn()?;
+        let v: Vec<String> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("sw")
+            .query(&mut c)
+            .ok()?;
+        v.get(1)?.parse().ok()
+    }
+
+    /// How many replicas of `sw` Sentinel knows.
+    pub fn knows_replicas(&self) -> usize {
+        let Some(mut c) = self.conn() else { return 0 };
+        redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("sw")
+            .query::<redis::Value>(&mut c)
+            .map(|v| to_array(&v).len())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `INFO replication` of the server on `port`, on a fresh connection (Sentinel kills
+/// the clients of a node it reconfigures); empty if it does not answer.
+pub fn replication_of(port: u16) -> HashMap<String, String> {
+    let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+    else {
+        return HashMap::new();
+    };
+    match run(&mut c, &["INFO", "replication"]) {
+        Ok(v) => vstr(&v)
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
+/// Whether the server on `port` is a primary (fresh connection).
+pub fn is_primary(port: u16) -> bool {
+    replication_of(port).get("role").map(String::as_str) == Some("master")
 }
