@@ -368,7 +368,10 @@ fn replica_runs_nothing_and_promotion_claims_pending_entries() {
             .map(String::as_str)
             == Some("up")
     });
-    let added = xadd_many(&mut pc, "rq", 0, 20);
+    // Each entry has the field the handler names (one without it would not run).
+    let added: Vec<String> = (0..20)
+        .map(|i| xadd(&mut pc, "rq", &[("mode", "fast"), ("n", &i.to_string())]))
+        .collect();
     wait_drained(&mut pc, "rq");
     wait_drained(&mut rc, "rq");
     let done = lines(&out.path().join("done"));

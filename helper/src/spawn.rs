@@ -551,19 +551,8 @@ pub fn run(
         return LAUNCHER
             .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, fds, setup));
     }
-    let pid = posix_spawn_run(&path, &argp, &envp, dir.as_ref(), fds).map_err(|e| {
-        // posix_spawn does not say which step failed: the cwd, if it cannot be entered.
-        let enterable = |d: &CString| {
-            let is_dir =
-                std::fs::metadata(OsStr::from_bytes(d.as_bytes())).is_ok_and(|m| m.is_dir());
-            is_dir && executable(d)
-        };
-        match (e.raw_os_error(), &dir) {
-            (None, _) => e,
-            (Some(_), Some(d)) if !enterable(d) => setup.names.cwd_error(&e),
-            (Some(_), _) => setup.names.exec_error(&e),
-        }
-    })?;
+    let pid = posix_spawn_run(&path, &argp, &envp, dir.as_ref(), fds)
+        .map_err(|e| setup.names.posix_spawn_error(e))?;
     LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
     Ok(pid)
 }

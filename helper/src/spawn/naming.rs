@@ -85,6 +85,22 @@ impl Names {
         named(program, os)
     }
 
+    /// posix_spawn's error, which does not say which step failed: the cwd's if the
+    /// cwd cannot be entered, else the program's.
+    pub fn posix_spawn_error(&self, e: io::Error) -> io::Error {
+        let enterable = |d: &[u8]| {
+            let is_dir = std::fs::metadata(OsStr::from_bytes(d)).is_ok_and(|m| m.is_dir());
+            let c = std::ffi::CString::new(d).ok();
+            // SAFETY: a NUL-terminated path the call only reads.
+            is_dir && c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+        };
+        match (e.raw_os_error(), &self.cwd) {
+            (None, _) => e,
+            (Some(_), Some(d)) if !enterable(d) => self.cwd_error(&e),
+            (Some(_), _) => self.exec_error(&e),
+        }
+    }
+
     /// A bare name that no directory of PATH has.
     pub fn not_in_path(&self, path: &[u8]) -> io::Error {
         let os = io::Error::from_raw_os_error(libc::ENOENT);
