@@ -5,11 +5,14 @@
 //! admin command `STREAMWATCH.RELOAD`), so a client that can write keys can never make
 //! the server run a program of its choosing. A file that does
 //! not parse, names an unknown handler, has an empty `command` or an unknown key is
-//! rejected with one message naming the file, the line and the problem.
+//! rejected with one message naming the file, the line and the problem. So is an
+//! unknown placeholder (`{feild}`, see `template`), and a watch whose handler uses a
+//! placeholder its kind of job does not have (`{value}` for a stream watch).
 
 use crate::limits::{self, CgroupFinder, Limits};
 use crate::protocol::Rlimit;
-use crate::spec::{self, DbSel, Opt, Options, Source, Syntax, Value, WatchSpec};
+use crate::spec::{self, DbSel, Kind, Opt, Options, Source, Syntax, Value, WatchSpec};
+use crate::template::{placeholders, Placeholder};
 use redis_module::configuration::{ConfigurationContext, ConfigurationValue};
 use redis_module::{RedisError, RedisString};
 use serde::Deserialize;
@@ -145,7 +148,11 @@ impl Restart {
 #[derive(Debug, PartialEq)]
 pub struct Handler {
     pub name: String,
+    /// The program (resolved when it was relative to the config file) and arguments.
     pub command: Vec<String>,
+    /// The program as the file wrote it, when `command[0]` is its resolution
+    /// (`./worker.py`): spawn errors name both.
+    pub program_as_written: Option<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub restart: Restart,
@@ -201,9 +208,9 @@ struct FileToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct HandlerToml {
-    command: Spanned<Vec<String>>,
+    command: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Spanned<String>>,
     cwd: Option<String>,
     #[serde(default = "always")]
     restart: Restart,
@@ -372,7 +379,28 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
         let limits = limits::check(&h.limits(), cgroups)
             .map_err(|(offset, e)| at(offset, format!("handler '{name}' has {e}")))?;
         let span = h.command.span();
-        let mut command = h.command.into_inner();
+        let args = h.command.into_inner();
+        let env_values = h.env.iter().map(|(k, v)| (format!("env ({k})"), v));
+        let templates = (args.iter().enumerate())
+            .map(|(i, a)| (format!("command (argument {i})"), a))
+            .chain(env_values);
+        for (place, t) in templates {
+            if let Some(p) = placeholders(t.get_ref())
+                .into_iter()
+                .find(|p| matches!(p, Placeholder::Unknown(_)))
+            {
+                return Err(at(
+                    t.span().start,
+                    format!(
+                        "handler '{name}' has an unknown placeholder {} in its {place}; the \
+                         placeholders are {{key}} {{db}}, for hash jobs {{field}} {{value}}, \
+                         for stream jobs {{id}} {{field:NAME}}",
+                        p.text()
+                    ),
+                ));
+            }
+        }
+        let mut command: Vec<String> = args.into_iter().map(Spanned::into_inner).collect();
         if command.is_empty() || command[0].is_empty() {
             return Err(at(
                 span.start,
@@ -390,9 +418,12 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
             ));
         }
         // Relative paths are relative to the config file, not to the server's --dir.
-        if command[0].starts_with("./") || command[0].starts_with("../") {
-            command[0] = resolve(&command[0]);
-        }
+        // (`./w.py` becomes `<dir>/w.py`; the error of a run that cannot start names both.)
+        let relative = match command[0].strip_prefix("./") {
+            Some(rest) => Some(resolve(rest)),
+            None => command[0].starts_with("../").then(|| resolve(&command[0])),
+        };
+        let program_as_written = relative.map(|r| std::mem::replace(&mut command[0], r));
         let cwd = h
             .cwd
             .map(|c| if c.starts_with('/') { c } else { resolve(&c) });
@@ -411,7 +442,7 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
             ));
         }
         if pool > 0 {
-            let args = command.iter().chain(h.env.values());
+            let args = command.iter().chain(h.env.values().map(Spanned::get_ref));
             if let Some(p) = args.filter_map(|a| first_placeholder(a)).next() {
                 return Err(at(
                     span.start,
@@ -439,7 +470,12 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
             Arc::new(Handler {
                 name,
                 command,
-                env: h.env.into_iter().collect(),
+                program_as_written,
+                env: h
+                    .env
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_inner()))
+                    .collect(),
                 cwd,
                 restart: h.restart,
                 backoff_initial: Duration::from_millis(h.backoff_initial_ms),
@@ -533,7 +569,7 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
             ));
         }
         let spec = parsed.into_spec(w.pattern.into_bytes(), Source::Config, DbSel::One(0));
-        if let Some(problem) = pool_problem(&spec, &handlers[&handler]) {
+        if let Some(problem) = handler_problem(&spec, &handlers[&handler]) {
             return Err(at(hspan.start, problem));
         }
         if let Some(problem) = spec::deadletter_problem(&spec) {
@@ -552,14 +588,45 @@ pub fn parse_with(path: &str, text: &str, cgroups: CgroupFinder) -> Result<Confi
     Ok(Config { handlers, watches })
 }
 
+/// Why a watch cannot use handler `h`: a pool serves stream watches only
+/// (`pool_problem`), and a handler's placeholders must be ones its jobs have
+/// (`placeholder_problem`). Checked for every watch, from the file, a command or
+/// the store.
+pub fn handler_problem(spec: &WatchSpec, h: &Handler) -> Option<String> {
+    pool_problem(spec, h).or_else(|| placeholder_problem(spec, h))
+}
+
 /// Why a watch cannot use handler `h`: a pool serves stream watches only.
 pub fn pool_problem(spec: &WatchSpec, h: &Handler) -> Option<String> {
-    (h.pool > 0 && spec.kind != crate::spec::Kind::Stream).then(|| {
+    (h.pool > 0 && spec.kind != Kind::Stream).then(|| {
         format!(
             "handler '{}' is a pool (pool = {}), which serves stream watches only: give the watch TYPE stream",
             h.name, h.pool
         )
     })
+}
+
+/// Why a watch cannot use handler `h`: it uses a placeholder of the other kind of
+/// job (`{field}`, `{value}`: hash jobs; `{id}`, `{field:NAME}`: stream jobs).
+pub fn placeholder_problem(spec: &WatchSpec, h: &Handler) -> Option<String> {
+    let templates = h.command.iter().chain(h.env.iter().map(|(_, v)| v));
+    let wrong = templates.flat_map(|t| placeholders(t)).find(|p| {
+        matches!(
+            (p, spec.kind),
+            (Placeholder::Hash(_), Kind::Stream) | (Placeholder::Stream(_), Kind::Hash)
+        )
+    })?;
+    let (has, other) = match spec.kind {
+        Kind::Hash => ("stream", "hash"),
+        Kind::Stream => ("hash", "stream"),
+    };
+    Some(format!(
+        "handler '{}' uses the placeholder {}, which only {has} jobs have, so {other} watch \
+         '{}' cannot use it",
+        h.name,
+        wrong.text(),
+        String::from_utf8_lossy(&spec.pattern)
+    ))
 }
 
 /// The first placeholder in a program name (`{value}`, `{field:url}`, ...), if any.
@@ -568,18 +635,11 @@ fn program_placeholder(program: &str) -> Option<&str> {
 }
 
 /// The first placeholder in an argument (`{value}`, `{field:url}`, ...), if any.
-fn first_placeholder(program: &str) -> Option<&str> {
-    const NAMES: [&str; 6] = ["{key}", "{field}", "{value}", "{db}", "{id}", "{field:"];
-    let (at, name) = NAMES
-        .iter()
-        .filter_map(|n| program.find(n).map(|i| (i, *n)))
-        .min()?;
-    Some(match name {
-        "{field:" => program[at..]
-            .find('}')
-            .map_or(&program[at..], |e| &program[at..=at + e]),
-        n => n,
-    })
+fn first_placeholder(arg: &str) -> Option<&str> {
+    placeholders(arg)
+        .into_iter()
+        .find(|p| !matches!(p, Placeholder::Unknown(_)))
+        .map(Placeholder::text)
 }
 
 /// Reads and parses the file named by the `config` module config (none: empty config).

@@ -15,13 +15,18 @@ use std::io::{self, Read, Write};
 /// 128 KiB per-argument maximum fits easily.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// What the module asks of the helper.
+/// What the module asks of the helper. (A `Spawn` is much larger than the others;
+/// requests are encoded one at a time and never kept in bulk, so no box.)
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// Start a run in its own process group, stdout and stderr captured.
     Spawn {
         run: u64,
         argv: Vec<Vec<u8>>,
+        /// The program as the handler wrote it, when `argv[0]` is its resolution
+        /// (`./worker.py`, relative to the config file): spawn errors name both.
+        program: Option<Vec<u8>>,
         /// Added to the helper's (that is, redis-server's) environment.
         env: Vec<(Vec<u8>, Vec<u8>)>,
         cwd: Option<Vec<u8>>,
@@ -331,6 +336,7 @@ impl Request {
             Request::Spawn {
                 run,
                 argv,
+                program,
                 env,
                 cwd,
                 stdin,
@@ -351,7 +357,7 @@ impl Request {
                     e.bytes(k);
                     e.bytes(v);
                 }
-                for opt in [cwd, stdin] {
+                for opt in [cwd, stdin, program] {
                     match opt {
                         Some(c) => {
                             e.i32(1);
@@ -403,12 +409,14 @@ impl Request {
                 }
                 let cwd = d.opt()?;
                 let stdin = d.opt()?;
+                let program = d.opt()?;
                 let limits = d.limits()?;
                 let keep_stdin = d.bool()?;
                 let replies = d.bool()?;
                 Ok(Request::Spawn {
                     run,
                     argv,
+                    program,
                     env,
                     cwd,
                     stdin,

@@ -278,7 +278,7 @@ pub fn find(pattern: &[u8]) -> Option<Arc<Watch>> {
 /// Can `STREAMWATCH.WATCH` add this command watch? (`replace`: may replace one.)
 pub fn check_add(spec: &WatchSpec, replace: bool) -> Result<(), String> {
     let h = handler_of(spec)?;
-    if let Some(problem) = config::pool_problem(spec, &h) {
+    if let Some(problem) = config::handler_problem(spec, &h) {
         return Err(format!("ERR {problem} (HANDLER)"));
     }
     if let Some(problem) = deadletter_problem(spec) {
@@ -368,7 +368,7 @@ pub fn set_command_watches(specs: Vec<WatchSpec>) -> (Option<Snapshot>, Vec<Stri
                 continue;
             }
             match handler_of(&spec) {
-                Ok(h) => match config::pool_problem(&spec, &h) {
+                Ok(h) => match config::handler_problem(&spec, &h) {
                     Some(problem) => {
                         problems.push(format!("stored watch '{pattern}' is ignored: {problem}"))
                     }

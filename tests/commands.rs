@@ -786,7 +786,9 @@ fn a_panic_never_reaches_redis() {
 /// value is a free-form name, a clean reply), and the server stays up.
 #[test]
 fn hostile_option_values_are_errors_naming_the_option() {
-    let s = Server::start(&long_handler("h", ""));
+    // `h` for hash watches, `s` (no hash placeholder) for stream watches.
+    let stream = format!("[handler.s]\ncommand = [\"/bin/true\", \"{TAG}\", \"{{id}}\"]\n");
+    let s = Server::start(&format!("{}{stream}", long_handler("h", "")));
     let mut c = s.conn();
     let hostile: [&[u8]; 5] = [
         b"99999999999999999999999",
@@ -801,10 +803,10 @@ fn hostile_option_values_are_errors_naming_the_option() {
         (&[w, "p", "HANDLER", "h"], "DB"),
         (&[w, "p", "HANDLER", "h"], "TYPE"),
         (&[w, "p", "HANDLER", "h"], "ONCHANGE"),
-        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "CONCURRENCY"),
-        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "MAX-ATTEMPTS"),
-        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "GROUP"),
-        (&[w, "p", "HANDLER", "h", "TYPE", "stream"], "DEADLETTER"),
+        (&[w, "p", "HANDLER", "s", "TYPE", "stream"], "CONCURRENCY"),
+        (&[w, "p", "HANDLER", "s", "TYPE", "stream"], "MAX-ATTEMPTS"),
+        (&[w, "p", "HANDLER", "s", "TYPE", "stream"], "GROUP"),
+        (&[w, "p", "HANDLER", "s", "TYPE", "stream"], "DEADLETTER"),
         (&[w, "p"], "HANDLER"),
         (&["STREAMWATCH.JOBS"], "COUNT"),
         (&["STREAMWATCH.JOBS"], "STATE"),

@@ -298,3 +298,103 @@ fn a_pool_handler_takes_no_placeholder_and_no_hash_watch() {
         "has pool = 5000; at most 1024",
     );
 }
+
+#[test]
+fn an_unknown_placeholder_refuses_load_naming_it_and_its_line() {
+    assert_refused(
+        "[handler.w]\ncommand = [\"/bin/echo\", \"{feild}\"]\n",
+        "line 2: handler 'w' has an unknown placeholder {feild} in its command (argument 1); \
+         the placeholders are {key} {db}, for hash jobs {field} {value}, for stream jobs {id} \
+         {field:NAME}",
+    );
+    // Each argument of a command over several lines, and each env value, at its line.
+    assert_refused(
+        "[handler.w]\ncommand = [\n  \"/bin/echo\",\n  \"{key}\",\n  \"--url={field:}\",\n]\n",
+        "line 5: handler 'w' has an unknown placeholder {field:} in its command (argument 2)",
+    );
+    assert_refused(
+        "[handler.w]\ncommand = [\"/bin/true\"]\n[handler.w.env]\nA = \"{value}\"\nB = \"{Value}\"\n",
+        "line 5: handler 'w' has an unknown placeholder {Value} in its env (B)",
+    );
+}
+
+/// Braces that are no placeholder (JSON, a shell's `${NAME}`, `{}`) reach the worker
+/// as written.
+#[test]
+fn other_braces_are_passed_on_as_written() {
+    let toml = format!(
+        "[handler.w]\ncommand = ['/bin/sh', '-c', 'sleep 1000', '{TAG}', '{{\"a\":1}}', \
+         '${{HOME}}', '{{}}', '{{ key }}', '{{0}}', '{{key}}']\n{}",
+        watch_toml("br:*", "w", None)
+    );
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "br:k", "f", "v"]);
+    let pid = running_pid(&mut c, "br:k", "f");
+    let args: Vec<String> = cmdline(pid)[4..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(
+        args,
+        ["{\"a\":1}", "${HOME}", "{}", "{ key }", "{0}", "br:k"]
+    );
+}
+
+/// `{field}` and `{value}` are hash jobs' only, `{id}` and `{field:NAME}` stream
+/// jobs': a watch whose handler uses the other kind's is refused, naming both, from
+/// the file (the load), a command (`ERR ... (HANDLER)`) or the store (skipped).
+#[test]
+fn a_placeholder_of_the_other_kind_of_job_refuses_the_watch_naming_both() {
+    let stream_handler = "[handler.s]\ncommand = [\"/bin/true\"]\nenv = { U = \"{field:url}\" }\n";
+    assert_refused(
+        &format!(
+            "{}[[watch]]\npattern = \"q\"\nhandler = \"w\"\ntype = \"stream\"\n",
+            long_handler("w", "")
+        ),
+        "handler 'w' uses the placeholder {field}, which only hash jobs have, so stream \
+         watch 'q' cannot use it",
+    );
+    assert_refused(
+        &format!("{stream_handler}{}", watch_toml("h:*", "s", None)),
+        "line 6: handler 's' uses the placeholder {field:url}, which only stream jobs have, \
+         so hash watch 'h:*' cannot use it",
+    );
+    let s = Server::start(&format!("{}{stream_handler}", long_handler("w", "")));
+    let mut c = s.conn();
+    let w = "STREAMWATCH.WATCH";
+    assert_eq!(
+        err(&mut c, &[w, "q", "HANDLER", "w", "TYPE", "stream"]),
+        "ERR handler 'w' uses the placeholder {field}, which only hash jobs have, so stream \
+         watch 'q' cannot use it (HANDLER)"
+    );
+    assert_eq!(
+        err(&mut c, &[w, "h:*", "HANDLER", "s"]),
+        "ERR handler 's' uses the placeholder {field:url}, which only stream jobs have, so \
+         hash watch 'h:*' cannot use it (HANDLER)"
+    );
+    ok(&mut c, &[w, "q", "HANDLER", "s", "TYPE", "stream"]);
+    ok(&mut c, &[w, "h:*", "HANDLER", "w"]);
+    // A stored watch that fails the check is skipped with a log line.
+    ok(
+        &mut c,
+        &[
+            "HSET",
+            "streamwatch:watches",
+            "bad",
+            "handler = \"w\"\ntype = \"stream\"\ndb = 0\nonchange = \"restart\"\n",
+        ],
+    );
+    ok(&mut c, &[w, "h2:*", "HANDLER", "w"]);
+    let skipped = "stored watch 'bad' is ignored: handler 'w' uses the placeholder {field}, \
+                   which only hash jobs have, so stream watch 'bad' cannot use it";
+    wait_until("the skipped watch's log line", WAIT, || {
+        s.log().contains(skipped)
+    });
+    let patterns: Vec<String> = to_array(&ok(&mut c, &["STREAMWATCH.WATCHES"]))
+        .iter()
+        .map(|w| get_str(&to_map(w), "pattern"))
+        .collect();
+    assert_eq!(patterns.len(), 3, "{patterns:?}");
+    assert!(!patterns.contains(&"bad".to_string()), "{patterns:?}");
+}

@@ -265,7 +265,9 @@ fn a_placeholder_cannot_choose_the_program_unless_allowed() {
 /// queue: refused, naming the option.
 #[test]
 fn a_queue_cannot_dead_letter_into_itself() {
-    let s = Server::start(&simple_config("dq:*"));
+    // `s`: a handler for stream watches (no {field}/{value}).
+    let stream = format!("[handler.s]\ncommand = [\"/bin/true\", \"{TAG}\", \"{{id}}\"]\n");
+    let s = Server::start(&format!("{}{stream}", simple_config("dq:*")));
     let mut c = s.conn();
     let e = err(
         &mut c,
@@ -273,7 +275,7 @@ fn a_queue_cannot_dead_letter_into_itself() {
             "STREAMWATCH.WATCH",
             "jobs",
             "HANDLER",
-            "w",
+            "s",
             "TYPE",
             "stream",
             "DEADLETTER",
@@ -287,7 +289,7 @@ fn a_queue_cannot_dead_letter_into_itself() {
             "STREAMWATCH.WATCH",
             "jobs:*",
             "HANDLER",
-            "w",
+            "s",
             "TYPE",
             "stream",
             "DEADLETTER",

@@ -368,7 +368,10 @@ fn replica_runs_nothing_and_promotion_claims_pending_entries() {
             .map(String::as_str)
             == Some("up")
     });
-    let added = xadd_many(&mut pc, "rq", 0, 20);
+    // Each entry has the field the handler names (one without it would not run).
+    let added: Vec<String> = (0..20)
+        .map(|i| xadd(&mut pc, "rq", &[("mode", "fast"), ("n", &i.to_string())]))
+        .collect();
     wait_drained(&mut pc, "rq");
     wait_drained(&mut rc, "rq");
     let done = lines(&out.path().join("done"));
@@ -397,7 +400,7 @@ fn replica_runs_nothing_and_promotion_claims_pending_entries() {
 
 #[test]
 fn stream_options_are_checked() {
-    let s = Server::start(&long_handler("w", ""));
+    let s = Server::start(&handler("w", Path::new("/tmp"), "true", &[], ""));
     let mut c = s.conn();
     let w = "STREAMWATCH.WATCH";
     // A bad stream option: the error names it.
@@ -626,9 +629,8 @@ fn a_bad_ack_is_an_error_naming_ack() {
 #[test]
 fn a_second_watch_on_the_same_streams_and_group_is_refused() {
     let dir = TempDir::new();
-    let s = Server::builder(&recorder(dir.path(), ""))
-        .dir(dir.clone())
-        .start();
+    let toml = format!("{}{}", recorder(dir.path(), ""), long_handler("w", ""));
+    let s = Server::builder(&toml).dir(dir.clone()).start();
     let mut c = s.conn();
     let w = "STREAMWATCH.WATCH";
     watch_stream_opts(&mut c, "q:*", "rec", &[]);
@@ -654,7 +656,7 @@ fn a_second_watch_on_the_same_streams_and_group_is_refused() {
     watch_stream_opts(&mut c, "q:1", "rec", &["GROUP", "audit"]);
     watch_stream_opts(&mut c, "r:*", "rec", &[]);
     watch_stream_opts(&mut c, "q:2", "rec", &["DB", "1"]);
-    ok(&mut c, &[w, "q:3", "HANDLER", "rec"]);
+    ok(&mut c, &[w, "q:3", "HANDLER", "w"]);
     // Two groups on one stream: each entry runs once per group.
     let id = xadd(&mut c, "q:1", &[("n", "1")]);
     wait_drained(&mut c, "q:1");
@@ -665,7 +667,7 @@ fn a_second_watch_on_the_same_streams_and_group_is_refused() {
     // The config file refuses such a pair, naming both.
     let bad = format!(
         "{}{}type = \"stream\"\n{}type = \"stream\"\n",
-        long_handler("w", ""),
+        handler("w", dir.path(), "true", &[], ""),
         watch_toml("jobs:*", "w", None),
         watch_toml("jobs:new", "w", None)
     );

@@ -320,6 +320,7 @@ impl Helper {
         let Request::Spawn {
             run: id,
             argv,
+            program,
             env,
             cwd,
             stdin,
@@ -358,7 +359,15 @@ impl Helper {
                 out: writer.as_raw_fd(),
                 replies: replies.as_ref().map(|(_, w)| w.as_raw_fd()),
             };
-            let pid = spawn::run(&argv, &env, cwd.as_deref(), fds, &limits, group.as_deref())?;
+            let pid = spawn::run(
+                &argv,
+                program.as_deref(),
+                &env,
+                cwd.as_deref(),
+                fds,
+                &limits,
+                group.as_deref(),
+            )?;
             let started = identity::of(pid, before, identity::now_ns());
             drop(writer);
             let nonblocking = |fd: OwnedFd| {

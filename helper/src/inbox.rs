@@ -66,6 +66,7 @@ mod tests {
             Request::Spawn {
                 run: 8,
                 argv: vec![b"echo".to_vec(), b"a b".to_vec()],
+                program: None,
                 env: vec![(b"K".to_vec(), b"V".to_vec())],
                 cwd: Some(b"/tmp".to_vec()),
                 stdin: Some(b"entry".to_vec()),

@@ -27,12 +27,17 @@
 //! whether the exec happened. The child makes raw system calls only (see `child`).
 //!
 //! Kernels before 5.9 (no close_range) get glibc's `posix_spawn` instead.
+//!
+//! A run that cannot start fails with an error naming what failed and its path (see
+//! `naming`): `cwd /srv/x: No such file or directory`.
 
 mod child;
+mod naming;
 
 use crate::protocol::{Limits, Rlimit, UNLIMITED};
 use crate::sys::error_text;
 use child::Child;
+use naming::Names;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
 use std::io;
@@ -72,18 +77,22 @@ struct Setup {
     limits: Limits,
     /// `cgroup.procs` of the run's own cgroup.
     cgroup_procs: Option<CString>,
+    /// Its program and working directory, as its errors name them.
+    names: Names,
 }
 
 impl Setup {
-    /// Why the child failed at `step` (a `child::STEP_*`) with `errno`: the option
-    /// named, e.g. `nice -5: Permission denied`; the system's words alone for the
-    /// exec and what comes before it.
+    /// Why the child failed at `step` (a `child::STEP_*`) with `errno`: what failed
+    /// named, e.g. `nice -5: Permission denied`, `cwd /srv/x: No such file or
+    /// directory`, `program ./w.py (resolved to /etc/sw/w.py): Permission denied`.
     fn error(&self, step: i32, errno: i32) -> io::Error {
         let os = io::Error::from_raw_os_error(errno);
-        let named =
-            |what: String| io::Error::new(os.kind(), format!("{what}: {}", error_text(&os)));
+        let named = |what: String| naming::named(what, &os);
         let l = &self.limits;
         match step {
+            child::STEP_EXEC => self.names.exec_error(&os),
+            child::STEP_CWD => self.names.cwd_error(&os),
+            child::STEP_FDS => named("the run's descriptors".into()),
             child::STEP_CGROUP => {
                 let option = l.cgroup.as_ref().map_or("cgroup", crate::cgroup::options);
                 let procs = self.cgroup_procs.as_deref().unwrap_or_default();
@@ -237,12 +246,14 @@ fn resolve(program: &[u8]) -> io::Result<CString> {
 }
 
 /// `resolve` along `path` (`None`: no PATH set, then `/bin:/usr/bin`).
+/// A file of that name that is not executable is taken when no executable one is
+/// found (its exec then fails with EACCES, as posix_spawnp's would).
 fn resolve_in(program: &[u8], path: Option<&OsStr>) -> io::Result<CString> {
     if program.contains(&b'/') {
         return cstring(program);
     }
-    let dirs = path.map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
-    for dir in dirs.split(|&b| b == b':') {
+    let mut not_executable = None;
+    for dir in path_dirs(path).split(|&b| b == b':') {
         let dir = if dir.is_empty() { &b"."[..] } else { dir };
         let full = cstring(&[dir, b"/", program].concat())?;
         let is_file =
@@ -250,8 +261,17 @@ fn resolve_in(program: &[u8], path: Option<&OsStr>) -> io::Result<CString> {
         if is_file && executable(&full) {
             return Ok(full);
         }
+        if is_file && not_executable.is_none() {
+            not_executable = Some(full);
+        }
     }
-    Err(io::Error::from_raw_os_error(libc::ENOENT)) // as posix_spawnp says
+    // ENOENT: as posix_spawnp says.
+    not_executable.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// The directories a bare program name is looked for in: PATH, or `/bin:/usr/bin`.
+fn path_dirs(path: Option<&OsStr>) -> &[u8] {
+    path.map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes())
 }
 
 fn executable(path: &CStr) -> bool {
@@ -456,9 +476,12 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 /// Starts a run; its outcome (exec'ed, or why not) comes later from `settled`.
 /// `fds`: its descriptors; `limits`: what it is limited to, set before its exec, with
 /// `cgroup` the directory of its own cgroup (made by `cgroup::make`) if it has one.
-/// A limit that cannot be set fails the run with an error naming the option.
+/// A limit that cannot be set fails the run with an error naming the option; a
+/// program or working directory that cannot be used, one naming it and its path
+/// (`written`: the program as the handler wrote it, if `argv[0]` is its resolution).
 pub fn run(
     argv: &[Vec<u8>],
+    written: Option<&[u8]>,
     env: &[(Vec<u8>, Vec<u8>)],
     cwd: Option<&[u8]>,
     fds: Fds,
@@ -468,6 +491,12 @@ pub fn run(
     let program = argv
         .first()
         .ok_or_else(|| io::Error::other("empty command"))?;
+    let mut names = Names {
+        written: written.map(<[u8]>::to_vec),
+        argv0: program.clone(),
+        exec_path: Vec::new(),
+        cwd: cwd.map(<[u8]>::to_vec),
+    };
     let mut strings: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
     let nargs = strings.len();
     for (k, v) in std::env::vars_os() {
@@ -488,11 +517,17 @@ pub fn run(
     let argp = list(&strings[..nargs]);
     let envp = list(&strings[nargs..]);
     let dir = cwd.map(cstring).transpose()?;
+    let path = resolve(program).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => names.not_in_path(path_dirs(std::env::var_os("PATH").as_deref())),
+        _ => e,
+    })?;
+    names.exec_path = path.as_bytes().to_vec();
     let setup = Setup {
         limits: limits.clone(),
         cgroup_procs: cgroup
             .map(|d| cstring(d.join("cgroup.procs").as_os_str().as_bytes()))
             .transpose()?,
+        names,
     };
     let fast = LAUNCHER.with_borrow(|l| l.fast);
     if !fast {
@@ -513,11 +548,11 @@ pub fn run(
         LAUNCHER.with_borrow_mut(|l| l.set_oom(v))?;
     }
     if fast {
-        let path = resolve(program)?;
         return LAUNCHER
             .with_borrow_mut(|l| l.launch(path, strings, [argp, envp], dir, fds, setup));
     }
-    let pid = posix_spawn_run(program, &strings[0], &argp, &envp, dir.as_ref(), fds)?;
+    let pid = posix_spawn_run(&path, &argp, &envp, dir.as_ref(), fds)
+        .map_err(|e| setup.names.posix_spawn_error(e))?;
     LAUNCHER.with_borrow_mut(|l| l.settled.push((pid, None)));
     Ok(pid)
 }
@@ -559,11 +594,10 @@ pub struct Fds {
     pub replies: Option<RawFd>,
 }
 
-/// glibc's `posix_spawn`, where the clone path is not available (it returns once
-/// the child has exec'ed, or with why it could not).
+/// glibc's `posix_spawn` of `path`, where the clone path is not available (it
+/// returns once the child has exec'ed, or with why it could not).
 fn posix_spawn_run(
-    program: &[u8],
-    arg0: &CString,
+    path: &CString,
     argp: &[*const c_char],
     envp: &[*const c_char],
     dir: Option<&CString>,
@@ -635,14 +669,10 @@ fn posix_spawn_run(
                     dir.as_ptr(),
                 ))?;
             }
-            let f = if program.contains(&b'/') {
-                libc::posix_spawn
-            } else {
-                libc::posix_spawnp
-            };
-            check(f(
+            // The path `resolve` found (posix_spawnp's search, done by the helper).
+            check(libc::posix_spawn(
                 &mut pid,
-                arg0.as_ptr(),
+                path.as_ptr(),
                 &actions,
                 &attr,
                 argp.as_ptr().cast(),

@@ -14,6 +14,7 @@ fn spawn_request(run: u64, argv: &[&str]) -> Request {
     Request::Spawn {
         run,
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        program: None,
         env: vec![(b"SW_CONTROL_TEST".to_vec(), b"1".to_vec())],
         cwd: None,
         stdin: Some(b"from stdin".to_vec()),
@@ -30,6 +31,7 @@ fn sh(run: u64, script: &str, stdin: Option<&[u8]>, keep_stdin: bool, replies: b
     Request::Spawn {
         run,
         argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+        program: None,
         env: vec![],
         cwd: None,
         stdin: stdin.map(<[u8]>::to_vec),
@@ -499,6 +501,7 @@ fn shutdown_closes_kept_open_stdins() {
     h.send(&Request::Spawn {
         run: 1,
         argv: vec![b"cat".to_vec()],
+        program: None,
         env: vec![],
         cwd: None,
         stdin: None,

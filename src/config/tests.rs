@@ -197,8 +197,17 @@ fn relative_paths_are_relative_to_the_file() {
     )
     .unwrap();
     let h = &c.handlers["a"];
-    assert_eq!(h.command, ["/etc/sw/./w.sh", "./arg"]);
+    assert_eq!(h.command, ["/etc/sw/w.sh", "./arg"]);
+    assert_eq!(h.program_as_written.as_deref(), Some("./w.sh"));
     assert_eq!(h.cwd.as_deref(), Some("/etc/sw/data"));
+    let up = parse("/etc/sw/x.toml", "[handler.a]\ncommand = [\"../w.sh\"]\n").unwrap();
+    assert_eq!(up.handlers["a"].command, ["/etc/sw/../w.sh"]);
+    assert_eq!(
+        up.handlers["a"].program_as_written.as_deref(),
+        Some("../w.sh")
+    );
+    let absolute = parse("/etc/sw/x.toml", "[handler.a]\ncommand = [\"/bin/w\"]\n").unwrap();
+    assert_eq!(absolute.handlers["a"].program_as_written, None);
 }
 
 #[test]

@@ -10,6 +10,7 @@ fn spawn(keep_stdin: bool, replies: bool) -> Request {
     Request::Spawn {
         run: 7,
         argv: vec![b"/bin/sh".to_vec(), vec![0xff, b';', b'\n']],
+        program: Some(b"./sh".to_vec()),
         env: vec![(b"A".to_vec(), b"1".to_vec())],
         cwd: Some(b"/tmp".to_vec()),
         stdin: Some(b"{\"a\":\"1\"}".to_vec()),
@@ -44,6 +45,7 @@ fn limited(limits: Limits) -> Request {
         Request::Spawn {
             run,
             argv,
+            program,
             env,
             cwd,
             stdin,
@@ -55,6 +57,7 @@ fn limited(limits: Limits) -> Request {
         } => Request::Spawn {
             run,
             argv,
+            program,
             env,
             cwd,
             stdin,
@@ -220,6 +223,7 @@ fn truncated_frames_are_errors_not_panics() {
             Request::Spawn {
                 run: 1,
                 argv: vec![b"x".to_vec()],
+                program: None,
                 env: vec![],
                 cwd: None,
                 stdin: None,

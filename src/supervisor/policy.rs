@@ -84,6 +84,7 @@ mod tests {
         Handler {
             name: "h".into(),
             command: vec!["x".into()],
+            program_as_written: None,
             env: Vec::new(),
             cwd: None,
             restart,

@@ -18,7 +18,7 @@ use crate::ffi;
 use crate::protocol::Request;
 use crate::runner::{self, Runner};
 use crate::stats;
-use crate::template::{substitute, unspawnable};
+use crate::template::{substitute, unfilled, unspawnable};
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -417,7 +417,8 @@ impl Runs {
 /// values (the first that matches wins); `extra_env` (the `STREAMWATCH_*` variables)
 /// comes after the handler's own environment, which wins where both name a variable
 /// (a handler may set its own `STREAMWATCH_REDIS_URL`, say, with a password in it).
-/// `Err` is why execve could not take it.
+/// `Err` is why execve could not take it, or the placeholder it has no value for
+/// (the `{field:NAME}` of a field the stream entry does not have).
 fn spawn_request(
     h: &Handler,
     run: u64,
@@ -425,6 +426,10 @@ fn spawn_request(
     extra_env: Vec<(Vec<u8>, Vec<u8>)>,
     stdin: Option<Vec<u8>>,
 ) -> Result<Request, String> {
+    let templates = h.command.iter().chain(h.env.iter().map(|(_, v)| v));
+    if let Some(problem) = unfilled(templates.map(String::as_str), vars) {
+        return Err(problem);
+    }
     let argv: Vec<Vec<u8>> = h.command.iter().map(|a| substitute(a, vars)).collect();
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = h
         .env
@@ -441,6 +446,7 @@ fn spawn_request(
     Ok(Request::Spawn {
         run,
         argv,
+        program: h.program_as_written.as_ref().map(|p| p.as_bytes().to_vec()),
         env,
         cwd: h.cwd.as_ref().map(|c| c.as_bytes().to_vec()),
         stdin,

@@ -103,11 +103,14 @@ pub(super) struct Child {
 
 /// No nice value to set (`Child::nice`).
 pub(super) const NO_NICE: c_int = c_int::MIN;
-/// What failed in the child (`Child::step`): a descriptor, the cwd or the exec itself;
-/// moving into its cgroup; its nice value; its resource limit `STEP_RLIMIT + i`.
+/// What failed in the child (`Child::step`): the exec itself; moving into its cgroup;
+/// its nice value; entering its working directory; setting up its descriptors; its
+/// resource limit `STEP_RLIMIT + i`.
 pub(super) const STEP_EXEC: i32 = 0;
 pub(super) const STEP_CGROUP: i32 = 1;
 pub(super) const STEP_NICE: i32 = 2;
+pub(super) const STEP_CWD: i32 = 3;
+pub(super) const STEP_FDS: i32 = 4;
 pub(super) const STEP_RLIMIT: i32 = 8;
 
 /// One resource limit as prlimit64 takes it (resource, then `struct rlimit64`).
@@ -159,7 +162,7 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
         #[allow(clippy::empty_loop)]
         loop {}
     };
-    let fail = |r: isize| -> ! { fail_at(STEP_EXEC, r) };
+    let fail = |r: isize| -> ! { fail_at(STEP_FDS, r) };
     // SAFETY (every `raw` below): the pointers passed are to `c`'s strings and arrays
     // (alive, see above) or to locals of this function, each of the type the system call
     // takes; descriptor numbers are the launch's slots and the range it may close.
@@ -236,7 +239,7 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
         if !c.dir.is_null() {
             let r = raw(libc::SYS_chdir, c.dir as usize, 0, 0, 0);
             if r < 0 {
-                fail(r);
+                fail_at(STEP_CWD, r);
             }
         }
         // The handler's limits, the cgroup first (a low limit-nofile could refuse the
@@ -292,7 +295,7 @@ pub(super) extern "C" fn child(arg: *mut c_void) -> c_int {
             c.envp as usize,
             0,
         );
-        fail(r)
+        fail_at(STEP_EXEC, r)
     }
 }
 

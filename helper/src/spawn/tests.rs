@@ -19,7 +19,7 @@ fn run(
         out,
         replies,
     };
-    super::run(argv, env, cwd, fds, &Limits::default(), None)
+    super::run(argv, None, env, cwd, fds, &Limits::default(), None)
 }
 
 fn strings(v: &[&str]) -> Vec<Vec<u8>> {
@@ -186,17 +186,49 @@ fn a_run_gets_its_env_cwd_input_and_merged_output() {
 #[test]
 fn a_failing_exec_or_chdir_reports_why() {
     for fast in [true, false] {
+        let error = |o: Outcome| o.error.map(|e| (e.kind(), e.to_string()));
         let o = start(fast, &["/nonexistent/program"], &[], None, None);
-        let e = o.error.expect("the exec fails");
-        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "fast: {fast}");
-        if fast && child::has_close_range() {
+        let child_says = fast && child::has_close_range();
+        if child_says {
             // The child tells why, then exits 127 (reaped as no run's by the helper).
             assert_eq!(exit_code(o.status), Some(127));
         }
+        let not_found = io::ErrorKind::NotFound;
+        let e = error(o);
+        let want = "program /nonexistent/program: No such file or directory";
+        assert_eq!(e, Some((not_found, want.into())), "fast: {fast}");
         let o = start(fast, &["no-such-program-anywhere"], &[], None, None);
-        assert_eq!(o.error.unwrap().raw_os_error(), Some(libc::ENOENT));
+        let (kind, text) = error(o).unwrap();
+        assert_eq!(kind, not_found);
+        assert!(
+            text.starts_with("program no-such-program-anywhere (not found in PATH ")
+                && text.ends_with("): No such file or directory"),
+            "{text}"
+        );
         let o = start(fast, &["true"], &[], Some("/nonexistent/dir"), None);
-        assert_eq!(o.error.unwrap().raw_os_error(), Some(libc::ENOENT));
+        let want = "cwd /nonexistent/dir: No such file or directory";
+        assert_eq!(error(o), Some((not_found, want.into())), "fast: {fast}");
+        let o = start(fast, &["true"], &[], Some("/dev/null"), None);
+        let want = "cwd /dev/null: Not a directory";
+        assert_eq!(error(o).map(|e| e.1), Some(want.into()), "fast: {fast}");
+        // Not executable, and a path through a file: the program and its path.
+        let dir = std::env::temp_dir().join(format!("sw-spawn-{}-{fast}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plain"), "not a program").unwrap();
+        let plain = dir.join("plain");
+        let plain = plain.to_str().unwrap();
+        let o = start(fast, &[plain], &[], None, None);
+        let want = format!("program {plain}: Permission denied");
+        assert_eq!(error(o), Some((io::ErrorKind::PermissionDenied, want)));
+        let through = format!("{plain}/x");
+        let o = start(fast, &[&through], &[], None, None);
+        let want = format!("program {through}: Not a directory");
+        assert_eq!(error(o).map(|e| e.1), Some(want), "fast: {fast}");
+        // Relative to the working directory.
+        let o = start(fast, &["./plain"], &[], dir.to_str(), None);
+        let want = format!("program ./plain (resolved to {plain}): Permission denied");
+        assert_eq!(error(o).map(|e| e.1), Some(want), "fast: {fast}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
     assert!(run(&[], &[], None, None, 1, None).is_err());
     assert!(run(&strings(&["a\0b"]), &[], None, None, 1, None).is_err());
@@ -449,7 +481,15 @@ fn start_limited(fast: bool, limits: &Limits, cgroup: Option<&Path>) -> Result<i
         out: writer.as_raw_fd(),
         replies: None,
     };
-    let pid = super::run(&strings(&["sleep", "30"]), &[], None, fds, limits, cgroup)?;
+    let pid = super::run(
+        &strings(&["sleep", "30"]),
+        None,
+        &[],
+        None,
+        fds,
+        limits,
+        cgroup,
+    )?;
     drop(writer);
     if let Some(e) = settle(pid) {
         // The child exited 127 after saying why.

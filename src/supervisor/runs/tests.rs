@@ -8,6 +8,7 @@ fn handler(command: &[&str], env: &[(&str, &str)], cwd: Option<&str>) -> Handler
     Handler {
         name: "h".into(),
         command: command.iter().map(|s| s.to_string()).collect(),
+        program_as_written: None,
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -148,6 +149,7 @@ fn the_request_of_a_run() {
         let want = Request::Spawn {
             run: 7 + i as u64,
             argv: bytes(argv_out),
+            program: None,
             env: pairs(env_out),
             cwd: Some(b"/tmp".to_vec()),
             stdin,
@@ -162,6 +164,16 @@ fn the_request_of_a_run() {
         };
         assert_eq!(got, Ok(want), "row {i}");
     }
+}
+
+#[test]
+fn a_missing_entry_field_is_a_spawn_error_naming_it() {
+    let h = handler(&["w", "{field:url}"], &[("N", "{field:name}")], None);
+    let vars: &[(&str, &[u8])] = &[("{key}", b"q"), ("{field:url}", b"u")];
+    assert_eq!(
+        spawn_request(&h, 1, vars, Vec::new(), None),
+        Err("the entry has no field 'name' (the handler's placeholder {field:name})".into())
+    );
 }
 
 #[test]
