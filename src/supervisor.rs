@@ -476,23 +476,8 @@ impl Supervisor {
                 reply.reply(Reply::Int(n));
             }
             Msg::Reload { reply } => self.reload(reply),
-            Msg::Pause => {
-                if !self.node.paused {
-                    self.node.paused = true;
-                    stats::PAUSED.store(true, Ordering::Relaxed);
-                    self.stop_everything();
-                    self.events.push_plain("paused");
-                }
-            }
-            Msg::Resume => {
-                if self.node.paused {
-                    self.node.paused = false;
-                    stats::PAUSED.store(false, Ordering::Relaxed);
-                    self.events.push_plain("resumed");
-                }
-                self.release_hold();
-                self.reconcile_all();
-            }
+            Msg::Pause => self.pause_node(),
+            Msg::Resume => self.resume_node(),
             Msg::WatchPaused {
                 pattern,
                 paused,

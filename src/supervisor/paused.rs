@@ -1,4 +1,6 @@
-//! Paused watches (`STREAMWATCH.PAUSE pattern`): a paused watch covers nothing here.
+//! Pausing: the whole node (`STREAMWATCH.PAUSE`, not saved: nothing runs until
+//! `RESUME`), and paused watches (`STREAMWATCH.PAUSE pattern`): a paused watch covers
+//! nothing here.
 //!
 //! Whether a watch is paused is the registry's mark on the watch itself
 //! (`Watch::is_paused`), set from data (`store::paused`), so it arrives by whatever
@@ -12,10 +14,33 @@
 //! restart or a promotion that finds a watch paused is not a new pause.
 
 use super::{Msg, Supervisor};
+use crate::stats;
 use crate::watch::Snapshot;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 impl Supervisor {
+    /// `STREAMWATCH.PAUSE`: every job stops, and changes are ignored until RESUME.
+    pub(super) fn pause_node(&mut self) {
+        if !self.node.paused {
+            self.node.paused = true;
+            stats::PAUSED.store(true, Ordering::Relaxed);
+            self.stop_everything();
+            self.events.push_plain("paused");
+        }
+    }
+
+    /// `STREAMWATCH.RESUME`: also releases a `start-paused` hold; reconciles.
+    pub(super) fn resume_node(&mut self) {
+        if self.node.paused {
+            self.node.paused = false;
+            stats::PAUSED.store(false, Ordering::Relaxed);
+            self.events.push_plain("resumed");
+        }
+        self.release_hold();
+        self.reconcile_all();
+    }
+
     /// `STREAMWATCH.PAUSE pattern` / `RESUME pattern` changed the watch's state:
     /// `watches` is the registry after it (if it changed). Events in the order of the
     /// node-wide pause: `paused` once the runs are told to stop (their `exited` and

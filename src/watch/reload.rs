@@ -96,7 +96,7 @@ fn command_watch_handler(spec: &WatchSpec, new: &Config) -> Result<Arc<Handler>,
             spec.handler
         ));
     };
-    if let Some(problem) = config::pool_problem(spec, handler) {
+    if let Some(problem) = config::handler_problem(spec, handler) {
         return Err(format!(
             "watch '{pattern}' (made by STREAMWATCH.WATCH) cannot keep handler '{}': {problem}",
             spec.handler
