@@ -486,6 +486,10 @@ impl Supervisor {
             Msg::Role { primary } => {
                 self.node.set_primary(primary);
                 if primary {
+                    // In Cluster the registry becomes the truth now: first it reads the
+                    // store (and paused key) once more, in the slots the node now owns,
+                    // in case a replica's view of the slots was behind a moved key.
+                    let _ = store::sync(&gil::lock(&self.tsc));
                     if !self.check_gate() {
                         self.reconcile_all();
                     }
