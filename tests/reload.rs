@@ -422,3 +422,76 @@ fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
     std::fs::remove_file(&path).unwrap();
     rewrite(&s, &toml);
 }
+
+/// A stream handler `q` on stream `rq`: per entry, a run that notes `run ID` in
+/// `dir/runs` and waits for `dir/go` (then exits 0); or, as a pool of 1, a worker that
+/// notes `pool ID` and answers ok at once.
+fn per_entry_or_pool(dir: &std::path::Path, pool: bool) -> String {
+    let d = dir.display();
+    let handler = if pool {
+        let script = format!(
+            r#"while IFS= read -r line; do id=${{line#*\"id\":\"}}; id=${{id%%\"*}}; echo "pool $id" >> {d}/runs; printf '{{"id":"%s","ok":true}}\n' "$id" >&3; done"#
+        );
+        format!(
+            "[handler.q]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\"]\npool = 1\n"
+        )
+    } else {
+        let script = format!(
+            r#"echo "run $STREAMWATCH_ID" >> {d}/runs; while [ ! -e {d}/go ]; do sleep 0.05; done"#
+        );
+        format!("[handler.q]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\"]\n")
+    };
+    format!("{handler}\n[[watch]]\npattern = \"rq\"\nhandler = \"q\"\ntype = \"stream\"\n")
+}
+
+#[test]
+fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_is_judged_as_a_run() {
+    let dir = TempDir::new();
+    let runs = dir.path().join("runs");
+    let s = Server::start(&per_entry_or_pool(dir.path(), false));
+    let mut c = s.conn();
+    let id = xadd(&mut c, "rq", &[("n", "1")]);
+    wait_until("the entry's run started", WAIT, || {
+        lines(&runs).contains(&format!("run {id}"))
+    });
+
+    rewrite(&s, &per_entry_or_pool(dir.path(), true));
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "handlers_changed"), vec!["q"], "{r:?}");
+    // The run that was going on finishes, exit 0: the entry is done, once. (Its end
+    // was once taken for a pool worker's death: a failed attempt, run again.)
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    wait_drained(&mut c, "rq");
+    let next = xadd(&mut c, "rq", &[("n", "2")]);
+    wait_drained(&mut c, "rq");
+    assert_eq!(
+        lines(&runs),
+        vec![format!("run {id}"), format!("pool {next}")],
+        "the first entry ran once, the next one on the pool"
+    );
+}
+
+#[test]
+fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_stops_on_pause() {
+    let dir = TempDir::new();
+    let runs = dir.path().join("runs");
+    let s = Server::start(&per_entry_or_pool(dir.path(), false));
+    let mut c = s.conn();
+    let id = xadd(&mut c, "rq", &[("n", "1")]);
+    wait_until("the entry's run started", WAIT, || {
+        lines(&runs).contains(&format!("run {id}"))
+    });
+    let pid = wait_for("the entry's run pid", WAIT, || {
+        let j = to_map(&ok(&mut c, &["STREAMWATCH.JOB", "rq", &id]));
+        get_int(&j, "pid").map(|p| p as u32)
+    });
+
+    rewrite(&s, &per_entry_or_pool(dir.path(), true));
+    reload(&mut c);
+    ok(&mut c, &["STREAMWATCH.PAUSE", "rq"]);
+    // Stopped as a run (it was once sent to a pool worker it never was).
+    wait_gone("the paused watch's run", &[pid]);
+    ok(&mut c, &["STREAMWATCH.RESUME", "rq"]);
+    wait_drained(&mut c, "rq");
+    assert_eq!(lines(&runs).last(), Some(&format!("pool {id}")));
+}
