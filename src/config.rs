@@ -647,8 +647,42 @@ pub fn load(path: &str) -> Result<Config, String> {
     if path.is_empty() {
         return Ok(Config::default());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: line 0: {e}"))?;
+    let text = read_text(path).map_err(|e| format!("{path}: line 0: {e}"))?;
     parse(path, &text)
+}
+
+/// The longest config file read: far more than any set of handlers needs, and a bound
+/// on what a file replaced by mistake (a log, a disk image) costs to read.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The file's text, if it is a regular file of at most `MAX_FILE_BYTES`. Opened without
+/// blocking and checked before it is read, so a FIFO, a device (`/dev/zero`) or a
+/// directory put at the path is refused at once instead of blocking the reader (the
+/// supervisor thread, for `STREAMWATCH.RELOAD`) forever or filling the memory.
+fn read_text(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_big = || format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big()); // it grew while read
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

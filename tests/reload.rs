@@ -340,3 +340,158 @@ fn a_paused_watch_stays_paused_across_a_reload_and_resumes_with_the_new_handler(
         assert!(String::from_utf8_lossy(&cmdline(pid)[2]).starts_with("echo a2;"));
     }
 }
+
+#[test]
+fn a_reload_during_a_rollout_leaves_every_job_on_the_newest_definition() {
+    // Many jobs restarting at once (reload-batch 0), and a second RELOAD while the
+    // first one's new runs are starting: a job whose run was started from the middle
+    // definition must restart again (it once stayed on it for good).
+    const N: usize = 300;
+    let file = |word: &str| {
+        format!(
+            "{}\n{}",
+            sh_handler(
+                "a",
+                &format!("echo {word}; trap 'exit 0' TERM; sleep 100000 & wait"),
+                "stop-grace-ms = 2000"
+            ),
+            watch_toml("ra:*", "a", None)
+        )
+    };
+    let word_of = |pid: u32| {
+        let argv = cmdline(pid);
+        let script = argv.get(2).map(|a| String::from_utf8_lossy(a).into_owned());
+        script.and_then(|s| s.split(';').next().map(str::to_string))
+    };
+    let s = Server::start(&file("w1"));
+    let mut c = s.conn();
+    let mut hset = vec!["HSET".to_string(), "ra:k".to_string()];
+    for i in 0..N {
+        hset.push(format!("f{i:04}"));
+        hset.push("v".into());
+    }
+    let hset: Vec<&str> = hset.iter().map(String::as_str).collect();
+    ok(&mut c, &hset);
+    let running = |c: &mut redis::Connection| -> Vec<u32> {
+        jobs_filtered(c, &["KEY", "ra:k", "STATE", "running", "COUNT", "100000"])
+            .iter()
+            .filter_map(|j| get_int(j, "pid").map(|p| p as u32))
+            .collect()
+    };
+    wait_until("every job running", WAIT, || running(&mut c).len() == N);
+
+    rewrite(&s, &file("w2"));
+    reload(&mut c);
+    wait_until("a first job running the second definition", WAIT, || {
+        running(&mut c)
+            .iter()
+            .any(|&p| word_of(p).as_deref() == Some("echo w2"))
+    });
+    rewrite(&s, &file("w3"));
+    reload(&mut c);
+    wait_until("every job running the third definition", WAIT, || {
+        let pids = running(&mut c);
+        pids.len() == N
+            && pids
+                .iter()
+                .all(|&p| word_of(p).as_deref() == Some("echo w3"))
+    });
+}
+
+#[test]
+fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
+    let toml = two_handlers("a1", "");
+    let s = Server::start(&toml);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "ra:k", "f", "x"]);
+    let pid = running_pid(&mut c, "ra:k", "f");
+    // A FIFO with no writer at the path: reading it would never end.
+    let path = s.config_path().to_path_buf();
+    std::fs::remove_file(&path).unwrap();
+    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+    let e = err(&mut c, &["STREAMWATCH.RELOAD"]);
+    assert!(
+        e.contains("not a regular file") && e.contains("nothing changed"),
+        "{e}"
+    );
+    // The supervisor still answers and still starts jobs.
+    ok(&mut c, &["HSET", "ra:k", "g", "y"]);
+    running_pid(&mut c, "ra:k", "g");
+    assert_eq!(running_pid(&mut c, "ra:k", "f"), pid);
+    std::fs::remove_file(&path).unwrap();
+    rewrite(&s, &toml);
+}
+
+/// A stream handler `q` on stream `rq`: per entry, a run that notes `run ID` in
+/// `dir/runs` and waits for `dir/go` (then exits 0); or, as a pool of 1, a worker that
+/// notes `pool ID` and answers ok at once.
+fn per_entry_or_pool(dir: &std::path::Path, pool: bool) -> String {
+    let d = dir.display();
+    let handler = if pool {
+        let script = format!(
+            r#"while IFS= read -r line; do id=${{line#*\"id\":\"}}; id=${{id%%\"*}}; echo "pool $id" >> {d}/runs; printf '{{"id":"%s","ok":true}}\n' "$id" >&3; done"#
+        );
+        format!(
+            "[handler.q]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\"]\npool = 1\n"
+        )
+    } else {
+        let script = format!(
+            r#"echo "run $STREAMWATCH_ID" >> {d}/runs; while [ ! -e {d}/go ]; do sleep 0.05; done"#
+        );
+        format!("[handler.q]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\"]\n")
+    };
+    format!("{handler}\n[[watch]]\npattern = \"rq\"\nhandler = \"q\"\ntype = \"stream\"\n")
+}
+
+#[test]
+fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_is_judged_as_a_run() {
+    let dir = TempDir::new();
+    let runs = dir.path().join("runs");
+    let s = Server::start(&per_entry_or_pool(dir.path(), false));
+    let mut c = s.conn();
+    let id = xadd(&mut c, "rq", &[("n", "1")]);
+    wait_until("the entry's run started", WAIT, || {
+        lines(&runs).contains(&format!("run {id}"))
+    });
+
+    rewrite(&s, &per_entry_or_pool(dir.path(), true));
+    let r = reload(&mut c);
+    assert_eq!(names(&r, "handlers_changed"), vec!["q"], "{r:?}");
+    // The run that was going on finishes, exit 0: the entry is done, once. (Its end
+    // was once taken for a pool worker's death: a failed attempt, run again.)
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    wait_drained(&mut c, "rq");
+    let next = xadd(&mut c, "rq", &[("n", "2")]);
+    wait_drained(&mut c, "rq");
+    assert_eq!(
+        lines(&runs),
+        vec![format!("run {id}"), format!("pool {next}")],
+        "the first entry ran once, the next one on the pool"
+    );
+}
+
+#[test]
+fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_stops_on_pause() {
+    let dir = TempDir::new();
+    let runs = dir.path().join("runs");
+    let s = Server::start(&per_entry_or_pool(dir.path(), false));
+    let mut c = s.conn();
+    let id = xadd(&mut c, "rq", &[("n", "1")]);
+    wait_until("the entry's run started", WAIT, || {
+        lines(&runs).contains(&format!("run {id}"))
+    });
+    let pid = wait_for("the entry's run pid", WAIT, || {
+        let j = to_map(&ok(&mut c, &["STREAMWATCH.JOB", "rq", &id]));
+        get_int(&j, "pid").map(|p| p as u32)
+    });
+
+    rewrite(&s, &per_entry_or_pool(dir.path(), true));
+    reload(&mut c);
+    ok(&mut c, &["STREAMWATCH.PAUSE", "rq"]);
+    // Stopped as a run (it was once sent to a pool worker it never was).
+    wait_gone("the paused watch's run", &[pid]);
+    ok(&mut c, &["STREAMWATCH.RESUME", "rq"]);
+    wait_drained(&mut c, "rq");
+    assert_eq!(lines(&runs).last(), Some(&format!("pool {id}")));
+}

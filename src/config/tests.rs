@@ -190,6 +190,30 @@ fn errors_name_file_line_and_problem() {
 }
 
 #[test]
+fn only_a_regular_file_of_bounded_size_is_read() {
+    let dir = std::env::temp_dir().join(format!("sw-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.toml");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let big = dir.join("big.toml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_FILE_BYTES + 1).unwrap(); // sparse
+                                            // A FIFO with no writer would block a plain open forever.
+    for path in [fifo.to_str().unwrap(), dir.to_str().unwrap(), "/dev/zero"] {
+        let e = load(path).unwrap_err();
+        assert!(e.contains("line 0: not a regular file"), "{e}");
+    }
+    let e = load(big.to_str().unwrap()).unwrap_err();
+    assert!(e.contains("line 0: larger than 16 MiB"), "{e}");
+    let ok = dir.join("ok.toml");
+    std::fs::write(&ok, "[handler.a]\ncommand = [\"/bin/true\"]\n").unwrap();
+    assert!(load(ok.to_str().unwrap()).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn relative_paths_are_relative_to_the_file() {
     let c = parse(
         "/etc/sw/x.toml",

@@ -77,6 +77,12 @@ impl Job {
     pub(super) fn settled(&self) -> bool {
         !self.restart_pending && self.run.as_ref().is_none_or(|r| r.pid.is_some())
     }
+
+    /// Its run is being stopped to start again: the next run starts from the job's
+    /// watch's handler as it is then.
+    pub(super) fn restart_pending(&self) -> bool {
+        self.restart_pending
+    }
 }
 
 /// What a job is meant to be, as far as a plan is concerned.

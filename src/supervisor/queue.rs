@@ -28,7 +28,6 @@ use super::runs::{run_end, End, Run, RunOf};
 use super::stream::{Fields, QueueKey, Sid};
 use super::timers::Timer;
 use super::Effects;
-use crate::config::Handler;
 use crate::outcomes;
 use crate::stats;
 use crate::watch::Watch;
@@ -312,11 +311,10 @@ impl Queues {
         };
         q.wanted = false;
         q.ahead.clear(); // pending in the group: claimed back when the queue runs again
-        let h = q.watch.handler.clone();
         q.entries.retain(|_, e| match &mut e.run {
             Some(run) => {
                 if !run.stopping {
-                    Queues::stop_run(&h, run, false, fx);
+                    Queues::stop_run(run, false, fx);
                 }
                 true
             }
@@ -445,12 +443,16 @@ impl Queues {
 
     /// Stops the entry's run: its process, or the pool worker it is in (which cannot
     /// be told to drop one entry); `failed`: the worker counts as failing (timed out).
-    fn stop_run(h: &Handler, run: &mut Run, failed: bool, fx: &mut Effects) {
-        if h.pool > 0 {
-            fx.pools.stop_worker(&h.name, run.id, failed, fx.runs);
-            run.stopping = true;
-        } else {
-            fx.runs.stop(run);
+    fn stop_run(run: &mut Run, failed: bool, fx: &mut Effects) {
+        // By whose run it is, not by what the handler is now: a RELOAD may have made a
+        // per-entry handler a pool, or the reverse, while the run went on.
+        match fx.runs.owner(run.id) {
+            Some(RunOf::Worker(name)) => {
+                let name = name.clone();
+                fx.pools.stop_worker(&name, run.id, failed, fx.runs);
+                run.stopping = true;
+            }
+            _ => fx.runs.stop(run),
         }
     }
 
@@ -468,7 +470,7 @@ impl Queues {
         let due = |r: &&mut Run| r.id == id && !r.stopping && r.started.elapsed() >= h.timeout;
         if let Some(run) = e.run.as_mut().filter(due) {
             e.timed_out = true;
-            Queues::stop_run(&h, run, true, fx);
+            Queues::stop_run(run, true, fx);
         }
     }
 
@@ -501,7 +503,9 @@ impl Queues {
     }
 
     /// Run `id` of the entry ended; `live`: this node runs jobs now (a primary, not
-    /// paused, with a helper). Success is acknowledged; a failure is retried after
+    /// paused, with a helper); `pooled`: the run was a pool worker's (said by the
+    /// run's owner, not by the handler, which a RELOAD may have turned into a pool or
+    /// out of one meanwhile). Success is acknowledged; a failure is retried after
     /// backoff or, at its last attempt, dead-lettered.
     pub(super) fn run_ended(
         &mut self,
@@ -509,13 +513,12 @@ impl Queues {
         sid: Sid,
         id: u64,
         end: End,
-        live: bool,
+        (live, pooled): (bool, bool),
         fx: &mut Effects,
     ) {
         let Some((run, wanted, timed_out)) = self.take_run(qk, sid, id) else {
             return;
         };
-        let pooled = matches!(self.queues.get(qk), Some(q) if q.watch.handler.pool > 0);
         let mut r = run_end(&run, end, timed_out);
         if pooled && r.error.is_none() {
             // A pool worker that ends, even with 0, has not answered for its entry.

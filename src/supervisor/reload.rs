@@ -25,12 +25,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// The hash jobs a reload restarts: those waiting for their turn, and those restarting
+/// The hash jobs a reload restarts: those waiting for their turn (in order, and as a
+/// set, so that a reload of thousands of jobs is not quadratic), and those restarting
 /// now.
 #[derive(Default)]
 pub(super) struct Rollout {
     waiting: VecDeque<JobKey>,
-    restarting: Vec<JobKey>,
+    queued: BTreeSet<JobKey>,
+    restarting: BTreeSet<JobKey>,
 }
 
 /// How many more jobs may start restarting while `restarting` are: at most `batch` at
@@ -115,8 +117,14 @@ impl Supervisor {
             .map(|(k, _)| k.clone())
             .collect();
         let restarting = restart.len();
+        self.prune_restarting();
         for jk in restart {
-            if !self.rollout.waiting.contains(&jk) && !self.rollout.restarting.contains(&jk) {
+            // A job whose run is being stopped to start again (an earlier rollout, a
+            // changed value) starts from the definition now in force; every other
+            // one restarts in its turn, also one an earlier rollout already started
+            // again (from the definition before this one).
+            let stopping = self.hash.jobs.get(&jk).is_some_and(|j| j.restart_pending());
+            if !stopping && self.rollout.queued.insert(jk.clone()) {
                 self.rollout.waiting.push_back(jk);
             }
         }
@@ -149,24 +157,31 @@ impl Supervisor {
         if self.rollout.waiting.is_empty() && self.rollout.restarting.is_empty() {
             return;
         }
-        let hash = &self.hash;
-        self.rollout
-            .restarting
-            .retain(|jk| hash.jobs.get(jk).is_some_and(|j| !j.settled()));
+        self.prune_restarting();
         let mut room = room(batch(), self.rollout.restarting.len());
         while room > 0 {
             let Some(jk) = self.rollout.waiting.pop_front() else {
                 break;
             };
+            self.rollout.queued.remove(&jk);
             if !self.hash.jobs.get(&jk).is_some_and(|j| j.wanted) {
                 continue; // its field went, or nothing runs here now
             }
             self.hash.restart(&jk, &mut self.runs);
-            if self.hash.jobs.get(&jk).is_some_and(|j| !j.settled()) {
-                self.rollout.restarting.push(jk);
+            if self.hash.jobs.get(&jk).is_some_and(|j| !j.settled())
+                && self.rollout.restarting.insert(jk)
+            {
                 room -= 1;
             }
         }
+    }
+
+    /// The jobs that restarted are done (running again, or ended).
+    fn prune_restarting(&mut self) {
+        let hash = &self.hash;
+        self.rollout
+            .restarting
+            .retain(|jk| hash.jobs.get(jk).is_some_and(|j| !j.settled()));
     }
 }
 

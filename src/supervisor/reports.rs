@@ -73,7 +73,9 @@ impl Supervisor {
         let (hash, queues, mut fx) = self.parts();
         match fx.runs.ended(id) {
             Some(RunOf::Job(jk)) => hash.run_ended(&jk, id, end, live, &mut fx),
-            Some(RunOf::Entry(qk, sid)) => queues.run_ended(&qk, sid, id, end, active, &mut fx),
+            Some(RunOf::Entry(qk, sid)) => {
+                queues.run_ended(&qk, sid, id, end, (active, false), &mut fx)
+            }
             Some(RunOf::Worker(name)) => {
                 let pid = fx.pools.pid(&name, id).unwrap_or(0);
                 fx.events
@@ -83,7 +85,7 @@ impl Supervisor {
                     queues.requeue(&qk, sid, id, &mut fx);
                 }
                 if let Some((qk, sid)) = left.failed {
-                    queues.run_ended(&qk, sid, id, end, active, &mut fx);
+                    queues.run_ended(&qk, sid, id, end, (active, true), &mut fx);
                 }
             }
             None => {}

@@ -120,7 +120,6 @@ impl Queues {
             let Some(q) = self.queues.get_mut(&qk) else {
                 continue;
             };
-            let h = q.watch.handler.clone();
             if let Some(at) = q.ahead.iter().position(|(s, _)| *s == sid) {
                 q.ahead.remove(at);
                 let outcome = outcome_of(q, sid, None, CANCELLED, None);
@@ -137,7 +136,7 @@ impl Queues {
             match e.run.as_mut() {
                 Some(run) => {
                     if !run.stopping {
-                        Queues::stop_run(&h, run, false, fx);
+                        Queues::stop_run(run, false, fx);
                     }
                 }
                 None if e.queued_at.is_some() => {} // stopped when its worker takes it up

@@ -25,7 +25,7 @@ impl Queues {
         let Some(q) = self.queues.get_mut(qk) else {
             return;
         };
-        let (h, watch) = (q.watch.handler.clone(), q.watch.clone());
+        let watch = q.watch.clone();
         let Some(run) = q.entries.get_mut(&sid).and_then(|e| e.run.as_mut()) else {
             return;
         };
@@ -34,7 +34,7 @@ impl Queues {
         }
         run.hung = Some(every);
         let fields = hung_fields(run.pid, every);
-        Queues::stop_run(&h, run, true, fx);
+        Queues::stop_run(run, true, fx);
         fx.events.entry("hung", qk, &watch, sid, fields);
     }
 }

@@ -55,7 +55,7 @@ impl Queues {
         }
         let run = e.run.insert(run);
         if e.cancelled {
-            Queues::stop_run(&h, run, false, fx); // cancelled while it was held
+            Queues::stop_run(run, false, fx); // cancelled while it was held
         }
     }
 
