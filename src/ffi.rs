@@ -23,7 +23,7 @@ pub use acl::{current_user, declare_key_arg, module_acl_categories, AclUser};
 pub use events::{
     register_command_filter, subscribe_keyspace, subscribe_swapdb, CommandArgs, EventName,
 };
-pub use hash::{hash_get_fields, string, HashScan};
+pub use hash::{hash_get_fields, hash_len, string, HashScan};
 pub use process::{
     allocated, fd_path, helper_memfd, kill_hard, reap_child, reap_nohang, send_nonblocking,
     ModuleAlloc,

@@ -256,18 +256,39 @@ pub fn sync(ctx: &Context) -> Option<Snapshot> {
     reload(ctx)
 }
 
-/// The entries of the store key `name`.
-fn read(ctx: &Context, name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// The most fields the store (or the paused key) is read with. Watches are few; a
+/// client that may write the key could otherwise make every write to it a read of
+/// millions of fields on the main thread.
+pub(super) const MAX_FIELDS: usize = 10_000;
+/// A longer value (a watch's options are a short TOML table) is read as empty, so it
+/// is ignored as a watch that does not decode, without being copied.
+const MAX_VALUE: usize = 64 * 1024;
+
+/// The entries of the store key `name` (a key of another type has none); `None`, with
+/// a log line, when it has more than `MAX_FIELDS` fields: the registry then stays as
+/// it was.
+fn read(ctx: &Context, name: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     in_store_db(ctx, || {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let n = ffi::hash_len(ctx, name).unwrap_or(0);
+        if n > MAX_FIELDS {
+            ffi::log_warning(format!(
+                "streamwatch: '{}' has {n} fields, more than {MAX_FIELDS}: not read, the \
+                 watches stay as they were",
+                String::from_utf8_lossy(name)
+            ));
+            return None;
+        }
         let name = ffi::string(ctx, name);
         let key = ctx.open_key_with_flags(&name, KeyFlags::NOTOUCH);
         if key.key_type() == KeyType::Hash {
             ScanKeyCursor::new(key).for_each(|_, f, v| {
-                entries.push((f.as_slice().to_vec(), v.as_slice().to_vec()));
+                let v = v.as_slice();
+                let v = if v.len() > MAX_VALUE { &[][..] } else { v };
+                entries.push((f.as_slice().to_vec(), v.to_vec()));
             });
         }
-        entries
+        Some(entries)
     })
 }
 
@@ -287,14 +308,16 @@ pub fn ensure(ctx: &Context) {
         .collect();
     wanted.sort();
     let mut have = read(ctx, &key);
-    have.sort();
+    if let Some(have) = have.as_mut() {
+        have.sort();
+    }
     let mut last = LAST_NAME.lock().unwrap_or_else(|p| p.into_inner());
     let opts = CallOptionsBuilder::new().replicate().build();
     in_store_db(ctx, || {
         if !last.is_empty() && *last != key {
             let _: CallResult = ctx.call_ext("DEL", &opts, &[last.as_slice()]);
         }
-        if have != wanted {
+        if have.as_ref() != Some(&wanted) {
             let _: CallResult = ctx.call_ext("DEL", &opts, &[key.as_slice()]);
             if !wanted.is_empty() {
                 let mut args: Vec<&[u8]> = vec![&key];
@@ -317,7 +340,9 @@ fn reload(ctx: &Context) -> Option<Snapshot> {
     };
     // First the paused patterns, so that a watch the store adds starts out paused.
     let marked = paused::reload(ctx, &key);
-    let entries = read(ctx, &key);
+    let Some(entries) = read(ctx, &key) else {
+        return marked;
+    };
     let mut specs = Vec::with_capacity(entries.len());
     let mut problems = Vec::new();
     for (pattern, value) in entries {

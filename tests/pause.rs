@@ -395,3 +395,40 @@ fn bad_arguments_are_errors_naming_them() {
     assert!(e.to_string().contains(PAUSED_KEY), "{e}");
     assert_eq!(paused(&mut c, "cfg:*"), 0);
 }
+
+/// A client that may write the paused key fills it with more fields than watches can
+/// ever be: it is not read (a re-read per write would hold the main thread), the
+/// watches stay as they were, and PAUSE pattern says why it cannot pause.
+#[test]
+fn a_paused_key_flooded_with_fields_is_not_read() {
+    let dir = TempDir::new();
+    let s = start(&dir);
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "cfg:a", "f", "1"]);
+    let pid = running_pid(&mut c, "cfg:a", "f");
+
+    let mut args: Vec<String> = vec!["HSET".into(), "flood".into(), "cfg:*".into(), "1".into()];
+    for i in 0..10_001 {
+        args.push(format!("junk{i}"));
+        args.push("1".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&mut c, &args);
+    ok(&mut c, &["RENAME", "flood", PAUSED_KEY]);
+    ok(&mut c, &["HSET", PAUSED_KEY, "more", "1"]);
+    // Ordered after the writes above: the watch was not paused, its job runs on.
+    ok(&mut c, &["HSET", "cfg:a", "g", "2"]);
+    running_pid(&mut c, "cfg:a", "g");
+    assert_eq!(paused(&mut c, "cfg:*"), 0);
+    assert_eq!(running_pid(&mut c, "cfg:a", "f"), pid);
+    assert!(
+        s.log().contains("more than 10000: not read"),
+        "the log says why"
+    );
+
+    let e = err(&mut c, &["STREAMWATCH.PAUSE", "cfg:*"]);
+    assert!(e.contains("more than 10000 fields"), "{e}");
+    ok(&mut c, &["DEL", PAUSED_KEY]);
+    ok(&mut c, &["STREAMWATCH.PAUSE", "cfg:*"]);
+    wait_eq("cfg:* paused", WAIT, 1, || paused(&mut c, "cfg:*"));
+}

@@ -40,6 +40,13 @@ pub fn hash_get_fields<'f>(
     }
 }
 
+/// The number of fields of hash `key` (in the selected database), O(1); `None` if it is
+/// not a hash.
+pub fn hash_len(ctx: &Context, key: &[u8]) -> Option<usize> {
+    let k = HashKey::open(ctx, key)?;
+    Some(unsafe { raw::RedisModule_ValueLength.unwrap()(k.0) })
+}
+
 /// A Redis string holding exactly `bytes`. The crate's `Context::create_string` goes
 /// through a C string and panics on a NUL byte, which any client can put in a key or a
 /// field name; this never does.

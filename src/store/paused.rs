@@ -14,7 +14,8 @@
 //! Like the store, it runs on Redis's main thread; in cluster mode a primary's registry
 //! is the truth and `ensure` keeps the key beside the store.
 
-use super::{in_store_db, read, WRITING};
+use super::{in_store_db, read, MAX_FIELDS, WRITING};
+use crate::ffi;
 use crate::watch::{self, Snapshot};
 use redis_module::{CallOptionsBuilder, CallResult, Context};
 use std::collections::BTreeSet;
@@ -37,7 +38,7 @@ pub fn name(ctx: &Context) -> Option<Vec<u8>> {
 /// Reads the paused patterns that go with the store key `store` into the registry.
 /// Returns the watches if one was paused or resumed by it.
 pub(super) fn reload(ctx: &Context, store: &[u8]) -> Option<Snapshot> {
-    let patterns: BTreeSet<Vec<u8>> = read(ctx, &name_for(store))
+    let patterns: BTreeSet<Vec<u8>> = read(ctx, &name_for(store))?
         .into_iter()
         .map(|(pattern, _)| pattern)
         .collect();
@@ -55,6 +56,13 @@ pub fn write(ctx: &Context, pattern: &[u8], paused: bool) -> Result<Option<Snaps
             .to_string()
     })?;
     let key = name_for(&store);
+    if in_store_db(ctx, || ffi::hash_len(ctx, &key)).is_some_and(|n| n > MAX_FIELDS) {
+        return Err(format!(
+            "ERR the paused watches key '{}' has more than {MAX_FIELDS} fields, so it is not \
+             read: DEL it (every watch resumes) or remove the fields that are not patterns",
+            String::from_utf8_lossy(&key)
+        ));
+    }
     let opts = CallOptionsBuilder::new()
         .replicate()
         .errors_as_replies()
@@ -85,14 +93,17 @@ pub fn write(ctx: &Context, pattern: &[u8], paused: bool) -> Result<Option<Snaps
 pub(super) fn ensure(ctx: &Context, store: &[u8], last: &[u8]) {
     let key = name_for(store);
     let wanted = watch::paused_patterns();
-    let mut have: Vec<Vec<u8>> = read(ctx, &key).into_iter().map(|(p, _)| p).collect();
-    have.sort();
+    let have: Option<Vec<Vec<u8>>> = read(ctx, &key).map(|entries| {
+        let mut have: Vec<Vec<u8>> = entries.into_iter().map(|(p, _)| p).collect();
+        have.sort();
+        have
+    });
     let opts = CallOptionsBuilder::new().replicate().build();
     in_store_db(ctx, || {
         if !last.is_empty() && last != store {
             let _: CallResult = ctx.call_ext("DEL", &opts, &[name_for(last).as_slice()]);
         }
-        if have != wanted {
+        if have.as_ref() != Some(&wanted) {
             let _: CallResult = ctx.call_ext("DEL", &opts, &[key.as_slice()]);
             if !wanted.is_empty() {
                 let mut args: Vec<&[u8]> = vec![&key];
