@@ -379,6 +379,22 @@ fn bad_arguments_are_errors_naming_them() {
         let e = err(&mut c, &[cmd, "cfg:*", "extra"]);
         assert!(e.contains("wrong number of arguments"), "{e}");
     }
+    // A long pattern is not echoed whole.
+    let long = "x".repeat(100_000);
+    let e = err(&mut c, &["STREAMWATCH.PAUSE", &long]);
+    assert!(
+        e.len() < 300 && e.ends_with("...' (pattern)"),
+        "{}",
+        &e[..100]
+    );
+    // A script may not write through it (EVAL_RO included).
+    for eval in ["EVAL", "EVAL_RO"] {
+        let e = err(
+            &mut c,
+            &[eval, "return redis.call('STREAMWATCH.PAUSE', 'cfg:*')", "0"],
+        );
+        assert!(e.contains("inside a script"), "{e}");
+    }
     assert_eq!(vint(&ok(&mut c, &["EXISTS", PAUSED_KEY])), Some(0));
     let st = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
     assert_eq!(get_int(&st, "paused"), Some(0));

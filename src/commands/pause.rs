@@ -51,10 +51,16 @@ pub fn pause_or_resume(ctx: &Context, args: Vec<RedisString>, paused: bool) -> C
         Caller::current(ctx).check_write(ctx, &key, "the paused watches key")?;
     }
     if watch::find(&pattern).is_none() {
+        // At most 200 bytes of it back: the client has the rest.
+        let shown = String::from_utf8_lossy(&pattern[..pattern.len().min(200)]);
+        let more = if pattern.len() > 200 { "..." } else { "" };
         return err(format!(
-            "ERR no watch with pattern '{}' (pattern)",
-            String::from_utf8_lossy(&pattern)
+            "ERR no watch with pattern '{shown}{more}' (pattern)"
         ));
+    }
+    if ctx.get_flags().contains(ContextFlags::LUA) {
+        // A script (EVAL_RO too) must not write through a command that is not `write`.
+        return err("ERR PAUSE or RESUME of one watch cannot be used inside a script (pattern)");
     }
     if watch::is_paused(&pattern) == paused {
         return reply(Reply::Ok); // already so: nothing to write
