@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// Rewrites the server's config file (as an operator edits it) with `toml`.
 fn rewrite(s: &Server, toml: &str) {
@@ -426,7 +427,7 @@ fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() {
 /// A stream handler `q` on stream `rq`: per entry, a run that notes `run ID` in
 /// `dir/runs` and waits for `dir/go` (then exits 0); or, as a pool of 1, a worker that
 /// notes `pool ID` and answers ok at once.
-fn per_entry_or_pool(dir: &std::path::Path, pool: bool) -> String {
+fn per_entry_or_pool(dir: &Path, pool: bool) -> String {
     let d = dir.display();
     let handler = if pool {
         let script = format!(
@@ -444,20 +445,31 @@ fn per_entry_or_pool(dir: &std::path::Path, pool: bool) -> String {
     format!("{handler}\n[[watch]]\npattern = \"rq\"\nhandler = \"q\"\ntype = \"stream\"\n")
 }
 
-#[test]
-fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_is_judged_as_a_run() {
-    let dir = TempDir::new();
-    let runs = dir.path().join("runs");
-    let s = Server::start(&per_entry_or_pool(dir.path(), false));
+/// A server whose per-entry handler `q` has a run of entry `id` going (it waits for
+/// `$dir/go`), when the file turns `q` into a pool and is reloaded; with the run's pid.
+fn switched_to_a_pool_mid_run(dir: &Path) -> (Server, redis::Connection, String, u32) {
+    let runs = dir.join("runs");
+    let s = Server::start(&per_entry_or_pool(dir, false));
     let mut c = s.conn();
     let id = xadd(&mut c, "rq", &[("n", "1")]);
     wait_until("the entry's run started", WAIT, || {
         lines(&runs).contains(&format!("run {id}"))
     });
-
-    rewrite(&s, &per_entry_or_pool(dir.path(), true));
+    let pid = wait_for("the entry's run pid", WAIT, || {
+        let j = to_map(&ok(&mut c, &["STREAMWATCH.JOB", "rq", &id]));
+        get_int(&j, "pid").map(|p| p as u32)
+    });
+    rewrite(&s, &per_entry_or_pool(dir, true));
     let r = reload(&mut c);
     assert_eq!(names(&r, "handlers_changed"), vec!["q"], "{r:?}");
+    (s, c, id, pid)
+}
+
+#[test]
+fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_is_judged_as_a_run() {
+    let dir = TempDir::new();
+    let runs = dir.path().join("runs");
+    let (_s, mut c, id, _) = switched_to_a_pool_mid_run(dir.path());
     // The run that was going on finishes, exit 0: the entry is done, once. (Its end
     // was once taken for a pool worker's death: a failed attempt, run again.)
     std::fs::write(dir.path().join("go"), "").unwrap();
@@ -475,19 +487,7 @@ fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_is_judged_as_a_run(
 fn a_per_entry_run_in_flight_when_its_handler_becomes_a_pool_stops_on_pause() {
     let dir = TempDir::new();
     let runs = dir.path().join("runs");
-    let s = Server::start(&per_entry_or_pool(dir.path(), false));
-    let mut c = s.conn();
-    let id = xadd(&mut c, "rq", &[("n", "1")]);
-    wait_until("the entry's run started", WAIT, || {
-        lines(&runs).contains(&format!("run {id}"))
-    });
-    let pid = wait_for("the entry's run pid", WAIT, || {
-        let j = to_map(&ok(&mut c, &["STREAMWATCH.JOB", "rq", &id]));
-        get_int(&j, "pid").map(|p| p as u32)
-    });
-
-    rewrite(&s, &per_entry_or_pool(dir.path(), true));
-    reload(&mut c);
+    let (_s, mut c, id, pid) = switched_to_a_pool_mid_run(dir.path());
     ok(&mut c, &["STREAMWATCH.PAUSE", "rq"]);
     // Stopped as a run (it was once sent to a pool worker it never was).
     wait_gone("the paused watch's run", &[pid]);
