@@ -198,13 +198,7 @@ fn after_a_failover_the_new_primarys_runs_point_at_it() {
     let p = Server::builder(&config(d1.path())).dir(d1.clone()).start();
     let r = Server::builder(&config(d2.path())).dir(d2.clone()).start();
     let mut rc = r.conn_db(3);
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     let mut pc = p.conn_db(3);
     ok(&mut pc, &["HSET", "h:1", "f1", "v1"]);
     assert_eq!(

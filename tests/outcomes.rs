@@ -287,13 +287,7 @@ fn outcomes_are_replicated_and_wait_follows_a_failover() {
         .dir(d2.clone())
         .start();
     let mut rc = r.conn();
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     let mut pc = p.conn();
     let done = xadd(&mut pc, "q", &[("x", "1")]);
     wait_until("acked", WAIT, || state_of(&mut pc, &done) == "acked");

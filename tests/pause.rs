@@ -342,13 +342,7 @@ fn a_promoted_replica_keeps_the_watch_paused() {
     let p = start(&TempDir::new());
     let r = start(&TempDir::new());
     let mut rc = r.conn();
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     pause_two(&p);
     wait_until("replica follows the paused watches", WAIT, || {
         parse_maps(&ok(&mut rc, &["STREAMWATCH.WATCHES"]))

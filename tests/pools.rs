@@ -519,13 +519,7 @@ fn a_promoted_replica_runs_the_pending_entries_on_its_pool() {
     let mut p = Server::start(&toml);
     let r = Server::start(&toml);
     let (mut pc, mut rc) = (p.conn(), r.conn());
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     assert_eq!(stat(&mut rc, "workers"), 0, "a replica starts no worker");
     let slow = xadd(&mut pc, "fq", &[("mode", "slow")]);
     wait_until("pending on the replica too", WAIT, || {

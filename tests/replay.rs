@@ -394,13 +394,7 @@ fn a_replica_gets_the_same_entries_and_refuses_the_command() {
     let r = Server::start(&toml);
     let mut pc = p.conn();
     let mut rc = r.conn();
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     watch_stream_opts(&mut pc, "q", "rec", &[]);
     ok(&mut pc, &["STREAMWATCH.PAUSE"]);
     dead_letter(&mut pc, "q:dead", &[("url", "a")], "1-1");

@@ -7,20 +7,6 @@ mod common;
 
 use common::*;
 
-fn replicate(replica: &Server, primary: &Server) {
-    let mut r = replica.conn();
-    ok(
-        &mut r,
-        &["REPLICAOF", "127.0.0.1", &primary.port.to_string()],
-    );
-    wait_until("replication link up", WAIT, || {
-        info(&mut r, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
-}
-
 fn event_ids(c: &mut redis::Connection) -> Vec<String> {
     events(c).into_iter().map(|e| e["_id"].clone()).collect()
 }

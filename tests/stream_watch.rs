@@ -361,13 +361,7 @@ fn replica_runs_nothing_and_promotion_claims_pending_entries() {
     let mut p = Server::start(&toml);
     let r = Server::start(&toml);
     let (mut pc, mut rc) = (p.conn(), r.conn());
-    ok(&mut rc, &["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
-    wait_until("replication link up", WAIT, || {
-        info(&mut rc, "replication")
-            .get("master_link_status")
-            .map(String::as_str)
-            == Some("up")
-    });
+    replicate(&r, &p);
     // Each entry has the field the handler names (one without it would not run).
     let added: Vec<String> = (0..20)
         .map(|i| xadd(&mut pc, "rq", &[("mode", "fast"), ("n", &i.to_string())]))

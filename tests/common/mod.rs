@@ -1320,6 +1320,21 @@ impl Drop for Sentinel {
     }
 }
 
+/// Makes `replica` a replica of `primary` and waits until the link is up.
+pub fn replicate(replica: &Server, primary: &Server) {
+    let mut r = replica.conn();
+    ok(
+        &mut r,
+        &["REPLICAOF", "127.0.0.1", &primary.port.to_string()],
+    );
+    wait_until("replication link up", WAIT, || {
+        info(&mut r, "replication")
+            .get("master_link_status")
+            .map(String::as_str)
+            == Some("up")
+    });
+}
+
 /// `INFO replication` of the server on `port`, on a fresh connection (Sentinel kills
 /// the clients of a node it reconfigures); empty if it does not answer.
 pub fn replication_of(port: u16) -> HashMap<String, String> {
