@@ -215,6 +215,12 @@ impl Helper {
     /// budget and everyone's; a run over budget is paused (both pipes taken out of the
     /// epoll set, so the worker waits on them). Closes the pipe at end of file.
     pub(super) fn pump(&mut self, id: u64, kind: Kind) {
+        if kind == Kind::Replies && self.output_waiting(id) {
+            // What the run wrote to its output before this reply is reported first (the
+            // two pipes are read in whatever order epoll gives): a worker that prints a
+            // traceback, then answers `ok: false`, has it in that entry's output.
+            self.pump(id, Kind::Output);
+        }
         let now = Instant::now();
         let total = self.total_budget.refill(now, TOTAL_RATE, TOTAL_BURST);
         let Some(run) = self.runs.get_mut(&id) else {
@@ -251,6 +257,12 @@ impl Helper {
                 self.write_input(id, entry);
             }
         }
+    }
+
+    /// Whether the run's output pipe holds bytes not read yet.
+    fn output_waiting(&self, id: u64) -> bool {
+        let output = self.runs.get(&id).and_then(|r| r.output.as_ref());
+        output.is_some_and(|o| sys::readable_bytes(o.as_raw_fd()).is_some_and(|n| n > 0))
     }
 
     /// At the run's exit, what its pipes still hold, whatever the budget: its output's
