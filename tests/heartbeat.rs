@@ -177,6 +177,14 @@ fn a_silent_stream_run_fails_its_attempts_and_is_dead_lettered() {
     let hang = xadd(&mut c, "hq", &[("mode", "hang")]);
     let talk = xadd(&mut c, "hq", &[("mode", "talk")]);
     wait_drained(&mut c, "hq");
+    // Events are appended after the acknowledgement, in the supervisor's next GIL hold:
+    // once both entries' last events are there, every earlier one is too.
+    wait_until("the entries' acked and dead-lettered events", WAIT, || {
+        let last = |c: &mut redis::Connection, name, id: &str| {
+            entry_events(c, name, "hq").iter().any(|e| e["id"] == id)
+        };
+        last(&mut c, "acked", &talk) && last(&mut c, "dead-lettered", &hang)
+    });
     let dead = stream_entries(&mut c, "hq:dead");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["id"], hang);
