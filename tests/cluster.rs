@@ -139,6 +139,9 @@ fn cluster_primaries_run_their_own_slots_and_failover_moves_jobs() {
     }
     // Each primary's events go to a stream in one of its own slots.
     for (i, p) in cl.primaries.iter().enumerate() {
+        wait_until(&format!("node {i} wrote its started event"), WAIT, || {
+            node_events(p).iter().any(|e| e["event"] == "started")
+        });
         let mut c = p.conn();
         let names: Vec<String> = to_array(&ok(&mut c, &["KEYS", "streamwatch:events*"]))
             .iter()
@@ -150,7 +153,6 @@ fn cluster_primaries_run_their_own_slots_and_failover_moves_jobs() {
             (RANGES[i].0..=RANGES[i].1).contains(&slot),
             "{names:?} slot {slot}"
         );
-        assert!(node_events(p).iter().any(|e| e["event"] == "started"));
     }
     // Manual failover of shard 1: the replica takes over, the old primary stops.
     let old1: Vec<u32> = job_pids(&mut cl.primaries[1].conn()).into_iter().collect();
@@ -230,12 +232,13 @@ fn cluster_reshard_moves_a_slots_jobs_without_overlap() {
         .map(|e| ms(&e))
         .max()
         .expect("A recorded the exit");
-    let started_b = node_events(b)
-        .into_iter()
-        .filter(|e| e["event"] == "started" && e.get("key") == Some(&key))
-        .map(|e| ms(&e))
-        .min()
-        .expect("B recorded the start");
+    let started_b = wait_for("B recorded the start", WAIT, || {
+        node_events(b)
+            .into_iter()
+            .filter(|e| e["event"] == "started" && e.get("key") == Some(&key))
+            .map(|e| ms(&e))
+            .min()
+    });
     assert!(
         started_b >= stopped_a,
         "B started {started_b} before A stopped {stopped_a}"

@@ -381,6 +381,12 @@ fn status_and_info_report_counts() {
     wait_until("one-shot job exited", WAIT, || {
         job(&mut c, "once:a", "x").is_some_and(|j| get_str(&j, "state") == "exited")
     });
+    // The counts are published at the end of the supervisor's turn.
+    wait_eq("published counts", WAIT, (Some(2), Some(1)), || {
+        let st = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
+        let by_state = to_map(st.get("jobs").expect("jobs"));
+        (get_int(&by_state, "running"), get_int(&by_state, "exited"))
+    });
 
     let st = to_map(&ok(&mut c, &["STREAMWATCH.STATUS"]));
     assert!(!get_str(&st, "version").is_empty());

@@ -170,11 +170,12 @@ fn a_worker_that_allocates_past_limit_as_fails() {
     assert_eq!(get_int(&j, "failures"), Some(1), "{j:?}");
     let log = job_log(&mut c, "capped:a", "f");
     assert!(log.iter().any(|l| l.contains("MemoryError")), "{log:?}");
-    let codes: Vec<String> = events_of(&mut c, "exited", "capped:a", Some("f"))
-        .iter()
-        .map(|e| e.get("code").cloned().unwrap_or_default())
-        .collect();
-    assert_eq!(codes, ["1"]);
+    wait_eq("its exited event", WAIT, vec!["1".to_string()], || {
+        events_of(&mut c, "exited", "capped:a", Some("f"))
+            .iter()
+            .map(|e| e.get("code").cloned().unwrap_or_default())
+            .collect::<Vec<String>>()
+    });
     // The same worker without the limit allocates and exits 0.
     let j = exited(&mut c, "free:a");
     assert_eq!(get_int(&j, "last_exit"), Some(0), "{j:?}");

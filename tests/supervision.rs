@@ -110,8 +110,9 @@ fn restart_never_exit_0_ends_exited() {
     assert_eq!(get_int(&j, "last_exit"), Some(0), "{j:?}");
     assert_eq!(get_int(&j, "pid"), None, "{j:?}");
     assert_eq!(job_log(&mut c, "nv:k", "f"), vec!["done"]);
-    let exited = events_of(&mut c, "exited", "nv:k", Some("f"));
-    assert_eq!(codes(&exited), vec!["0"]);
+    wait_eq("its exited event", WAIT, vec!["0".to_string()], || {
+        codes(&events_of(&mut c, "exited", "nv:k", Some("f")))
+    });
     assert!(events_of(&mut c, "failed", "nv:k", None).is_empty());
     assert!(events_of(&mut c, "backoff", "nv:k", None).is_empty());
 }
@@ -132,10 +133,9 @@ fn restart_on_failure_exit_0_ends_exited() {
     let j = job(&mut c, "of:k", "f").unwrap();
     assert_eq!(get_int(&j, "runs"), Some(1), "{j:?}");
     assert_eq!(get_int(&j, "last_exit"), Some(0), "{j:?}");
-    assert_eq!(
-        codes(&events_of(&mut c, "exited", "of:k", Some("f"))),
-        vec!["0"]
-    );
+    wait_eq("its exited event", WAIT, vec!["0".to_string()], || {
+        codes(&events_of(&mut c, "exited", "of:k", Some("f")))
+    });
 }
 
 #[test]
