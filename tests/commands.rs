@@ -348,7 +348,11 @@ fn job_reply_has_job_fields_plus_handler_value_log() {
     });
     let raw = ok(&mut c, &["STREAMWATCH.JOB", "jb:a", "f"]);
     let keys = map_keys(&raw);
-    for k in JOB_KEYS.iter().copied().chain(["handler", "value", "log"]) {
+    for k in JOB_KEYS
+        .iter()
+        .copied()
+        .chain(["handler", "value", "error", "log"])
+    {
         assert!(keys.contains(&k.to_string()), "JOB lacks {k}: {keys:?}");
     }
     let j = to_map(&raw);
@@ -356,6 +360,7 @@ fn job_reply_has_job_fields_plus_handler_value_log() {
     assert_eq!(get_str(&j, "handler"), "w");
     assert_eq!(get_str(&j, "value"), "hello");
     assert_eq!(get_int(&j, "pid"), Some(pid as i64));
+    assert_eq!(j["error"], Value::Nil, "a run that has not failed");
     assert_eq!(ok(&mut c, &["STREAMWATCH.JOB", "jb:a", "nope"]), Value::Nil);
     assert_eq!(ok(&mut c, &["STREAMWATCH.JOB", "jb:none", "f"]), Value::Nil);
     assert_eq!(

@@ -110,6 +110,7 @@ fn a_hung_hash_worker_counts_toward_max_failures() {
     let j = job(&mut c, "hm:k", "f").unwrap();
     assert_eq!(get_int(&j, "runs"), Some(2), "{j:?}");
     assert_eq!(get_int(&j, "failures"), Some(2), "{j:?}");
+    assert_eq!(get_str(&j, "error"), HUNG_300, "{j:?}");
     wait_eq("two hung events", WAIT, 2, || {
         events_of(&mut c, "hung", "hm:k", Some("f")).len()
     });
@@ -326,6 +327,10 @@ fn an_exit_code_in_no_restart_exit_codes_ends_a_hash_job_failed() {
         assert_eq!(get_int(&j, "last_exit"), Some(code), "{j:?}");
         assert_eq!(get_int(&j, "pid"), None, "{j:?}");
         assert!(events_of(&mut c, "backoff", "nr:k", Some(field)).is_empty());
+        let why = (code == 3).then_some("exit code 3 is in no-restart-exit-codes");
+        let error = j.get("error").expect("an error field");
+        let error = (*error != redis::Value::Nil).then(|| get_str(&j, "error"));
+        assert_eq!(error.as_deref(), why, "{j:?}");
     }
     let failed = events_of(&mut c, "failed", "nr:k", Some("three"));
     assert_eq!(failed.len(), 1, "{failed:?}");

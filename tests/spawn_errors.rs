@@ -85,7 +85,11 @@ fn spawn_errors_name_the_program_or_cwd_and_the_path() {
         ),
     ];
     for (name, want) in cases {
-        assert_eq!(spawn_error(&mut c, &format!("{name}:k")), want, "{name}");
+        let key = format!("{name}:k");
+        assert_eq!(spawn_error(&mut c, &key), want, "{name}");
+        // STREAMWATCH.JOB says it too, beside the state.
+        let j = job(&mut c, &key, "f").expect("the job");
+        assert_eq!(get_str(&j, "error"), want, "{name}: {j:?}");
     }
     let bare = spawn_error(&mut c, "bare:k");
     assert!(

@@ -59,6 +59,9 @@ pub(super) struct Job {
     pub runs: u64,
     pub failures: u32,
     pub last_exit: Option<i64>,
+    /// Why the last run ended, when its exit does not say it (a spawn error, a hung
+    /// run, an exit code in `no-restart-exit-codes`); none after a plain exit.
+    pub last_error: Option<String>,
     pub log: Log,
 }
 
@@ -316,6 +319,7 @@ impl HashJobs {
                     runs: 0,
                     failures: 0,
                     last_exit: None,
+                    last_error: None,
                     log: Log::default(),
                 },
             );
@@ -478,8 +482,9 @@ impl HashJobs {
         let failed = e.error.is_some();
         let mut fields = e.fields;
         // Why, when the exit does not say it: a spawn error, a hung run.
-        if let Some(error) = e.error.filter(|_| e.exit.is_none() || run.hung.is_some()) {
-            fields.push(("error", error.into_bytes()));
+        job.last_error = e.error.filter(|_| e.exit.is_none() || run.hung.is_some());
+        if let Some(error) = &job.last_error {
+            fields.push(("error", error.clone().into_bytes()));
         }
         fx.events.job(e.event, jk, job, fields);
         let exit = e.exit.filter(|_| run.hung.is_none());
@@ -509,7 +514,8 @@ impl HashJobs {
                 let mut fields = vec![("failures", failures.to_string().into_bytes())];
                 if let Some(n) = exit.filter(|_| h.no_restart(exit)) {
                     let why = format!("exit code {n} is in no-restart-exit-codes");
-                    fields.push(("error", why.into_bytes()));
+                    fields.push(("error", why.clone().into_bytes()));
+                    job.last_error = Some(why);
                 }
                 fx.events.job("failed", jk, job, fields);
             }

@@ -40,6 +40,10 @@ pub(super) fn job_map(k: &JobKey, j: &Job, detail: bool) -> Reply {
     if detail {
         m.push(("handler".into(), Reply::str(&j.watch.handler.name)));
         m.push(("value".into(), Reply::str(&j.value)));
+        m.push((
+            "error".into(),
+            j.last_error.as_ref().map_or(Reply::Nil, Reply::str),
+        ));
         m.push(("log".into(), j.log.reply()));
     }
     Reply::Map(m)
