@@ -80,6 +80,23 @@ impl Outcome {
     }
 }
 
+/// An outcome ready to be kept: its entry id and JSON text, made before the GIL hold
+/// that writes it.
+pub struct Kept {
+    id: String,
+    text: Vec<u8>,
+}
+
+impl Kept {
+    pub fn of(o: &Outcome) -> Kept {
+        Kept {
+            id: o.id.clone(),
+            // Strings, numbers and JSON values only: serializing cannot fail.
+            text: serde_json::to_vec(o).unwrap_or_default(),
+        }
+    }
+}
+
 /// How many outcomes a stream keeps (0: none).
 pub fn max_kept() -> i64 {
     config::OUTCOMES_MAX.load(Ordering::Relaxed).max(0)
@@ -158,7 +175,7 @@ fn error_text(e: redis_module::ErrorReply) -> String {
 pub fn keep_all(
     ctx: &Context,
     key: &[u8],
-    os: &[Outcome],
+    os: &[Kept],
     unread: &[&str],
     len: &mut Option<i64>,
 ) -> Result<(), String> {
@@ -189,14 +206,10 @@ pub fn keep_all(
         Some(n) => n,
         None => int(call(ctx, "HLEN", &[&okey]))?,
     };
-    let mut texts = Vec::with_capacity(os.len());
-    for o in os {
-        texts.push(serde_json::to_vec(o).map_err(|e| e.to_string())?);
-    }
     let mut args: Vec<&[u8]> = vec![&okey];
-    for (o, text) in os.iter().zip(&texts) {
+    for o in os {
         args.push(o.id.as_bytes());
-        args.push(text);
+        args.push(&o.text);
     }
     let added = int(call(ctx, "HSET", &args))?;
     *len = Some(before + added);

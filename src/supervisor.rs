@@ -263,6 +263,8 @@ impl Supervisor {
             // The runs this turn started or fed go now, before the queues' GIL hold.
             self.runs.flush_outbox();
             self.guarded("queues", |s| s.flush_queues());
+            // The entries the queues just handed out go before the events' GIL hold.
+            self.runs.flush_outbox();
             self.guarded("events", |s| {
                 if s.gate.writes_refused() {
                     return; // they wait for the gate to open

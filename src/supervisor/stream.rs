@@ -8,6 +8,9 @@ use redis_module::{
 };
 use std::collections::HashMap;
 
+/// The most ids one `XACK` or `XDEL` names.
+const IDS_PER_CALL: usize = 512;
+
 /// A stream entry id, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sid(pub u64, pub u64);
@@ -97,16 +100,25 @@ impl Group<'_> {
         })
     }
 
-    /// `XACK`.
-    pub fn ack(&self, id: Sid) {
-        let id = id.to_string();
-        let _ = call(self.ctx, "XACK", &[self.key, self.group, id.as_bytes()]);
+    /// `XACK` of the entries `ids`.
+    pub fn ack(&self, ids: &[Sid]) {
+        self.per_ids("XACK", &[self.key, self.group], ids);
     }
 
-    /// `XDEL`: the entry leaves the stream (the watch's `ACK delete`, once it is done).
-    pub fn delete(&self, id: Sid) {
-        let id = id.to_string();
-        let _ = call(self.ctx, "XDEL", &[self.key, id.as_bytes()]);
+    /// `XDEL`: the entries leave the stream (the watch's `ACK delete`, once done).
+    pub fn delete(&self, ids: &[Sid]) {
+        self.per_ids("XDEL", &[self.key], ids);
+    }
+
+    /// `command first... id...`, a call per `IDS_PER_CALL` ids: one call for all the
+    /// entries a flush finished, instead of one each.
+    fn per_ids(&self, command: &str, first: &[&[u8]], ids: &[Sid]) {
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            let ids: Vec<String> = chunk.iter().map(Sid::to_string).collect();
+            let mut args: Vec<&[u8]> = first.to_vec();
+            args.extend(ids.iter().map(|id| id.as_bytes()));
+            let _ = call(self.ctx, command, &args);
+        }
     }
 
     /// `XADD stream * <fields> extra...`, the entry as it goes to a dead-letter stream.

@@ -16,6 +16,9 @@ use crate::supervisor::Effects;
 /// dead-letter stream.
 pub(in crate::supervisor) struct Done {
     pub outcome: Outcome,
+    /// The outcome as kept (`outcomes::Kept`), made here, off the GIL hold that
+    /// writes it; none while no outcome is kept (`outcomes-max 0`).
+    pub kept: Option<outcomes::Kept>,
     pub dead: Option<DeadLetter>,
     pub ack: bool,
 }
@@ -224,6 +227,13 @@ impl Queue {
             fx.events
                 .entry("cancelled", qk, &self.watch, sid, vec![attempts]);
         }
-        self.done.push((sid, Done { outcome, dead, ack }));
+        let kept = (outcomes::max_kept() > 0).then(|| outcomes::Kept::of(&outcome));
+        let done = Done {
+            outcome,
+            kept,
+            dead,
+            ack,
+        };
+        self.done.push((sid, done));
     }
 }

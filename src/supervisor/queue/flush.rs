@@ -93,12 +93,13 @@ impl Queues {
             consumer: &node.consumer,
             start: &opts.start,
         };
-        // 1. Outcomes: acknowledge, or dead-letter then acknowledge; with `ACK delete`
-        //    the entry then leaves the stream too (XACK and XDEL in this one hold).
-        let done = |sid: Sid| {
-            g.ack(sid);
+        // 1. Outcomes: acknowledge, or dead-letter then acknowledge (one XACK for all the
+        //    finished entries); with `ACK delete` they then leave the stream too (XACK
+        //    and XDEL in this one hold).
+        let done = |sids: &[Sid]| {
+            g.ack(sids);
             if opts.ack == Ack::Delete {
-                g.delete(sid);
+                g.delete(sids);
             }
         };
         // A cancel of an entry not read yet is kept (`outcomes::take_cancelled`), so it
@@ -111,7 +112,7 @@ impl Queues {
                 .filter_map(|id| Sid::parse(id.as_bytes()))
                 .collect()
         };
-        let (mut kept, mut unread) = (Vec::new(), Vec::new());
+        let (mut kept, mut unread, mut finished) = (Vec::new(), Vec::new(), Vec::new());
         for (sid, d) in std::mem::take(&mut q.done) {
             let o = d.outcome;
             if let Some(dead) = d.dead {
@@ -151,12 +152,13 @@ impl Queues {
                 fx.events.entry("acked", qk, &q.watch, sid, vec![]);
             }
             match d.ack {
-                true => done(sid),
+                true => finished.push(sid),
                 false => unread.push(o.id.clone()),
             }
-            self.finished.push((qk.db, qk.key.clone(), sid, o.clone()));
-            kept.push(o);
+            kept.push(d.kept.unwrap_or_else(|| outcomes::Kept::of(&o)));
+            self.finished.push((qk.db, qk.key.clone(), sid, o));
         }
+        done(&finished);
         if !unread.is_empty() {
             q.cancels = Some(true);
         }
@@ -209,7 +211,7 @@ impl Queues {
                 }
                 None => {
                     // Deleted from the stream (or the group is gone): nothing to run.
-                    g.ack(sid);
+                    g.ack(&[sid]);
                     q.entries.remove(&sid);
                 }
             }
@@ -255,11 +257,11 @@ impl Queues {
                     cancelled_of(sids.iter().map(Sid::to_string).collect(), &mut q.cancels);
                 for (sid, deliveries) in ids {
                     let Some(fields) = claimed.get(&sid) else {
-                        g.ack(sid); // deleted from the stream: drop it from the group too
+                        g.ack(&[sid]); // deleted from the stream: drop it from the group too
                         continue;
                     };
                     if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
-                        done(sid); // cancelled before it was claimed: its outcome is kept
+                        done(&[sid]); // cancelled before it was claimed: its outcome is kept
                         continue;
                     }
                     if deliveries >= opts.max_attempts {
@@ -295,7 +297,7 @@ impl Queues {
                 );
                 for (sid, fields) in got {
                     if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
-                        done(sid); // cancelled before it was read: its outcome is kept
+                        done(&[sid]); // cancelled before it was read: its outcome is kept
                         continue;
                     }
                     if q.free() > 0 {
