@@ -467,3 +467,54 @@ fn paused_writes_are_waited_for_not_crashed_into() {
     });
     wait_drained(&mut c, "pz");
 }
+
+/// Entries that succeed and entries whose dead-letter XADD fails (the dead-letter key
+/// holds a string) finish in the same flushes, under `ACK delete`: the batched XACK and
+/// XDEL take only the successful ones; the others stay in the stream, pending, and the
+/// string is untouched.
+#[test]
+fn a_failed_dead_letter_is_neither_acked_nor_deleted_by_the_batched_xack() {
+    let toml = "[handler.code]\ncommand = [\"/bin/sh\", \"-c\", \"cat >/dev/null; exit $1\", \"@TAG@\", \"{field:code}\"]\n";
+    let s = Server::start(toml);
+    let mut c = s.conn();
+    ok(&mut c, &["SET", "dlstr", "not a stream"]);
+    watch_stream_opts(
+        &mut c,
+        "bq",
+        "code",
+        &[
+            "CONCURRENCY",
+            "16",
+            "MAX-ATTEMPTS",
+            "1",
+            "DEADLETTER",
+            "dlstr",
+            "ACK",
+            "delete",
+        ],
+    );
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..120 {
+        match i % 3 {
+            0 => bad.push(xadd(&mut c, "bq", &[("code", "3")])),
+            _ => good.push(xadd(&mut c, "bq", &[("code", "0")])),
+        }
+    }
+    // Every good entry acknowledged and deleted; every bad one still there.
+    wait_eq(
+        "the stream holds only the bad entries",
+        WAIT,
+        bad.clone(),
+        || ids(&mut c, "bq"),
+    );
+    let pending = |c: &mut redis::Connection| -> Vec<String> {
+        let v = ok(c, &["XPENDING", "bq", "streamwatch", "-", "+", "1000"]);
+        to_array(&v).iter().map(|p| vstr(&to_array(p)[0])).collect()
+    };
+    // Give the last flushes time to (wrongly) ack them, then look again.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pending(&mut c), bad, "the failed dead-letters stay pending");
+    assert_eq!(ids(&mut c, "bq"), bad, "and in the stream (ACK delete)");
+    assert_eq!(vstr(&ok(&mut c, &["GET", "dlstr"])), "not a stream");
+}

@@ -136,3 +136,33 @@ fn a_missing_entry_field_is_a_spawn_error_naming_it() {
     assert_eq!(lines(&dir.path().join("done")), ["http://a"]);
     let _ = with;
 }
+
+/// A hash job whose run failed to spawn (its cwd missing), then runs fine once the
+/// directory exists: JOB's `error` names the spawn error during the backoff, and is
+/// nil once the good run is up (an alert on it must not fire forever).
+#[test]
+fn job_error_of_a_spawn_error_does_not_outlive_a_healthy_run() {
+    let dir = TempDir::new();
+    let later = dir.path().join("later");
+    let extra = format!(
+        "cwd = '{}'\nbackoff-initial-ms = 50\nbackoff-max-ms = 100",
+        later.display()
+    );
+    let toml = long_handler("w", &extra) + &watch_toml("se:*", "w", None);
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    ok(&mut c, &["HSET", "se:k", "f", "x"]);
+    wait_until("a spawn error in JOB", WAIT, || {
+        job(&mut c, "se:k", "f").is_some_and(|j| get_str(&j, "error").starts_with("cwd "))
+    });
+    std::fs::create_dir_all(&later).expect("mkdir");
+    wait_until("the job runs", WAIT, || {
+        job(&mut c, "se:k", "f").is_some_and(|j| get_str(&j, "state") == "running")
+    });
+    let j = job(&mut c, "se:k", "f").expect("job");
+    assert_eq!(
+        j["error"],
+        redis::Value::Nil,
+        "a running, healthy job: {j:?}"
+    );
+}

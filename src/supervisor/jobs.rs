@@ -60,7 +60,8 @@ pub(super) struct Job {
     pub failures: u32,
     pub last_exit: Option<i64>,
     /// Why the last run ended, when its exit does not say it (a spawn error, a hung
-    /// run, an exit code in `no-restart-exit-codes`); none after a plain exit.
+    /// run, an exit code in `no-restart-exit-codes`), while no other run has started;
+    /// none after a plain exit.
     pub last_error: Option<String>,
     pub log: Log,
 }
@@ -334,6 +335,7 @@ impl HashJobs {
         };
         job.backoff_until = None;
         job.finished = None;
+        job.last_error = None; // a new run: the last one's error no longer explains the state
         job.runs += 1;
         let db = jk.db.to_string();
         let vars: [(&str, &[u8]); 4] = [
