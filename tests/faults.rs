@@ -470,8 +470,8 @@ fn paused_writes_are_waited_for_not_crashed_into() {
 
 /// Entries that succeed and entries whose dead-letter XADD fails (the dead-letter key
 /// holds a string) finish in the same flushes, under `ACK delete`: the batched XACK and
-/// XDEL take only the successful ones; the others stay in the stream, pending, and the
-/// string is untouched.
+/// XDEL take only the successful ones; the others stay in the stream, pending, the
+/// string is untouched, and the log says it once.
 #[test]
 fn a_failed_dead_letter_is_neither_acked_nor_deleted_by_the_batched_xack() {
     let toml = "[handler.code]\ncommand = [\"/bin/sh\", \"-c\", \"cat >/dev/null; exit $1\", \"@TAG@\", \"{field:code}\"]\n";
@@ -517,4 +517,8 @@ fn a_failed_dead_letter_is_neither_acked_nor_deleted_by_the_batched_xack() {
     assert_eq!(pending(&mut c), bad, "the failed dead-letters stay pending");
     assert_eq!(ids(&mut c, "bq"), bad, "and in the stream (ACK delete)");
     assert_eq!(vstr(&ok(&mut c, &["GET", "dlstr"])), "not a stream");
+    // Said once, not once per entry (a client that can write the key chose to make it
+    // a string).
+    let said = s.log().matches("cannot dead-letter entry").count();
+    assert_eq!(said, 1, "{}", s.log());
 }

@@ -65,6 +65,9 @@ pub(super) struct Queue {
     cancels: Option<bool>,
     /// An outcome could not be kept (logged once).
     warned: bool,
+    /// A dead letter could not be written (logged once, until one is again: a client
+    /// that made the dead-letter key a string must not make a log line per entry).
+    dead_letter_failing: bool,
     /// Outcomes kept since their expiry was last set (`outcomes::tend`), and when; how
     /// many the recent generation holds, once known (`outcomes::keep_all`).
     kept_since: usize,
@@ -97,6 +100,7 @@ impl Queue {
             cancelled: BTreeSet::new(),
             cancels: None,
             warned: false,
+            dead_letter_failing: false,
             kept_since: 0,
             tended_at: None,
             kept_len: None,

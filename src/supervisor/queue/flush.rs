@@ -132,14 +132,18 @@ impl Queues {
                 ];
                 if let Err(e) = g.add(&dl, &dead.fields, &about) {
                     // Not acknowledged: it stays pending for the next recovery.
-                    ffi::log_warning(format!(
-                        "streamwatch: cannot dead-letter entry {} of '{}' to '{}': {e}",
-                        o.id,
-                        String::from_utf8_lossy(&qk.key),
-                        String::from_utf8_lossy(&dl),
-                    ));
+                    if !std::mem::replace(&mut q.dead_letter_failing, true) {
+                        ffi::log_warning(format!(
+                            "streamwatch: cannot dead-letter entry {} of '{}' to '{}': {e} \
+                             (said once until a dead letter of this stream is written)",
+                            o.id,
+                            String::from_utf8_lossy(&qk.key),
+                            String::from_utf8_lossy(&dl),
+                        ));
+                    }
                     continue;
                 }
+                q.dead_letter_failing = false;
                 q.watch.queue.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let extra = vec![
                     ("deadletter", dl.clone()),
