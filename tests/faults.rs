@@ -522,3 +522,32 @@ fn a_failed_dead_letter_is_neither_acked_nor_deleted_by_the_batched_xack() {
     let said = s.log().matches("cannot dead-letter entry").count();
     assert_eq!(said, 1, "{}", s.log());
 }
+
+/// A client destroys the group while an entry runs: the group made again from the
+/// start delivers that entry anew, and it must not run a second time beside the first
+/// (once it ends, it is acknowledged in the new group).
+#[test]
+fn a_group_destroyed_while_an_entry_runs_does_not_run_it_twice() {
+    let dir = TempDir::new();
+    let d = dir.path().display().to_string();
+    let script = r#"echo "$1" >> "$D/ran"; while [ ! -e "$D/go" ]; do sleep 0.05; done"#;
+    let toml = format!(
+        "[handler.w]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''', \"{TAG}\", \"{{id}}\"]\nenv = {{ D = \"{d}\" }}\n"
+    );
+    let s = Server::builder(&toml).dir(dir.clone()).start();
+    let mut c = s.conn();
+    watch_stream_opts(&mut c, "gq", "w", &["CONCURRENCY", "4"]);
+    let first = xadd(&mut c, "gq", &[("n", "1")]);
+    let ran = dir.path().join("ran");
+    wait_eq("the first entry runs", WAIT, vec![first.clone()], || {
+        lines(&ran)
+    });
+    ok(&mut c, &["XGROUP", "DESTROY", "gq", "streamwatch"]);
+    let second = xadd(&mut c, "gq", &[("n", "2")]);
+    wait_until("the second entry runs", WAIT, || {
+        lines(&ran).contains(&second)
+    });
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    wait_drained(&mut c, "gq");
+    assert_eq!(lines(&ran), vec![first, second], "each entry ran once");
+}

@@ -135,6 +135,21 @@ impl Queue {
         (self.watch.spec.stream.concurrency as usize).saturating_sub(self.ahead.len())
     }
 
+    /// The entries of `got` this queue holds already (running, waiting to run again,
+    /// or read ahead): none, unless the group was made again (XGROUP DESTROY, SETID)
+    /// and delivered them anew. O(got) when reads follow one another, as they do.
+    fn held_of(&self, got: &[(Sid, Fields)]) -> BTreeSet<Sid> {
+        let newest = self.ahead.back().map(|(s, _)| *s);
+        let ahead: BTreeSet<Sid> = match got.first() {
+            Some((first, _)) if newest.is_some_and(|n| *first <= n) => {
+                self.ahead.iter().map(|(s, _)| *s).collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        let held = |s: &Sid| self.entries.contains_key(s) || ahead.contains(s);
+        got.iter().map(|(s, _)| *s).filter(held).collect()
+    }
+
     /// The oldest entry read ahead, now taking a slot; `None` if there is none or no
     /// free slot.
     fn take_ahead(&mut self) -> Option<Sid> {

@@ -299,7 +299,14 @@ impl Queues {
                     got.iter().map(|(s, _)| s.to_string()).collect(),
                     &mut q.cancels,
                 );
+                let held = q.held_of(&got);
                 for (sid, fields) in got {
+                    if held.contains(&sid) {
+                        // Delivered anew by a group made again (XGROUP DESTROY, SETID)
+                        // while it runs here: it runs once, and is acknowledged in the
+                        // new group when it ends.
+                        continue;
+                    }
                     if q.cancelled.remove(&sid) | cancelled.contains(&sid) {
                         done(&[sid]); // cancelled before it was read: its outcome is kept
                         continue;
