@@ -112,7 +112,7 @@ impl Queues {
                 .filter_map(|id| Sid::parse(id.as_bytes()))
                 .collect()
         };
-        let (mut kept, mut unread, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kept, mut unread, mut to_ack) = (Vec::new(), Vec::new(), Vec::new());
         for (sid, d) in std::mem::take(&mut q.done) {
             let o = d.outcome;
             if let Some(dead) = d.dead {
@@ -156,13 +156,15 @@ impl Queues {
                 fx.events.entry("acked", qk, &q.watch, sid, vec![]);
             }
             match d.ack {
-                true => finished.push(sid),
+                true => to_ack.push(sid),
                 false => unread.push(o.id.clone()),
             }
-            kept.push(d.kept.unwrap_or_else(|| outcomes::Kept::of(&o)));
+            // Made at finish; here only if `outcomes-max` was 0 then and is not now.
+            let made_now = || (outcomes::max_kept() > 0).then(|| outcomes::Kept::of(&o));
+            kept.extend(d.kept.or_else(made_now));
             self.finished.push((qk.db, qk.key.clone(), sid, o));
         }
-        done(&finished);
+        done(&to_ack);
         if !unread.is_empty() {
             q.cancels = Some(true);
         }
